@@ -1,0 +1,354 @@
+//! Language-model backends behind one trait.
+//!
+//! A [`Provider`] turns one [`ChatRequest`] (a conversation plus generation
+//! parameters) into one [`Reply`]. It makes exactly one attempt: retries, rate
+//! limits, the journal and budgets live in [`crate::engine`], so every backend
+//! gets them the same way. Errors are typed ([`ProviderError`]) so the engine
+//! can decide what to retry without parsing strings.
+
+pub mod chat_template;
+pub mod hf;
+pub mod openai;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling parameters sent with every request of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenParams {
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// Sent to endpoints that accept a seed; the local model always uses one.
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 512,
+            temperature: 0.7,
+            top_p: 1.0,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// A conversation to complete.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    pub params: GenParams,
+}
+
+/// Why generation stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Natural end or a stop sequence.
+    Stop,
+    /// Cut off by the token limit.
+    Length,
+    /// Blocked by the service's content filter; the string is its reason.
+    Filtered(String),
+    /// Anything else the service reported.
+    Other(String),
+}
+
+/// Token counts as reported by the endpoint (or counted locally).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Rate-limit state an endpoint advertised in its reply headers
+/// (`x-ratelimit-*`). All fields optional: most servers send none.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateHints {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub text: String,
+    pub finish: FinishReason,
+    /// `None` when the endpoint did not report usage.
+    pub usage: Option<Usage>,
+}
+
+/// What one attempt returned.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub completion: Completion,
+    pub rate: RateHints,
+}
+
+/// One failed attempt, classified so the engine can decide to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The endpoint answered with a non-success status.
+    #[error("HTTP {status} from {url}: {body}")]
+    Status {
+        status: u16,
+        url: String,
+        /// The start of the response body, for the error message.
+        body: String,
+        /// Parsed `Retry-After` (seconds or HTTP date), when sent.
+        retry_after: Option<Duration>,
+        rate: RateHints,
+    },
+    /// The connection failed or was reset before a full reply arrived.
+    #[error("connection to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    /// No reply within the request timeout.
+    #[error("no reply from {url} within the timeout")]
+    Timeout { url: String },
+    /// The reply arrived but is not the shape the protocol promises.
+    #[error("malformed reply from {url}: {reason}")]
+    Malformed { url: String, reason: String },
+    /// A failure that no retry can fix (bad local model, unsupported request).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl ProviderError {
+    pub(crate) fn from_reqwest(url: &str, err: reqwest::Error) -> Self {
+        if err.is_timeout() {
+            ProviderError::Timeout {
+                url: url.to_string(),
+            }
+        } else if err.is_decode() {
+            ProviderError::Malformed {
+                url: url.to_string(),
+                reason: error_chain(&err),
+            }
+        } else {
+            ProviderError::Transport {
+                url: url.to_string(),
+                reason: error_chain(&err),
+            }
+        }
+    }
+}
+
+/// The full `source()` chain of an error, joined with `: `. Reqwest's top-level
+/// message alone ("error sending request") hides the cause users need.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// A language-model backend.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Short name used in the journal key and the manifest (`openai`, `hf`, `local`, ...).
+    fn name(&self) -> &str;
+    /// The model identifier (as sent to the endpoint, or the GGUF file name).
+    fn model(&self) -> &str;
+    /// Where requests go, for error messages (never contains a key).
+    fn endpoint(&self) -> String;
+    /// The environment variable the key came from, for error messages.
+    fn key_var(&self) -> Option<&str>;
+    /// One attempt at a completion.
+    async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
+}
+
+/// Reads `x-ratelimit-*` headers as OpenAI, Groq and others send them.
+pub(crate) fn rate_hints(headers: &reqwest::header::HeaderMap) -> RateHints {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let dur = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_reset)
+    };
+    RateHints {
+        limit_requests: num("x-ratelimit-limit-requests"),
+        remaining_requests: num("x-ratelimit-remaining-requests"),
+        reset_requests: dur("x-ratelimit-reset-requests"),
+        limit_tokens: num("x-ratelimit-limit-tokens"),
+        remaining_tokens: num("x-ratelimit-remaining-tokens"),
+        reset_tokens: dur("x-ratelimit-reset-tokens"),
+    }
+}
+
+/// Parses a reset interval: plain seconds (`"2"`, `"0.5"`) or OpenAI's
+/// compound form (`"1m30s"`, `"6ms"`, `"1h2m"`).
+pub(crate) fn parse_reset(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let value: f64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        total += value * unit;
+        any = true;
+    }
+    (any && num.is_empty()).then(|| Duration::from_secs_f64(total))
+}
+
+/// Parses `Retry-After`: delay seconds, or an HTTP date.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = v.trim().parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let when = httpdate_to_system_time(v.trim())?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// Minimal IMF-fixdate parser (`Sun, 06 Nov 1994 08:49:37 GMT`), the only
+/// date form RFC 9110 requires senders to use.
+fn httpdate_to_system_time(s: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as u64
+        + 1;
+    let year: u64 = parts[3].parse().ok()?;
+    let hms: Vec<u64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe;
+    let days_since_epoch = days.checked_sub(719468)?;
+    let secs = days_since_epoch * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_intervals_parse_in_both_forms() {
+        assert_eq!(parse_reset("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_reset("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_reset("6ms"), Some(Duration::from_millis(6)));
+        assert_eq!(parse_reset("1h2m"), Some(Duration::from_secs(3720)));
+        assert_eq!(parse_reset("soon"), None);
+        assert_eq!(parse_reset("12x"), None);
+    }
+
+    #[test]
+    fn http_dates_parse() {
+        let t = httpdate_to_system_time("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            784111777
+        );
+    }
+}
