@@ -220,6 +220,57 @@ pub trait Provider: Send + Sync {
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
 }
 
+/// How much of an error body goes into a message: enough to see the cause.
+const BODY_SNIPPET: usize = 400;
+
+/// Sends one JSON POST and decodes a typed reply, mapping every failure to
+/// a [`ProviderError`]. `secret` is scrubbed from any echoed body.
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    secret: Option<&secrecy::SecretString>,
+) -> Result<(T, RateHints), ProviderError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(url, e))?;
+    let status = resp.status();
+    let rate = rate_hints(resp.headers());
+    let retry = retry_after(resp.headers());
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(url, e))?;
+    if !status.is_success() {
+        return Err(ProviderError::Status {
+            status: status.as_u16(),
+            url: url.to_string(),
+            body: snippet(&bytes, secret),
+            retry_after: retry,
+            rate,
+        });
+    }
+    let value = serde_json::from_slice::<T>(&bytes).map_err(|e| ProviderError::Malformed {
+        url: url.to_string(),
+        reason: format!("{e}; body starts: {}", snippet(&bytes, secret)),
+    })?;
+    Ok((value, rate))
+}
+
+/// The start of a body as text, with the key (if echoed) masked.
+fn snippet(bytes: &[u8], secret: Option<&secrecy::SecretString>) -> String {
+    use secrecy::ExposeSecret;
+    let text = String::from_utf8_lossy(bytes);
+    let mut s: String = text.chars().take(BODY_SNIPPET).collect();
+    if let Some(key) = secret {
+        let key = key.expose_secret();
+        if !key.is_empty() {
+            s = s.replace(key, "***");
+        }
+    }
+    s.trim().to_string()
+}
+
 /// Reads `x-ratelimit-*` headers as OpenAI, Groq and others send them.
 pub(crate) fn rate_hints(headers: &reqwest::header::HeaderMap) -> RateHints {
     let num = |name: &str| {

@@ -1,1 +1,151 @@
-//! OpenAI-compatible `chat/completions`.
+//! OpenAI-compatible `POST {base}/chat/completions`.
+//!
+//! One implementation serves OpenAI and every server that speaks its
+//! protocol: vLLM, TGI's Messages API, llama.cpp's server, Ollama, Groq,
+//! Mistral, Together, DeepSeek and the Hugging Face router. Optional fields
+//! (`seed`, `stop`) are sent only when set, since some servers reject
+//! unknown or empty ones.
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    post_json, ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
+    Usage,
+};
+
+/// An OpenAI-compatible endpoint.
+pub struct OpenAi {
+    client: reqwest::Client,
+    url: String,
+    base_url: String,
+    model: String,
+    key: Option<SecretString>,
+    key_var: Option<String>,
+}
+
+impl OpenAi {
+    /// `base_url` is the API root (for OpenAI, `https://api.openai.com/v1`).
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        model: impl Into<String>,
+        key: Option<SecretString>,
+        key_var: Option<String>,
+    ) -> Self {
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Self {
+            client,
+            url: format!("{base_url}/chat/completions"),
+            base_url,
+            model: model.into(),
+            key,
+            key_var,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    max_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct Response {
+    choices: Vec<Choice>,
+    usage: Option<ApiUsage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: ChoiceMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {
+    match s {
+        None | Some("stop") | Some("eos") | Some("eos_token") | Some("stop_sequence")
+        | Some("end_turn") => {
+            FinishReason::Stop
+        }
+        Some("length") | Some("max_tokens") => FinishReason::Length,
+        Some("content_filter") => FinishReason::Filtered("content_filter".into()),
+        Some(other) => FinishReason::Other(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAi {
+    fn name(&self) -> &str {
+        "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn endpoint(&self) -> String {
+        self.base_url.clone()
+    }
+
+    fn key_var(&self) -> Option<&str> {
+        self.key_var.as_deref()
+    }
+
+    async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        let p = &req.params;
+        let body = Body {
+            model: &self.model,
+            messages: &req.messages,
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed,
+            stop: &p.stop,
+        };
+        let mut http = self.client.post(&self.url).json(&body);
+        if let Some(key) = &self.key {
+            http = http.bearer_auth(key.expose_secret());
+        }
+        let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
+        let choice = resp
+            .choices
+            .into_iter()
+            .next()
+            .ok_or_else(|| ProviderError::Malformed {
+                url: self.url.clone(),
+                reason: "no choices in the reply".into(),
+            })?;
+        Ok(Reply {
+            completion: Completion {
+                text: choice.message.content.unwrap_or_default(),
+                finish: finish_reason(choice.finish_reason.as_deref()),
+                usage: resp.usage.map(|u| Usage {
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                }),
+            },
+            rate,
+        })
+    }
+}

@@ -1,0 +1,588 @@
+//! The constitution: principles that drive critique and revision.
+//!
+//! Three JSON formats are accepted and told apart by their shape:
+//!
+//! 1. **native** (ConstitutionalAiTuning's keys): `critique_revision_principles`,
+//!    few-shots, per-stage system messages, comparison principles;
+//! 2. **hf** (the Hugging Face CAI recipe): `{"constitutions": [{critic, revision}],
+//!    "system_chat": [[{role, content}]]}`;
+//! 3. **anthropic** (the paper's release, also used by NeMo):
+//!    `{"<name>": {"prompt": [critique request], "edit_request": revision request}}`.
+//!
+//! All are normalised into one [`Constitution`]. Validation walks the JSON by
+//! hand rather than through serde so that every problem, not just the first,
+//! is reported with its JSON path.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{InputError, InputErrors, Location};
+use crate::provider::{Message, Role};
+
+/// Which format a constitution file was written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConstitutionFormat {
+    Native,
+    Hf,
+    Anthropic,
+}
+
+/// One critique request and the revision request that goes with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principle {
+    /// The key in the Anthropic format; `None` elsewhere.
+    pub name: Option<String>,
+    pub critique: String,
+    pub revision: String,
+}
+
+/// A worked example for the judge (used by preference labelling).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ComparisonFewShot {
+    pub task: String,
+    pub chain_of_thought: String,
+    pub selected_answer: String,
+}
+
+/// A constitution in the one internal form every format maps to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Constitution {
+    pub format: ConstitutionFormat,
+    /// System message for the initial answer (and the SFT rows).
+    pub system_message: Option<String>,
+    /// System message for critique requests; falls back to `system_message`.
+    pub system_message_critique: Option<String>,
+    /// System message for revision requests; falls back to `system_message`.
+    pub system_message_revision: Option<String>,
+    pub principles: Vec<Principle>,
+    /// Few-shot conversation placed before the user's prompt.
+    pub few_shots: Vec<Message>,
+    pub comparison_principles: Vec<String>,
+    pub comparison_few_shots: Vec<ComparisonFewShot>,
+}
+
+impl Constitution {
+    /// Reads and validates a constitution file.
+    pub fn load(path: &Path) -> Result<Self, InputErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError::new(path, Location::File, format!("cannot read constitution: {e}"))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses constitution JSON; `path` is used in error messages only.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, InputErrors> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            InputError::new(
+                path,
+                Location::Line(e.line() as u64),
+                format!("not valid JSON: {e}"),
+            )
+        })?;
+        let mut w = Walker {
+            file: path,
+            errors: Vec::new(),
+        };
+        let Some(obj) = value.as_object() else {
+            w.err("", "a constitution must be a JSON object");
+            return Err(InputErrors(w.errors));
+        };
+        let c = match detect(obj) {
+            Some(ConstitutionFormat::Native) => w.native(obj),
+            Some(ConstitutionFormat::Hf) => w.hf(obj),
+            Some(ConstitutionFormat::Anthropic) => w.anthropic(obj),
+            None => {
+                w.err(
+                    "",
+                    "not a recognised constitution format: expected `critique_revision_principles` \
+                     (native), `constitutions` (Hugging Face recipe), or objects with `prompt` and \
+                     `edit_request` (Anthropic/NeMo)",
+                );
+                None
+            }
+        };
+        match c {
+            Some(c) if w.errors.is_empty() => Ok(c),
+            _ => Err(InputErrors(w.errors)),
+        }
+    }
+
+    /// The system message for a stage, falling back to the main one.
+    pub fn system_for(&self, stage: crate::pipeline::Stage) -> Option<&str> {
+        use crate::pipeline::Stage;
+        let specific = match stage {
+            Stage::Critique => self.system_message_critique.as_deref(),
+            Stage::Revision => self.system_message_revision.as_deref(),
+            _ => None,
+        };
+        specific.or(self.system_message.as_deref())
+    }
+}
+
+fn detect(obj: &Map<String, Value>) -> Option<ConstitutionFormat> {
+    if obj.contains_key("critique_revision_principles") {
+        return Some(ConstitutionFormat::Native);
+    }
+    if obj.contains_key("constitutions") {
+        return Some(ConstitutionFormat::Hf);
+    }
+    let anthropic = !obj.is_empty()
+        && obj.values().all(|v| {
+            v.as_object()
+                .is_some_and(|o| o.contains_key("prompt") || o.contains_key("edit_request"))
+        });
+    anthropic.then_some(ConstitutionFormat::Anthropic)
+}
+
+const NATIVE_KEYS: &[&str] = &[
+    "system_message_user_prompt",
+    "system_message_critique",
+    "system_message_revision",
+    "critique_revision_principles",
+    "critique_revision_few_shots",
+    "comparison_principles",
+    "comparison_few_shots",
+];
+
+/// Descriptive keys a native file may carry; ignored.
+const METADATA_KEYS: &[&str] = &["name", "description", "version", "license", "author"];
+
+struct Walker<'a> {
+    file: &'a Path,
+    errors: Vec<InputError>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl Walker<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        self.errors
+            .push(InputError::new(self.file, Location::Path(path.to_string()), msg));
+    }
+
+    /// A required, non-blank string field of `obj`.
+    fn string(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
+        let p = join(path, key);
+        match obj.get(key) {
+            None | Some(Value::Null) => {
+                self.err(&p, "missing");
+                None
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.err(&p, "empty");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(&p, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// An optional string field: absent, null and "" all mean none.
+    fn opt_string(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
+        match obj.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(
+                    &join(path, key),
+                    format!("expected a string, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array field; `required` arrays must also be non-empty.
+    fn array<'v>(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        key: &str,
+        required: bool,
+    ) -> &'v [Value] {
+        match obj.get(key) {
+            None | Some(Value::Null) if required => {
+                self.err(key, "missing");
+                &[]
+            }
+            None | Some(Value::Null) => &[],
+            Some(Value::Array(a)) => {
+                if required && a.is_empty() {
+                    self.err(key, "must not be empty");
+                }
+                a
+            }
+            Some(other) => {
+                self.err(key, format!("expected an array, found {}", kind(other)));
+                &[]
+            }
+        }
+    }
+
+    fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
+        let o = v.as_object();
+        if o.is_none() {
+            self.err(path, format!("expected an object, found {}", kind(v)));
+        }
+        o
+    }
+
+    fn native(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
+        for key in obj.keys() {
+            if !NATIVE_KEYS.contains(&key.as_str()) && !METADATA_KEYS.contains(&key.as_str()) {
+                self.err(
+                    key,
+                    format!("unknown key (expected one of: {})", NATIVE_KEYS.join(", ")),
+                );
+            }
+        }
+        let system_message = self.opt_string(obj, "", "system_message_user_prompt");
+        let system_message_critique = self.opt_string(obj, "", "system_message_critique");
+        let system_message_revision = self.opt_string(obj, "", "system_message_revision");
+
+        let mut principles = Vec::new();
+        for (i, v) in self
+            .array(obj, "critique_revision_principles", true)
+            .iter()
+            .enumerate()
+        {
+            let p = format!("critique_revision_principles[{i}]");
+            let Some(o) = self.object(v, &p) else { continue };
+            let critique = self.string(o, &p, "critique");
+            let revision = self.string(o, &p, "revision");
+            if let (Some(critique), Some(revision)) = (critique, revision) {
+                principles.push(Principle {
+                    name: None,
+                    critique,
+                    revision,
+                });
+            }
+        }
+
+        let mut few_shots = Vec::new();
+        for (i, v) in self
+            .array(obj, "critique_revision_few_shots", false)
+            .iter()
+            .enumerate()
+        {
+            let p = format!("critique_revision_few_shots[{i}]");
+            let Some(o) = self.object(v, &p) else { continue };
+            let fields = [
+                (Role::User, "input"),
+                (Role::Assistant, "initial_answer"),
+                (Role::User, "critique_principle"),
+                (Role::Assistant, "critique"),
+                (Role::User, "revision_principle"),
+                (Role::Assistant, "revision"),
+            ];
+            let msgs: Vec<Option<Message>> = fields
+                .iter()
+                .map(|(role, key)| {
+                    self.string(o, &p, key).map(|content| Message {
+                        role: *role,
+                        content,
+                    })
+                })
+                .collect();
+            if let Some(msgs) = msgs.into_iter().collect::<Option<Vec<_>>>() {
+                few_shots.extend(msgs);
+            }
+        }
+
+        let mut comparison_principles = Vec::new();
+        for (i, v) in self
+            .array(obj, "comparison_principles", false)
+            .iter()
+            .enumerate()
+        {
+            let p = format!("comparison_principles[{i}]");
+            match v {
+                Value::String(s) if !s.trim().is_empty() => comparison_principles.push(s.clone()),
+                Value::String(_) => self.err(&p, "empty"),
+                other => self.err(&p, format!("expected a string, found {}", kind(other))),
+            }
+        }
+
+        let mut comparison_few_shots = Vec::new();
+        for (i, v) in self
+            .array(obj, "comparison_few_shots", false)
+            .iter()
+            .enumerate()
+        {
+            let p = format!("comparison_few_shots[{i}]");
+            let Some(o) = self.object(v, &p) else { continue };
+            let task = self.string(o, &p, "task");
+            let chain_of_thought = self.string(o, &p, "chain_of_thought");
+            let selected_answer = self.string(o, &p, "selected_answer");
+            if let (Some(task), Some(chain_of_thought), Some(selected_answer)) =
+                (task, chain_of_thought, selected_answer)
+            {
+                comparison_few_shots.push(ComparisonFewShot {
+                    task,
+                    chain_of_thought,
+                    selected_answer,
+                });
+            }
+        }
+
+        Some(Constitution {
+            format: ConstitutionFormat::Native,
+            system_message,
+            system_message_critique,
+            system_message_revision,
+            principles,
+            few_shots,
+            comparison_principles,
+            comparison_few_shots,
+        })
+    }
+
+    fn hf(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
+        for key in obj.keys() {
+            if key != "constitutions" && key != "system_chat" {
+                self.err(
+                    key,
+                    "unknown key (expected `constitutions` and optionally `system_chat`)",
+                );
+            }
+        }
+        let mut principles = Vec::new();
+        for (i, v) in self.array(obj, "constitutions", true).iter().enumerate() {
+            let p = format!("constitutions[{i}]");
+            let Some(o) = self.object(v, &p) else { continue };
+            let critique = self.string(o, &p, "critic");
+            let revision = self.string(o, &p, "revision");
+            if let (Some(critique), Some(revision)) = (critique, revision) {
+                principles.push(Principle {
+                    name: None,
+                    critique,
+                    revision,
+                });
+            }
+        }
+        let mut few_shots = Vec::new();
+        let mut system_message = None;
+        for (i, convo) in self.array(obj, "system_chat", false).iter().enumerate() {
+            let p = format!("system_chat[{i}]");
+            let Some(turns) = convo.as_array() else {
+                self.err(&p, format!("expected an array of messages, found {}", kind(convo)));
+                continue;
+            };
+            for (j, turn) in turns.iter().enumerate() {
+                let tp = format!("{p}[{j}]");
+                let Some(o) = self.object(turn, &tp) else { continue };
+                let role = self.string(o, &tp, "role");
+                let content = self.string(o, &tp, "content");
+                let (Some(role), Some(content)) = (role, content) else {
+                    continue;
+                };
+                let role = match role.as_str() {
+                    "system" => Role::System,
+                    "user" => Role::User,
+                    "assistant" => Role::Assistant,
+                    other => {
+                        self.err(
+                            &join(&tp, "role"),
+                            format!("unknown role `{other}` (expected system, user or assistant)"),
+                        );
+                        continue;
+                    }
+                };
+                // A system turn becomes the run's system message: chat APIs
+                // and templates accept it only first, not mid-conversation.
+                if role == Role::System {
+                    if system_message.is_none() {
+                        system_message = Some(content);
+                    }
+                    continue;
+                }
+                few_shots.push(Message { role, content });
+            }
+        }
+        Some(Constitution {
+            format: ConstitutionFormat::Hf,
+            system_message,
+            system_message_critique: None,
+            system_message_revision: None,
+            principles,
+            few_shots,
+            comparison_principles: Vec::new(),
+            comparison_few_shots: Vec::new(),
+        })
+    }
+
+    fn anthropic(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
+        let mut principles = Vec::new();
+        for (name, v) in obj {
+            let Some(o) = self.object(v, name) else {
+                continue;
+            };
+            let revision = self.string(o, name, "edit_request");
+            let prompt_path = join(name, "prompt");
+            let critiques: Vec<String> = match o.get("prompt") {
+                None | Some(Value::Null) => {
+                    self.err(&prompt_path, "missing");
+                    Vec::new()
+                }
+                Some(Value::String(s)) if !s.trim().is_empty() => vec![s.clone()],
+                Some(Value::Array(items)) => {
+                    if items.is_empty() {
+                        self.err(&prompt_path, "must not be empty");
+                    }
+                    let mut out = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Value::String(s) if !s.trim().is_empty() => out.push(s.clone()),
+                            Value::String(_) => self.err(&format!("{prompt_path}[{i}]"), "empty"),
+                            other => self.err(
+                                &format!("{prompt_path}[{i}]"),
+                                format!("expected a string, found {}", kind(other)),
+                            ),
+                        }
+                    }
+                    out
+                }
+                Some(other) => {
+                    self.err(
+                        &prompt_path,
+                        format!("expected a string or an array of strings, found {}", kind(other)),
+                    );
+                    Vec::new()
+                }
+            };
+            if let Some(revision) = revision {
+                for critique in critiques {
+                    principles.push(Principle {
+                        name: Some(name.clone()),
+                        critique,
+                        revision: revision.clone(),
+                    });
+                }
+            }
+        }
+        Some(Constitution {
+            format: ConstitutionFormat::Anthropic,
+            system_message: None,
+            system_message_critique: None,
+            system_message_revision: None,
+            principles,
+            few_shots: Vec::new(),
+            comparison_principles: Vec::new(),
+            comparison_few_shots: Vec::new(),
+        })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Constitution, Vec<String>> {
+        Constitution::parse(Path::new("c.json"), s)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn native_format_is_normalised() {
+        let c = parse(
+            r#"{"system_message_user_prompt": "Be good.",
+                "critique_revision_principles": [{"critique": "C1", "revision": "R1"}],
+                "critique_revision_few_shots": [{"input": "i", "initial_answer": "a", "critique_principle": "cp", "critique": "c", "revision_principle": "rp", "revision": "r"}],
+                "comparison_principles": ["Which is kinder?"],
+                "comparison_few_shots": [{"task": "t", "chain_of_thought": "cot", "selected_answer": "(A)"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.format, ConstitutionFormat::Native);
+        assert_eq!(c.system_message.as_deref(), Some("Be good."));
+        assert_eq!(c.principles.len(), 1);
+        let roles: Vec<Role> = c.few_shots.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User, Role::Assistant]
+        );
+        assert_eq!(c.few_shots[5].content, "r");
+        assert_eq!(c.comparison_few_shots[0].selected_answer, "(A)");
+    }
+
+    #[test]
+    fn hf_format_is_normalised() {
+        let c = parse(
+            r#"{"constitutions": [{"critic": "C", "revision": "R"}],
+                "system_chat": [[{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.format, ConstitutionFormat::Hf);
+        assert_eq!(c.principles[0].critique, "C");
+        assert_eq!(c.few_shots, vec![Message::user("u"), Message::assistant("a")]);
+    }
+
+    #[test]
+    fn anthropic_format_is_normalised() {
+        let c = parse(
+            r#"{"harmful1": {"prompt": ["Critique it."], "edit_request": "Rewrite it."},
+                "harmful2": {"prompt": "Another.", "edit_request": "Again."}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.format, ConstitutionFormat::Anthropic);
+        assert_eq!(c.principles.len(), 2);
+        assert_eq!(c.principles[0].name.as_deref(), Some("harmful1"));
+        assert_eq!(c.principles[1].revision, "Again.");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let errs = parse(
+            r#"{"critique_revision_principles": [{"critique": "ok", "revision": "ok"}, {"critique": ""}, 7],
+                "comparison_principles": ["x", 3],
+                "critque_revision_few_shots": []}"#,
+        )
+        .unwrap_err();
+        let want = [
+            "c.json: critque_revision_few_shots: unknown key",
+            "c.json: critique_revision_principles[1].critique: empty",
+            "c.json: critique_revision_principles[1].revision: missing",
+            "c.json: critique_revision_principles[2]: expected an object, found a number",
+            "c.json: comparison_principles[1]: expected a string, found a number",
+        ];
+        for w in want {
+            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn invalid_json_names_the_line() {
+        let errs = parse("{\n  \"constitutions\": [\n  }").unwrap_err();
+        assert!(errs[0].starts_with("c.json:3: not valid JSON"), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_shape_is_rejected() {
+        let errs = parse(r#"{"rules": ["be nice"]}"#).unwrap_err();
+        assert!(errs[0].contains("not a recognised constitution format"), "{errs:?}");
+    }
+}

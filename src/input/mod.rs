@@ -1,0 +1,78 @@
+//! Reading what the user gives: prompts (CSV or JSONL) and the constitution
+//! (three JSON formats normalised into one [`Constitution`]).
+//!
+//! Every problem is an [`InputError`] that names the file and the line or the
+//! JSON path, so the user can fix it without guessing; the CLI turns these
+//! into exit code 2 before any request is sent.
+
+pub mod constitution;
+pub mod prompts;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use constitution::{ComparisonFewShot, Constitution, ConstitutionFormat, Principle};
+pub use prompts::{PromptReader, PromptRecord, PromptSpec, Shard};
+
+/// Where in a file a problem is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// 1-based line number.
+    Line(u64),
+    /// JSON path such as `critique_revision_principles[3].revision`.
+    Path(String),
+    /// The file as a whole.
+    File,
+}
+
+/// One problem with one input file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InputError {
+    pub file: PathBuf,
+    pub at: Location,
+    pub message: String,
+}
+
+impl InputError {
+    pub fn new(file: &Path, at: Location, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            at,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match &self.at {
+            Location::Line(n) => write!(f, "{file}:{n}: {}", self.message),
+            Location::Path(p) if p.is_empty() => write!(f, "{file}: {}", self.message),
+            Location::Path(p) => write!(f, "{file}: {p}: {}", self.message),
+            Location::File => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+/// Several input problems, reported together so one run shows all of them.
+#[derive(Debug, thiserror::Error)]
+pub struct InputErrors(pub Vec<InputError>);
+
+impl fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<InputError> for InputErrors {
+    fn from(e: InputError) -> Self {
+        InputErrors(vec![e])
+    }
+}

@@ -1,0 +1,445 @@
+//! Prompts, streamed one record at a time from CSV or JSONL.
+//!
+//! CSV is RFC 4180 with a header row (quoted commas, quotes and newlines;
+//! UTF-8 with or without BOM). JSONL is one object per line. The prompt column
+//! is `--prompt-column`, else the first of [`DEFAULT_COLUMNS`] present, else
+//! the only column besides `id`. The row id is the `id` column when there is
+//! one, else the 0-based row index in the file.
+//!
+//! Reading never holds the whole file: [`PromptReader`] is an iterator, and
+//! [`validate`] makes one streaming pass keeping only the ids (to find
+//! duplicates), so a run over millions of prompts starts in bounded memory.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde_json::Value;
+
+use super::{InputError, InputErrors, Location};
+
+/// Column names tried, in order, when `--prompt-column` is not given.
+pub const DEFAULT_COLUMNS: &[&str] = &["prompt", "instruction", "question", "input", "text"];
+
+/// Stop listing problems after this many: the user fixes the pattern, not each row.
+const MAX_REPORTED: usize = 50;
+
+/// `--shard K/N`: rows whose index `i` satisfies `i % N == K - 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based.
+    pub index: u64,
+    pub count: u64,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not K/N (for example 1/4)"))?;
+        let k: u64 = k.trim().parse().map_err(|_| format!("`{k}` is not a number"))?;
+        let n: u64 = n.trim().parse().map_err(|_| format!("`{n}` is not a number"))?;
+        if n == 0 || k == 0 || k > n {
+            return Err(format!("shard `{s}`: K must be between 1 and N"));
+        }
+        Ok(Shard {
+            index: k - 1,
+            count: n,
+        })
+    }
+}
+
+/// Which prompts to read.
+#[derive(Clone, Debug)]
+pub struct PromptSpec {
+    pub path: PathBuf,
+    pub column: Option<String>,
+    /// Take only the first N rows of the file (before sharding).
+    pub limit: Option<u64>,
+    pub shard: Option<Shard>,
+}
+
+impl PromptSpec {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            column: None,
+            limit: None,
+            shard: None,
+        }
+    }
+}
+
+/// One prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptRecord {
+    pub id: String,
+    pub text: String,
+    /// 1-based line where the record starts.
+    pub line: u64,
+}
+
+enum Source {
+    Csv {
+        reader: csv::Reader<BufReader<File>>,
+        column: usize,
+        id_column: Option<usize>,
+    },
+    Jsonl {
+        lines: std::io::Lines<BufReader<File>>,
+        column: Option<String>,
+        line: u64,
+    },
+}
+
+/// Streams [`PromptRecord`]s from a file, applying limit and shard.
+pub struct PromptReader {
+    path: PathBuf,
+    source: Source,
+    row: u64,
+    limit: Option<u64>,
+    shard: Option<Shard>,
+}
+
+fn is_jsonl(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        Some("jsonl" | "ndjson" | "json")
+    )
+}
+
+/// Picks the prompt column from the header names.
+fn choose_column(names: &[&str], requested: Option<&str>) -> Result<usize, String> {
+    if let Some(want) = requested {
+        return names
+            .iter()
+            .position(|n| *n == want)
+            .ok_or_else(|| format!("no column `{want}` (columns: {})", names.join(", ")));
+    }
+    for want in DEFAULT_COLUMNS {
+        if let Some(i) = names.iter().position(|n| n == want) {
+            return Ok(i);
+        }
+    }
+    let others: Vec<usize> = (0..names.len()).filter(|&i| names[i] != "id").collect();
+    match others.as_slice() {
+        [only] => Ok(*only),
+        _ => Err(format!(
+            "cannot tell which column holds the prompt (columns: {}); name it with --prompt-column",
+            names.join(", ")
+        )),
+    }
+}
+
+impl PromptReader {
+    pub fn open(spec: &PromptSpec) -> Result<Self, InputError> {
+        let path = spec.path.clone();
+        let file = File::open(&path).map_err(|e| {
+            InputError::new(&path, Location::File, format!("cannot open prompts: {e}"))
+        })?;
+        let source = if is_jsonl(&path) {
+            Source::Jsonl {
+                lines: BufReader::new(file).lines(),
+                column: spec.column.clone(),
+                line: 0,
+            }
+        } else {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(false)
+                .from_reader(BufReader::new(file));
+            let headers = reader.headers().map_err(|e| csv_error(&path, e))?.clone();
+            let names: Vec<&str> = headers.iter().map(|h| h.trim_start_matches('\u{feff}')).collect();
+            if names.iter().all(|n| n.is_empty()) {
+                return Err(InputError::new(&path, Location::Line(1), "empty file: expected a header row"));
+            }
+            let column = choose_column(&names, spec.column.as_deref())
+                .map_err(|m| InputError::new(&path, Location::Line(1), m))?;
+            let id_column = names.iter().position(|n| *n == "id");
+            Source::Csv {
+                reader,
+                column,
+                id_column,
+            }
+        };
+        Ok(Self {
+            path,
+            source,
+            row: 0,
+            limit: spec.limit,
+            shard: spec.shard,
+        })
+    }
+
+    /// The next record of the file, before limit and shard.
+    fn next_raw(&mut self) -> Option<Result<PromptRecord, InputError>> {
+        let row = self.row;
+        match &mut self.source {
+            Source::Csv {
+                reader,
+                column,
+                id_column,
+            } => {
+                let mut rec = csv::StringRecord::new();
+                match reader.read_record(&mut rec) {
+                    Ok(false) => None,
+                    Err(e) => Some(Err(csv_error(&self.path, e))),
+                    Ok(true) => {
+                        self.row += 1;
+                        let line = rec.position().map_or(0, |p| p.line());
+                        let text = rec.get(*column).unwrap_or_default().to_string();
+                        let id = match id_column.and_then(|c| rec.get(c)) {
+                            Some(id) => id.to_string(),
+                            None => row.to_string(),
+                        };
+                        Some(Ok(PromptRecord { id, text, line }))
+                    }
+                }
+            }
+            Source::Jsonl {
+                lines,
+                column,
+                line,
+            } => loop {
+                let text = match lines.next()? {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return Some(Err(InputError::new(
+                            &self.path,
+                            Location::Line(*line + 1),
+                            format!("cannot read: {e}"),
+                        )))
+                    }
+                };
+                *line += 1;
+                let text = if *line == 1 {
+                    text.trim_start_matches('\u{feff}').to_string()
+                } else {
+                    text
+                };
+                if text.trim().is_empty() {
+                    continue;
+                }
+                self.row += 1;
+                return Some(jsonl_record(&self.path, *line, row, &text, column));
+            },
+        }
+    }
+}
+
+fn jsonl_record(
+    path: &Path,
+    line: u64,
+    row: u64,
+    text: &str,
+    column: &mut Option<String>,
+) -> Result<PromptRecord, InputError> {
+    let at = Location::Line(line);
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| InputError::new(path, at.clone(), format!("not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(InputError::new(path, at, "expected a JSON object"));
+    };
+    if column.is_none() {
+        let names: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let i = choose_column(&names, None).map_err(|m| InputError::new(path, at.clone(), m))?;
+        *column = Some(names[i].to_string());
+    }
+    let col = column.as_deref().unwrap_or("prompt");
+    let text = match obj.get(col) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => {
+            return Err(InputError::new(path, at, format!("no `{col}` field")))
+        }
+        Some(other) => {
+            return Err(InputError::new(
+                path,
+                at,
+                format!("`{col}` must be a string, found {other}"),
+            ))
+        }
+    };
+    let id = match obj.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Null) | None => row.to_string(),
+        Some(other) => {
+            return Err(InputError::new(
+                path,
+                at,
+                format!("`id` must be a string or a number, found {other}"),
+            ))
+        }
+    };
+    Ok(PromptRecord { id, text, line })
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> InputError {
+    let line = e.position().map(|p| p.line());
+    let msg = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("expected {expected_len} fields, found {len}"),
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+        _ => format!("malformed CSV: {e}"),
+    };
+    match line {
+        Some(l) => InputError::new(path, Location::Line(l), msg),
+        None => InputError::new(path, Location::File, msg),
+    }
+}
+
+impl Iterator for PromptReader {
+    type Item = Result<PromptRecord, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.limit.is_some_and(|l| self.row >= l) {
+                return None;
+            }
+            let index = self.row;
+            let item = self.next_raw()?;
+            // A parse error ends the stream: later rows can't be trusted.
+            if item.is_err() {
+                self.limit = Some(0);
+                return Some(item);
+            }
+            if let Some(s) = self.shard {
+                if index % s.count != s.index {
+                    continue;
+                }
+            }
+            return Some(item);
+        }
+    }
+}
+
+/// One streaming pass over the prompts: malformed rows, blank prompts and
+/// duplicate ids are all reported (up to a cap). Returns the number of
+/// prompts the run will process.
+pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
+    let reader = PromptReader::open(spec)?;
+    let path = spec.path.clone();
+    let mut errors = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut count = 0;
+    for item in reader {
+        match item {
+            Err(e) => errors.push(e),
+            Ok(rec) => {
+                count += 1;
+                if rec.text.trim().is_empty() {
+                    errors.push(InputError::new(
+                        &path,
+                        Location::Line(rec.line),
+                        format!("blank prompt (id {})", rec.id),
+                    ));
+                }
+                if rec.id.trim().is_empty() {
+                    errors.push(InputError::new(&path, Location::Line(rec.line), "blank id"));
+                } else if !seen.insert(rec.id.clone()) {
+                    errors.push(InputError::new(
+                        &path,
+                        Location::Line(rec.line),
+                        format!("duplicate id `{}`", rec.id),
+                    ));
+                }
+            }
+        }
+        if errors.len() >= MAX_REPORTED {
+            errors.push(InputError::new(&path, Location::File, "too many problems; stopped listing"));
+            break;
+        }
+    }
+    if count == 0 && errors.is_empty() {
+        errors.push(InputError::new(&path, Location::File, "no prompts"));
+    }
+    if errors.is_empty() {
+        Ok(count)
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(ext: &str, content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    fn read(spec: &PromptSpec) -> Vec<PromptRecord> {
+        PromptReader::open(spec).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn csv_with_bom_quotes_and_newlines() {
+        let f = file(
+            ".csv",
+            "\u{feff}id,prompt\na,\"one, two\"\nb,\"say \"\"hi\"\"\nthen {{ x }}\"\n".as_bytes(),
+        );
+        let recs = read(&PromptSpec::new(f.path()));
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].id, "a");
+        assert_eq!(recs[0].text, "one, two");
+        assert_eq!(recs[1].text, "say \"hi\"\nthen {{ x }}");
+        assert_eq!(recs[1].line, 3);
+    }
+
+    #[test]
+    fn default_column_and_row_index_ids() {
+        let f = file(".csv", b"source,question\nx,Q0\ny,Q1\n");
+        let recs = read(&PromptSpec::new(f.path()));
+        assert_eq!(recs[0].text, "Q0");
+        assert_eq!(recs[1].id, "1");
+    }
+
+    #[test]
+    fn limit_and_shards_are_disjoint_and_covering() {
+        let f = file(".csv", b"prompt\na\nb\nc\nd\ne\n");
+        let mut all = Vec::new();
+        for k in 1..=3 {
+            let mut spec = PromptSpec::new(f.path());
+            spec.shard = Some(format!("{k}/3").parse().unwrap());
+            all.extend(read(&spec).into_iter().map(|r| r.text));
+        }
+        all.sort();
+        assert_eq!(all, ["a", "b", "c", "d", "e"]);
+        let mut spec = PromptSpec::new(f.path());
+        spec.limit = Some(2);
+        assert_eq!(read(&spec).len(), 2);
+    }
+
+    #[test]
+    fn jsonl_with_numeric_ids_and_blank_lines() {
+        let f = file(".jsonl", b"{\"id\": 7, \"instruction\": \"do it\"}\n\n{\"id\": \"x\", \"instruction\": \"again\"}\n");
+        let recs = read(&PromptSpec::new(f.path()));
+        assert_eq!(recs[0].id, "7");
+        assert_eq!(recs[1].line, 3);
+    }
+
+    #[test]
+    fn validation_lists_every_problem() {
+        let f = file(".csv", b"id,prompt\na,ok\na,dup\nb,   \nc,x,extra\n");
+        let errs = validate(&PromptSpec::new(f.path())).unwrap_err();
+        let msgs: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        assert!(msgs[0].ends_with(":3: duplicate id `a`"), "{msgs:?}");
+        assert!(msgs[1].ends_with(":4: blank prompt (id b)"), "{msgs:?}");
+        assert!(msgs[2].ends_with(":5: expected 2 fields, found 3"), "{msgs:?}");
+    }
+
+    #[test]
+    fn shard_syntax() {
+        assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
+        assert!("0/4".parse::<Shard>().is_err());
+        assert!("5/4".parse::<Shard>().is_err());
+        assert!("x".parse::<Shard>().is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! The prompt templates: one minijinja [`Environment`], built once per run.
+//!
+//! Each template renders the text of one user message (or, for
+//! `sft_text.jinja`, the SFT completion). Defaults are embedded in the binary;
+//! `--templates DIR` overrides any of them by file name. Undefined variables
+//! are errors (strict mode), and user text — prompts, answers, principles —
+//! enters only as values, never as template source, so a prompt containing
+//! `{{ 7*7 }}` is sent exactly as written.
+//!
+//! Variables each template receives:
+//!
+//! | template | variables |
+//! |---|---|
+//! | `initial.jinja` | `prompt` |
+//! | `critique.jinja` | `prompt`, `answer`, `principle` (`critique`, `revision`, `name`), `round` |
+//! | `revision.jinja` | `prompt`, `answer`, `critique`, `principle`, `round` |
+//! | `sft_text.jinja` | `prompt`, `initial`, `final`, `system` |
+//! | `judge.jinja` | `prompt`, `response_a`, `response_b`, `principle`, `few_shots`, `chain_of_thought` |
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+
+/// Embedded default templates, by file name.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("initial.jinja", include_str!("../templates/initial.jinja")),
+    ("critique.jinja", include_str!("../templates/critique.jinja")),
+    ("revision.jinja", include_str!("../templates/revision.jinja")),
+    ("sft_text.jinja", include_str!("../templates/sft_text.jinja")),
+    ("judge.jinja", include_str!("../templates/judge.jinja")),
+];
+
+/// A template that does not compile or render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct TemplateError {
+    /// The override file, or `embedded NAME`.
+    pub origin: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The templates of a run.
+pub struct Templates {
+    env: Environment<'static>,
+    origins: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates").field("origins", &self.origins).finish()
+    }
+}
+
+#[derive(Serialize)]
+struct SamplePrinciple {
+    name: Option<&'static str>,
+    critique: &'static str,
+    revision: &'static str,
+}
+
+impl Templates {
+    /// The embedded templates, overridden by files of the same name in `dir`.
+    /// Reports every template that fails to compile or to render with sample
+    /// values (so a misspelt variable is caught before a request is sent).
+    pub fn load(dir: Option<&Path>) -> Result<Self, Vec<TemplateError>> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let mut origins = Vec::new();
+        let mut errors = Vec::new();
+        if let Some(dir) = dir {
+            match std::fs::read_dir(dir) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if name.ends_with(".jinja") && !EMBEDDED.iter().any(|(n, _)| *n == name) {
+                            errors.push(TemplateError {
+                                origin: entry.path().display().to_string(),
+                                line: None,
+                                message: format!(
+                                    "unknown template name (expected one of: {})",
+                                    EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                                ),
+                            });
+                        }
+                    }
+                }
+                Err(e) => errors.push(TemplateError {
+                    origin: dir.display().to_string(),
+                    line: None,
+                    message: format!("cannot read templates directory: {e}"),
+                }),
+            }
+        }
+        for (name, default) in EMBEDDED {
+            let over: Option<PathBuf> = dir.map(|d| d.join(name)).filter(|p| p.exists());
+            let (origin, source) = match &over {
+                Some(p) => match std::fs::read_to_string(p) {
+                    Ok(s) => (p.display().to_string(), s),
+                    Err(e) => {
+                        errors.push(TemplateError {
+                            origin: p.display().to_string(),
+                            line: None,
+                            message: format!("cannot read: {e}"),
+                        });
+                        continue;
+                    }
+                },
+                None => (format!("embedded {name}"), (*default).to_string()),
+            };
+            if let Err(e) = env.add_template_owned(name.to_string(), source) {
+                errors.push(TemplateError {
+                    origin: origin.clone(),
+                    line: e.line(),
+                    message: describe(&e),
+                });
+            }
+            origins.push((name.to_string(), origin));
+        }
+        let this = Self { env, origins };
+        if errors.is_empty() {
+            errors.extend(this.trial_render());
+        }
+        if errors.is_empty() {
+            Ok(this)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Renders each template once with sample values of every variable.
+    fn trial_render(&self) -> Vec<TemplateError> {
+        let principle = SamplePrinciple {
+            name: Some("sample"),
+            critique: "Identify problems.",
+            revision: "Rewrite it.",
+        };
+        let samples: [(&str, Value); 5] = [
+            ("initial.jinja", minijinja::context! { prompt => "p" }),
+            (
+                "critique.jinja",
+                minijinja::context! { prompt => "p", answer => "a", principle => &principle, round => 1 },
+            ),
+            (
+                "revision.jinja",
+                minijinja::context! { prompt => "p", answer => "a", critique => "c", principle => &principle, round => 1 },
+            ),
+            (
+                "sft_text.jinja",
+                minijinja::context! { prompt => "p", initial => "i", final => "f", system => Value::from(()) },
+            ),
+            (
+                "judge.jinja",
+                minijinja::context! { prompt => "p", response_a => "a", response_b => "b", principle => "Which is better?", few_shots => Vec::<Value>::new(), chain_of_thought => false },
+            ),
+        ];
+        samples
+            .into_iter()
+            .filter_map(|(name, ctx)| self.render(name, ctx).err())
+            .collect()
+    }
+
+    /// Renders template `name` with `ctx`.
+    pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String, TemplateError> {
+        let origin = self
+            .origins
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| name.to_string(), |(_, o)| o.clone());
+        let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
+            origin: origin.clone(),
+            line: None,
+            message: describe(&e),
+        })?;
+        tmpl.render(ctx).map_err(|e| TemplateError {
+            origin,
+            line: e.line(),
+            message: describe(&e),
+        })
+    }
+}
+
+/// minijinja's error text without the location it also reports separately.
+fn describe(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_text_is_never_template_source() {
+        let t = Templates::load(None).unwrap();
+        let out = t
+            .render("initial.jinja", minijinja::context! { prompt => "{{ 7*7 }} {% for x in y %}" })
+            .unwrap();
+        assert_eq!(out, "{{ 7*7 }} {% for x in y %}");
+    }
+
+    #[test]
+    fn overrides_are_used_and_checked_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("initial.jinja"), "Q: {{ prompt }}").unwrap();
+        let t = Templates::load(Some(dir.path())).unwrap();
+        assert_eq!(t.render("initial.jinja", minijinja::context! { prompt => "x" }).unwrap(), "Q: x");
+
+        std::fs::write(dir.path().join("critique.jinja"), "{{ principle.critiq }}").unwrap();
+        std::fs::write(dir.path().join("revision.jinja"), "\n{% if %}").unwrap();
+        std::fs::write(dir.path().join("initail.jinja"), "x").unwrap();
+        let errs = Templates::load(Some(dir.path())).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(msgs.iter().any(|m| m.contains("initail.jinja: unknown template name")), "{msgs:?}");
+        assert!(msgs.iter().any(|m| m.contains("revision.jinja:2: syntax error")), "{msgs:?}");
+    }
+
+    #[test]
+    fn undefined_variables_are_caught_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("critique.jinja"), "{{ principle.critiq }}").unwrap();
+        let errs = Templates::load(Some(dir.path())).unwrap_err();
+        assert!(errs[0].to_string().contains("critique.jinja:1: undefined value"), "{errs:?}");
+    }
+}
