@@ -5,4 +5,69 @@
 //! come out. `main.rs` only parses arguments and maps the result to an exit
 //! code; everything else lives in the modules below.
 
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod input;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
 pub mod provider;
+pub mod run;
+pub mod template;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
+    let result = match cli.command {
+        Command::Validate(args) => run::validate(&args).map(|report| {
+            println!("{report}");
+            0
+        }),
+        Command::Render(args) => run::render(&args).map(|out| {
+            print!("{out}");
+            0
+        }),
+        Command::Generate(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cai: cannot start the async runtime: {e}");
+                    return ExitCode::from(3);
+                }
+            };
+            rt.block_on(run::generate(&args, argv)).map(|s| {
+                eprintln!(
+                    "cai: wrote {} SFT rows and {} preference rows to {} ({} rejected, {} requests, {} retries)",
+                    s.counts.sft_rows,
+                    s.counts.preference_rows,
+                    s.out.display(),
+                    s.counts.rejected,
+                    s.stats.requests,
+                    s.stats.retries
+                );
+                if s.counts.rejected > 0 {
+                    eprintln!("cai: {} prompts rejected: see {}", s.counts.rejected, s.out.join("rejects.jsonl").display());
+                    1
+                } else {
+                    0
+                }
+            })
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("cai: error: {line}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

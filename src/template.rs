@@ -21,13 +21,23 @@ use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// Embedded default templates, by file name.
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("initial.jinja", include_str!("../templates/initial.jinja")),
-    ("critique.jinja", include_str!("../templates/critique.jinja")),
-    ("revision.jinja", include_str!("../templates/revision.jinja")),
-    ("sft_text.jinja", include_str!("../templates/sft_text.jinja")),
+    (
+        "critique.jinja",
+        include_str!("../templates/critique.jinja"),
+    ),
+    (
+        "revision.jinja",
+        include_str!("../templates/revision.jinja"),
+    ),
+    (
+        "sft_text.jinja",
+        include_str!("../templates/sft_text.jinja"),
+    ),
     ("judge.jinja", include_str!("../templates/judge.jinja")),
 ];
 
@@ -45,11 +55,14 @@ pub struct TemplateError {
 pub struct Templates {
     env: Environment<'static>,
     origins: Vec<(String, String)>,
+    digest: String,
 }
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("origins", &self.origins).finish()
+        f.debug_struct("Templates")
+            .field("origins", &self.origins)
+            .finish()
     }
 }
 
@@ -69,6 +82,7 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         let mut origins = Vec::new();
         let mut errors = Vec::new();
+        let mut hasher = Sha256::new();
         if let Some(dir) = dir {
             match std::fs::read_dir(dir) {
                 Ok(entries) => {
@@ -80,7 +94,11 @@ impl Templates {
                                 line: None,
                                 message: format!(
                                     "unknown template name (expected one of: {})",
-                                    EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                                    EMBEDDED
+                                        .iter()
+                                        .map(|(n, _)| *n)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
                                 ),
                             });
                         }
@@ -109,6 +127,9 @@ impl Templates {
                 },
                 None => (format!("embedded {name}"), (*default).to_string()),
             };
+            hasher.update(name.as_bytes());
+            hasher.update((source.len() as u64).to_le_bytes());
+            hasher.update(source.as_bytes());
             if let Err(e) = env.add_template_owned(name.to_string(), source) {
                 errors.push(TemplateError {
                     origin: origin.clone(),
@@ -118,7 +139,12 @@ impl Templates {
             }
             origins.push((name.to_string(), origin));
         }
-        let this = Self { env, origins };
+        let digest = crate::engine::journal::hex(&hasher.finalize());
+        let this = Self {
+            env,
+            origins,
+            digest,
+        };
         if errors.is_empty() {
             errors.extend(this.trial_render());
         }
@@ -161,6 +187,12 @@ impl Templates {
             .collect()
     }
 
+    /// SHA-256 over every template's name and source: changes when any
+    /// template that shapes requests or rows changes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     /// Renders template `name` with `ctx`.
     pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String, TemplateError> {
         let origin = self
@@ -197,7 +229,10 @@ mod tests {
     fn user_text_is_never_template_source() {
         let t = Templates::load(None).unwrap();
         let out = t
-            .render("initial.jinja", minijinja::context! { prompt => "{{ 7*7 }} {% for x in y %}" })
+            .render(
+                "initial.jinja",
+                minijinja::context! { prompt => "{{ 7*7 }} {% for x in y %}" },
+            )
             .unwrap();
         assert_eq!(out, "{{ 7*7 }} {% for x in y %}");
     }
@@ -207,15 +242,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("initial.jinja"), "Q: {{ prompt }}").unwrap();
         let t = Templates::load(Some(dir.path())).unwrap();
-        assert_eq!(t.render("initial.jinja", minijinja::context! { prompt => "x" }).unwrap(), "Q: x");
+        assert_eq!(
+            t.render("initial.jinja", minijinja::context! { prompt => "x" })
+                .unwrap(),
+            "Q: x"
+        );
 
         std::fs::write(dir.path().join("critique.jinja"), "{{ principle.critiq }}").unwrap();
         std::fs::write(dir.path().join("revision.jinja"), "\n{% if %}").unwrap();
         std::fs::write(dir.path().join("initail.jinja"), "x").unwrap();
         let errs = Templates::load(Some(dir.path())).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(msgs.iter().any(|m| m.contains("initail.jinja: unknown template name")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.contains("revision.jinja:2: syntax error")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("initail.jinja: unknown template name")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("revision.jinja:2: syntax error")),
+            "{msgs:?}"
+        );
     }
 
     #[test]
@@ -223,6 +270,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("critique.jinja"), "{{ principle.critiq }}").unwrap();
         let errs = Templates::load(Some(dir.path())).unwrap_err();
-        assert!(errs[0].to_string().contains("critique.jinja:1: undefined value"), "{errs:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("critique.jinja:1: undefined value"),
+            "{errs:?}"
+        );
     }
 }

@@ -68,7 +68,11 @@ impl Constitution {
     /// Reads and validates a constitution file.
     pub fn load(path: &Path) -> Result<Self, InputErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            InputError::new(path, Location::File, format!("cannot read constitution: {e}"))
+            InputError::new(
+                path,
+                Location::File,
+                format!("cannot read constitution: {e}"),
+            )
         })?;
         Self::parse(path, &text)
     }
@@ -166,8 +170,11 @@ fn join(path: &str, key: &str) -> String {
 
 impl Walker<'_> {
     fn err(&mut self, path: &str, msg: impl Into<String>) {
-        self.errors
-            .push(InputError::new(self.file, Location::Path(path.to_string()), msg));
+        self.errors.push(InputError::new(
+            self.file,
+            Location::Path(path.to_string()),
+            msg,
+        ));
     }
 
     /// A required, non-blank string field of `obj`.
@@ -207,12 +214,7 @@ impl Walker<'_> {
     }
 
     /// An array field; `required` arrays must also be non-empty.
-    fn array<'v>(
-        &mut self,
-        obj: &'v Map<String, Value>,
-        key: &str,
-        required: bool,
-    ) -> &'v [Value] {
+    fn array<'v>(&mut self, obj: &'v Map<String, Value>, key: &str, required: bool) -> &'v [Value] {
         match obj.get(key) {
             None | Some(Value::Null) if required => {
                 self.err(key, "missing");
@@ -260,7 +262,9 @@ impl Walker<'_> {
             .enumerate()
         {
             let p = format!("critique_revision_principles[{i}]");
-            let Some(o) = self.object(v, &p) else { continue };
+            let Some(o) = self.object(v, &p) else {
+                continue;
+            };
             let critique = self.string(o, &p, "critique");
             let revision = self.string(o, &p, "revision");
             if let (Some(critique), Some(revision)) = (critique, revision) {
@@ -279,7 +283,9 @@ impl Walker<'_> {
             .enumerate()
         {
             let p = format!("critique_revision_few_shots[{i}]");
-            let Some(o) = self.object(v, &p) else { continue };
+            let Some(o) = self.object(v, &p) else {
+                continue;
+            };
             let fields = [
                 (Role::User, "input"),
                 (Role::Assistant, "initial_answer"),
@@ -323,7 +329,9 @@ impl Walker<'_> {
             .enumerate()
         {
             let p = format!("comparison_few_shots[{i}]");
-            let Some(o) = self.object(v, &p) else { continue };
+            let Some(o) = self.object(v, &p) else {
+                continue;
+            };
             let task = self.string(o, &p, "task");
             let chain_of_thought = self.string(o, &p, "chain_of_thought");
             let selected_answer = self.string(o, &p, "selected_answer");
@@ -362,7 +370,9 @@ impl Walker<'_> {
         let mut principles = Vec::new();
         for (i, v) in self.array(obj, "constitutions", true).iter().enumerate() {
             let p = format!("constitutions[{i}]");
-            let Some(o) = self.object(v, &p) else { continue };
+            let Some(o) = self.object(v, &p) else {
+                continue;
+            };
             let critique = self.string(o, &p, "critic");
             let revision = self.string(o, &p, "revision");
             if let (Some(critique), Some(revision)) = (critique, revision) {
@@ -378,12 +388,17 @@ impl Walker<'_> {
         for (i, convo) in self.array(obj, "system_chat", false).iter().enumerate() {
             let p = format!("system_chat[{i}]");
             let Some(turns) = convo.as_array() else {
-                self.err(&p, format!("expected an array of messages, found {}", kind(convo)));
+                self.err(
+                    &p,
+                    format!("expected an array of messages, found {}", kind(convo)),
+                );
                 continue;
             };
             for (j, turn) in turns.iter().enumerate() {
                 let tp = format!("{p}[{j}]");
-                let Some(o) = self.object(turn, &tp) else { continue };
+                let Some(o) = self.object(turn, &tp) else {
+                    continue;
+                };
                 let role = self.string(o, &tp, "role");
                 let content = self.string(o, &tp, "content");
                 let (Some(role), Some(content)) = (role, content) else {
@@ -458,7 +473,10 @@ impl Walker<'_> {
                 Some(other) => {
                     self.err(
                         &prompt_path,
-                        format!("expected a string or an array of strings, found {}", kind(other)),
+                        format!(
+                            "expected a string or an array of strings, found {}",
+                            kind(other)
+                        ),
                     );
                     Vec::new()
                 }
@@ -522,7 +540,14 @@ mod tests {
         let roles: Vec<Role> = c.few_shots.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,
-            [Role::User, Role::Assistant, Role::User, Role::Assistant, Role::User, Role::Assistant]
+            [
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant
+            ]
         );
         assert_eq!(c.few_shots[5].content, "r");
         assert_eq!(c.comparison_few_shots[0].selected_answer, "(A)");
@@ -537,7 +562,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.format, ConstitutionFormat::Hf);
         assert_eq!(c.principles[0].critique, "C");
-        assert_eq!(c.few_shots, vec![Message::user("u"), Message::assistant("a")]);
+        assert_eq!(
+            c.few_shots,
+            vec![Message::user("u"), Message::assistant("a")]
+        );
     }
 
     #[test]
@@ -569,7 +597,10 @@ mod tests {
             "c.json: comparison_principles[1]: expected a string, found a number",
         ];
         for w in want {
-            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }
@@ -583,6 +614,9 @@ mod tests {
     #[test]
     fn unknown_shape_is_rejected() {
         let errs = parse(r#"{"rules": ["be nice"]}"#).unwrap_err();
-        assert!(errs[0].contains("not a recognised constitution format"), "{errs:?}");
+        assert!(
+            errs[0].contains("not a recognised constitution format"),
+            "{errs:?}"
+        );
     }
 }

@@ -40,8 +40,14 @@ impl FromStr for Shard {
         let (k, n) = s
             .split_once('/')
             .ok_or_else(|| format!("`{s}` is not K/N (for example 1/4)"))?;
-        let k: u64 = k.trim().parse().map_err(|_| format!("`{k}` is not a number"))?;
-        let n: u64 = n.trim().parse().map_err(|_| format!("`{n}` is not a number"))?;
+        let k: u64 = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{k}` is not a number"))?;
+        let n: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{n}` is not a number"))?;
         if n == 0 || k == 0 || k > n {
             return Err(format!("shard `{s}`: K must be between 1 and N"));
         }
@@ -106,7 +112,10 @@ pub struct PromptReader {
 
 fn is_jsonl(path: &Path) -> bool {
     matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("jsonl" | "ndjson" | "json")
     )
 }
@@ -152,9 +161,16 @@ impl PromptReader {
                 .flexible(false)
                 .from_reader(BufReader::new(file));
             let headers = reader.headers().map_err(|e| csv_error(&path, e))?.clone();
-            let names: Vec<&str> = headers.iter().map(|h| h.trim_start_matches('\u{feff}')).collect();
+            let names: Vec<&str> = headers
+                .iter()
+                .map(|h| h.trim_start_matches('\u{feff}'))
+                .collect();
             if names.iter().all(|n| n.is_empty()) {
-                return Err(InputError::new(&path, Location::Line(1), "empty file: expected a header row"));
+                return Err(InputError::new(
+                    &path,
+                    Location::Line(1),
+                    "empty file: expected a header row",
+                ));
             }
             let column = choose_column(&names, spec.column.as_deref())
                 .map_err(|m| InputError::new(&path, Location::Line(1), m))?;
@@ -350,7 +366,11 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
             }
         }
         if errors.len() >= MAX_REPORTED {
-            errors.push(InputError::new(&path, Location::File, "too many problems; stopped listing"));
+            errors.push(InputError::new(
+                &path,
+                Location::File,
+                "too many problems; stopped listing",
+            ));
             break;
         }
     }
@@ -376,7 +396,10 @@ mod tests {
     }
 
     fn read(spec: &PromptSpec) -> Vec<PromptRecord> {
-        PromptReader::open(spec).unwrap().map(Result::unwrap).collect()
+        PromptReader::open(spec)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     #[test]
@@ -432,12 +455,18 @@ mod tests {
         let msgs: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
         assert!(msgs[0].ends_with(":3: duplicate id `a`"), "{msgs:?}");
         assert!(msgs[1].ends_with(":4: blank prompt (id b)"), "{msgs:?}");
-        assert!(msgs[2].ends_with(":5: expected 2 fields, found 3"), "{msgs:?}");
+        assert!(
+            msgs[2].ends_with(":5: expected 2 fields, found 3"),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn shard_syntax() {
-        assert_eq!("2/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
+        assert_eq!(
+            "2/4".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 4 }
+        );
         assert!("0/4".parse::<Shard>().is_err());
         assert!("5/4".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());

@@ -68,6 +68,24 @@ impl Hf {
     }
 }
 
+fn body<'a>(inputs: &'a str, req: &'a ChatRequest) -> Body<'a> {
+    let p = &req.params;
+    let sample = p.temperature > 0.0;
+    Body {
+        inputs,
+        parameters: Parameters {
+            max_new_tokens: p.max_tokens,
+            temperature: sample.then_some(p.temperature),
+            top_p: (sample && p.top_p < 1.0).then_some(p.top_p),
+            do_sample: sample,
+            seed: p.seed,
+            return_full_text: false,
+            stop: &p.stop,
+            details: true,
+        },
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     inputs: &'a str,
@@ -127,23 +145,14 @@ impl Provider for Hf {
         self.key_var.as_deref()
     }
 
+    fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
+        let inputs = self.render(req)?;
+        Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": body(&inputs, req) }))
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let inputs = self.render(req)?;
-        let p = &req.params;
-        let sample = p.temperature > 0.0;
-        let body = Body {
-            inputs: &inputs,
-            parameters: Parameters {
-                max_new_tokens: p.max_tokens,
-                temperature: sample.then_some(p.temperature),
-                top_p: (sample && p.top_p < 1.0).then_some(p.top_p),
-                do_sample: sample,
-                seed: p.seed,
-                return_full_text: false,
-                stop: &p.stop,
-                details: true,
-            },
-        };
+        let body = body(&inputs, req);
         let mut http = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.key {
             http = http.bearer_auth(key.expose_secret());
@@ -151,15 +160,17 @@ impl Provider for Hf {
         let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
         let generated = match resp {
             Response::One(g) => g,
-            Response::Many(v) => v.into_iter().next().ok_or_else(|| ProviderError::Malformed {
-                url: self.url.clone(),
-                reason: "empty list in the reply".into(),
-            })?,
+            Response::Many(v) => v
+                .into_iter()
+                .next()
+                .ok_or_else(|| ProviderError::Malformed {
+                    url: self.url.clone(),
+                    reason: "empty list in the reply".into(),
+                })?,
         };
         let details = generated.details;
-        let finish = super::openai::finish_reason(
-            details.as_ref().and_then(|d| d.finish_reason.as_deref()),
-        );
+        let finish =
+            super::openai::finish_reason(details.as_ref().and_then(|d| d.finish_reason.as_deref()));
         let usage = details
             .and_then(|d| d.generated_tokens)
             .map(|completion_tokens| Usage {

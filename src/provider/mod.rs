@@ -153,7 +153,8 @@ pub enum ProviderError {
         body: String,
         /// Parsed `Retry-After` (seconds or HTTP date), when sent.
         retry_after: Option<Duration>,
-        rate: RateHints,
+        /// Boxed: most errors carry none, and it would bloat every `Result`.
+        rate: Box<RateHints>,
     },
     /// The connection failed or was reset before a full reply arrived.
     #[error("connection to {url} failed: {reason}")]
@@ -218,6 +219,14 @@ pub trait Provider: Send + Sync {
     fn key_var(&self) -> Option<&str>;
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
+    /// The request as it would be sent, for `cai render`.
+    fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
+        Ok(serde_json::json!({
+            "endpoint": self.endpoint(),
+            "messages": req.messages,
+            "params": req.params,
+        }))
+    }
 }
 
 /// How much of an error body goes into a message: enough to see the cause.
@@ -247,7 +256,7 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
             url: url.to_string(),
             body: snippet(&bytes, secret),
             retry_after: retry,
-            rate,
+            rate: Box::new(rate),
         });
     }
     let value = serde_json::from_slice::<T>(&bytes).map_err(|e| ProviderError::Malformed {

@@ -46,6 +46,21 @@ impl OpenAi {
     }
 }
 
+impl OpenAi {
+    fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
+        let p = &req.params;
+        Body {
+            model: &self.model,
+            messages: &req.messages,
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed,
+            stop: &p.stop,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
@@ -84,10 +99,12 @@ struct ApiUsage {
 
 pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {
     match s {
-        None | Some("stop") | Some("eos") | Some("eos_token") | Some("stop_sequence")
-        | Some("end_turn") => {
-            FinishReason::Stop
-        }
+        None
+        | Some("stop")
+        | Some("eos")
+        | Some("eos_token")
+        | Some("stop_sequence")
+        | Some("end_turn") => FinishReason::Stop,
         Some("length") | Some("max_tokens") => FinishReason::Length,
         Some("content_filter") => FinishReason::Filtered("content_filter".into()),
         Some(other) => FinishReason::Other(other.to_string()),
@@ -112,17 +129,12 @@ impl Provider for OpenAi {
         self.key_var.as_deref()
     }
 
+    fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
+        Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
-        let p = &req.params;
-        let body = Body {
-            model: &self.model,
-            messages: &req.messages,
-            max_tokens: p.max_tokens,
-            temperature: p.temperature,
-            top_p: p.top_p,
-            seed: p.seed,
-            stop: &p.stop,
-        };
+        let body = self.body(req);
         let mut http = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.key {
             http = http.bearer_auth(key.expose_secret());

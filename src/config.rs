@@ -1,0 +1,248 @@
+//! From parsed arguments to a checked configuration and a ready provider.
+//!
+//! Everything here runs before the first request: a bad URL, a missing key
+//! or an unreadable chat template is a [`ConfigError`] (exit 2), never a
+//! failed request. Keys are read from the environment (never from the
+//! command line) and held as [`SecretString`], which does not print.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::cli::{EndpointArgs, ProviderKind, SamplingArgs};
+use crate::provider::chat_template::{ChatTemplate, BUILTIN};
+use crate::provider::hf::Hf;
+use crate::provider::openai::OpenAi;
+use crate::provider::{GenParams, Provider};
+
+/// OpenAI's API root, used when `--provider openai` has no `--base-url`.
+pub const OPENAI_BASE: &str = "https://api.openai.com/v1";
+/// Model used with OpenAI's own API when none is named.
+pub const OPENAI_DEFAULT_MODEL: &str = "gpt-4o-mini";
+
+/// A configuration problem, found before anything is sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Which backend, and why (for the one line cai prints when it chose).
+pub fn select_provider(args: &EndpointArgs) -> (ProviderKind, Option<String>) {
+    if let Some(p) = args.provider {
+        return (p, None);
+    }
+    if args.base_url.is_some() {
+        return (
+            ProviderKind::Openai,
+            Some("--base-url given: using the OpenAI-compatible provider".into()),
+        );
+    }
+    // HF_TOKEN is deliberately not a signal: many users keep it set for
+    // downloading models, not for paying for inference.
+    if std::env::var_os("OPENAI_API_KEY").is_some_and(|v| !v.is_empty()) {
+        return (
+            ProviderKind::Openai,
+            Some("OPENAI_API_KEY is set: using provider openai (pass --provider local to stay offline)".into()),
+        );
+    }
+    (ProviderKind::Local, None)
+}
+
+fn default_key_var(kind: ProviderKind) -> Option<&'static str> {
+    match kind {
+        ProviderKind::Openai => Some("OPENAI_API_KEY"),
+        ProviderKind::Hf => Some("HF_TOKEN"),
+        ProviderKind::Local => None,
+    }
+}
+
+/// Reads the key for `kind`. An explicitly named variable must be set; a
+/// default one may be absent (local servers need no key), unless the
+/// endpoint is the public service that always needs one.
+fn read_key(
+    args: &EndpointArgs,
+    kind: ProviderKind,
+    needs_key: bool,
+) -> Result<(Option<SecretString>, Option<String>), ConfigError> {
+    let (var, explicit) = match (&args.api_key_env, default_key_var(kind)) {
+        (Some(v), _) => (v.clone(), true),
+        (None, Some(v)) => (v.to_string(), false),
+        (None, None) => return Ok((None, None)),
+    };
+    match std::env::var(&var) {
+        Ok(v) if !v.trim().is_empty() => {
+            Ok((Some(SecretString::from(v.trim().to_string())), Some(var)))
+        }
+        _ if explicit || needs_key => Err(ConfigError(format!(
+            "no API key: set the environment variable {var}{}",
+            if explicit {
+                " (named by --api-key-env)"
+            } else {
+                ""
+            }
+        ))),
+        _ => Ok((None, None)),
+    }
+}
+
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError(format!("--base-url `{url}` is not a valid URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ConfigError(format!(
+            "--base-url `{url}` must be an http:// or https:// URL with a host"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads `--chat-template`: a built-in name or a file. A file may hold the
+/// template itself or a `tokenizer_config.json` with a `chat_template` key
+/// (and `bos_token`/`eos_token`).
+pub fn load_chat_template(spec: &str) -> Result<ChatTemplate, ConfigError> {
+    if let Some(t) = ChatTemplate::builtin(spec) {
+        return Ok(t);
+    }
+    let path = std::path::Path::new(spec);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+        ConfigError(format!(
+            "--chat-template `{spec}`: not a built-in ({}) and not a readable file: {e}",
+            names.join(", ")
+        ))
+    })?;
+    let (source, bos, eos) = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if v.get("chat_template").is_some() => {
+            let token = |k: &str| -> String {
+                match v.get(k) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(o) => o
+                        .get("content")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                    None => String::new(),
+                }
+            };
+            let src = v["chat_template"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ConfigError(format!("{spec}: chat_template: expected a string")))?;
+            (src, token("bos_token"), token("eos_token"))
+        }
+        _ => (text, String::new(), String::new()),
+    };
+    let t = ChatTemplate::new(&source, bos, eos)
+        .map_err(|e| ConfigError(format!("{spec}: chat template does not compile: {e}")))?;
+    // Render a probe conversation so a template that fails on every input
+    // (unknown filter, raise_exception on the system role) is caught now.
+    let probe = [
+        crate::provider::Message::user("probe"),
+        crate::provider::Message::assistant("probe"),
+        crate::provider::Message::user("probe"),
+    ];
+    t.render(&probe, true)
+        .map_err(|e| ConfigError(format!("{spec}: chat template fails to render: {e}")))?;
+    Ok(t)
+}
+
+/// Sampling arguments as request parameters.
+pub fn gen_params(s: &SamplingArgs) -> Result<GenParams, ConfigError> {
+    if !(0.0..=2.0).contains(&s.temperature) {
+        return Err(ConfigError(format!(
+            "--temperature {} is outside 0..=2",
+            s.temperature
+        )));
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(ConfigError(format!(
+            "--top-p {} is outside (0, 1]",
+            s.top_p
+        )));
+    }
+    if s.max_tokens == 0 {
+        return Err(ConfigError("--max-tokens must be at least 1".into()));
+    }
+    Ok(GenParams {
+        max_tokens: s.max_tokens,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        seed: s.seed,
+        stop: Vec::new(),
+    })
+}
+
+/// One pooled HTTP client for the run: connections are reused across all
+/// requests, and enough idle ones are kept for the configured concurrency.
+pub fn http_client(timeout: Duration, concurrency: usize) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .pool_max_idle_per_host(concurrency.max(1))
+        .tcp_nodelay(true)
+        .user_agent(concat!("cai/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Builds the provider the arguments describe.
+pub fn build_provider(
+    args: &EndpointArgs,
+    concurrency: usize,
+) -> Result<(Arc<dyn Provider>, Option<String>), ConfigError> {
+    let (kind, note) = select_provider(args);
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(ConfigError(format!(
+            "--timeout {} must be positive",
+            args.timeout
+        )));
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    if let Some(url) = &args.base_url {
+        check_url(url)?;
+    }
+    let provider: Arc<dyn Provider> = match kind {
+        ProviderKind::Openai => {
+            let public = args.base_url.is_none();
+            let (key, key_var) = read_key(args, kind, public)?;
+            let model = match (&args.model, public) {
+                (Some(m), _) => m.clone(),
+                (None, true) => OPENAI_DEFAULT_MODEL.to_string(),
+                (None, false) => "default".to_string(),
+            };
+            Arc::new(OpenAi::new(
+                http_client(timeout, concurrency)?,
+                args.base_url.as_deref().unwrap_or(OPENAI_BASE),
+                model,
+                key,
+                key_var,
+            ))
+        }
+        ProviderKind::Hf => {
+            let public = args.base_url.is_none();
+            let model = match (&args.model, public) {
+                (Some(m), _) => m.clone(),
+                (None, true) => {
+                    return Err(ConfigError(
+                        "--provider hf without --base-url needs --model (the Inference API model id)".into(),
+                    ))
+                }
+                (None, false) => "tgi".to_string(),
+            };
+            let (key, key_var) = read_key(args, kind, public)?;
+            let template = load_chat_template(&args.chat_template)?;
+            Arc::new(Hf::new(
+                http_client(timeout, concurrency)?,
+                args.base_url.as_deref(),
+                model,
+                template,
+                key,
+                key_var,
+            ))
+        }
+        ProviderKind::Local => return Err(ConfigError(
+            "the embedded local model is not part of this build yet; pass --provider openai or hf with --base-url".into(),
+        )),
+    };
+    Ok((provider, note))
+}

@@ -1,0 +1,190 @@
+//! The request journal: every finished request, appended as one JSON line.
+//!
+//! A request is keyed by a SHA-256 of (provider, model, stage, messages,
+//! parameters). When a run resumes, replies already in the journal are
+//! used instead of being paid for again. Only entries of prompts that have
+//! no row yet are loaded, so memory stays bounded by what was in flight
+//! when the run stopped, not by the size of the run.
+//!
+//! Each entry is written with a single `write` on a file opened for append,
+//! so concurrent writers never interleave within a line; a torn last line
+//! (a crash mid-write) is cut off when the journal is reopened.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::provider::{ChatRequest, Completion};
+
+/// The hash that identifies a request.
+pub fn request_key(provider: &str, model: &str, stage: &str, req: &ChatRequest) -> String {
+    #[derive(Serialize)]
+    struct KeyParts<'a> {
+        provider: &'a str,
+        model: &'a str,
+        stage: &'a str,
+        request: &'a ChatRequest,
+    }
+    // Serialising a struct of plain fields is infallible.
+    let bytes = serde_json::to_vec(&KeyParts {
+        provider,
+        model,
+        stage,
+        request: req,
+    })
+    .unwrap_or_default();
+    hex(&Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    k: std::borrow::Cow<'a, str>,
+    id: std::borrow::Cow<'a, str>,
+    c: Completion,
+}
+
+/// The journal of one run directory.
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    cached: HashMap<String, Completion>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal, repairing a torn last line, and loads
+    /// the entries of prompts not in `done`.
+    pub fn open(path: &Path, done: &HashSet<String>) -> std::io::Result<Self> {
+        let mut cached = HashMap::new();
+        if path.exists() {
+            let good_len = {
+                let mut reader = BufReader::new(File::open(path)?);
+                let mut good_len = 0u64;
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = reader.read_until(b'\n', &mut line)?;
+                    if n == 0 || line.last() != Some(&b'\n') {
+                        break;
+                    }
+                    match serde_json::from_slice::<Entry>(&line) {
+                        Ok(e) => {
+                            if !done.contains(e.id.as_ref()) {
+                                cached.insert(e.k.into_owned(), e.c);
+                            }
+                        }
+                        // A complete but unreadable line can only come from
+                        // outside interference; stop trusting the rest.
+                        Err(_) => break,
+                    }
+                    good_len += n as u64;
+                }
+                good_len
+            };
+            let f = OpenOptions::new().write(true).open(path)?;
+            if f.metadata()?.len() != good_len {
+                f.set_len(good_len)?;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            cached,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reply recorded by an earlier run.
+    pub fn get(&self, key: &str) -> Option<&Completion> {
+        self.cached.get(key)
+    }
+
+    /// How many replies were loaded for reuse.
+    pub fn cached_len(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Appends one finished request.
+    pub fn record(&self, key: &str, prompt_id: &str, c: &Completion) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&Entry {
+            k: key.into(),
+            id: prompt_id.into(),
+            c: c.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{FinishReason, GenParams, Message};
+
+    fn completion(t: &str) -> Completion {
+        Completion {
+            text: t.into(),
+            finish: FinishReason::Stop,
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn keys_depend_on_every_part() {
+        let req = ChatRequest {
+            messages: vec![Message::user("hi")],
+            params: GenParams::default(),
+        };
+        let k = request_key("openai", "m", "initial", &req);
+        assert_eq!(k.len(), 64);
+        assert_ne!(k, request_key("openai", "m2", "initial", &req));
+        assert_ne!(k, request_key("openai", "m", "critique", &req));
+        let mut other = req.clone();
+        other.params.temperature = 0.1;
+        assert_ne!(k, request_key("openai", "m", "initial", &other));
+        assert_eq!(k, request_key("openai", "m", "initial", &req.clone()));
+    }
+
+    #[test]
+    fn reopen_repairs_torn_line_and_skips_done_prompts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        {
+            let j = Journal::open(&path, &HashSet::new()).unwrap();
+            j.record("k1", "a", &completion("one")).unwrap();
+            j.record("k2", "b", &completion("two")).unwrap();
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"k\":\"k3\",\"id\":\"c\",\"c\":{\"te")
+            .unwrap();
+        drop(f);
+        let done: HashSet<String> = ["a".to_string()].into();
+        let j = Journal::open(&path, &done).unwrap();
+        assert!(j.get("k1").is_none());
+        assert_eq!(j.get("k2").unwrap().text, "two");
+        assert_eq!(j.cached_len(), 1);
+        j.record("k4", "d", &completion("four")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.ends_with("\n"));
+    }
+}

@@ -1,0 +1,412 @@
+//! The request engine: everything between "this conversation needs a reply"
+//! and the provider's single attempt.
+//!
+//! [`Engine::complete`] looks the request up in the [`Journal`] (a resumed
+//! run pays for nothing twice), waits for the [`Limiter`], sends, classifies
+//! failures ([`retry::classify`]) and retries with backoff, enforces the
+//! request budget and the error-rate breaker, and records the reply. The
+//! pipeline above it only sees a finished [`Completion`] or a [`CallError`]
+//! saying whether the prompt or the whole run must stop.
+
+pub mod journal;
+pub mod limit;
+pub mod retry;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use journal::Journal;
+pub use limit::Limiter;
+use retry::{Backoff, Verdict};
+
+use crate::provider::{ChatRequest, Completion, FinishReason, Provider, ProviderError};
+
+/// Why a run stopped early; every one leaves it resumable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortReason {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// `--max-requests` reached.
+    MaxRequests,
+    /// Too many recent requests failed after retries.
+    ErrorRate,
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AbortReason::Signal => "interrupted",
+            AbortReason::MaxRequests => "the --max-requests budget was reached",
+            AbortReason::ErrorRate => {
+                "more than half of the last 50 requests failed after retries (error-rate breaker)"
+            }
+        })
+    }
+}
+
+/// Why a request produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// This prompt cannot be completed; it goes to `rejects.jsonl`.
+    Reject(String),
+    /// No request can succeed (bad key, wrong URL, missing model): stop the run.
+    Stop(String),
+    /// The run is stopping (signal, budget, breaker).
+    Aborted(AbortReason),
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_retries: u32,
+    pub backoff: Backoff,
+    /// Attempts that may be sent in this invocation (retries included).
+    pub max_requests: Option<u64>,
+    /// Size of the error-rate breaker's window.
+    pub breaker_window: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            rpm: None,
+            tpm: None,
+            max_retries: 8,
+            backoff: Backoff::default(),
+            max_requests: None,
+            breaker_window: 50,
+        }
+    }
+}
+
+/// Counters for progress and the manifest.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// HTTP attempts (or local generations) started.
+    pub sent: AtomicU64,
+    /// Requests answered from the journal of an earlier run.
+    pub cached: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+    /// Requests that failed after every retry.
+    pub failed: AtomicU64,
+    pub tokens_in: AtomicU64,
+    pub tokens_out: AtomicU64,
+    pub in_flight: AtomicI64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub cached: u64,
+    pub retries: u64,
+    pub throttled_429: u64,
+    pub failed: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub in_flight: i64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.sent.load(Ordering::Relaxed),
+            cached: self.cached.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            throttled_429: self.throttled.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            tokens_in: self.tokens_in.load(Ordering::Relaxed),
+            tokens_out: self.tokens_out.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Shared stop signal: the first reason set wins.
+#[derive(Clone)]
+pub struct StopSignal {
+    tx: Arc<watch::Sender<Option<AbortReason>>>,
+}
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(None).0),
+        }
+    }
+}
+
+impl StopSignal {
+    pub fn stop(&self, reason: AbortReason) {
+        self.tx.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn reason(&self) -> Option<AbortReason> {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once a stop is requested.
+    pub async fn stopped(&self) -> AbortReason {
+        let mut rx = self.tx.subscribe();
+        loop {
+            if let Some(r) = *rx.borrow_and_update() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as self; unreachable in practice.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Rough token count of a request: about four characters a token, plus a
+/// few tokens of chat framing per message. Used for `--tpm` before the
+/// reply's real `usage` corrects it.
+pub fn estimate_tokens(req: &ChatRequest) -> u64 {
+    req.messages
+        .iter()
+        .map(|m| (m.content.len() as u64).div_ceil(4) + 4)
+        .sum()
+}
+
+/// Sends requests for a run.
+pub struct Engine {
+    provider: Arc<dyn Provider>,
+    journal: Journal,
+    limiter: Limiter,
+    cfg: EngineConfig,
+    stats: Arc<Stats>,
+    stop: StopSignal,
+    recent: Mutex<VecDeque<bool>>,
+}
+
+impl Engine {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        journal: Journal,
+        cfg: EngineConfig,
+        stop: StopSignal,
+    ) -> Self {
+        Self {
+            provider,
+            journal,
+            limiter: Limiter::new(cfg.rpm, cfg.tpm),
+            cfg,
+            stats: Arc::new(Stats::default()),
+            stop,
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn provider(&self) -> &dyn Provider {
+        self.provider.as_ref()
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Records a final outcome in the breaker window; trips it when more
+    /// than half of a full window failed.
+    fn settle(&self, ok: bool) {
+        if !ok {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut w = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        w.push_back(ok);
+        if w.len() > self.cfg.breaker_window {
+            w.pop_front();
+        }
+        let failures = w.iter().filter(|ok| !**ok).count();
+        if w.len() == self.cfg.breaker_window && failures * 2 > self.cfg.breaker_window {
+            self.stop.stop(AbortReason::ErrorRate);
+        }
+    }
+
+    fn stop_message(&self, err: &ProviderError) -> String {
+        let p = &self.provider;
+        match err {
+            ProviderError::Status {
+                status: status @ (401 | 403),
+                url,
+                body,
+                ..
+            } => {
+                let var = p
+                    .key_var()
+                    .map(|v| format!("check the key in ${v}"))
+                    .unwrap_or_else(|| "no key was sent; set one with --api-key-env VAR".into());
+                format!("{url} rejected the request with HTTP {status} (authentication): {var}. Server said: {body}")
+            }
+            ProviderError::Status {
+                status: 404,
+                url,
+                body,
+                ..
+            } => format!(
+                "{url} answered HTTP 404: check --base-url and that model `{}` exists there. Server said: {body}",
+                p.model()
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// Waits `d`, or less if the run is stopping.
+    async fn sleep(&self, d: Duration) -> Result<(), CallError> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            r = self.stop.stopped() => Err(CallError::Aborted(r)),
+        }
+    }
+
+    /// A finished reply for `req`, from the journal or the endpoint.
+    pub async fn complete(
+        &self,
+        stage: &str,
+        prompt_id: &str,
+        req: &ChatRequest,
+    ) -> Result<Completion, CallError> {
+        let key = journal::request_key(self.provider.name(), self.provider.model(), stage, req);
+        if let Some(c) = self.journal.get(&key) {
+            self.stats.cached.fetch_add(1, Ordering::Relaxed);
+            return Ok(c.clone());
+        }
+        let mut req = std::borrow::Cow::Borrowed(req);
+        let mut attempt = 0u32;
+        let mut widened = false;
+        loop {
+            if let Some(r) = self.stop.reason() {
+                return Err(CallError::Aborted(r));
+            }
+            if let Some(max) = self.cfg.max_requests {
+                // Reserve the slot atomically so concurrent tasks cannot
+                // overshoot the budget.
+                let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if prev >= max {
+                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                    self.stop.stop(AbortReason::MaxRequests);
+                    return Err(CallError::Aborted(AbortReason::MaxRequests));
+                }
+            } else {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            let est_in = estimate_tokens(&req);
+            let est = est_in + u64::from(req.params.max_tokens);
+            tokio::select! {
+                _ = self.limiter.acquire(est) => {}
+                r = self.stop.stopped() => {
+                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                    return Err(CallError::Aborted(r));
+                }
+            }
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = self.provider.complete(&req).await;
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+            let err = match result {
+                Ok(reply) => {
+                    self.limiter.learn(&reply.rate);
+                    let c = reply.completion;
+                    let (tin, tout) = match c.usage {
+                        Some(u) => (u.prompt_tokens, u.completion_tokens),
+                        None => (est_in, (c.text.len() as u64).div_ceil(4)),
+                    };
+                    self.limiter.correct(est, tin + tout);
+                    self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
+                    self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
+                    match &c.finish {
+                        FinishReason::Length if !widened => {
+                            // One more try with room to finish; the reply is
+                            // still journaled under the original request.
+                            widened = true;
+                            let mut wider = req.into_owned();
+                            wider.params.max_tokens = wider.params.max_tokens.saturating_mul(2);
+                            req = std::borrow::Cow::Owned(wider);
+                            continue;
+                        }
+                        FinishReason::Length => {
+                            self.settle(true);
+                            return Err(CallError::Reject(format!(
+                                "reply cut off by the token limit (max_tokens {})",
+                                req.params.max_tokens
+                            )));
+                        }
+                        FinishReason::Filtered(why) => {
+                            self.settle(true);
+                            return Err(CallError::Reject(format!(
+                                "the endpoint's content filter blocked the reply ({why})"
+                            )));
+                        }
+                        _ => {}
+                    }
+                    if c.text.trim().is_empty() {
+                        ProviderError::Malformed {
+                            url: self.provider.endpoint(),
+                            reason: "empty reply".into(),
+                        }
+                    } else {
+                        if let Err(e) = self.journal.record(&key, prompt_id, &c) {
+                            return Err(CallError::Stop(format!(
+                                "cannot write the journal {}: {e}",
+                                self.journal.path().display()
+                            )));
+                        }
+                        self.settle(true);
+                        return Ok(c);
+                    }
+                }
+                Err(e) => e,
+            };
+            match retry::classify(&err) {
+                Verdict::StopRun => return Err(CallError::Stop(self.stop_message(&err))),
+                Verdict::GiveUp => {
+                    self.settle(false);
+                    return Err(CallError::Reject(err.to_string()));
+                }
+                Verdict::Retry { after, throttled } => {
+                    if let ProviderError::Status { rate, .. } = &err {
+                        self.limiter.learn(rate);
+                    }
+                    if attempt >= self.cfg.max_retries {
+                        self.settle(false);
+                        return Err(CallError::Reject(format!(
+                            "gave up after {} attempts: {err}",
+                            attempt + 1
+                        )));
+                    }
+                    let backoff = self.cfg.backoff.delay(attempt, &mut rand::rng());
+                    let wait = after.unwrap_or(backoff);
+                    if throttled {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        // Everyone waits, not just this request.
+                        self.limiter.pause(wait);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    self.sleep(wait).await?;
+                }
+            }
+        }
+    }
+}

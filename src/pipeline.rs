@@ -1,0 +1,450 @@
+//! The critique → revision loop for one prompt, run depth-first.
+//!
+//! ```text
+//! messages = [system?] + few_shots + [user: prompt]          → initial answer
+//! for round in 1..=rounds:
+//!     principle = pick(seed, prompt id, round)
+//!     messages += [user: critique request]                   → critique
+//!     messages += [user: revision request]                   → revision
+//! ```
+//!
+//! The system message comes first (chat APIs and most chat templates accept
+//! it nowhere else); critique and revision requests use the constitution's
+//! stage-specific system message when it has one. The principle of a round
+//! depends only on (seed, prompt id, round), so the same seed picks the same
+//! principles whatever the concurrency or the order prompts finish in —
+//! which also keeps journal keys stable across a resume.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::engine::{AbortReason, CallError, Engine};
+use crate::input::{Constitution, Principle, PromptRecord};
+use crate::provider::{ChatRequest, Completion, GenParams, Message, Usage};
+use crate::template::Templates;
+
+/// A step of the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Initial,
+    Critique,
+    Revision,
+    Judge,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Initial => "initial",
+            Stage::Critique => "critique",
+            Stage::Revision => "revision",
+            Stage::Judge => "judge",
+        }
+    }
+}
+
+/// Everything the loop needs, shared by all prompts of a run.
+pub struct Pipeline {
+    pub engine: Engine,
+    pub constitution: Constitution,
+    pub templates: Templates,
+    pub params: GenParams,
+    pub rounds: u32,
+    /// Seed of the principle choice (always set: a resume must pick the same).
+    pub seed: u64,
+}
+
+/// One request and its reply, as recorded in `trace.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceStep {
+    pub stage: Stage,
+    pub round: u32,
+    /// The user message this step added (the full conversation is rebuilt
+    /// from the steps, the system message and the few-shots).
+    pub request: String,
+    pub response: String,
+    /// The reply as the model gave it, before labels were stripped.
+    pub raw_response: String,
+    pub usage: Option<Usage>,
+}
+
+/// One critique/revision round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Round {
+    pub round: u32,
+    pub principle_index: usize,
+    pub principle_name: Option<String>,
+    pub critique_request: String,
+    pub critique: String,
+    pub revision_request: String,
+    pub revision: String,
+}
+
+/// A prompt that went through every round.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub id: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    /// The rendered `initial.jinja` (the user message actually sent).
+    pub user_message: String,
+    pub initial: String,
+    pub rounds: Vec<Round>,
+    pub steps: Vec<TraceStep>,
+    /// The SFT completion, rendered with `sft_text.jinja`.
+    pub sft_text: String,
+}
+
+impl Finished {
+    /// The final revision (the initial answer when there were no rounds).
+    pub fn final_answer(&self) -> &str {
+        self.rounds.last().map_or(&self.initial, |r| &r.revision)
+    }
+}
+
+/// A prompt that could not be completed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reject {
+    pub id: String,
+    pub prompt: String,
+    pub stage: Stage,
+    pub round: u32,
+    pub reason: String,
+}
+
+/// What became of one prompt.
+#[derive(Debug)]
+pub enum Outcome {
+    Done(Box<Finished>),
+    Rejected(Reject),
+}
+
+/// Why the run must stop (the prompt is left for a resume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStop {
+    /// The endpoint refuses every request: message for the user.
+    Fatal(String),
+    Aborted(AbortReason),
+}
+
+/// The principle index for `(seed, id, round)`.
+pub fn pick_principle(seed: u64, id: &str, round: u32, count: usize) -> usize {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update((id.len() as u64).to_le_bytes());
+    h.update(id.as_bytes());
+    h.update(round.to_le_bytes());
+    let digest = h.finalize();
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes.copy_from_slice(&digest);
+    ChaCha8Rng::from_seed(seed_bytes).random_range(0..count.max(1))
+}
+
+/// Removes a leading `Label:` (also `**Label:**`), case-insensitively, at
+/// the start of a reply only.
+pub fn strip_label(text: &str, label: &str) -> String {
+    let t = text.trim();
+    let body = t.strip_prefix("**").unwrap_or(t);
+    let has_label = body
+        .get(..label.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(label));
+    if has_label {
+        let rest = &body[label.len()..];
+        let rest = rest.strip_prefix("**").unwrap_or(rest);
+        if let Some(rest) = rest.strip_prefix(':') {
+            let rest = rest.strip_prefix("**").unwrap_or(rest);
+            return rest.trim().to_string();
+        }
+    }
+    t.to_string()
+}
+
+/// Openings of a revision that declines to revise. Such a reply is not a
+/// revision and is never written as one.
+const REFUSALS: &[&str] = &[
+    "no revision",
+    "no revisions",
+    "no changes are needed",
+    "no changes needed",
+    "i cannot revise",
+    "i can't revise",
+    "i won't revise",
+    "there is nothing to revise",
+];
+
+fn is_refusal_to_revise(text: &str) -> bool {
+    let lower = text.trim_start().to_lowercase();
+    REFUSALS.iter().any(|r| lower.starts_with(r))
+}
+
+#[derive(Serialize)]
+struct PrincipleCtx<'a> {
+    name: Option<&'a str>,
+    critique: &'a str,
+    revision: &'a str,
+}
+
+impl<'a> From<&'a Principle> for PrincipleCtx<'a> {
+    fn from(p: &'a Principle) -> Self {
+        Self {
+            name: p.name.as_deref(),
+            critique: &p.critique,
+            revision: &p.revision,
+        }
+    }
+}
+
+impl Pipeline {
+    /// The first-stage request of a prompt, exactly as it will be sent.
+    pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), String> {
+        let user = self
+            .templates
+            .render("initial.jinja", minijinja::context! { prompt })
+            .map_err(|e| e.to_string())?;
+        let messages = self.messages(Stage::Initial, &[Message::user(user.clone())]);
+        Ok((
+            user,
+            ChatRequest {
+                messages,
+                params: self.params.clone(),
+            },
+        ))
+    }
+
+    fn messages(&self, stage: Stage, convo: &[Message]) -> Vec<Message> {
+        let c = &self.constitution;
+        let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
+        if let Some(s) = c.system_for(stage) {
+            m.push(Message::system(s));
+        }
+        m.extend(c.few_shots.iter().cloned());
+        m.extend(convo.iter().cloned());
+        m
+    }
+
+    async fn call(
+        &self,
+        stage: Stage,
+        id: &str,
+        req: &ChatRequest,
+    ) -> Result<Completion, CallError> {
+        self.engine.complete(stage.as_str(), id, req).await
+    }
+
+    /// Runs every stage of one prompt.
+    pub async fn run(&self, rec: PromptRecord) -> Result<Outcome, RunStop> {
+        let PromptRecord {
+            id, text: prompt, ..
+        } = rec;
+        let reject = |stage: Stage, round: u32, reason: String| {
+            Ok(Outcome::Rejected(Reject {
+                id: id.clone(),
+                prompt: prompt.clone(),
+                stage,
+                round,
+                reason,
+            }))
+        };
+        macro_rules! attempt {
+            ($stage:expr, $round:expr, $req:expr) => {
+                match self.call($stage, &id, $req).await {
+                    Ok(c) => c,
+                    Err(CallError::Reject(why)) => return reject($stage, $round, why),
+                    Err(CallError::Stop(msg)) => return Err(RunStop::Fatal(msg)),
+                    Err(CallError::Aborted(r)) => return Err(RunStop::Aborted(r)),
+                }
+            };
+        }
+        macro_rules! render {
+            ($stage:expr, $round:expr, $name:expr, $ctx:expr) => {
+                match self.templates.render($name, $ctx) {
+                    Ok(s) => s,
+                    Err(e) => return reject($stage, $round, format!("template failed: {e}")),
+                }
+            };
+        }
+
+        let (user, req) = match self.initial_request(&prompt) {
+            Ok(r) => r,
+            Err(e) => return reject(Stage::Initial, 0, format!("template failed: {e}")),
+        };
+        let c = attempt!(Stage::Initial, 0, &req);
+        let initial = c.text.trim().to_string();
+        let mut steps = vec![TraceStep {
+            stage: Stage::Initial,
+            round: 0,
+            request: user.clone(),
+            response: initial.clone(),
+            raw_response: c.text,
+            usage: c.usage,
+        }];
+        let mut convo = vec![
+            Message::user(user.clone()),
+            Message::assistant(initial.clone()),
+        ];
+        let mut answer = initial.clone();
+        let mut rounds = Vec::new();
+        let count = self.constitution.principles.len();
+
+        for round in 1..=self.rounds {
+            let index = pick_principle(self.seed, &id, round, count);
+            let principle = &self.constitution.principles[index];
+            let pctx = PrincipleCtx::from(principle);
+
+            let critique_request = render!(
+                Stage::Critique,
+                round,
+                "critique.jinja",
+                minijinja::context! { prompt => &prompt, answer => &answer, principle => &pctx, round }
+            );
+            convo.push(Message::user(critique_request.clone()));
+            let req = ChatRequest {
+                messages: self.messages(Stage::Critique, &convo),
+                params: self.params.clone(),
+            };
+            let c = attempt!(Stage::Critique, round, &req);
+            let critique = strip_label(&c.text, "Critique");
+            if critique.is_empty() {
+                return reject(Stage::Critique, round, "empty critique".into());
+            }
+            steps.push(TraceStep {
+                stage: Stage::Critique,
+                round,
+                request: critique_request.clone(),
+                response: critique.clone(),
+                raw_response: c.text,
+                usage: c.usage,
+            });
+            convo.push(Message::assistant(critique.clone()));
+
+            let revision_request = render!(
+                Stage::Revision,
+                round,
+                "revision.jinja",
+                minijinja::context! { prompt => &prompt, answer => &answer, critique => &critique, principle => &pctx, round }
+            );
+            convo.push(Message::user(revision_request.clone()));
+            let req = ChatRequest {
+                messages: self.messages(Stage::Revision, &convo),
+                params: self.params.clone(),
+            };
+            let c = attempt!(Stage::Revision, round, &req);
+            let revision = strip_label(&c.text, "Revision");
+            if revision.is_empty() {
+                return reject(Stage::Revision, round, "empty revision".into());
+            }
+            if is_refusal_to_revise(&revision) {
+                return reject(
+                    Stage::Revision,
+                    round,
+                    format!("the model declined to revise: {}", first_line(&revision)),
+                );
+            }
+            steps.push(TraceStep {
+                stage: Stage::Revision,
+                round,
+                request: revision_request.clone(),
+                response: revision.clone(),
+                raw_response: c.text,
+                usage: c.usage,
+            });
+            convo.push(Message::assistant(revision.clone()));
+            answer = revision.clone();
+            rounds.push(Round {
+                round,
+                principle_index: index,
+                principle_name: principle.name.clone(),
+                critique_request,
+                critique,
+                revision_request,
+                revision,
+            });
+        }
+
+        let system = self.constitution.system_message.clone();
+        let sft_text = render!(
+            Stage::Revision,
+            self.rounds,
+            "sft_text.jinja",
+            minijinja::context! { prompt => &prompt, initial => &initial, final => &answer, system => &system }
+        );
+        Ok(Outcome::Done(Box::new(Finished {
+            id,
+            prompt,
+            system,
+            user_message: user,
+            initial,
+            rounds,
+            steps,
+            sft_text,
+        })))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    line.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_stripped_only_at_the_start() {
+        assert_eq!(
+            strip_label("Critique: too vague.", "Critique"),
+            "too vague."
+        );
+        assert_eq!(
+            strip_label("  **Revision:** Better.", "Revision"),
+            "Better."
+        );
+        assert_eq!(strip_label("revision:fixed", "Revision"), "fixed");
+        assert_eq!(
+            strip_label("The Critique: stays", "Critique"),
+            "The Critique: stays"
+        );
+        assert_eq!(
+            strip_label("Critiques are fine", "Critique"),
+            "Critiques are fine"
+        );
+        assert_eq!(
+            strip_label("Ok. Revision: x", "Revision"),
+            "Ok. Revision: x"
+        );
+    }
+
+    #[test]
+    fn principle_choice_is_a_pure_function() {
+        let a: Vec<usize> = (1..=4).map(|r| pick_principle(7, "p1", r, 12)).collect();
+        let b: Vec<usize> = (1..=4).map(|r| pick_principle(7, "p1", r, 12)).collect();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|&i| i < 12));
+        let spread: std::collections::HashSet<usize> = (0..200)
+            .map(|i| pick_principle(7, &i.to_string(), 1, 12))
+            .collect();
+        assert!(
+            spread.len() >= 10,
+            "choices should cover the principles: {spread:?}"
+        );
+        assert_ne!(
+            (0..50)
+                .map(|i| pick_principle(7, &i.to_string(), 1, 12))
+                .collect::<Vec<_>>(),
+            (0..50)
+                .map(|i| pick_principle(8, &i.to_string(), 1, 12))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn refusals_to_revise_are_recognised() {
+        assert!(is_refusal_to_revise("No revisions are needed."));
+        assert!(is_refusal_to_revise("I cannot revise this"));
+        assert!(!is_refusal_to_revise("Here is a revised answer"));
+    }
+}
