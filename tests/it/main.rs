@@ -1,0 +1,5 @@
+//! Integration tests: the `cai` binary against local fake servers.
+
+mod common;
+mod errors;
+mod generate;
