@@ -395,6 +395,8 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     let mut input_open = true;
     let mut fatal: Option<RunError> = None;
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut grace_spent = false;
+    let mut first_row: Option<f64> = None;
     loop {
         if grace.is_none() && stop.reason().is_some() {
             grace = Some(Box::pin(tokio::time::sleep(GRACE)));
@@ -433,6 +435,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
                             continue;
                         }
                         rows.done.fetch_add(1, Ordering::Relaxed);
+                        first_row.get_or_insert_with(|| started.elapsed().as_secs_f64());
                     }
                     Ok(Err(RunStop::Fatal(msg))) => {
                         if fatal.is_none() {
@@ -448,11 +451,11 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
                     }
                 }
             },
-            _ = async { grace.as_mut().expect("guarded").await }, if grace.is_some() && !tasks.is_empty() => {
+            _ = async { grace.as_mut().expect("guarded").await }, if grace.is_some() && !grace_spent && !tasks.is_empty() => {
                 // In-flight requests had their chance; what is unfinished
                 // is resumed next time (its finished requests are journaled).
                 tasks.abort_all();
-                grace = Some(Box::pin(tokio::time::sleep(Duration::from_secs(3600))));
+                grace_spent = true;
             }
         }
     }
@@ -498,6 +501,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         requests: snapshot,
         started_at_unix: started_unix,
         wall_time_s: wall,
+        first_row_s: first_row,
         requests_per_s: snapshot.requests as f64 / wall.max(1e-9),
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;

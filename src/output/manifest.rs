@@ -113,6 +113,8 @@ pub struct Manifest {
     pub requests: StatsSnapshot,
     pub started_at_unix: u64,
     pub wall_time_s: f64,
+    /// Seconds from start to the first row written in this invocation.
+    pub first_row_s: Option<f64>,
     pub requests_per_s: f64,
 }
 
