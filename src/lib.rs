@@ -22,6 +22,7 @@ use cli::{Cli, Command};
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
+    let json = matches!(&cli.command, Command::Generate(a) if a.log_format == cli::LogFormat::Json);
     let result = match cli.command {
         Command::Validate(args) => run::validate(&args).map(|report| {
             println!("{report}");
@@ -43,29 +44,50 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                 }
             };
             rt.block_on(run::generate(&args, argv)).map(|s| {
-                eprintln!(
-                    "cai: wrote {} SFT rows and {} preference rows to {} ({} rejected, {} requests, {} retries)",
-                    s.counts.sft_rows,
-                    s.counts.preference_rows,
-                    s.out.display(),
-                    s.counts.rejected,
-                    s.stats.requests,
-                    s.stats.retries
-                );
-                if s.counts.rejected > 0 {
-                    eprintln!("cai: {} prompts rejected: see {}", s.counts.rejected, s.out.join("rejects.jsonl").display());
-                    1
+                if json {
+                    let event = serde_json::json!({
+                        "event": "finish",
+                        "out": s.out,
+                        "counts": s.counts,
+                        "requests": s.stats,
+                    });
+                    eprintln!("{event}");
                 } else {
-                    0
+                    eprintln!(
+                        "cai: wrote {} SFT rows and {} preference rows to {} ({} rejected, {} requests, {} retries)",
+                        s.counts.sft_rows,
+                        s.counts.preference_rows,
+                        s.out.display(),
+                        s.counts.rejected,
+                        s.stats.requests,
+                        s.stats.retries
+                    );
+                    if s.counts.rejected > 0 {
+                        eprintln!(
+                            "cai: {} prompts rejected: see {}",
+                            s.counts.rejected,
+                            s.out.join("rejects.jsonl").display()
+                        );
+                    }
                 }
+                u8::from(s.counts.rejected > 0)
             })
         }
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            for line in e.to_string().lines() {
-                eprintln!("cai: error: {line}");
+            if json {
+                let event = serde_json::json!({
+                    "event": "error",
+                    "exit_code": e.exit_code(),
+                    "message": e.to_string(),
+                });
+                eprintln!("{event}");
+            } else {
+                for line in e.to_string().lines() {
+                    eprintln!("cai: error: {line}");
+                }
             }
             ExitCode::from(e.exit_code())
         }
