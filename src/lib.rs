@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fake;
 pub mod input;
 pub mod output;
 pub mod pipeline;

@@ -4,3 +4,4 @@ mod common;
 mod datasets;
 mod errors;
 mod generate;
+mod engine;
