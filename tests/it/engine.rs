@@ -14,7 +14,14 @@ use crate::common::*;
 fn cmd(base: &str, prompts: &Path, out: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"));
     c.env_remove("OPENAI_API_KEY")
-        .args(["generate", "--provider", "openai", "--quiet", "--model", "fake-model"])
+        .args([
+            "generate",
+            "--provider",
+            "openai",
+            "--quiet",
+            "--model",
+            "fake-model",
+        ])
         .arg("--base-url")
         .arg(format!("{base}/v1"))
         .arg("--prompts")
@@ -60,7 +67,10 @@ fn wait_rows(child: &mut Child, out: &Path, rows: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while committed(out) < rows {
         assert!(Instant::now() < deadline, "no progress");
-        assert!(child.try_wait().unwrap().is_none(), "finished before the kill point");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill point"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -83,9 +93,13 @@ async fn every_prompt_ends_as_a_row_or_a_reject_under_faults() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 300);
     let out = dir.path().join("out");
-    let (code, stderr) = run(cmd(&fake.url(), &prompts, &out).args(["--timeout", "1", "--concurrency", "32"]));
+    let (code, stderr) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--timeout", "1", "--concurrency", "32"]));
     assert!(code == 0 || code == 1, "exit {code}: {stderr}");
-    let done: Vec<String> = read_csv(&out.join("sft.csv")).into_iter().map(|r| r[0].clone()).collect();
+    let done: Vec<String> = read_csv(&out.join("sft.csv"))
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
     let rejected: Vec<String> = read_jsonl(&out.join("rejects.jsonl"))
         .iter()
         .map(|r| {
@@ -94,12 +108,19 @@ async fn every_prompt_ends_as_a_row_or_a_reject_under_faults() {
         })
         .collect();
     let all: HashSet<&String> = done.iter().chain(&rejected).collect();
-    assert_eq!(all.len(), done.len() + rejected.len(), "an id appears twice");
+    assert_eq!(
+        all.len(),
+        done.len() + rejected.len(),
+        "an id appears twice"
+    );
     assert_eq!(all.len(), 300, "every prompt is a row or a reject");
     let s = fake.stats();
     let sent = s.chat_requests as f64;
     assert!(sent <= 1.3 * 900.0, "{sent} requests for 900 fault-free");
-    assert!(s.injected_429 > 0 && s.resets > 0 && s.malformed > 0, "{s:?}");
+    assert!(
+        s.injected_429 > 0 && s.resets > 0 && s.malformed > 0,
+        "{s:?}"
+    );
     let m = manifest(&out);
     assert!(m["requests"]["retries"].as_u64().unwrap() > 0);
     assert!(m["requests"]["throttled_429"].as_u64().unwrap() > 0);
@@ -141,7 +162,10 @@ async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
     let resent = fake.stats().chat_requests - 2 * reference_requests;
     // Only requests in flight at each kill (at most 8) can be sent again.
     assert!(resent <= 3 * 8, "{resent} requests sent again");
-    assert_eq!(manifest(&out)["prompts_already_done"].as_u64().unwrap() >= 150, true);
+    assert_eq!(
+        manifest(&out)["prompts_already_done"].as_u64().unwrap() >= 150,
+        true
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -155,7 +179,10 @@ async fn sigint_stops_cleanly_with_exit_3_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 150);
     let reference = dir.path().join("reference");
-    assert_eq!(run(cmd(&fake.url(), &prompts, &reference).args(["--concurrency", "4"])).0, 0);
+    assert_eq!(
+        run(cmd(&fake.url(), &prompts, &reference).args(["--concurrency", "4"])).0,
+        0
+    );
     let out = dir.path().join("out");
     let mut child = cmd(&fake.url(), &prompts, &out)
         .args(["--concurrency", "4"])
@@ -168,10 +195,19 @@ async fn sigint_stops_cleanly_with_exit_3_and_resumes() {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    assert!(sent_at_signal.elapsed() < Duration::from_secs(5), "stopped within seconds");
+    assert!(
+        sent_at_signal.elapsed() < Duration::from_secs(5),
+        "stopped within seconds"
+    );
     assert_eq!(status.code(), Some(3));
     let m = manifest(&out);
-    assert!(m["status"].as_str().unwrap().starts_with("aborted: interrupted"), "{m}");
+    assert!(
+        m["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted: interrupted"),
+        "{m}"
+    );
     let partial = sft_rows(&out).len();
     assert!(partial < 150);
     let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--concurrency", "4"]));
@@ -186,14 +222,16 @@ async fn changed_settings_are_refused_unless_forced() {
     let prompts = prompts_csv(dir.path(), 5);
     let out = dir.path().join("out");
     assert_eq!(run(&mut cmd(&fake.url(), &prompts, &out)).0, 0);
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--rounds", "2"]));
+    let (code, err) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--rounds", "2"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("Changed: parameters"), "{err}");
     assert!(err.contains("rounds: 1 → 2"), "{err}");
     assert!(err.contains("--force"), "{err}");
     let before = fake.stats().chat_requests;
     assert_eq!(before, 15, "the refused run sent nothing");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--force"]));
+    let (code, err) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--force"]));
     assert_eq!(code, 0, "{err}");
     // Every prompt was already done: nothing to send.
     assert_eq!(fake.stats().chat_requests, before);
@@ -205,13 +243,18 @@ async fn request_budget_stops_and_the_resume_pays_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 30);
     let out = dir.path().join("out");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--max-requests", "25", "--concurrency", "4"]));
+    let (code, err) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--max-requests", "25", "--concurrency", "4"]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("--max-requests"), "{err}");
     assert_eq!(fake.stats().chat_requests, 25);
     let (code, err) = run(&mut cmd(&fake.url(), &prompts, &out));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(fake.stats().chat_requests, 90, "journaled requests are not sent again");
+    assert_eq!(
+        fake.stats().chat_requests,
+        90,
+        "journaled requests are not sent again"
+    );
     assert_eq!(sft_rows(&out).len(), 30);
 }
 
@@ -226,11 +269,15 @@ async fn error_rate_breaker_stops_a_broken_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 500);
     let out = dir.path().join("out");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--max-retries", "0", "--concurrency", "4"]));
+    let (code, err) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--max-retries", "0", "--concurrency", "4"]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("error-rate breaker"), "{err}");
     let sent = fake.stats().chat_requests;
-    assert!((26..=60).contains(&sent), "{sent} requests before the breaker tripped");
+    assert!(
+        (26..=60).contains(&sent),
+        "{sent} requests before the breaker tripped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,7 +291,8 @@ async fn client_rpm_keeps_a_rate_limited_server_free_of_429s() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 14);
     let out = dir.path().join("out");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--rpm", "600", "--concurrency", "16"]));
+    let (code, err) =
+        run(cmd(&fake.url(), &prompts, &out).args(["--rpm", "600", "--concurrency", "16"]));
     assert_eq!(code, 0, "{err}");
     let s = fake.stats();
     assert_eq!(s.chat_requests, 42);
@@ -287,6 +335,17 @@ async fn replies_cut_off_are_widened_once_then_rejected() {
     assert_eq!(code, 1, "{err}");
     let rejects = read_jsonl(&out.join("rejects.jsonl"));
     assert_eq!(rejects.len(), 5);
-    assert!(rejects[0]["reason"].as_str().unwrap().contains("max_tokens 200"), "{}", rejects[0]);
-    assert_eq!(fake.stats().chat_requests, 10, "one widened retry per prompt");
+    assert!(
+        rejects[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens 200"),
+        "{}",
+        rejects[0]
+    );
+    assert_eq!(
+        fake.stats().chat_requests,
+        10,
+        "one widened retry per prompt"
+    );
 }

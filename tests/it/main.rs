@@ -2,6 +2,6 @@
 
 mod common;
 mod datasets;
+mod engine;
 mod errors;
 mod generate;
-mod engine;

@@ -1,0 +1,245 @@
+//! Engine benchmark: the release `cai` binary against the in-repo fake
+//! endpoint on 127.0.0.1. Prints figures; asserts nothing.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench_engine [-- --quick]
+//! ```
+//!
+//! Scenarios (each a fresh run directory and a fresh fake server):
+//! 1. throughput ratio: 10,000 prompts × 1 round (30,000 requests) at 200 ms
+//!    latency and capacity 256, `--concurrency 256`; ideal = capacity ÷ latency;
+//! 2. overhead: the same shape at latency 0 (the tool's own cost per request);
+//! 3. time to the first finished row (from scenario 1), against 3 × latency;
+//! 4. `--rpm 600` against a server enforcing 600 rpm, for two minutes: share
+//!    of the limit achieved and share of 429s;
+//! 5. peak RSS at latency 0, concurrency 256, 10,000 vs 100,000 prompts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cai::fake::{FakeConfig, FakeServer};
+use serde_json::Value;
+
+struct Outcome {
+    wall: f64,
+    manifest: Value,
+    peak_rss_kb: u64,
+    code: i32,
+}
+
+fn cai_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAI_BIN") {
+        return p.into();
+    }
+    // target/release/examples/bench_engine → target/release/cai
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("cai"))
+        .expect("target dir")
+}
+
+fn write_prompts(path: &Path, n: usize) {
+    let mut w = csv::Writer::from_path(path).expect("prompts file");
+    w.write_record(["id", "prompt"]).expect("header");
+    for i in 0..n {
+        w.write_record([
+            format!("b{i}"),
+            format!("Benchmark question {i}: explain, briefly, why the sky looks blue at noon."),
+        ])
+        .expect("row");
+    }
+    w.flush().expect("flush");
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
+    let _ = std::fs::remove_dir_all(out);
+    let start = Instant::now();
+    let mut child = Command::new(cai_bin())
+        .env_remove("OPENAI_API_KEY")
+        .args([
+            "generate",
+            "--provider",
+            "openai",
+            "--quiet",
+            "--model",
+            "fake-model",
+        ])
+        .arg("--base-url")
+        .arg(format!("{base}/v1"))
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/principles/harmless.json"
+        ))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cai starts (build it with cargo build --release)");
+    let pid = child.id();
+    let mut peak = 0;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if let Some(kb) = vm_hwm_kb(pid) {
+            peak = peak.max(kb);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = start.elapsed().as_secs_f64();
+    let manifest = std::fs::read(out.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    Outcome {
+        wall,
+        manifest,
+        peak_rss_kb: peak,
+        code,
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    println!(
+        "cai engine benchmark ({}; binary {})",
+        if quick { "quick" } else { "full" },
+        cai_bin().display()
+    );
+
+    // 1 + 3: throughput ratio and time to first row.
+    let n = 10_000 / scale;
+    let prompts = d.join("p10k.csv");
+    write_prompts(&prompts, n);
+    let latency = Duration::from_millis(200);
+    let capacity = 256;
+    let fake = rt
+        .block_on(FakeServer::start(FakeConfig {
+            latency,
+            capacity: Some(capacity),
+            ..FakeConfig::default()
+        }))
+        .expect("fake server");
+    let o = run_cai(
+        &fake.url(),
+        &prompts,
+        &d.join("o1"),
+        &["--concurrency", "256"],
+    );
+    let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
+    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+    let ideal = capacity as f64 / latency.as_secs_f64();
+    let achieved = requests / run_wall;
+    println!(
+        "1. throughput: {n} prompts x 1 round = {requests} requests in {run_wall:.2} s (process {:.2} s, exit {}): {achieved:.0} req/s vs ideal {ideal:.0} req/s -> ratio {:.3} (goal >= 0.95)",
+        o.wall, o.code, achieved / ideal
+    );
+    let first = o.manifest["first_row_s"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "3. time to first row: {first:.3} s vs 3 x latency = {:.3} s -> {:.2}x (goal < 2x)",
+        3.0 * latency.as_secs_f64(),
+        first / (3.0 * latency.as_secs_f64())
+    );
+    rt.block_on(fake.shutdown());
+
+    // 2: overhead at latency 0.
+    let n2 = 20_000 / scale;
+    let prompts2 = d.join("p20k.csv");
+    write_prompts(&prompts2, n2);
+    let fake = rt
+        .block_on(FakeServer::start(FakeConfig::default()))
+        .expect("fake");
+    let o = run_cai(
+        &fake.url(),
+        &prompts2,
+        &d.join("o2"),
+        &["--concurrency", "256"],
+    );
+    let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
+    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+    println!(
+        "2. overhead: latency 0, {requests} requests in {run_wall:.2} s: {:.0} req/s (goal >= 10,000; client and fake server share 2 cores), peak RSS {} MB",
+        requests / run_wall,
+        o.peak_rss_kb / 1024
+    );
+    rt.block_on(fake.shutdown());
+
+    // 4: rpm limit for two minutes.
+    let secs = if quick { 20.0 } else { 120.0 };
+    let n4 = (secs * 10.0 / 3.0) as usize;
+    let prompts4 = d.join("p_rpm.csv");
+    write_prompts(&prompts4, n4);
+    let fake = rt
+        .block_on(FakeServer::start(FakeConfig {
+            rpm_limit: Some(600),
+            ..FakeConfig::default()
+        }))
+        .expect("fake");
+    let o = run_cai(
+        &fake.url(),
+        &prompts4,
+        &d.join("o4"),
+        &["--concurrency", "64", "--rpm", "600"],
+    );
+    let s = fake.stats();
+    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+    let rate = s.ok as f64 / run_wall;
+    println!(
+        "4. --rpm 600 against a 600 rpm server: {} answered in {run_wall:.1} s = {:.1}% of the limit (goal >= 97%); 429s {} of {} requests = {:.2}% (goal < 1%)",
+        s.ok,
+        100.0 * rate / 10.0,
+        s.rate_limited,
+        s.chat_requests,
+        100.0 * s.rate_limited as f64 / s.chat_requests.max(1) as f64
+    );
+    rt.block_on(fake.shutdown());
+
+    // 5: memory, 10k vs 100k prompts.
+    let fake = rt
+        .block_on(FakeServer::start(FakeConfig::default()))
+        .expect("fake");
+    let mut line = String::from("5. peak RSS at latency 0, concurrency 256:");
+    for n in [10_000 / scale, 100_000 / scale] {
+        let p = d.join(format!("mem{n}.csv"));
+        write_prompts(&p, n);
+        let o = run_cai(
+            &fake.url(),
+            &p,
+            &d.join(format!("o5_{n}")),
+            &["--concurrency", "256"],
+        );
+        line.push_str(&format!(
+            " {n} prompts {:.1} MB ({:.1} s, exit {});",
+            o.peak_rss_kb as f64 / 1024.0,
+            o.wall,
+            o.code
+        ));
+    }
+    println!("{line} (goal <= 64 MB and flat)");
+    rt.block_on(fake.shutdown());
+}
