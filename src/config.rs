@@ -168,7 +168,7 @@ pub fn gen_params(s: &SamplingArgs) -> Result<GenParams, ConfigError> {
         temperature: s.temperature,
         top_p: s.top_p,
         seed: s.seed,
-        stop: Vec::new(),
+        ..GenParams::default()
     })
 }
 

@@ -145,6 +145,7 @@ mod tests {
             text: t.into(),
             finish: FinishReason::Stop,
             usage: None,
+            ..Completion::default()
         }
     }
 

@@ -189,6 +189,7 @@ impl Provider for Hf {
                 text,
                 finish,
                 usage,
+                ..Completion::default()
             },
             rate,
         })

@@ -71,6 +71,13 @@ pub struct GenParams {
     /// Sent to endpoints that accept a seed; the local model always uses one.
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Ask for the top-k log-probabilities of the first generated token
+    /// (judging). Left out of the request (and of journal keys) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u8>,
+    /// Completions per request (best-of-N) where the endpoint supports `n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
 }
 
 impl Default for GenParams {
@@ -81,8 +88,17 @@ impl Default for GenParams {
             top_p: 1.0,
             seed: None,
             stop: Vec::new(),
+            top_logprobs: None,
+            n: None,
         }
     }
+}
+
+/// One candidate token and its log-probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
 }
 
 /// A conversation to complete.
@@ -93,10 +109,11 @@ pub struct ChatRequest {
 }
 
 /// Why generation stopped.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// Natural end or a stop sequence.
+    #[default]
     Stop,
     /// Cut off by the token limit.
     Length,
@@ -126,12 +143,19 @@ pub struct RateHints {
 }
 
 /// A successful reply.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     pub text: String,
     pub finish: FinishReason,
     /// `None` when the endpoint did not report usage.
     pub usage: Option<Usage>,
+    /// Top log-probabilities of the first generated token, when asked for
+    /// with [`GenParams::top_logprobs`] and returned by the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_logprobs: Option<Vec<TokenLogprob>>,
+    /// Texts of further choices when [`GenParams::n`] asked for several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<String>,
 }
 
 /// What one attempt returned.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
-    Usage,
+    TokenLogprob, Usage,
 };
 
 /// An OpenAI-compatible endpoint.
@@ -57,6 +57,9 @@ impl OpenAi {
             top_p: p.top_p,
             seed: p.seed,
             stop: &p.stop,
+            n: p.n.filter(|&n| n > 1),
+            logprobs: p.top_logprobs.map(|_| true),
+            top_logprobs: p.top_logprobs,
         }
     }
 }
@@ -72,6 +75,12 @@ struct Body<'a> {
     seed: Option<u64>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_logprobs: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +93,18 @@ struct Response {
 struct Choice {
     message: ChoiceMessage,
     finish_reason: Option<String>,
+    logprobs: Option<ChoiceLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceLogprobs {
+    content: Option<Vec<ContentLogprob>>,
+}
+
+#[derive(Deserialize)]
+struct ContentLogprob {
+    #[serde(default)]
+    top_logprobs: Vec<TokenLogprob>,
 }
 
 #[derive(Deserialize)]
@@ -140,14 +161,16 @@ impl Provider for OpenAi {
             http = http.bearer_auth(key.expose_secret());
         }
         let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
-        let choice = resp
-            .choices
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProviderError::Malformed {
-                url: self.url.clone(),
-                reason: "no choices in the reply".into(),
-            })?;
+        let mut choices = resp.choices.into_iter();
+        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
+            url: self.url.clone(),
+            reason: "no choices in the reply".into(),
+        })?;
+        let first_token_logprobs = choice
+            .logprobs
+            .and_then(|l| l.content)
+            .and_then(|c| c.into_iter().next())
+            .map(|t| t.top_logprobs);
         Ok(Reply {
             completion: Completion {
                 text: choice.message.content.unwrap_or_default(),
@@ -156,6 +179,10 @@ impl Provider for OpenAi {
                     prompt_tokens: u.prompt_tokens,
                     completion_tokens: u.completion_tokens,
                 }),
+                first_token_logprobs,
+                more: choices
+                    .map(|c| c.message.content.unwrap_or_default())
+                    .collect(),
             },
             rate,
         })
