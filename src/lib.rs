@@ -6,3 +6,4 @@
 //! code; everything else lives in the modules below.
 
 pub mod provider;
+pub mod model_store;

@@ -8,6 +8,7 @@
 
 pub mod chat_template;
 pub mod hf;
+pub mod local;
 pub mod openai;
 
 use std::time::Duration;
