@@ -199,9 +199,13 @@ async fn download(source: &Source, to: &Path, show_progress: bool) -> Result<(),
         url: url.to_string(),
         reason,
     };
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(Duration::from_secs(60));
+    for cert in system_roots() {
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder
         .build()
         .map_err(|e| fail(crate::provider::error_chain(&e)))?;
     let mut resp = client
@@ -257,6 +261,29 @@ async fn download(source: &Source, to: &Path, show_progress: bool) -> Result<(),
         });
     }
     Ok(())
+}
+
+/// The system's CA bundle, trusted next to the built-in Mozilla roots so
+/// that downloads work behind TLS-inspecting proxies whose CA is installed
+/// system-wide (`SSL_CERT_FILE` first, then the usual bundle paths).
+fn system_roots() -> Vec<reqwest::Certificate> {
+    let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let paths = env.into_iter().chain(
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(PathBuf::from),
+    );
+    for path in paths {
+        if let Ok(pem) = fs::read(&path) {
+            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
+                return certs;
+            }
+        }
+    }
+    Vec::new()
 }
 
 fn extract(source: &Source, archive: &Path, to: &Path) -> Result<(), ModelError> {

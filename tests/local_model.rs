@@ -64,7 +64,9 @@ fn request(user: &str, max_tokens: u32, temperature: f32, seed: Option<u64>) -> 
 // GGUF's own `tokenizer.ggml.tokens`/`merges` (read with the `gguf` package)
 // with SmolLM2's pre-tokenizer, Sequence[Digits(individual_digits=True),
 // ByteLevel(add_prefix_space=False)], and its 17 control tokens added as
-// special tokens; then `tokenizer.encode(s).ids`.
+// special tokens; then `tokenizer.encode(s).ids`. llama-cpp-python 0.3.36
+// (`Llama(vocab_only=True).tokenize(s, add_bos=False, special=True)`) gives
+// the same ids for every string.
 const KNOWN_IDS: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),
     (

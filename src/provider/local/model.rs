@@ -16,7 +16,7 @@ use candle_core::{Device, Module, Tensor};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use super::kernels::{self, Isa, QVec, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QK};
+use super::kernels::{self, Isa, QVec, QK};
 use super::LocalError;
 
 /// Hyper-parameters from `llama.*` metadata.
@@ -362,17 +362,6 @@ struct Scratch {
     cos: Vec<f32>,
     sin: Vec<f32>,
     logits: Vec<f32>,
-}
-
-impl Session {
-    /// Tokens already in the cache.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// Largest number of prompt tokens processed in one forward pass; bounds the

@@ -5,8 +5,10 @@
 //! control tokens (`<|im_start|>` maps to its single id), then cut into
 //! pieces by the model's pre-tokenizer regex (chosen by
 //! `tokenizer.ggml.pre`), each piece's UTF-8 bytes are mapped to GPT-2's
-//! printable byte alphabet, and merges are applied by rank. Every byte has a
-//! token, so any UTF-8 text round-trips.
+//! printable byte alphabet, and merges are applied by rank. Text round-trips
+//! exactly, except for the few control characters (U+0004, U+0006, ...) a
+//! vocabulary may have no byte token for; those are dropped, as Hugging Face
+//! tokenizers do.
 
 use std::collections::HashMap;
 
@@ -148,7 +150,8 @@ pub struct Tokenizer {
     is_control: Vec<bool>,
     /// `(left, right)` → `(rank, merged id)`.
     merges: HashMap<(u32, u32), (u32, u32)>,
-    byte_ids: [u32; 256],
+    /// The token of each byte; `None` for bytes the vocabulary lacks.
+    byte_ids: [Option<u32>; 256],
     /// Matches any control or user-defined token written in the text.
     specials: Option<Regex>,
     special_ids: HashMap<String, u32>,
@@ -200,12 +203,18 @@ impl Tokenizer {
             }
             is_control.push(types(i) == TOKEN_TYPE_CONTROL);
         }
-        let mut byte_ids = [0u32; 256];
+        // Vocabularies may lack bytes that never occur in their training
+        // text (0xC0, 0xF5.., some control characters); like Hugging Face
+        // tokenizers without an unknown token, such bytes are dropped.
+        let mut byte_ids = [None; 256];
         for (b, c) in table.iter().enumerate() {
             let mut buf = [0u8; 4];
-            byte_ids[b] = *vocab.get(&*c.encode_utf8(&mut buf)).ok_or_else(|| {
-                TokenizerError::Invalid(format!("no token for byte {b:#04x}"))
-            })?;
+            byte_ids[b] = vocab.get(&*c.encode_utf8(&mut buf)).copied();
+        }
+        if byte_ids.iter().filter(|b| b.is_some()).count() < 128 {
+            return Err(TokenizerError::Invalid(
+                "the vocabulary is not byte-level (most bytes have no token)".into(),
+            ));
         }
         let mut merges = HashMap::with_capacity(spec.merges.len());
         let mut joined = String::new();
@@ -334,7 +343,7 @@ impl Tokenizer {
         let mut syms = Vec::new();
         self.pre.pieces(text, &mut |piece| {
             syms.clear();
-            syms.extend(piece.bytes().map(|b| self.byte_ids[usize::from(b)]));
+            syms.extend(piece.bytes().filter_map(|b| self.byte_ids[usize::from(b)]));
             self.bpe(&mut syms);
             out.extend_from_slice(&syms);
         });
@@ -419,7 +428,7 @@ mod tests {
         let t = toy();
         let ids = t.encode("hello wo");
         let texts: Vec<String> = ids.iter().map(|&i| t.token_text(i).unwrap()).collect();
-        assert_eq!(texts, ["hello", "Ġwo"]);
+        assert_eq!(texts, ["hello", " wo"]);
     }
 
     #[test]
