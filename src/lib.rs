@@ -5,5 +5,5 @@
 //! come out. `main.rs` only parses arguments and maps the result to an exit
 //! code; everything else lives in the modules below.
 
-pub mod provider;
 pub mod model_store;
+pub mod provider;

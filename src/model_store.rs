@@ -152,7 +152,11 @@ pub async fn fetch_default(show_progress: bool) -> Result<PathBuf, ModelError> {
 
 /// Downloads `source` into `dir` (always, replacing an existing file) and
 /// returns the model's path. On any error nothing new is left in `dir`.
-pub async fn fetch(source: &Source, dir: &Path, show_progress: bool) -> Result<PathBuf, ModelError> {
+pub async fn fetch(
+    source: &Source,
+    dir: &Path,
+    show_progress: bool,
+) -> Result<PathBuf, ModelError> {
     fs::create_dir_all(dir).map_err(|e| ModelError::Io {
         path: dir.to_path_buf(),
         source: e,
@@ -351,6 +355,8 @@ mod tests {
 
     #[test]
     fn an_absent_cache_lists_nothing() {
-        assert!(list_in(Path::new("/nonexistent/cai-cache")).unwrap().is_empty());
+        assert!(list_in(Path::new("/nonexistent/cai-cache"))
+            .unwrap()
+            .is_empty());
     }
 }

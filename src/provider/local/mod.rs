@@ -254,8 +254,7 @@ impl Inner {
         let mut out = Vec::new();
         let mut finish = FinishReason::Length;
         if budget > 0 {
-            let mut sampler =
-                Sampler::new(p.temperature, p.top_p, p.seed.unwrap_or(DEFAULT_SEED));
+            let mut sampler = Sampler::new(p.temperature, p.top_p, p.seed.unwrap_or(DEFAULT_SEED));
             let mut sess = self.model.session();
             let start = Instant::now();
             let mut next = sampler.sample(self.model.forward(&ids, &mut sess)?);

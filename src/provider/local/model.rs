@@ -141,7 +141,10 @@ impl GgufFile {
         let bytes = elems / block * info.ggml_dtype.type_size();
         let start = usize::try_from(self.content.tensor_data_offset + info.offset)
             .map_err(|_| self.corrupt(format!("tensor {name}: offset out of range")))?;
-        if start.checked_add(bytes).is_none_or(|end| end > self.mmap.len()) {
+        if start
+            .checked_add(bytes)
+            .is_none_or(|end| end > self.mmap.len())
+        {
             return Err(self.corrupt(format!(
                 "tensor {name} needs {bytes} bytes at offset {start} but the file has {} bytes (truncated?)",
                 self.mmap.len()
@@ -216,8 +219,7 @@ impl Linear {
         } else {
             let t = g.qtensor(name)?;
             Store::Candle(
-                QMatMul::from_qtensor(t)
-                    .map_err(|e| g.corrupt(format!("tensor {name}: {e}")))?,
+                QMatMul::from_qtensor(t).map_err(|e| g.corrupt(format!("tensor {name}: {e}")))?,
             )
         };
         Ok(Self { store, rows, cols })
@@ -371,7 +373,10 @@ const PREFILL_CHUNK: usize = 256;
 impl Model {
     /// Reads the hyper-parameters and maps the weights of a llama GGUF.
     pub fn load(gguf: GgufFile) -> Result<Self, LocalError> {
-        let arch = gguf.meta_str("general.architecture").unwrap_or("").to_string();
+        let arch = gguf
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
         if arch != "llama" {
             return Err(LocalError::UnsupportedArchitecture {
                 path: gguf.path.clone(),
@@ -398,7 +403,9 @@ impl Model {
             kv_heads,
             head_dim,
             ffn_dim: gguf.required("llama.feed_forward_length")?,
-            context: gguf.meta_u64("llama.context_length").map_or(2048, |v| v as usize),
+            context: gguf
+                .meta_u64("llama.context_length")
+                .map_or(2048, |v| v as usize),
             rms_eps: gguf
                 .meta_f32("llama.attention.layer_norm_rms_epsilon")
                 .unwrap_or(1e-5),
@@ -546,7 +553,9 @@ impl Model {
         for (t, &tok) in tokens.iter().enumerate() {
             let row = tok as usize;
             if row >= cfg.vocab {
-                return Err(LocalError::Inference(format!("token id {tok} out of range")));
+                return Err(LocalError::Inference(format!(
+                    "token id {tok} out of range"
+                )));
             }
             let out = &mut s.x[t * d..(t + 1) * d];
             match &self.embed {
@@ -583,9 +592,15 @@ impl Model {
             // Attention block.
             rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, d, &mut s.h);
             s.hq.quantize_rows(&s.h, d);
-            layer.wq.forward(&ctx, &s.h, &s.hq, m, &mut s.q, &mut s.tmp)?;
-            layer.wk.forward(&ctx, &s.h, &s.hq, m, &mut s.k, &mut s.tmp)?;
-            layer.wv.forward(&ctx, &s.h, &s.hq, m, &mut s.v, &mut s.tmp)?;
+            layer
+                .wq
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.q, &mut s.tmp)?;
+            layer
+                .wk
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.k, &mut s.tmp)?;
+            layer
+                .wv
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.v, &mut s.tmp)?;
             rope(&mut s.q, m, cfg.head_dim, half, &s.cos, &s.sin);
             rope(&mut s.k, m, cfg.head_dim, half, &s.cos, &s.sin);
             sess.k[li].extend_from_slice(&s.k);
@@ -601,7 +616,9 @@ impl Model {
                 &mut s.att,
             );
             s.hq.quantize_rows(&s.att, d);
-            layer.wo.forward(&ctx, &s.att, &s.hq, m, &mut s.o, &mut s.tmp)?;
+            layer
+                .wo
+                .forward(&ctx, &s.att, &s.hq, m, &mut s.o, &mut s.tmp)?;
             for (x, o) in s.x.iter_mut().zip(&s.o) {
                 *x += o;
             }
@@ -609,13 +626,19 @@ impl Model {
             // Feed-forward block (SwiGLU).
             rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, d, &mut s.h);
             s.hq.quantize_rows(&s.h, d);
-            layer.gate.forward(&ctx, &s.h, &s.hq, m, &mut s.g, &mut s.tmp)?;
-            layer.up.forward(&ctx, &s.h, &s.hq, m, &mut s.u, &mut s.tmp)?;
+            layer
+                .gate
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.g, &mut s.tmp)?;
+            layer
+                .up
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.u, &mut s.tmp)?;
             for (g, u) in s.g.iter_mut().zip(&s.u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
             s.hq.quantize_rows(&s.g, cfg.ffn_dim);
-            layer.down.forward(&ctx, &s.g, &s.hq, m, &mut s.o, &mut s.tmp)?;
+            layer
+                .down
+                .forward(&ctx, &s.g, &s.hq, m, &mut s.o, &mut s.tmp)?;
             for (x, o) in s.x.iter_mut().zip(&s.o) {
                 *x += o;
             }
@@ -645,7 +668,10 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
 fn rope(x: &mut [f32], m: usize, head_dim: usize, half: usize, cos: &[f32], sin: &[f32]) {
     let row_len = x.len() / m;
     for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
-        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
         for head in row.chunks_exact_mut(head_dim) {
             for i in 0..half {
                 let (a, b) = (head[2 * i], head[2 * i + 1]);

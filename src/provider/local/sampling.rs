@@ -26,7 +26,7 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if !(self.temperature > 1e-5) || logits.len() < 2 {
+        if self.temperature.is_nan() || self.temperature <= 1e-5 || logits.len() < 2 {
             return argmax(logits);
         }
         let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));

@@ -54,8 +54,7 @@ struct PreTokenizer {
     regex: Regex,
 }
 
-const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|(\s+)";
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|(\s+)";
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|(\s+)";
 
 impl PreTokenizer {
@@ -238,9 +237,10 @@ impl Tokenizer {
             // Longest first, so a token that prefixes another never wins.
             names.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
             let alt: Vec<String> = names.iter().map(|s| regex::escape(s)).collect();
-            Some(Regex::new(&alt.join("|")).map_err(|e| {
-                TokenizerError::Invalid(format!("special-token pattern: {e}"))
-            })?)
+            Some(
+                Regex::new(&alt.join("|"))
+                    .map_err(|e| TokenizerError::Invalid(format!("special-token pattern: {e}")))?,
+            )
         };
         let check = |id: Option<u32>, what: &str| match id {
             Some(i) if i as usize >= n => Err(TokenizerError::Invalid(format!(
@@ -444,7 +444,12 @@ mod tests {
     #[test]
     fn any_utf8_round_trips() {
         let t = toy();
-        for s in ["", "naïve 日本語 🤖", "a  b \n\n\t c  ", "\u{0}\u{7f}\u{10ffff}"] {
+        for s in [
+            "",
+            "naïve 日本語 🤖",
+            "a  b \n\n\t c  ",
+            "\u{0}\u{7f}\u{10ffff}",
+        ] {
             assert_eq!(t.decode(&t.encode(s), false), s);
         }
     }
