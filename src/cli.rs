@@ -31,11 +31,24 @@ pub enum Command {
         after_help = "Example:\n  cai validate --prompts prompts/stem_sample.csv --constitution principles/helpful_tutor.json"
     )]
     Validate(ValidateArgs),
+    /// The embedded local model: fetch it, list the cache, print its path.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Print the exact first-stage requests, without sending them.
     #[command(
         after_help = "Example:\n  cai render --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 2 --provider openai"
     )]
     Render(Box<RenderArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download the default model (SmolLM2-135M-Instruct, Q4_1) into the cache, verifying its SHA-256.
+    Fetch,
+    /// List the GGUF files in the model cache.
+    List,
+    /// Print the path of the default model (whether or not it is there yet).
+    Path,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,7 +106,7 @@ pub struct EndpointArgs {
     /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
-    /// Model name sent to the endpoint (local: path of a GGUF file).
+    /// Model name sent to the endpoint (local: path of a GGUF file; default: the cached SmolLM2-135M-Instruct).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
     /// Environment variable holding the API key (default: OPENAI_API_KEY for openai, HF_TOKEN for hf).
@@ -105,6 +118,12 @@ pub struct EndpointArgs {
     /// Per-request timeout in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120.0)]
     pub timeout: f64,
+    /// local: never download; fail if the model is not in the cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// local: generations run at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub local_parallel: Option<usize>,
 }
 
 /// Sampling parameters.

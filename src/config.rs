@@ -5,6 +5,7 @@
 //! failed request. Keys are read from the environment (never from the
 //! command line) and held as [`SecretString`], which does not print.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use secrecy::SecretString;
 
 use crate::cli::{EndpointArgs, ProviderKind, SamplingArgs};
 use crate::provider::chat_template::{ChatTemplate, BUILTIN};
+use crate::model_store;
 use crate::provider::hf::Hf;
+use crate::provider::local::LocalProvider;
 use crate::provider::openai::OpenAi;
 use crate::provider::{GenParams, Provider};
 
@@ -185,6 +188,46 @@ pub fn http_client(timeout: Duration, concurrency: usize) -> Result<reqwest::Cli
         .map_err(|e| ConfigError(format!("cannot build the HTTP client: {e}")))
 }
 
+/// The GGUF file the local provider loads: `--model PATH`, else the
+/// default model in the cache.
+pub fn local_model_path(args: &EndpointArgs) -> Result<PathBuf, ConfigError> {
+    match &args.model {
+        Some(m) => Ok(PathBuf::from(m)),
+        None => model_store::default_model_path().map_err(|e| ConfigError(e.to_string())),
+    }
+}
+
+/// Makes sure the local model is on disk before a run: when the default
+/// model is selected and missing, downloads it (saying so) unless
+/// `--offline`, which fails naming `cai model fetch` instead.
+pub async fn ensure_local_model(
+    args: &EndpointArgs,
+    show_progress: bool,
+    note: impl Fn(&str),
+) -> Result<(), ConfigError> {
+    if select_provider(args).0 != ProviderKind::Local || args.model.is_some() {
+        return Ok(());
+    }
+    let path = local_model_path(args)?;
+    if path.exists() {
+        return Ok(());
+    }
+    if args.offline {
+        return Err(ConfigError(format!(
+            "the default model is not in the cache ({}) and --offline forbids downloading it; run `cai model fetch` first",
+            path.display()
+        )));
+    }
+    note(&format!(
+        "the default model is not in the cache: downloading it to {} (once)",
+        path.display()
+    ));
+    model_store::fetch_default(show_progress)
+        .await
+        .map(|_| ())
+        .map_err(|e| ConfigError(e.to_string()))
+}
+
 /// Builds the provider the arguments describe.
 pub fn build_provider(
     args: &EndpointArgs,
@@ -240,9 +283,25 @@ pub fn build_provider(
                 key_var,
             ))
         }
-        ProviderKind::Local => return Err(ConfigError(
-            "the embedded local model is not part of this build yet; pass --provider openai or hf with --base-url".into(),
-        )),
+        ProviderKind::Local => {
+            let path = local_model_path(args)?;
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "model file {} not found{}",
+                    path.display(),
+                    if args.model.is_none() {
+                        "; run `cai model fetch` to download the default model"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            let parallel = args.local_parallel.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            });
+            let local = LocalProvider::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+            Arc::new(local.with_max_concurrent(parallel.max(1)))
+        }
     };
     Ok((provider, note))
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod fake;
 pub mod input;
+pub mod model_store;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
@@ -21,6 +22,36 @@ use std::process::ExitCode;
 
 use cli::{Cli, Command};
 
+/// `cai model fetch|list|path`.
+fn model_command(cmd: cli::ModelCommand) -> Result<u8, run::RunError> {
+    let fail = |e: model_store::ModelError| run::RunError::Usage(e.to_string());
+    match cmd {
+        cli::ModelCommand::Path => {
+            println!("{}", model_store::default_model_path().map_err(fail)?.display());
+        }
+        cli::ModelCommand::List => {
+            let dir = model_store::cache_dir().map_err(fail)?;
+            let models = model_store::list().map_err(fail)?;
+            if models.is_empty() {
+                eprintln!("cai: no models in {}; run `cai model fetch`", dir.display());
+            }
+            for m in models {
+                println!("{}\t{:.1} MB", m.path.display(), m.bytes as f64 / 1e6);
+            }
+        }
+        cli::ModelCommand::Fetch => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| run::RunError::Usage(format!("cannot start the async runtime: {e}")))?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let path = rt.block_on(model_store::fetch_default(progress)).map_err(fail)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(0)
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = matches!(&cli.command, Command::Generate(a) if a.log_format == cli::LogFormat::Json);
@@ -29,6 +60,7 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             println!("{report}");
             0
         }),
+        Command::Model(cmd) => model_command(cmd),
         Command::Render(args) => run::render(&args).map(|out| {
             print!("{out}");
             0

@@ -254,6 +254,11 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     }
     let params = config::gen_params(&args.sampling)?;
     let inputs = load_inputs(&args.input)?;
+    let display = Display::choose(args.quiet, args.log_format);
+    config::ensure_local_model(&args.endpoint, display == Display::Bar, |m| {
+        eprintln!("cai: {m}")
+    })
+    .await?;
     let (provider, note) = config::build_provider(&args.endpoint, args.concurrency)?;
     let mode = match args.preference {
         PreferenceArg::Revision => PreferenceMode::Revision,
@@ -324,7 +329,6 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     let stats = pipeline.engine.stats();
     let rows = Arc::new(Rows::default());
     rows.done.store(already_done.min(total), Ordering::Relaxed);
-    let display = Display::choose(args.quiet, args.log_format);
     let reporter = Reporter::start(display, stats.clone(), rows.clone(), total);
     if let Some(n) = &note {
         reporter.note(n);

@@ -53,6 +53,7 @@ pub fn classify(err: &ProviderError) -> Verdict {
             after: None,
             throttled: false,
         },
+        ProviderError::Unprocessable(_) => Verdict::GiveUp,
         ProviderError::Fatal(_) => Verdict::StopRun,
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod chat_template;
 pub mod hf;
+pub mod local;
 pub mod openai;
 
 use std::time::Duration;
@@ -189,6 +190,10 @@ pub enum ProviderError {
     /// The reply arrived but is not the shape the protocol promises.
     #[error("malformed reply from {url}: {reason}")]
     Malformed { url: String, reason: String },
+    /// This request cannot be completed, but others may (a prompt longer
+    /// than the model's context): the prompt is rejected, the run goes on.
+    #[error("{0}")]
+    Unprocessable(String),
     /// A failure that no retry can fix (bad local model, unsupported request).
     #[error("{0}")]
     Fatal(String),

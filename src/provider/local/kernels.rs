@@ -1,0 +1,376 @@
+//! Quantized dot products, the inner loop of CPU inference.
+//!
+//! Weights stay in their GGUF block layout (read straight from the memory
+//! map); activations are quantized per 32-value block to `i8` with an `f32`
+//! scale, the way ggml pairs Q4_1 with Q8_1 and Q8_0 with Q8_0. candle's own
+//! Q4_1 dot product is scalar, so the formats this crate's default model uses
+//! get AVX2 versions here, chosen at run time, with portable fallbacks.
+
+use half::f16;
+
+/// Values per quantization block (Q4_0, Q4_1, Q8_0).
+pub const QK: usize = 32;
+/// Bytes of one Q4_1 block: f16 scale, f16 minimum, 16 bytes of nibbles.
+pub const Q4_1_BYTES: usize = 20;
+/// Bytes of one Q4_0 block: f16 scale, 16 bytes of nibbles.
+pub const Q4_0_BYTES: usize = 18;
+/// Bytes of one Q8_0 block: f16 scale, 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+
+/// A vector quantized to `i8` in blocks of [`QK`].
+#[derive(Clone, Debug, Default)]
+pub struct QVec {
+    pub qs: Vec<i8>,
+    /// Scale of each block.
+    pub d: Vec<f32>,
+    /// `d * sum(qs)` of each block, for the Q4_1 minimum term.
+    pub s: Vec<f32>,
+}
+
+impl QVec {
+    /// Quantizes `rows` rows of `x` (each `cols` long, a multiple of [`QK`]).
+    pub fn quantize_rows(&mut self, x: &[f32], cols: usize) {
+        let blocks = x.len() / QK;
+        self.qs.resize(x.len(), 0);
+        self.d.resize(blocks, 0.0);
+        self.s.resize(blocks, 0.0);
+        debug_assert_eq!(cols % QK, 0);
+        for (b, chunk) in x.chunks_exact(QK).enumerate() {
+            let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in self.qs[b * QK..(b + 1) * QK].iter_mut().zip(chunk) {
+                let r = (v * inv).round() as i32;
+                *q = r as i8;
+                sum += r;
+            }
+            self.d[b] = d;
+            self.s[b] = d * sum as f32;
+        }
+    }
+}
+
+#[inline]
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
+/// Which dot-product implementation this CPU gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Isa {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+}
+
+/// Dot product of one Q4_1 row (`w`, whole blocks) with activation blocks
+/// starting at block `b0` of `x`.
+#[inline]
+pub fn dot_q4_1(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+    let nb = w.len() / Q4_1_BYTES;
+    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
+        Isa::Avx2 => unsafe { avx2::dot_q4_1(w, x, b0) },
+        Isa::Scalar => {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let blk = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
+                let mut sum = 0i32;
+                for j in 0..QK / 2 {
+                    sum += i32::from(blk[4 + j] & 0x0F) * i32::from(ys[j]);
+                    sum += i32::from(blk[4 + j] >> 4) * i32::from(ys[j + QK / 2]);
+                }
+                acc += d * x.d[b0 + b] * sum as f32 + m * x.s[b0 + b];
+            }
+            acc
+        }
+    }
+}
+
+/// Dot product of one Q4_0 row with activation blocks from `b0`.
+#[inline]
+pub fn dot_q4_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+    let nb = w.len() / Q4_0_BYTES;
+    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
+        Isa::Avx2 => unsafe { avx2::dot_q4_0(w, x, b0) },
+        Isa::Scalar => {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let blk = &w[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
+                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
+                let mut sum = 0i32;
+                for j in 0..QK / 2 {
+                    sum += (i32::from(blk[2 + j] & 0x0F) - 8) * i32::from(ys[j]);
+                    sum += (i32::from(blk[2 + j] >> 4) - 8) * i32::from(ys[j + QK / 2]);
+                }
+                acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
+            }
+            acc
+        }
+    }
+}
+
+/// Dot product of one Q8_0 row with activation blocks from `b0`.
+#[inline]
+pub fn dot_q8_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+    let nb = w.len() / Q8_0_BYTES;
+    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
+        Isa::Avx2 => unsafe { avx2::dot_q8_0(w, x, b0) },
+        Isa::Scalar => {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
+                let mut sum = 0i32;
+                for j in 0..QK {
+                    sum += i32::from(blk[2 + j] as i8) * i32::from(ys[j]);
+                }
+                acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
+            }
+            acc
+        }
+    }
+}
+
+/// Dequantizes one Q8_0 row into `out`.
+pub fn dequant_q8_0(w: &[u8], out: &mut [f32]) {
+    for (blk, o) in w.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let d = f16_at(blk, 0);
+        for (v, q) in o.iter_mut().zip(&blk[2..]) {
+            *v = d * f32::from(*q as i8);
+        }
+    }
+}
+
+/// Dequantizes one Q4_1 row into `out`.
+pub fn dequant_q4_1(w: &[u8], out: &mut [f32]) {
+    for (blk, o) in w.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+        for j in 0..QK / 2 {
+            o[j] = d * f32::from(blk[4 + j] & 0x0F) + m;
+            o[j + QK / 2] = d * f32::from(blk[4 + j] >> 4) + m;
+        }
+    }
+}
+
+/// Dequantizes one Q4_0 row into `out`.
+pub fn dequant_q4_0(w: &[u8], out: &mut [f32]) {
+    for (blk, o) in w.chunks_exact(Q4_0_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let d = f16_at(blk, 0);
+        for j in 0..QK / 2 {
+            o[j] = d * (f32::from(blk[2 + j] & 0x0F) - 8.0);
+            o[j + QK / 2] = d * (f32::from(blk[2 + j] >> 4) - 8.0);
+        }
+    }
+}
+
+/// `f32` dot product written so the compiler vectorizes it.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a * x`, vectorizable.
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{QVec, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 16 bytes of nibbles → 32 unsigned bytes: low nibbles first, then high.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(w: &[u8], x: &QVec, b0: usize) -> f32 {
+        let nb = w.len() / Q4_1_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = 0f32;
+        let wp = w.as_ptr();
+        let yp = x.qs.as_ptr().add(b0 * QK);
+        for b in 0..nb {
+            let blk = wp.add(b * Q4_1_BYTES);
+            let dy = *x.d.get_unchecked(b0 + b);
+            let q = nibbles(blk.add(4));
+            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
+            acc_m += half(blk.add(2)) * *x.s.get_unchecked(b0 + b);
+        }
+        hsum(acc) + acc_m
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(w: &[u8], x: &QVec, b0: usize) -> f32 {
+        let nb = w.len() / Q4_0_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let eight = _mm256_set1_epi8(8);
+        let mut acc = _mm256_setzero_ps();
+        let wp = w.as_ptr();
+        let yp = x.qs.as_ptr().add(b0 * QK);
+        for b in 0..nb {
+            let blk = wp.add(b * Q4_0_BYTES);
+            let dy = *x.d.get_unchecked(b0 + b);
+            let q = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
+            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
+            let ax = _mm256_sign_epi8(q, q);
+            let sy = _mm256_sign_epi8(y, q);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[u8], x: &QVec, b0: usize) -> f32 {
+        let nb = w.len() / Q8_0_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let wp = w.as_ptr();
+        let yp = x.qs.as_ptr().add(b0 * QK);
+        for b in 0..nb {
+            let blk = wp.add(b * Q8_0_BYTES);
+            let dy = *x.d.get_unchecked(b0 + b);
+            let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
+            let ax = _mm256_sign_epi8(q, q);
+            let sy = _mm256_sign_epi8(y, q);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
+        }
+        hsum(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn blocks(kind: usize, nb: usize, seed: &mut u64) -> Vec<u8> {
+        let mut w = Vec::new();
+        for _ in 0..nb {
+            let d = f16::from_f32(lcg(seed).abs() * 0.1 + 0.01)
+                .to_bits()
+                .to_le_bytes();
+            w.extend_from_slice(&d);
+            if kind == Q4_1_BYTES {
+                w.extend_from_slice(&f16::from_f32(lcg(seed) * 0.5).to_bits().to_le_bytes());
+            }
+            let n = if kind == Q8_0_BYTES { 32 } else { 16 };
+            for _ in 0..n {
+                w.push(((lcg(seed) + 1.0) * 127.9) as u8);
+            }
+        }
+        w
+    }
+
+    /// Every dot product agrees with dequantize-then-multiply, on every ISA.
+    #[test]
+    fn dot_products_match_dequantized_reference() {
+        let mut seed = 7;
+        let nb = 18;
+        let xs: Vec<f32> = (0..nb * QK).map(|_| lcg(&mut seed)).collect();
+        let mut q = QVec::default();
+        q.quantize_rows(&xs, nb * QK);
+        let xq: Vec<f32> = (0..nb * QK)
+            .map(|i| q.d[i / QK] * f32::from(q.qs[i]))
+            .collect();
+        type Dot = fn(Isa, &[u8], &QVec, usize) -> f32;
+        type Deq = fn(&[u8], &mut [f32]);
+        let cases: [(usize, Dot, Deq); 3] = [
+            (Q4_1_BYTES, dot_q4_1, dequant_q4_1),
+            (Q4_0_BYTES, dot_q4_0, dequant_q4_0),
+            (Q8_0_BYTES, dot_q8_0, dequant_q8_0),
+        ];
+        for (kind, dot, deq) in cases {
+            let w = blocks(kind, nb, &mut seed);
+            let mut wf = vec![0f32; nb * QK];
+            deq(&w, &mut wf);
+            let want = dot_f32(&wf, &xq);
+            for isa in [Isa::Scalar, Isa::detect()] {
+                let got = dot(isa, &w, &q, 0);
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                    "kind {kind} {isa:?}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

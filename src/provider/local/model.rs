@@ -1,0 +1,730 @@
+//! A llama-architecture transformer read from a memory-mapped GGUF file.
+//!
+//! The weights are shared by every sequence; each sequence owns a
+//! [`Session`] (its KV cache and scratch buffers), so any number of
+//! generations can run on one loaded model at once. Q4_0, Q4_1 and Q8_0
+//! matrices are used in place from the memory map with the kernels in
+//! [`super::kernels`]; other quantizations fall back to candle's `QMatMul`.
+//! Matrix-vector products are split across rayon's pool by output rows.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use super::kernels::{self, Isa, QVec, QK};
+use super::LocalError;
+
+/// Hyper-parameters from `llama.*` metadata.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub context: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub rope_dims: usize,
+    pub vocab: usize,
+}
+
+/// The parsed header and the mapped bytes of a GGUF file.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    pub mmap: Mmap,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, LocalError> {
+        let file = File::open(path).map_err(|e| LocalError::open(path, e))?;
+        // SAFETY: the file is opened read-only; like every mmap user we rely on
+        // nobody truncating the model file while a run uses it.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LocalError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
+            return Err(LocalError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "not a GGUF file (bad magic bytes)".into(),
+            });
+        }
+        let mut cursor = std::io::Cursor::new(&mmap[..]);
+        let content = Content::read(&mut cursor).map_err(|e| LocalError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("unreadable GGUF header: {e}"),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            mmap,
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        match self.meta(key) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn meta_u64(&self, key: &str) -> Option<u64> {
+        match self.meta(key)? {
+            Value::U8(v) => Some(u64::from(*v)),
+            Value::U16(v) => Some(u64::from(*v)),
+            Value::U32(v) => Some(u64::from(*v)),
+            Value::U64(v) => Some(*v),
+            Value::I8(v) => u64::try_from(*v).ok(),
+            Value::I16(v) => u64::try_from(*v).ok(),
+            Value::I32(v) => u64::try_from(*v).ok(),
+            Value::I64(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn meta_f32(&self, key: &str) -> Option<f32> {
+        match self.meta(key)? {
+            Value::F32(v) => Some(*v),
+            Value::F64(v) => Some(*v as f32),
+            _ => None,
+        }
+    }
+
+    pub fn meta_bool(&self, key: &str) -> Option<bool> {
+        match self.meta(key)? {
+            Value::Bool(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> LocalError {
+        LocalError::Corrupt {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn required(&self, key: &str) -> Result<usize, LocalError> {
+        self.meta_u64(key)
+            .map(|v| v as usize)
+            .ok_or_else(|| self.corrupt(format!("missing metadata {key}")))
+    }
+
+    /// `(dtype, [rows, cols] or [len], absolute byte range)` of a tensor,
+    /// checked against the file size so a truncated file is caught at load.
+    fn tensor(&self, name: &str) -> Result<(GgmlDType, Vec<usize>, usize, usize), LocalError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.corrupt(format!("missing tensor {name}")))?;
+        let dims = info.shape.dims().to_vec();
+        let elems: usize = dims.iter().product();
+        let block = info.ggml_dtype.block_size();
+        if elems % block != 0 {
+            return Err(self.corrupt(format!(
+                "tensor {name}: {elems} values is not a whole number of blocks"
+            )));
+        }
+        let bytes = elems / block * info.ggml_dtype.type_size();
+        let start = usize::try_from(self.content.tensor_data_offset + info.offset)
+            .map_err(|_| self.corrupt(format!("tensor {name}: offset out of range")))?;
+        if start
+            .checked_add(bytes)
+            .is_none_or(|end| end > self.mmap.len())
+        {
+            return Err(self.corrupt(format!(
+                "tensor {name} needs {bytes} bytes at offset {start} but the file has {} bytes (truncated?)",
+                self.mmap.len()
+            )));
+        }
+        Ok((info.ggml_dtype, dims, start, bytes))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn qtensor(&self, name: &str) -> Result<QTensor, LocalError> {
+        let mut cursor = std::io::Cursor::new(&self.mmap[..]);
+        self.content
+            .tensor(&mut cursor, name, &Device::Cpu)
+            .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))
+    }
+
+    fn f32_vec(&self, name: &str, len: usize) -> Result<Vec<f32>, LocalError> {
+        let (dtype, dims, start, bytes) = self.tensor(name)?;
+        if dims.iter().product::<usize>() != len {
+            return Err(self.corrupt(format!("tensor {name} has shape {dims:?}, expected {len}")));
+        }
+        if dtype == GgmlDType::F32 {
+            return Ok(self.mmap[start..start + bytes]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect());
+        }
+        let t = self.qtensor(name)?;
+        t.dequantize(&Device::Cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| self.corrupt(format!("tensor {name}: {e}")))
+    }
+}
+
+/// How a matrix is stored.
+enum Store {
+    /// Rows of blocks in the memory map, used by this crate's kernels.
+    Blocks {
+        dtype: GgmlDType,
+        start: usize,
+        row_bytes: usize,
+    },
+    Candle(QMatMul),
+}
+
+/// A weight matrix `[rows, cols]` applied as `y = W x`.
+struct Linear {
+    store: Store,
+    rows: usize,
+    cols: usize,
+}
+
+impl Linear {
+    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Self, LocalError> {
+        let (dtype, dims, start, bytes) = g.tensor(name)?;
+        if dims != [rows, cols] {
+            return Err(g.corrupt(format!(
+                "tensor {name} has shape {dims:?}, expected [{rows}, {cols}]"
+            )));
+        }
+        let own = matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0);
+        let store = if own && cols % QK == 0 {
+            Store::Blocks {
+                dtype,
+                start,
+                row_bytes: bytes / rows,
+            }
+        } else {
+            let t = g.qtensor(name)?;
+            Store::Candle(
+                QMatMul::from_qtensor(t).map_err(|e| g.corrupt(format!("tensor {name}: {e}")))?,
+            )
+        };
+        Ok(Self { store, rows, cols })
+    }
+
+    /// `out[t][r] = W[r] · x[t]` for `m` input rows. `xq` must hold `x`
+    /// quantized when the store is `Blocks`.
+    fn forward(
+        &self,
+        ctx: &Ctx<'_>,
+        x: &[f32],
+        xq: &QVec,
+        m: usize,
+        out: &mut Vec<f32>,
+        tmp: &mut Vec<f32>,
+    ) -> Result<(), LocalError> {
+        out.resize(m * self.rows, 0.0);
+        match &self.store {
+            Store::Candle(mm) => {
+                let run = || -> candle_core::Result<Vec<f32>> {
+                    let t = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
+                    mm.forward(&t)?.flatten_all()?.to_vec1::<f32>()
+                };
+                let y = run().map_err(|e| LocalError::Inference(e.to_string()))?;
+                out.copy_from_slice(&y);
+            }
+            Store::Blocks {
+                dtype,
+                start,
+                row_bytes,
+            } => {
+                let data = &ctx.mmap[*start..*start + row_bytes * self.rows];
+                let nb = self.cols / QK;
+                let isa = ctx.isa;
+                let dot: fn(Isa, &[u8], &QVec, usize) -> f32 = match dtype {
+                    GgmlDType::Q4_1 => kernels::dot_q4_1,
+                    GgmlDType::Q4_0 => kernels::dot_q4_0,
+                    _ => kernels::dot_q8_0,
+                };
+                let rb = *row_bytes;
+                let fill = |r0: usize, dst: &mut [f32]| {
+                    for (i, row_out) in dst.chunks_mut(m).enumerate() {
+                        let w = &data[(r0 + i) * rb..(r0 + i + 1) * rb];
+                        for (t, o) in row_out.iter_mut().enumerate() {
+                            *o = dot(isa, w, xq, t * nb);
+                        }
+                    }
+                };
+                let target: &mut Vec<f32> = if m == 1 { out } else { tmp };
+                target.resize(m * self.rows, 0.0);
+                let work = self.rows * self.cols * m;
+                if work < 200_000 || ctx.threads <= 1 {
+                    fill(0, target);
+                } else {
+                    let chunk_rows = (self.rows / (ctx.threads * 8)).max(16);
+                    target
+                        .par_chunks_mut(chunk_rows * m)
+                        .enumerate()
+                        .for_each(|(c, dst)| fill(c * chunk_rows, dst));
+                }
+                if m > 1 {
+                    // tmp is [rows][m]; the caller wants [m][rows].
+                    for (r, col) in tmp.chunks_exact(m).enumerate() {
+                        for (t, v) in col.iter().enumerate() {
+                            out[t * self.rows + r] = *v;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_quantized_input(&self) -> bool {
+        matches!(self.store, Store::Blocks { .. })
+    }
+}
+
+/// Token embeddings: rows looked up one at a time.
+enum Embedding {
+    Blocks {
+        dtype: GgmlDType,
+        start: usize,
+        row_bytes: usize,
+    },
+    F32(Vec<f32>),
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Read-only state every forward pass needs.
+struct Ctx<'a> {
+    mmap: &'a [u8],
+    isa: Isa,
+    threads: usize,
+}
+
+/// A loaded model; share it between threads behind an `Arc`.
+pub struct Model {
+    gguf: GgufFile,
+    pub cfg: Config,
+    isa: Isa,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Linear,
+    /// Per rotary pair, the angle per position.
+    inv_freq: Vec<f32>,
+}
+
+/// One sequence's KV cache and scratch space.
+pub struct Session {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    s: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    hq: QVec,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    tmp: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Largest number of prompt tokens processed in one forward pass; bounds the
+/// scratch memory of long prompts.
+const PREFILL_CHUNK: usize = 256;
+
+impl Model {
+    /// Reads the hyper-parameters and maps the weights of a llama GGUF.
+    pub fn load(gguf: GgufFile) -> Result<Self, LocalError> {
+        let arch = gguf
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
+        if arch != "llama" {
+            return Err(LocalError::UnsupportedArchitecture {
+                path: gguf.path.clone(),
+                arch,
+            });
+        }
+        let dim = gguf.required("llama.embedding_length")?;
+        let heads = gguf.required("llama.attention.head_count")?;
+        let kv_heads = gguf
+            .meta_u64("llama.attention.head_count_kv")
+            .map_or(heads, |v| v as usize);
+        if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
+            return Err(gguf.corrupt(format!(
+                "inconsistent attention shape: dim {dim}, {heads} heads, {kv_heads} kv heads"
+            )));
+        }
+        let head_dim = dim / heads;
+        let (_, embd_dims, _, _) = gguf.tensor("token_embd.weight")?;
+        let vocab = embd_dims.first().copied().unwrap_or(0);
+        let cfg = Config {
+            dim,
+            layers: gguf.required("llama.block_count")?,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn_dim: gguf.required("llama.feed_forward_length")?,
+            context: gguf
+                .meta_u64("llama.context_length")
+                .map_or(2048, |v| v as usize),
+            rms_eps: gguf
+                .meta_f32("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
+            rope_base: gguf.meta_f32("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope_dims: gguf
+                .meta_u64("llama.rope.dimension_count")
+                .map_or(head_dim, |v| v as usize)
+                .min(head_dim),
+            vocab,
+        };
+        if embd_dims != [vocab, dim] {
+            return Err(gguf.corrupt(format!(
+                "token_embd.weight has shape {embd_dims:?}, expected [vocab, {dim}]"
+            )));
+        }
+        let kv_dim = kv_heads * head_dim;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: gguf.f32_vec(&n("attn_norm"), dim)?,
+                wq: Linear::load(&gguf, &n("attn_q"), dim, dim)?,
+                wk: Linear::load(&gguf, &n("attn_k"), kv_dim, dim)?,
+                wv: Linear::load(&gguf, &n("attn_v"), kv_dim, dim)?,
+                wo: Linear::load(&gguf, &n("attn_output"), dim, dim)?,
+                ffn_norm: gguf.f32_vec(&n("ffn_norm"), dim)?,
+                gate: Linear::load(&gguf, &n("ffn_gate"), cfg.ffn_dim, dim)?,
+                up: Linear::load(&gguf, &n("ffn_up"), cfg.ffn_dim, dim)?,
+                down: Linear::load(&gguf, &n("ffn_down"), dim, cfg.ffn_dim)?,
+            });
+        }
+        let out_norm = gguf.f32_vec("output_norm.weight", dim)?;
+        // Tied embeddings: small models reuse token_embd as the output head.
+        let output = if gguf.has_tensor("output.weight") {
+            Linear::load(&gguf, "output.weight", vocab, dim)?
+        } else {
+            Linear::load(&gguf, "token_embd.weight", vocab, dim)?
+        };
+        let embed = {
+            let (dtype, _, start, bytes) = gguf.tensor("token_embd.weight")?;
+            if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+                Embedding::Blocks {
+                    dtype,
+                    start,
+                    row_bytes: bytes / vocab.max(1),
+                }
+            } else {
+                Embedding::F32(gguf.f32_vec("token_embd.weight", vocab * dim)?)
+            }
+        };
+        let half = cfg.rope_dims / 2;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| cfg.rope_base.powf(-(2.0 * i as f32) / cfg.rope_dims as f32))
+            .collect();
+        if gguf.has_tensor("rope_freqs.weight") {
+            // Llama 3.1-style scaled rotary frequencies.
+            let factors = gguf.f32_vec("rope_freqs.weight", half)?;
+            for (f, s) in inv_freq.iter_mut().zip(factors) {
+                *f /= s;
+            }
+        }
+        Ok(Self {
+            gguf,
+            cfg,
+            isa: Isa::detect(),
+            embed,
+            layers,
+            out_norm,
+            output,
+            inv_freq,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.gguf.path
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.gguf
+    }
+
+    /// A fresh, empty sequence.
+    pub fn session(&self) -> Session {
+        Session {
+            k: vec![Vec::new(); self.cfg.layers],
+            v: vec![Vec::new(); self.cfg.layers],
+            len: 0,
+            s: Scratch::default(),
+        }
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            mmap: &self.gguf.mmap,
+            isa: self.isa,
+            threads: rayon::current_num_threads(),
+        }
+    }
+
+    /// Feeds `tokens` after what the session holds and returns the logits
+    /// predicting the token after the last one.
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        sess: &'s mut Session,
+    ) -> Result<&'s [f32], LocalError> {
+        if tokens.is_empty() {
+            return Err(LocalError::Inference("no tokens to process".into()));
+        }
+        if sess.len + tokens.len() > self.cfg.context {
+            return Err(LocalError::Inference(format!(
+                "{} tokens exceed the model's context of {}",
+                sess.len + tokens.len(),
+                self.cfg.context
+            )));
+        }
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            self.forward_chunk(chunk, sess)?;
+        }
+        // Logits of the last position only.
+        let ctx = self.ctx();
+        let d = self.cfg.dim;
+        let s = &mut sess.s;
+        let m = s.x.len() / d;
+        let last = s.x[(m - 1) * d..].to_vec();
+        rms_norm(&last, &self.out_norm, self.cfg.rms_eps, &mut s.h);
+        if self.output.needs_quantized_input() {
+            s.hq.quantize_rows(&s.h, d);
+        }
+        self.output
+            .forward(&ctx, &s.h, &s.hq, 1, &mut s.logits, &mut s.tmp)?;
+        Ok(&sess.s.logits)
+    }
+
+    fn forward_chunk(&self, tokens: &[u32], sess: &mut Session) -> Result<(), LocalError> {
+        let ctx = self.ctx();
+        let cfg = &self.cfg;
+        let (d, m) = (cfg.dim, tokens.len());
+        let kv_dim = cfg.kv_heads * cfg.head_dim;
+        let pos0 = sess.len;
+        let s = &mut sess.s;
+
+        // Embeddings.
+        s.x.resize(m * d, 0.0);
+        for (t, &tok) in tokens.iter().enumerate() {
+            let row = tok as usize;
+            if row >= cfg.vocab {
+                return Err(LocalError::Inference(format!(
+                    "token id {tok} out of range"
+                )));
+            }
+            let out = &mut s.x[t * d..(t + 1) * d];
+            match &self.embed {
+                Embedding::Blocks {
+                    dtype,
+                    start,
+                    row_bytes,
+                } => {
+                    let w = &ctx.mmap[start + row * row_bytes..start + (row + 1) * row_bytes];
+                    match dtype {
+                        GgmlDType::Q4_1 => kernels::dequant_q4_1(w, out),
+                        GgmlDType::Q4_0 => kernels::dequant_q4_0(w, out),
+                        _ => kernels::dequant_q8_0(w, out),
+                    }
+                }
+                Embedding::F32(all) => out.copy_from_slice(&all[row * d..(row + 1) * d]),
+            }
+        }
+
+        // Rotary angles for these positions.
+        let half = cfg.rope_dims / 2;
+        s.cos.resize(m * half, 0.0);
+        s.sin.resize(m * half, 0.0);
+        for t in 0..m {
+            let p = (pos0 + t) as f32;
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let (sn, cs) = (p * f).sin_cos();
+                s.cos[t * half + i] = cs;
+                s.sin[t * half + i] = sn;
+            }
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            rms_norm_rows(&s.x, &layer.attn_norm, cfg.rms_eps, d, &mut s.h);
+            s.hq.quantize_rows(&s.h, d);
+            layer
+                .wq
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.q, &mut s.tmp)?;
+            layer
+                .wk
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.k, &mut s.tmp)?;
+            layer
+                .wv
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.v, &mut s.tmp)?;
+            rope(&mut s.q, m, cfg.head_dim, half, &s.cos, &s.sin);
+            rope(&mut s.k, m, cfg.head_dim, half, &s.cos, &s.sin);
+            sess.k[li].extend_from_slice(&s.k);
+            sess.v[li].extend_from_slice(&s.v);
+            attention(
+                cfg,
+                &s.q,
+                &sess.k[li],
+                &sess.v[li],
+                pos0,
+                m,
+                kv_dim,
+                &mut s.att,
+            );
+            s.hq.quantize_rows(&s.att, d);
+            layer
+                .wo
+                .forward(&ctx, &s.att, &s.hq, m, &mut s.o, &mut s.tmp)?;
+            for (x, o) in s.x.iter_mut().zip(&s.o) {
+                *x += o;
+            }
+
+            // Feed-forward block (SwiGLU).
+            rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, d, &mut s.h);
+            s.hq.quantize_rows(&s.h, d);
+            layer
+                .gate
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.g, &mut s.tmp)?;
+            layer
+                .up
+                .forward(&ctx, &s.h, &s.hq, m, &mut s.u, &mut s.tmp)?;
+            for (g, u) in s.g.iter_mut().zip(&s.u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            s.hq.quantize_rows(&s.g, cfg.ffn_dim);
+            layer
+                .down
+                .forward(&ctx, &s.g, &s.hq, m, &mut s.o, &mut s.tmp)?;
+            for (x, o) in s.x.iter_mut().zip(&s.o) {
+                *x += o;
+            }
+        }
+        sess.len += m;
+        Ok(())
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    rms_norm_rows(x, w, eps, x.len(), out)
+}
+
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = kernels::dot_f32(xr, xr) / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// Interleaved rotary embedding (GGUF llama weights are permuted for it):
+/// pairs `(2i, 2i+1)` of the first `2 * half` values of each head rotate.
+fn rope(x: &mut [f32], m: usize, head_dim: usize, half: usize, cos: &[f32], sin: &[f32]) {
+    let row_len = x.len() / m;
+    for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in row.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * c[i] - b * s[i];
+                head[2 * i + 1] = a * s[i] + b * c[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of `m` new positions over the cache.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    cfg: &Config,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos0: usize,
+    m: usize,
+    kv_dim: usize,
+    out: &mut Vec<f32>,
+) {
+    let hd = cfg.head_dim;
+    let group = cfg.heads / cfg.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.resize(m * cfg.heads * hd, 0.0);
+    let one = |idx: usize, o: &mut [f32]| {
+        let (t, h) = (idx / cfg.heads, idx % cfg.heads);
+        let qh = &q[t * cfg.dim + h * hd..t * cfg.dim + (h + 1) * hd];
+        let off = (h / group) * hd;
+        let n = pos0 + t + 1;
+        let mut scores: Vec<f32> = (0..n)
+            .map(|j| kernels::dot_f32(qh, &kc[j * kv_dim + off..j * kv_dim + off + hd]) * scale)
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            kernels::axpy(o, s / sum, &vc[j * kv_dim + off..j * kv_dim + off + hd]);
+        }
+    };
+    let work = m * cfg.heads * (pos0 + m) * hd;
+    if work < 100_000 {
+        out.chunks_exact_mut(hd)
+            .enumerate()
+            .for_each(|(i, o)| one(i, o));
+    } else {
+        out.par_chunks_exact_mut(hd)
+            .enumerate()
+            .for_each(|(i, o)| one(i, o));
+    }
+}
