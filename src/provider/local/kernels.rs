@@ -107,6 +107,38 @@ pub fn dot_q4_1(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
     }
 }
 
+/// [`dot_q4_1`] of one row against four activation rows at once (starting
+/// at blocks `b0s`): prompt processing reads and unpacks each weight block
+/// once for four tokens.
+#[inline]
+pub fn dot4_q4_1(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
+    let nb = w.len() / Q4_1_BYTES;
+    for b0 in b0s {
+        assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
+        Isa::Avx2 => unsafe { avx2::dot4_q4_1(w, x, b0s) },
+        Isa::Scalar => b0s.map(|b0| dot_q4_1(isa, w, x, b0)),
+    }
+}
+
+/// [`dot_q8_0`] of one row against four activation rows at once.
+#[inline]
+pub fn dot4_q8_0(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
+    let nb = w.len() / Q8_0_BYTES;
+    for b0 in b0s {
+        assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
+        Isa::Avx2 => unsafe { avx2::dot4_q8_0(w, x, b0s) },
+        Isa::Scalar => b0s.map(|b0| dot_q8_0(isa, w, x, b0)),
+    }
+}
+
 /// Dot product of one Q4_0 row with activation blocks from `b0`.
 #[inline]
 pub fn dot_q4_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
@@ -190,8 +222,30 @@ pub fn dequant_q4_0(w: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `f32` dot product written so the compiler vectorizes it.
+/// `f32` dot product, with AVX2 code when the CPU has it.
 #[inline]
+pub fn dot_f32_isa(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA were detected at run time.
+        Isa::Avx2 => unsafe { avx2::dot_f32(a, b) },
+        Isa::Scalar => dot_f32(a, b),
+    }
+}
+
+/// `y += a * x`, with AVX2 code when the CPU has it.
+#[inline]
+pub fn axpy_isa(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA were detected at run time.
+        Isa::Avx2 => unsafe { avx2::axpy(y, a, x) },
+        Isa::Scalar => axpy(y, a, x),
+    }
+}
+
+/// `f32` dot product written so the compiler vectorizes it.
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -209,7 +263,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += a * x`, vectorizable.
-#[inline]
+#[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
@@ -268,6 +322,67 @@ mod avx2 {
             acc_m += half(blk.add(2)) * *x.s.get_unchecked(b0 + b);
         }
         hsum(acc) + acc_m
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_q4_1(w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
+        let nb = w.len() / Q4_1_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [0f32; 4];
+        let wp = w.as_ptr();
+        for b in 0..nb {
+            let blk = wp.add(b * Q4_1_BYTES);
+            let (dw, mw) = (half(blk), half(blk.add(2)));
+            let q = nibbles(blk.add(4));
+            for i in 0..4 {
+                let bi = b0s[i] + b;
+                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
+                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+                acc_m[i] += mw * *x.s.get_unchecked(bi);
+            }
+        }
+        [
+            hsum(acc[0]) + acc_m[0],
+            hsum(acc[1]) + acc_m[1],
+            hsum(acc[2]) + acc_m[2],
+            hsum(acc[3]) + acc_m[3],
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_q8_0(w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
+        let nb = w.len() / Q8_0_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let wp = w.as_ptr();
+        for b in 0..nb {
+            let blk = wp.add(b * Q8_0_BYTES);
+            let dw = half(blk);
+            let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            let ax = _mm256_sign_epi8(q, q);
+            for i in 0..4 {
+                let bi = b0s[i] + b;
+                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
+                let sy = _mm256_sign_epi8(y, q);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
+                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_f32(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        super::axpy(y, a, x)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -366,6 +481,14 @@ mod tests {
             let want = dot_f32(&wf, &xq);
             for isa in [Isa::Scalar, Isa::detect()] {
                 let got = dot(isa, &w, &q, 0);
+                let four = match kind {
+                    Q4_1_BYTES => Some(dot4_q4_1(isa, &w, &q, [0; 4])),
+                    Q8_0_BYTES => Some(dot4_q8_0(isa, &w, &q, [0; 4])),
+                    _ => None,
+                };
+                for f in four.into_iter().flatten() {
+                    assert!((f - got).abs() <= 1e-4 * got.abs().max(1.0), "{f} vs {got}");
+                }
                 assert!(
                     (got - want).abs() <= 1e-3 * want.abs().max(1.0),
                     "kind {kind} {isa:?}: {got} vs {want}"

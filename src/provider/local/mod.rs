@@ -10,7 +10,7 @@
 //! by default ([`LocalProvider::with_max_concurrent`] changes it); the
 //! matrix products inside a generation share rayon's pool.
 
-pub mod kernels;
+mod kernels;
 mod model;
 mod sampling;
 pub mod tokenizer;

@@ -259,12 +259,27 @@ impl Linear {
                     GgmlDType::Q4_0 => kernels::dot_q4_0,
                     _ => kernels::dot_q8_0,
                 };
+                type Dot4 = fn(Isa, &[u8], &QVec, [usize; 4]) -> [f32; 4];
+                let dot4: Option<Dot4> = match dtype {
+                    GgmlDType::Q4_1 => Some(kernels::dot4_q4_1),
+                    GgmlDType::Q8_0 => Some(kernels::dot4_q8_0),
+                    _ => None,
+                };
                 let rb = *row_bytes;
                 let fill = |r0: usize, dst: &mut [f32]| {
                     for (i, row_out) in dst.chunks_mut(m).enumerate() {
                         let w = &data[(r0 + i) * rb..(r0 + i + 1) * rb];
-                        for (t, o) in row_out.iter_mut().enumerate() {
-                            *o = dot(isa, w, xq, t * nb);
+                        let mut t = 0;
+                        if let Some(dot4) = dot4 {
+                            while t + 4 <= m {
+                                let b = t * nb;
+                                let r = dot4(isa, w, xq, [b, b + nb, b + 2 * nb, b + 3 * nb]);
+                                row_out[t..t + 4].copy_from_slice(&r);
+                                t += 4;
+                            }
+                        }
+                        for (j, o) in row_out.iter_mut().enumerate().skip(t) {
+                            *o = dot(isa, w, xq, j * nb);
                         }
                     }
                 };
@@ -607,6 +622,7 @@ impl Model {
             sess.v[li].extend_from_slice(&s.v);
             attention(
                 cfg,
+                ctx.isa,
                 &s.q,
                 &sess.k[li],
                 &sess.v[li],
@@ -686,6 +702,7 @@ fn rope(x: &mut [f32], m: usize, head_dim: usize, half: usize, cos: &[f32], sin:
 #[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &Config,
+    isa: Isa,
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
@@ -704,7 +721,9 @@ fn attention(
         let off = (h / group) * hd;
         let n = pos0 + t + 1;
         let mut scores: Vec<f32> = (0..n)
-            .map(|j| kernels::dot_f32(qh, &kc[j * kv_dim + off..j * kv_dim + off + hd]) * scale)
+            .map(|j| {
+                kernels::dot_f32_isa(isa, qh, &kc[j * kv_dim + off..j * kv_dim + off + hd]) * scale
+            })
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0.0;
@@ -714,7 +733,12 @@ fn attention(
         }
         o.fill(0.0);
         for (j, s) in scores.iter().enumerate() {
-            kernels::axpy(o, s / sum, &vc[j * kv_dim + off..j * kv_dim + off + hd]);
+            kernels::axpy_isa(
+                isa,
+                o,
+                s / sum,
+                &vc[j * kv_dim + off..j * kv_dim + off + hd],
+            );
         }
     };
     let work = m * cfg.heads * (pos0 + m) * hd;
