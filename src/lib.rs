@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod engine;
 pub mod fake;
 pub mod input;

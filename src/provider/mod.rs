@@ -6,9 +6,12 @@
 //! gets them the same way. Errors are typed ([`ProviderError`]) so the engine
 //! can decide what to retry without parsing strings.
 
+pub mod anthropic;
 pub mod chat_template;
+pub mod gemini;
 pub mod hf;
 pub mod openai;
+pub mod presets;
 
 use std::time::Duration;
 
