@@ -11,7 +11,7 @@ use crate::provider::presets::{self, Preset, PRESETS};
 #[derive(Debug, Parser)]
 #[command(
     name = "cai",
-    version,
+    version = crate::VERSION,
     about = "Constitutional AI data generation: prompts + constitution → critique/revision loops → SFT and preference datasets",
     after_help = "Exit codes: 0 done; 1 finished with some rows rejected (see rejects.jsonl); 2 bad usage or bad input (nothing sent) or an endpoint that refuses every request; 3 aborted (budget, error rate or signal; run the same command again to resume)."
 )]
@@ -37,6 +37,61 @@ pub enum Command {
         after_help = "Example:\n  cai render --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 2 --provider openai"
     )]
     Render(Box<RenderArgs>),
+    /// Show the effective configuration and where each value came from.
+    #[command(
+        after_help = "Examples:\n  cai config show\n  cai config show --provider groq --model llama-3.1-8b-instant\n\nPrecedence: cai.toml (./cai.toml, else $XDG_CONFIG_HOME/cai/cai.toml or ~/.config/cai/cai.toml) < .env (keys only; never overrides the environment) < environment (CAI_MODEL, CAI_MAX_TOKENS, ...) < flags. Key values are never shown, only ***."
+    )]
+    Config(ConfigArgs),
+    /// List the models an endpoint serves (its model-list API).
+    #[command(
+        after_help = "Examples:\n  cai models --provider groq\n  cai models --provider anthropic\n  cai models --provider vllm --base-url http://127.0.0.1:8000/v1"
+    )]
+    Models(Box<ModelsArgs>),
+    /// Print a shell completion script to stdout.
+    #[command(
+        after_help = "Examples:\n  cai completions bash > ~/.local/share/bash-completion/completions/cai\n  cai completions zsh > ~/.zfunc/_cai\n  cai completions fish > ~/.config/fish/completions/cai.fish\n  cai completions powershell >> $PROFILE"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    #[command(after_help = "Example:\n  cai man > cai.1 && man ./cai.1")]
+    Man,
+}
+
+/// `cai config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print every setting with its value and origin (flag, environment, .env, cai.toml, endpoint, default).
+    Show(Box<ConfigShowArgs>),
+}
+
+/// `cai config show`: takes the endpoint and sampling flags so their effect can be seen.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `cai models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+/// `cai completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// A backend: one of the native protocols, or an OpenAI-compatible preset
@@ -247,6 +302,18 @@ pub struct GenerateArgs {
     /// Log lines as text or as JSON events.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Count requests per stage and estimate tokens and cost; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop cleanly (exit 3, resumable) before this invocation's spend could pass USD.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// Price in USD per million input tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_in: Option<f64>,
+    /// Price in USD per million output tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_out: Option<f64>,
 }
 
 #[derive(Debug, Args)]

@@ -80,7 +80,7 @@ pub fn default_key_vars(kind: ProviderKind) -> &'static [&'static str] {
 /// Reads the key for `kind`. An explicitly named variable must be set; a
 /// default one may be absent (local servers need no key), unless the
 /// endpoint is the public service that always needs one.
-fn read_key(
+pub(crate) fn read_key(
     args: &EndpointArgs,
     kind: ProviderKind,
     needs_key: bool,

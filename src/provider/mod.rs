@@ -294,7 +294,7 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The start of a body as text, with the key (if echoed) masked.
-fn snippet(bytes: &[u8], secret: Option<&secrecy::SecretString>) -> String {
+pub(crate) fn snippet(bytes: &[u8], secret: Option<&secrecy::SecretString>) -> String {
     use secrecy::ExposeSecret;
     let text = String::from_utf8_lossy(bytes);
     let mut s: String = text.chars().take(BODY_SNIPPET).collect();
