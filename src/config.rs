@@ -269,7 +269,8 @@ pub fn build_provider(
                 model,
                 key,
                 key_var,
-            ))
+            )
+            .named(preset.name))
         }
         ProviderKind::Anthropic => {
             let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;

@@ -273,7 +273,7 @@ impl Engine {
             } => {
                 let var = p
                     .key_var()
-                    .map(|v| format!("check the key in ${v}"))
+                    .map(|v| format!("the key in ${v} was rejected (it is not shown here); check ${v} and that it belongs to this service"))
                     .unwrap_or_else(|| "no key was sent; set one with --api-key-env VAR".into());
                 format!("{url} rejected the request with HTTP {status} (authentication): {var}. Server said: {body}")
             }
@@ -283,8 +283,10 @@ impl Engine {
                 body,
                 ..
             } => format!(
-                "{url} answered HTTP 404: check --base-url and that model `{}` exists there. Server said: {body}",
-                p.model()
+                "{url} answered HTTP 404: check --base-url and that model `{}` exists there (list them with `cai models --provider {} --base-url {}`). Server said: {body}",
+                p.model(),
+                p.name(),
+                p.endpoint()
             ),
             other => other.to_string(),
         }
