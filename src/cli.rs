@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the critique→revision loop over every prompt and write the datasets.
     #[command(
-        after_help = "Examples:\n  cai generate --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --out output/demo\n  cai generate --provider openai --base-url http://127.0.0.1:8000/v1 --model my-model --prompts p.csv --constitution c.json --out run1 --rounds 2\n  cai generate --provider hf --base-url http://127.0.0.1:8080 --chat-template zephyr --prompts p.csv --constitution c.json --out run2\n\nRunning the same command again on the same --out resumes: finished rows are kept and finished requests are not sent again."
+        after_help = "Examples:\n  cai generate --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --out output/demo\n  cai generate --provider openai --base-url http://127.0.0.1:8000/v1 --model my-model --prompts p.csv --constitution c.json --out run1 --rounds 2\n  cai generate --provider hf --base-url http://127.0.0.1:8080 --chat-template zephyr --prompts p.csv --constitution c.json --out run2\n  GROQ_API_KEY=... cai generate --provider groq --model llama-3.1-8b-instant --prompts p.csv --constitution c.json --out run3\n  cai generate --provider anthropic --prompts p.csv --constitution c.json --out run4 --dry-run\n  cai generate --provider gemini --model gemini-2.5-flash --prompts p.csv --constitution c.json --out run5 --max-cost 5\n\nSettings also come from cai.toml and the environment (CAI_MODEL, ...); see `cai config show --help`.\n\nRunning the same command again on the same --out resumes: finished rows are kept and finished requests are not sent again."
     )]
     Generate(Box<GenerateArgs>),
     /// Check prompts, constitution and templates; send nothing.
@@ -223,7 +223,7 @@ pub struct InputArgs {
 /// Which endpoint and model.
 #[derive(Debug, Args, Clone)]
 pub struct EndpointArgs {
-    /// Backend (default: local, unless --base-url or a provider key in the environment selects another).
+    /// Backend or OpenAI-compatible preset, or a named endpoint of cai.toml (default: local, unless --base-url or OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY selects another).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderKind>,
     /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI).
@@ -232,7 +232,7 @@ pub struct EndpointArgs {
     /// Model name sent to the endpoint (local: path of a GGUF file).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
-    /// Environment variable holding the API key (default: OPENAI_API_KEY for openai, HF_TOKEN for hf).
+    /// Environment variable holding the API key (default: the provider's, e.g. OPENAI_API_KEY, HF_TOKEN, ANTHROPIC_API_KEY, GEMINI_API_KEY, GROQ_API_KEY).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// hf: chat template, a built-in name (chatml, zephyr, mistral, llama3) or a file holding a Jinja chat template.
