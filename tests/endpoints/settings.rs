@@ -202,6 +202,12 @@ fn bad_config_is_refused_with_its_origin() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("cai.toml: modle: unknown key"));
+    // Help and version still work, so the user can find out what is wrong.
+    cai_in(d).arg("--version").assert().code(0);
+    cai_in(d)
+        .args(["config", "show", "--help"])
+        .assert()
+        .code(0);
     std::fs::write(d.join("cai.toml"), "max_tokens = \"lots\"\n").unwrap();
     cai_in(d)
         .args(["config", "show"])
@@ -219,4 +225,57 @@ fn bad_config_is_refused_with_its_origin() {
     let err = stderr_of(&a);
     assert!(err.contains(".env:2: expected KEY=VALUE"), "{err}");
     assert!(!err.contains("sk-SECRET"), "{err}");
+}
+
+#[test]
+fn version_completions_and_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = cai_in(dir.path()).arg("--version").assert().code(0);
+    let v = stdout_of(&a);
+    assert!(
+        v.starts_with(&format!("cai {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(commit) = head {
+        assert!(v.contains(&format!("({commit})")), "{v} lacks {commit}");
+    }
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let a = cai_in(dir.path())
+            .args(["completions", shell])
+            .assert()
+            .code(0);
+        let script = stdout_of(&a);
+        assert!(script.contains("generate"), "{shell}");
+        if shell != "powershell" {
+            // clap's PowerShell script completes flags, not their values.
+            assert!(script.contains("groq"), "{shell}: presets complete");
+        }
+    }
+    let a = cai_in(dir.path()).arg("man").assert().code(0);
+    let man = stdout_of(&a);
+    assert!(man.contains(".TH cai 1"), "{man}");
+    assert!(man.contains("generate"));
+    // Every subcommand's help has an example.
+    for sub in [
+        "generate",
+        "validate",
+        "render",
+        "config",
+        "models",
+        "completions",
+        "man",
+    ] {
+        let a = cai_in(dir.path()).args([sub, "--help"]).assert().code(0);
+        assert!(
+            stdout_of(&a).contains("Example"),
+            "{sub} --help has no example"
+        );
+    }
 }
