@@ -107,6 +107,12 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                         s.stats.requests,
                         s.stats.retries
                     );
+                    if s.stats.cost_micro_usd > 0 {
+                        eprintln!(
+                            "cai: cost ${:.4} (from the replies' usage; see manifest.json)",
+                            cost::from_micros(s.stats.cost_micro_usd)
+                        );
+                    }
                     if s.counts.rejected > 0 {
                         eprintln!(
                             "cai: {} prompts rejected: see {}",

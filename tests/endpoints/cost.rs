@@ -98,7 +98,12 @@ async fn max_cost_stops_before_the_cap_and_resumes() {
     assert_eq!(m["requests"]["cost_micro_usd"], 25_000);
 
     // A larger cap resumes without paying twice for what is done.
-    cmd("1").assert().code(0);
+    let a = cmd("1").assert().code(0);
+    assert!(
+        stderr_of(&a).contains("cai: cost $0.1250"),
+        "{}",
+        stderr_of(&a)
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 30);
     assert_eq!(read_csv(&out.join("sft.csv")).len(), 10);
     assert_eq!(manifest(&out)["cost_usd"], 0.125);
