@@ -18,9 +18,20 @@ use serde::Serialize;
 
 use crate::cost::{Price, REPLY_FRACTION};
 use crate::engine::estimate_tokens;
-use crate::input::{InputErrors, PromptReader, PromptSpec};
-use crate::pipeline::Pipeline;
+use crate::input::{Constitution, InputErrors, PromptReader, PromptSpec};
+use crate::pipeline::initial_request;
+use crate::provider::{GenParams, Provider};
 use crate::run::RunError;
+use crate::template::Templates;
+
+/// What a run would use: endpoint, inputs, parameters.
+pub struct Run<'a> {
+    pub provider: &'a dyn Provider,
+    pub constitution: &'a Constitution,
+    pub templates: &'a Templates,
+    pub params: &'a GenParams,
+    pub rounds: u32,
+}
 
 /// One stage's share.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -145,7 +156,7 @@ struct PrincipleCtx<'a> {
 
 /// Average token length of the critique and revision requests over the
 /// principles, around a reply of `reply_chars` characters.
-fn request_lengths(p: &Pipeline, reply_chars: usize) -> Result<(u64, u64), RunError> {
+fn request_lengths(p: &Run, reply_chars: usize) -> Result<(u64, u64), RunError> {
     let reply = "x".repeat(reply_chars);
     let (mut crit, mut rev, mut n) = (0u64, 0u64, 0u64);
     for pr in &p.constitution.principles {
@@ -176,8 +187,8 @@ fn request_lengths(p: &Pipeline, reply_chars: usize) -> Result<(u64, u64), RunEr
     Ok((crit / n, rev / n))
 }
 
-/// Estimates a run of `pipeline` over the prompts of `spec`.
-pub fn estimate(pipeline: &Pipeline, spec: &PromptSpec) -> Result<Estimate, RunError> {
+/// Estimates `run` over the prompts of `spec`.
+pub fn estimate(pipeline: &Run, spec: &PromptSpec) -> Result<Estimate, RunError> {
     let max_tokens = pipeline.params.max_tokens;
     let reply = ((f64::from(max_tokens) * REPLY_FRACTION).round() as u64).max(1);
     let reply_msg = reply + 4;
@@ -198,9 +209,13 @@ pub fn estimate(pipeline: &Pipeline, spec: &PromptSpec) -> Result<Estimate, RunE
     let mut prompts = 0u64;
     for rec in PromptReader::open(spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;
-        let (_, req) = pipeline
-            .initial_request(&rec.text)
-            .map_err(RunError::Usage)?;
+        let (_, req) = initial_request(
+            pipeline.constitution,
+            pipeline.templates,
+            pipeline.params,
+            &rec.text,
+        )
+        .map_err(RunError::Usage)?;
         let first = estimate_tokens(&req);
         prompts += 1;
         initial.requests += 1;
@@ -219,7 +234,7 @@ pub fn estimate(pipeline: &Pipeline, spec: &PromptSpec) -> Result<Estimate, RunE
             revision.tokens_out += reply;
         }
     }
-    let provider = pipeline.engine.provider();
+    let provider = pipeline.provider;
     Ok(Estimate {
         provider: provider.name().to_string(),
         model: provider.model().to_string(),

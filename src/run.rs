@@ -539,32 +539,14 @@ pub fn dry_run(args: &GenerateArgs) -> Result<String, RunError> {
     let inputs = load_inputs(&args.input)?;
     let (provider, _) = config::build_provider(&args.endpoint, 1)?;
     let price = budget_price(args, provider.model())?;
-    let dir = tempfile_dir()?;
-    let journal = Journal::open(&dir.join("journal.jsonl"), &HashSet::new())
-        .map_err(|e| RunError::Usage(format!("cannot create a scratch journal: {e}")));
-    let journal = match journal {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
-    let pipeline = Pipeline {
-        engine: Engine::new(
-            provider,
-            journal,
-            EngineConfig::default(),
-            StopSignal::default(),
-        ),
-        constitution: inputs.constitution,
-        templates: inputs.templates,
-        params,
+    let run = crate::dryrun::Run {
+        provider: provider.as_ref(),
+        constitution: &inputs.constitution,
+        templates: &inputs.templates,
+        params: &params,
         rounds: args.rounds,
-        seed: args.sampling.seed.unwrap_or(DEFAULT_SEED),
     };
-    let estimate = crate::dryrun::estimate(&pipeline, &inputs.spec);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut estimate = estimate?;
+    let mut estimate = crate::dryrun::estimate(&run, &inputs.spec)?;
     estimate.price = price;
     estimate.max_cost = args.max_cost;
     Ok(estimate.render())
