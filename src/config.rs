@@ -86,6 +86,12 @@ pub(crate) fn read_key(
     needs_key: bool,
 ) -> Result<(Option<SecretString>, Option<String>), ConfigError> {
     let (vars, explicit): (Vec<String>, bool) = match &args.api_key_env {
+        // A key pasted where its variable's name belongs must not be echoed.
+        Some(v) if !is_var_name(v) => {
+            return Err(ConfigError(
+                "--api-key-env takes the NAME of an environment variable (e.g. MY_KEY), not a key; the value given is not a variable name and is not shown".into(),
+            ))
+        }
         Some(v) => (vec![v.clone()], true),
         None => (
             default_key_vars(kind)
@@ -125,6 +131,14 @@ pub(crate) fn read_key(
         )));
     }
     Ok((None, None))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: what a shell accepts as a variable name.
+pub fn is_var_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_url(url: &str) -> Result<(), ConfigError> {

@@ -540,7 +540,14 @@ pub fn show(report: &Report) -> String {
     }
     let width = KEYS.iter().map(|k| k.len()).max().unwrap_or(0);
     for e in &report.entries {
-        let v = e.value.as_deref().unwrap_or("(unset)");
+        let v = match e.value.as_deref() {
+            // Never echo what may be a key pasted in place of a name.
+            Some(v) if e.key == "api_key_env" && !crate::config::is_var_name(v) => {
+                "*** (not a variable name)"
+            }
+            Some(v) => v,
+            None => "(unset)",
+        };
         let _ = writeln!(out, "{:width$} = {v:<28} # {}", e.key, e.source);
     }
     // Key variables of the provider in force.
@@ -555,6 +562,7 @@ pub fn show(report: &Report) -> String {
         .find(|e| e.key == "api_key_env")
         .and_then(|e| e.value.clone());
     let vars: Vec<String> = match (&explicit, provider.as_deref()) {
+        (Some(v), _) if !crate::config::is_var_name(v) => Vec::new(),
         (Some(v), _) => vec![v.clone()],
         (None, Some(p)) => {
             match <crate::cli::ProviderKind as clap::ValueEnum>::from_str(p, false) {

@@ -93,5 +93,24 @@ async fn the_key_never_appears_anywhere() {
         assert!(out.contains("key OPENAI_API_KEY = ***"), "{out}");
         seen.push_str(&out);
     }
+    // A key pasted where a variable name belongs is not echoed either.
+    let a = cai_in(d)
+        .args(generate_args(&prompts, &d.join("o-pasted")))
+        .args([
+            "--provider",
+            "groq",
+            "--model",
+            "m",
+            "--api-key-env",
+            MARKER,
+        ])
+        .assert()
+        .code(2);
+    seen.push_str(&stderr_of(&a));
+    let a = cai_in(d)
+        .args(["config", "show", "--api-key-env", MARKER])
+        .assert()
+        .code(0);
+    seen.push_str(&stdout_of(&a));
     assert!(!seen.contains(MARKER), "key leaked:\n{seen}");
 }
