@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::input::Shard;
+use crate::provider::presets::{self, Preset, PRESETS};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "cai",
-    version,
+    version = crate::VERSION,
     about = "Constitutional AI data generation: prompts + constitution → critique/revision loops → SFT and preference datasets",
     after_help = "Exit codes: 0 done; 1 finished with some rows rejected (see rejects.jsonl); 2 bad usage or bad input (nothing sent) or an endpoint that refuses every request; 3 aborted (budget, error rate or signal; run the same command again to resume)."
 )]
@@ -23,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the critique→revision loop over every prompt and write the datasets.
     #[command(
-        after_help = "Examples:\n  cai generate --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --out output/demo\n  cai generate --provider openai --base-url http://127.0.0.1:8000/v1 --model my-model --prompts p.csv --constitution c.json --out run1 --rounds 2\n  cai generate --provider hf --base-url http://127.0.0.1:8080 --chat-template zephyr --prompts p.csv --constitution c.json --out run2\n\nRunning the same command again on the same --out resumes: finished rows are kept and finished requests are not sent again."
+        after_help = "Examples:\n  cai generate --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --out output/demo\n  cai generate --provider openai --base-url http://127.0.0.1:8000/v1 --model my-model --prompts p.csv --constitution c.json --out run1 --rounds 2\n  cai generate --provider hf --base-url http://127.0.0.1:8080 --chat-template zephyr --prompts p.csv --constitution c.json --out run2\n  GROQ_API_KEY=... cai generate --provider groq --model llama-3.1-8b-instant --prompts p.csv --constitution c.json --out run3\n  cai generate --provider anthropic --prompts p.csv --constitution c.json --out run4 --dry-run\n  cai generate --provider gemini --model gemini-2.5-flash --prompts p.csv --constitution c.json --out run5 --max-cost 5\n\nSettings also come from cai.toml and the environment (CAI_MODEL, ...); see `cai config show --help`.\n\nRunning the same command again on the same --out resumes: finished rows are kept and finished requests are not sent again."
     )]
     Generate(Box<GenerateArgs>),
     /// Check prompts, constitution and templates; send nothing.
@@ -39,6 +40,24 @@ pub enum Command {
         after_help = "Example:\n  cai render --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 2 --provider openai"
     )]
     Render(Box<RenderArgs>),
+    /// Show the effective configuration and where each value came from.
+    #[command(
+        after_help = "Examples:\n  cai config show\n  cai config show --provider groq --model llama-3.1-8b-instant\n\nPrecedence: cai.toml (./cai.toml, else $XDG_CONFIG_HOME/cai/cai.toml or ~/.config/cai/cai.toml) < .env (keys only; never overrides the environment) < environment (CAI_MODEL, CAI_MAX_TOKENS, ...) < flags. Key values are never shown, only ***."
+    )]
+    Config(ConfigArgs),
+    /// List the models an endpoint serves (its model-list API).
+    #[command(
+        after_help = "Examples:\n  cai models --provider groq\n  cai models --provider anthropic\n  cai models --provider vllm --base-url http://127.0.0.1:8000/v1"
+    )]
+    Models(Box<ModelsArgs>),
+    /// Print a shell completion script to stdout.
+    #[command(
+        after_help = "Examples:\n  cai completions bash > ~/.local/share/bash-completion/completions/cai\n  cai completions zsh > ~/.zfunc/_cai\n  cai completions fish > ~/.config/fish/completions/cai.fish\n  cai completions powershell >> $PROFILE"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    #[command(after_help = "Example:\n  cai man > cai.1 && man ./cai.1")]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +70,46 @@ pub enum ModelCommand {
     Path,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// `cai config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print every setting with its value and origin (flag, environment, .env, cai.toml, endpoint, default).
+    Show(Box<ConfigShowArgs>),
+}
+
+/// `cai config show`: takes the endpoint and sampling flags so their effect can be seen.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `cai models`.
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+/// `cai completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// A backend: one of the native protocols, or an OpenAI-compatible preset
+/// from [`crate::provider::presets`] (`groq`, `vllm`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     /// Embedded GGUF model on CPU.
     Local,
@@ -59,6 +117,84 @@ pub enum ProviderKind {
     Openai,
     /// Hugging Face Inference API / TGI `generate`.
     Hf,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
+    /// An OpenAI-compatible service from the preset table.
+    Preset(&'static Preset),
+}
+
+/// Every `--provider` value, in the order `--help` lists them. The presets
+/// other than `openai` (which is [`ProviderKind::Openai`]) follow the table.
+const PROVIDER_KINDS: &[ProviderKind] = &[
+    ProviderKind::Local,
+    ProviderKind::Openai,
+    ProviderKind::Hf,
+    ProviderKind::Anthropic,
+    ProviderKind::Gemini,
+    ProviderKind::Preset(&PRESETS[1]),
+    ProviderKind::Preset(&PRESETS[2]),
+    ProviderKind::Preset(&PRESETS[3]),
+    ProviderKind::Preset(&PRESETS[4]),
+    ProviderKind::Preset(&PRESETS[5]),
+    ProviderKind::Preset(&PRESETS[6]),
+    ProviderKind::Preset(&PRESETS[7]),
+    ProviderKind::Preset(&PRESETS[8]),
+    ProviderKind::Preset(&PRESETS[9]),
+    ProviderKind::Preset(&PRESETS[10]),
+];
+
+impl ProviderKind {
+    /// The `--provider` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Hf => "hf",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Preset(p) => p.name,
+        }
+    }
+
+    /// The OpenAI-compatible preset this kind uses, if it is one.
+    pub fn preset(self) -> Option<&'static Preset> {
+        match self {
+            ProviderKind::Openai => presets::get("openai"),
+            ProviderKind::Preset(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Every kind, as `--help` lists them.
+    pub fn all() -> &'static [ProviderKind] {
+        PROVIDER_KINDS
+    }
+}
+
+impl ValueEnum for ProviderKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        PROVIDER_KINDS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            ProviderKind::Local => "embedded GGUF model on CPU".to_string(),
+            ProviderKind::Openai => {
+                "OpenAI, or any OpenAI-compatible server given --base-url (OPENAI_API_KEY)"
+                    .to_string()
+            }
+            ProviderKind::Hf => "Hugging Face Inference API / TGI generate (HF_TOKEN)".to_string(),
+            ProviderKind::Anthropic => "Anthropic Messages API (ANTHROPIC_API_KEY)".to_string(),
+            ProviderKind::Gemini => "Google Gemini (GEMINI_API_KEY or GOOGLE_API_KEY)".to_string(),
+            ProviderKind::Preset(p) => match p.key_var {
+                Some(v) => format!("{}: {} ({v})", p.notes, p.base_url),
+                None => format!("{}: {} (no key)", p.notes, p.base_url),
+            },
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +236,7 @@ pub struct InputArgs {
 /// Which endpoint and model.
 #[derive(Debug, Args, Clone)]
 pub struct EndpointArgs {
-    /// Backend (default: local, unless --base-url or a provider key in the environment selects another).
+    /// Backend or OpenAI-compatible preset, or a named endpoint of cai.toml (default: local, unless --base-url or OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY selects another).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderKind>,
     /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI).
@@ -109,7 +245,7 @@ pub struct EndpointArgs {
     /// Model name sent to the endpoint (local: path of a GGUF file; default: the cached SmolLM2-135M-Instruct).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
-    /// Environment variable holding the API key (default: OPENAI_API_KEY for openai, HF_TOKEN for hf).
+    /// Environment variable holding the API key (default: the provider's, e.g. OPENAI_API_KEY, HF_TOKEN, ANTHROPIC_API_KEY, GEMINI_API_KEY, GROQ_API_KEY).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// hf: chat template, a built-in name (chatml, zephyr, mistral, llama3) or a file holding a Jinja chat template.
@@ -185,6 +321,18 @@ pub struct GenerateArgs {
     /// Log lines as text or as JSON events.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Count requests per stage and estimate tokens and cost; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop cleanly (exit 3, resumable) before this invocation's spend could pass USD.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// Price in USD per million input tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_in: Option<f64>,
+    /// Price in USD per million output tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_out: Option<f64>,
 }
 
 #[derive(Debug, Args)]

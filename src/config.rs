@@ -12,11 +12,14 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::cli::{EndpointArgs, ProviderKind, SamplingArgs};
+use crate::provider::anthropic::{Anthropic, ANTHROPIC_BASE, ANTHROPIC_DEFAULT_MODEL};
 use crate::provider::chat_template::{ChatTemplate, BUILTIN};
 use crate::model_store;
+use crate::provider::gemini::{Gemini, GEMINI_BASE, GEMINI_DEFAULT_MODEL};
 use crate::provider::hf::Hf;
 use crate::provider::local::LocalProvider;
 use crate::provider::openai::OpenAi;
+use crate::provider::presets::{Preset, LOCAL_DEFAULT_MODEL};
 use crate::provider::{GenParams, Provider};
 
 /// OpenAI's API root, used when `--provider openai` has no `--base-url`.
@@ -41,51 +44,104 @@ pub fn select_provider(args: &EndpointArgs) -> (ProviderKind, Option<String>) {
         );
     }
     // HF_TOKEN is deliberately not a signal: many users keep it set for
-    // downloading models, not for paying for inference.
-    if std::env::var_os("OPENAI_API_KEY").is_some_and(|v| !v.is_empty()) {
-        return (
-            ProviderKind::Openai,
-            Some("OPENAI_API_KEY is set: using provider openai (pass --provider local to stay offline)".into()),
-        );
+    // downloading models, not for paying for inference. GOOGLE_API_KEY is
+    // not one either: it serves many Google APIs besides Gemini.
+    for (var, kind) in [
+        ("OPENAI_API_KEY", ProviderKind::Openai),
+        ("ANTHROPIC_API_KEY", ProviderKind::Anthropic),
+        ("GEMINI_API_KEY", ProviderKind::Gemini),
+    ] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            return (
+                kind,
+                Some(format!(
+                    "{var} is set: using provider {} (pass --provider local to stay offline)",
+                    kind.name()
+                )),
+            );
+        }
     }
     (ProviderKind::Local, None)
 }
 
-fn default_key_var(kind: ProviderKind) -> Option<&'static str> {
+/// The environment variables a provider's key is read from, in order.
+pub fn default_key_vars(kind: ProviderKind) -> &'static [&'static str] {
     match kind {
-        ProviderKind::Openai => Some("OPENAI_API_KEY"),
-        ProviderKind::Hf => Some("HF_TOKEN"),
-        ProviderKind::Local => None,
+        ProviderKind::Hf => &["HF_TOKEN"],
+        ProviderKind::Anthropic => &["ANTHROPIC_API_KEY"],
+        ProviderKind::Gemini => &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+        ProviderKind::Local => &[],
+        ProviderKind::Openai | ProviderKind::Preset(_) => match kind.preset() {
+            Some(Preset {
+                key_var: Some(v), ..
+            }) => std::slice::from_ref(v),
+            _ => &[],
+        },
     }
 }
 
 /// Reads the key for `kind`. An explicitly named variable must be set; a
 /// default one may be absent (local servers need no key), unless the
 /// endpoint is the public service that always needs one.
-fn read_key(
+pub(crate) fn read_key(
     args: &EndpointArgs,
     kind: ProviderKind,
     needs_key: bool,
 ) -> Result<(Option<SecretString>, Option<String>), ConfigError> {
-    let (var, explicit) = match (&args.api_key_env, default_key_var(kind)) {
-        (Some(v), _) => (v.clone(), true),
-        (None, Some(v)) => (v.to_string(), false),
-        (None, None) => return Ok((None, None)),
-    };
-    match std::env::var(&var) {
-        Ok(v) if !v.trim().is_empty() => {
-            Ok((Some(SecretString::from(v.trim().to_string())), Some(var)))
+    let (vars, explicit): (Vec<String>, bool) = match &args.api_key_env {
+        // A key pasted where its variable's name belongs must not be echoed.
+        Some(v) if !is_var_name(v) => {
+            return Err(ConfigError(
+                "--api-key-env takes the NAME of an environment variable (e.g. MY_KEY), not a key; the value given is not a variable name and is not shown".into(),
+            ))
         }
-        _ if explicit || needs_key => Err(ConfigError(format!(
-            "no API key: set the environment variable {var}{}",
+        Some(v) => (vec![v.clone()], true),
+        None => (
+            default_key_vars(kind)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            false,
+        ),
+    };
+    if vars.is_empty() {
+        return Ok((None, None));
+    }
+    for var in &vars {
+        if let Ok(v) = std::env::var(var) {
+            if !v.trim().is_empty() {
+                return Ok((
+                    Some(SecretString::from(v.trim().to_string())),
+                    Some(var.clone()),
+                ));
+            }
+        }
+    }
+    if explicit || needs_key {
+        let alternatives = vars[1..]
+            .iter()
+            .map(|v| format!(" (or {v})"))
+            .collect::<String>();
+        return Err(ConfigError(format!(
+            "no API key for provider {}: set the environment variable {}{alternatives}{}",
+            kind.name(),
+            vars[0],
             if explicit {
                 " (named by --api-key-env)"
             } else {
                 ""
             }
-        ))),
-        _ => Ok((None, None)),
+        )));
     }
+    Ok((None, None))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: what a shell accepts as a variable name.
+pub fn is_var_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_url(url: &str) -> Result<(), ConfigError> {
@@ -245,18 +301,50 @@ pub fn build_provider(
         check_url(url)?;
     }
     let provider: Arc<dyn Provider> = match kind {
-        ProviderKind::Openai => {
-            let public = args.base_url.is_none();
+        ProviderKind::Openai | ProviderKind::Preset(_) => {
+            let Some(preset) = kind.preset() else {
+                return Err(ConfigError(format!("unknown provider {}", kind.name())));
+            };
+            // With --base-url the preset only names the key variable, and
+            // the server may be a local one that needs no key.
+            let public = args.base_url.is_none() && preset.is_hosted();
             let (key, key_var) = read_key(args, kind, public)?;
-            let model = match (&args.model, public) {
-                (Some(m), _) => m.clone(),
-                (None, true) => OPENAI_DEFAULT_MODEL.to_string(),
-                (None, false) => "default".to_string(),
+            let model = match (&args.model, &args.base_url, preset.default_model) {
+                (Some(m), _, _) => m.clone(),
+                (None, Some(_), _) => LOCAL_DEFAULT_MODEL.to_string(),
+                (None, None, Some(m)) => m.to_string(),
+                (None, None, None) => {
+                    return Err(ConfigError(format!(
+                        "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
+                        preset.name, preset.name
+                    )))
+                }
             };
             Arc::new(OpenAi::new(
                 http_client(timeout, concurrency)?,
-                args.base_url.as_deref().unwrap_or(OPENAI_BASE),
+                args.base_url.as_deref().unwrap_or(preset.base_url),
                 model,
+                key,
+                key_var,
+            )
+            .named(preset.name))
+        }
+        ProviderKind::Anthropic => {
+            let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
+            Arc::new(Anthropic::new(
+                http_client(timeout, concurrency)?,
+                args.base_url.as_deref().unwrap_or(ANTHROPIC_BASE),
+                args.model.as_deref().unwrap_or(ANTHROPIC_DEFAULT_MODEL),
+                key,
+                key_var,
+            ))
+        }
+        ProviderKind::Gemini => {
+            let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
+            Arc::new(Gemini::new(
+                http_client(timeout, concurrency)?,
+                args.base_url.as_deref().unwrap_or(GEMINI_BASE),
+                args.model.as_deref().unwrap_or(GEMINI_DEFAULT_MODEL),
                 key,
                 key_var,
             ))

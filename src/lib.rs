@@ -7,15 +7,19 @@
 
 pub mod cli;
 pub mod config;
+pub mod cost;
+pub mod dryrun;
 pub mod engine;
 pub mod fake;
 pub mod input;
 pub mod model_store;
+pub mod models;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod provider;
 pub mod run;
+pub mod settings;
 pub mod template;
 
 use std::process::ExitCode;
@@ -52,16 +56,56 @@ fn model_command(cmd: cli::ModelCommand) -> Result<u8, run::RunError> {
     Ok(0)
 }
 
+/// `--version`: the package version, and the git commit when built from a
+/// checkout (see `build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("CAI_GIT_SUFFIX"));
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = matches!(&cli.command, Command::Generate(a) if a.log_format == cli::LogFormat::Json);
     let result = match cli.command {
+        Command::Config(args) => match args.action {
+            cli::ConfigAction::Show(_) => {
+                let report = settings::report().cloned().unwrap_or_default();
+                print!("{}", settings::show(&report));
+                Ok(0)
+            }
+        },
+        Command::Models(args) => models::run(&args.endpoint).map(|ids| {
+            for id in ids {
+                println!("{id}");
+            }
+            0
+        }),
+        Command::Completions(args) => {
+            use std::io::Write;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a write error
+            // (`cai completions bash | head`).
+            let mut buf = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "cai", &mut buf);
+            let _ = std::io::stdout().write_all(&buf);
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Ok(0),
+                Err(e) => Err(run::RunError::Usage(format!(
+                    "cannot write the man page: {e}"
+                ))),
+            }
+        }
         Command::Validate(args) => run::validate(&args).map(|report| {
             println!("{report}");
             0
         }),
         Command::Model(cmd) => model_command(cmd),
         Command::Render(args) => run::render(&args).map(|out| {
+            print!("{out}");
+            0
+        }),
+        Command::Generate(args) if args.dry_run => run::dry_run(&args).map(|out| {
             print!("{out}");
             0
         }),
@@ -95,6 +139,12 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                         s.stats.requests,
                         s.stats.retries
                     );
+                    if s.stats.cost_micro_usd > 0 {
+                        eprintln!(
+                            "cai: cost ${:.4} (from the replies' usage; see manifest.json)",
+                            cost::from_micros(s.stats.cost_micro_usd)
+                        );
+                    }
                     if s.counts.rejected > 0 {
                         eprintln!(
                             "cai: {} prompts rejected: see {}",

@@ -59,10 +59,16 @@ fn line(stats: &Stats, rows: &Rows, total: u64, start: Instant) -> (String, serd
     } else {
         "-".into()
     };
-    let text = format!(
+    let mut text = format!(
         "{done}/{total} rows ({rejected} rejected) · {rate:.1} rows/s · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
         s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
     );
+    if s.cost_micro_usd > 0 {
+        text.push_str(&format!(
+            " · cost ${:.4}",
+            crate::cost::from_micros(s.cost_micro_usd)
+        ));
+    }
     let json = serde_json::json!({
         "event": "progress",
         "rows": done,
@@ -99,7 +105,7 @@ impl Reporter {
                         tick.tick().await;
                         let s = stats.snapshot();
                         b.set_position(rows.done.load(Ordering::Relaxed));
-                        b.set_message(format!(
+                        let mut msg = format!(
                             "in flight {} · retries {} · 429s {} · rejected {} · tokens {}/{}",
                             s.in_flight,
                             s.retries,
@@ -107,7 +113,14 @@ impl Reporter {
                             rows.rejected.load(Ordering::Relaxed),
                             s.tokens_in,
                             s.tokens_out
-                        ));
+                        );
+                        if s.cost_micro_usd > 0 {
+                            msg.push_str(&format!(
+                                " · ${:.4}",
+                                crate::cost::from_micros(s.cost_micro_usd)
+                            ));
+                        }
+                        b.set_message(msg);
                     }
                 });
                 Self {

@@ -260,6 +260,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     })
     .await?;
     let (provider, note) = config::build_provider(&args.endpoint, args.concurrency)?;
+    let price = budget_price(args, provider.model())?;
     let mode = match args.preference {
         PreferenceArg::Revision => PreferenceMode::Revision,
         PreferenceArg::Judge => PreferenceMode::Judge,
@@ -314,6 +315,8 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         tpm: args.tpm,
         max_retries: args.max_retries,
         max_requests: args.max_requests,
+        price: price.clone(),
+        max_cost: args.max_cost,
         ..EngineConfig::default()
     };
     let spec = inputs.spec.clone();
@@ -480,6 +483,11 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         wall_time_s: wall,
         first_row_s: first_row,
         requests_per_s: snapshot.requests as f64 / wall.max(1e-9),
+        cost_usd: price
+            .as_ref()
+            .map(|_| crate::cost::from_micros(snapshot.cost_micro_usd)),
+        price,
+        max_cost: args.max_cost,
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
     if let Some(e) = fatal {
@@ -493,4 +501,57 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         counts,
         stats: snapshot,
     })
+}
+
+/// The price of `model` for this run, checking `--max-cost` and the
+/// `--price-*` overrides: a cap needs a known price.
+fn budget_price(args: &GenerateArgs, model: &str) -> Result<Option<crate::cost::Price>, RunError> {
+    for (flag, v) in [
+        ("--price-in", args.price_in),
+        ("--price-out", args.price_out),
+    ] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(RunError::Usage(format!(
+                "{flag} must be a non-negative number of USD per million tokens"
+            )));
+        }
+    }
+    let price = crate::cost::resolve(model, args.price_in, args.price_out);
+    if let Some(cap) = args.max_cost {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(RunError::Usage(
+                "--max-cost must be a positive amount of USD".into(),
+            ));
+        }
+        if price.is_none() {
+            return Err(RunError::Usage(format!(
+                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
+            )));
+        }
+    }
+    Ok(price)
+}
+
+/// `cai generate --dry-run`: checks what `generate` checks before sending,
+/// then prints requests per stage and estimated tokens and cost. Sends
+/// nothing and writes nothing in `--out`.
+pub fn dry_run(args: &GenerateArgs) -> Result<String, RunError> {
+    if args.concurrency == 0 {
+        return Err(RunError::Usage("--concurrency must be at least 1".into()));
+    }
+    let params = config::gen_params(&args.sampling)?;
+    let inputs = load_inputs(&args.input)?;
+    let (provider, _) = config::build_provider(&args.endpoint, 1)?;
+    let price = budget_price(args, provider.model())?;
+    let run = crate::dryrun::Run {
+        provider: provider.as_ref(),
+        constitution: &inputs.constitution,
+        templates: &inputs.templates,
+        params: &params,
+        rounds: args.rounds,
+    };
+    let mut estimate = crate::dryrun::estimate(&run, &inputs.spec)?;
+    estimate.price = price;
+    estimate.max_cost = args.max_cost;
+    Ok(estimate.render())
 }

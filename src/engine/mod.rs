@@ -36,6 +36,8 @@ pub enum AbortReason {
     MaxRequests,
     /// Too many recent requests failed after retries.
     ErrorRate,
+    /// `--max-cost` reached: the next request could pass the cap.
+    MaxCost,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -45,6 +47,9 @@ impl std::fmt::Display for AbortReason {
             AbortReason::MaxRequests => "the --max-requests budget was reached",
             AbortReason::ErrorRate => {
                 "more than half of the last 50 requests failed after retries (error-rate breaker)"
+            }
+            AbortReason::MaxCost => {
+                "the --max-cost budget was reached (the next request could have passed it)"
             }
         })
     }
@@ -72,6 +77,10 @@ pub struct EngineConfig {
     pub max_requests: Option<u64>,
     /// Size of the error-rate breaker's window.
     pub breaker_window: usize,
+    /// Price of the model, for the running cost (`None`: unknown).
+    pub price: Option<crate::cost::Price>,
+    /// Spend cap in USD for this invocation (`--max-cost`); needs `price`.
+    pub max_cost: Option<f64>,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +92,8 @@ impl Default for EngineConfig {
             backoff: Backoff::default(),
             max_requests: None,
             breaker_window: 50,
+            price: None,
+            max_cost: None,
         }
     }
 }
@@ -101,6 +112,8 @@ pub struct Stats {
     pub tokens_in: AtomicU64,
     pub tokens_out: AtomicU64,
     pub in_flight: AtomicI64,
+    /// Cost of the replies so far, in millionths of a USD (from `usage`).
+    pub cost_micro_usd: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -114,6 +127,8 @@ pub struct StatsSnapshot {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub in_flight: i64,
+    /// Running cost in millionths of a USD; 0 when the price is unknown.
+    pub cost_micro_usd: u64,
 }
 
 impl Stats {
@@ -127,6 +142,7 @@ impl Stats {
             tokens_in: self.tokens_in.load(Ordering::Relaxed),
             tokens_out: self.tokens_out.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            cost_micro_usd: self.cost_micro_usd.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,6 +211,7 @@ pub struct Engine {
     stats: Arc<Stats>,
     stop: StopSignal,
     recent: Mutex<VecDeque<bool>>,
+    budget: Option<crate::cost::Budget>,
 }
 
 impl Engine {
@@ -208,6 +225,7 @@ impl Engine {
             provider,
             journal,
             limiter: Limiter::new(cfg.rpm, cfg.tpm),
+            budget: cfg.max_cost.map(crate::cost::Budget::new),
             cfg,
             stats: Arc::new(Stats::default()),
             stop,
@@ -255,7 +273,7 @@ impl Engine {
             } => {
                 let var = p
                     .key_var()
-                    .map(|v| format!("check the key in ${v}"))
+                    .map(|v| format!("the key in ${v} was rejected (it is not shown here); check ${v} and that it belongs to this service"))
                     .unwrap_or_else(|| "no key was sent; set one with --api-key-env VAR".into());
                 format!("{url} rejected the request with HTTP {status} (authentication): {var}. Server said: {body}")
             }
@@ -265,8 +283,10 @@ impl Engine {
                 body,
                 ..
             } => format!(
-                "{url} answered HTTP 404: check --base-url and that model `{}` exists there. Server said: {body}",
-                p.model()
+                "{url} answered HTTP 404: check --base-url and that model `{}` exists there (list them with `cai models --provider {} --base-url {}`). Server said: {body}",
+                p.model(),
+                p.name(),
+                p.endpoint()
             ),
             other => other.to_string(),
         }
@@ -313,16 +333,52 @@ impl Engine {
             }
             let est_in = estimate_tokens(&req);
             let est = est_in + u64::from(req.params.max_tokens);
+            // Reserve the worst case (the whole max_tokens) against
+            // --max-cost before sending, as the slot above does for
+            // --max-requests; the reply's usage settles it.
+            let reserved = match (&self.budget, &self.cfg.price) {
+                (Some(b), Some(p)) => {
+                    let r =
+                        crate::cost::to_micros(p.cost(est_in, u64::from(req.params.max_tokens)));
+                    if !b.reserve(r) {
+                        self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                        self.stop.stop(AbortReason::MaxCost);
+                        return Err(CallError::Aborted(AbortReason::MaxCost));
+                    }
+                    r
+                }
+                _ => 0,
+            };
             tokio::select! {
                 _ = self.limiter.acquire(est) => {}
                 r = self.stop.stopped() => {
                     self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(b) = &self.budget {
+                        b.settle(reserved, 0);
+                    }
                     return Err(CallError::Aborted(r));
                 }
             }
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let result = self.provider.complete(&req).await;
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // A failed attempt is not billed; a reply is, by its usage.
+            let spent = match (&result, &self.cfg.price) {
+                (Ok(reply), Some(p)) => {
+                    let (tin, tout) = match reply.completion.usage {
+                        Some(u) => (u.prompt_tokens, u.completion_tokens),
+                        None => (est_in, (reply.completion.text.len() as u64).div_ceil(4)),
+                    };
+                    crate::cost::to_micros(p.cost(tin, tout))
+                }
+                _ => 0,
+            };
+            self.stats
+                .cost_micro_usd
+                .fetch_add(spent, Ordering::Relaxed);
+            if let Some(b) = &self.budget {
+                b.settle(reserved, spent);
+            }
 
             let err = match result {
                 Ok(reply) => {

@@ -116,6 +116,13 @@ pub struct Manifest {
     /// Seconds from start to the first row written in this invocation.
     pub first_row_s: Option<f64>,
     pub requests_per_s: f64,
+    /// Spend of this invocation in USD from the replies' usage (`None`
+    /// when the model's price is unknown).
+    pub cost_usd: Option<f64>,
+    /// The price used, and where it came from.
+    pub price: Option<crate::cost::Price>,
+    /// `--max-cost`, if set.
+    pub max_cost: Option<f64>,
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and rename.

@@ -6,10 +6,13 @@
 //! gets them the same way. Errors are typed ([`ProviderError`]) so the engine
 //! can decide what to retry without parsing strings.
 
+pub mod anthropic;
 pub mod chat_template;
+pub mod gemini;
 pub mod hf;
 pub mod local;
 pub mod openai;
+pub mod presets;
 
 use std::time::Duration;
 
@@ -296,7 +299,7 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
 }
 
 /// The start of a body as text, with the key (if echoed) masked.
-fn snippet(bytes: &[u8], secret: Option<&secrecy::SecretString>) -> String {
+pub(crate) fn snippet(bytes: &[u8], secret: Option<&secrecy::SecretString>) -> String {
     use secrecy::ExposeSecret;
     let text = String::from_utf8_lossy(bytes);
     let mut s: String = text.chars().take(BODY_SNIPPET).collect();

@@ -17,6 +17,8 @@ use super::{
 
 /// An OpenAI-compatible endpoint.
 pub struct OpenAi {
+    /// `openai`, or the preset's name (journal keys, manifest, messages).
+    name: &'static str,
     client: reqwest::Client,
     url: String,
     base_url: String,
@@ -36,6 +38,7 @@ impl OpenAi {
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_string();
         Self {
+            name: "openai",
             client,
             url: format!("{base_url}/chat/completions"),
             base_url,
@@ -47,6 +50,12 @@ impl OpenAi {
 }
 
 impl OpenAi {
+    /// Names the provider after a preset (`groq`, `vllm`, ...).
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
         Body {
@@ -135,7 +144,7 @@ pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {
 #[async_trait]
 impl Provider for OpenAi {
     fn name(&self) -> &str {
-        "openai"
+        self.name
     }
 
     fn model(&self) -> &str {
