@@ -10,20 +10,37 @@ pub mod config;
 pub mod engine;
 pub mod fake;
 pub mod input;
+pub mod judge;
+pub mod label;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod provider;
 pub mod run;
+pub mod select;
 pub mod template;
 
 use std::process::ExitCode;
 
 use cli::{Cli, Command};
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cai: cannot start the async runtime: {e}");
+            ExitCode::from(3)
+        })
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
-    let json = matches!(&cli.command, Command::Generate(a) if a.log_format == cli::LogFormat::Json);
+    let json = match &cli.command {
+        Command::Generate(a) => a.log_format == cli::LogFormat::Json,
+        Command::Label(a) => a.log_format == cli::LogFormat::Json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Validate(args) => run::validate(&args).map(|report| {
             println!("{report}");
@@ -33,16 +50,38 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             print!("{out}");
             0
         }),
-        Command::Generate(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+        Command::Label(args) => {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cai: cannot start the async runtime: {e}");
-                    return ExitCode::from(3);
+                Err(code) => return code,
+            };
+            rt.block_on(label::label(&args, argv)).map(|s| {
+                if json {
+                    let event = serde_json::json!({
+                        "event": "finish",
+                        "out": s.out,
+                        "report": s.report,
+                    });
+                    eprintln!("{event}");
+                } else {
+                    print!("{}", s.report.table());
+                    eprintln!(
+                        "cai: labelled {} pairs into {} ({} rejected, {} requests, {} retries); report in {}",
+                        s.report.judged,
+                        s.out.join("labels.csv").display(),
+                        s.report.rejected,
+                        s.stats.requests,
+                        s.stats.retries,
+                        s.out.join("report.json").display()
+                    );
                 }
+                u8::from(s.report.rejected > 0)
+            })
+        }
+        Command::Generate(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
             };
             rt.block_on(run::generate(&args, argv)).map(|s| {
                 if json {
