@@ -24,8 +24,9 @@
 //!   no option token is among the candidates — for instance when the first
 //!   token is a bare `(` — the reply's text is used as a sampled verdict.
 //! * **Sampled verdicts**: `--judge-samples K` verdicts (one request with
-//!   `n = K`; an endpoint that returns fewer choices gets one request per
-//!   missing verdict, each with its own seed), P(A) = share of (A) verdicts.
+//!   `n = K`; an endpoint that returns fewer choices is asked again for the
+//!   missing ones, each request with its own seed), P(A) = share of (A)
+//!   verdicts.
 //!   Temperature is 0 for K = 1 and 1 otherwise. See [`parse_verdict`] for
 //!   what is read as a verdict.
 //! * **Unparseable verdicts** are replaced by fresh samples (temperature 1,
@@ -613,6 +614,51 @@ mod tests {
         let p = logprob_p(&[lp("A", 0.5), lp(" (A", 0.1), lp("B", 0.2), lp("(", 0.15)]).unwrap();
         assert!((p - 0.6 / 0.8).abs() < 1e-12, "{p}");
         assert_eq!(logprob_p(&[lp("(", 0.9), lp("The", 0.05)]), None);
+    }
+
+    #[test]
+    fn questions_have_the_papers_multiple_choice_form() {
+        let c = Constitution::parse(
+            std::path::Path::new("c.json"),
+            r#"{"critique_revision_principles": [{"critique": "c", "revision": "r"}],
+                "comparison_principles": ["Which is kinder?"],
+                "comparison_few_shots": [{"task": "TASK", "chain_of_thought": "COT", "selected_answer": "(B)"}]}"#,
+        )
+        .unwrap();
+        let opts = JudgeOptions {
+            samples: 1,
+            cot: false,
+            tie_margin: 0.05,
+            seed: 0,
+            cot_max_tokens: 64,
+        };
+        let t = Templates::load(None).unwrap();
+        let j = Judge::new(Vec::new(), t, Some(&c), opts.clone());
+        assert_eq!(j.principle("id", "0:1"), "Which is kinder?");
+        assert_eq!(
+            j.render("Hi?", "one", "two", "Which is kinder?").unwrap(),
+            "TASK\nThe answer is: (B)\n\nConsider the following conversation between a human and an assistant:\nHuman: Hi?\n\nConsider the following principle: Which is kinder?\nOptions:\n(A) one\n(B) two\nThe answer is:"
+        );
+        let cot = Judge::new(
+            Vec::new(),
+            Templates::load(None).unwrap(),
+            Some(&c),
+            JudgeOptions { cot: true, ..opts },
+        );
+        let q = cot.render("Hi?", "one", "two", "P?").unwrap();
+        assert!(
+            q.starts_with("TASK\nLet's think step by step: COT\nThe answer is: (B)\n\n"),
+            "{q}"
+        );
+        assert!(q.ends_with("(B) two\nLet's think step by step, then end with \"The answer is: (A)\" or \"The answer is: (B)\"."), "{q}");
+        // Without comparison principles the built-in list is used.
+        let none = Judge::new(
+            Vec::new(),
+            Templates::load(None).unwrap(),
+            None,
+            cot.opts.clone(),
+        );
+        assert!(DEFAULT_COMPARISON_PRINCIPLES.contains(&none.principle("x", "")));
     }
 
     #[test]

@@ -507,7 +507,6 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
     let mut input_open = true;
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut grace_spent = false;
-    let mut rejected = 0u64;
     loop {
         if grace.is_none() && stop.reason().is_some() {
             grace = Some(Box::pin(tokio::time::sleep(crate::run::GRACE)));
@@ -543,7 +542,6 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
                             }
                         };
                         if let Some((id, why)) = written {
-                            rejected += 1;
                             rows.rejected.fetch_add(1, Ordering::Relaxed);
                             reporter.note(&format!("rejected {id}: {why}"));
                         }
@@ -569,7 +567,6 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
     }
     files.sync()?;
     reporter.finish();
-    let _ = rejected;
 
     let judgments = read_judgments(&out.join(FILES[JUDGMENTS]))?;
     let rejects = count_lines(&out.join(FILES[REJECTS]))?;

@@ -93,11 +93,6 @@ async fn label_200_arena_rows_with_two_judges_and_resume() {
     assert!(principles.len() > 3, "{principles:?}");
 
     let r = read_json(&out.join("report.json"));
-    std::fs::copy(
-        out.join("report.json"),
-        std::env::temp_dir().join("cai-label-e2e-report.json"),
-    )
-    .ok();
     assert_eq!(r["judged"], 200);
     assert_eq!(r["human_labelled"], 200);
     assert_eq!(r["status"], "done");
@@ -261,4 +256,68 @@ async fn heuristic_selection_sends_no_judge_requests() {
     let rows = read_csv(&out.join("preference.csv"));
     assert_eq!(rows.len(), 2);
     assert_eq!(&rows[0][6], "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preference_judge_compares_final_revision_with_initial_answer() {
+    let (s, judged) = server(Mode::Logprobs, 1.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.csv");
+    std::fs::write(&prompts, "id,prompt\na,One?\nb,Two?\nc,Three?\n").unwrap();
+    let out = dir.path().join("out");
+    cai()
+        .args([
+            "generate",
+            "--quiet",
+            "--provider",
+            "openai",
+            "--model",
+            "gen-m",
+        ])
+        .arg("--base-url")
+        .arg(format!("{}/v1", s.uri()))
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--constitution")
+        .arg(repo("tests/fixtures/native.json"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--preference", "judge"])
+        .assert()
+        .code(0);
+    // initial + critique + revision + 2 orders of the one comparison.
+    assert_eq!(judged.load(Ordering::SeqCst), 3 * 2);
+    assert_eq!(s.received_requests().await.unwrap().len(), 3 * 5);
+    let rows = read_csv(&out.join("preference.csv"));
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert!(r[2].ends_with("score=10."), "{r:?}");
+        assert!(r[3].starts_with("Answer "), "{r:?}");
+        close(r[4].parse().unwrap(), 10.0 / 11.0, "chosen_score");
+        close(r[5].parse().unwrap(), 1.0 / 11.0, "rejected_score");
+    }
+    // A resume with everything done sends nothing more.
+    let before = s.received_requests().await.unwrap().len();
+    cai()
+        .args([
+            "generate",
+            "--quiet",
+            "--provider",
+            "openai",
+            "--model",
+            "gen-m",
+        ])
+        .arg("--base-url")
+        .arg(format!("{}/v1", s.uri()))
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--constitution")
+        .arg(repo("tests/fixtures/native.json"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--preference", "judge"])
+        .assert()
+        .code(0);
+    assert_eq!(s.received_requests().await.unwrap().len(), before);
+    assert_eq!(read_csv(&out.join("preference.csv")).len(), 3);
 }
