@@ -972,4 +972,46 @@ mod tests {
         assert_eq!(cell_text(&Value::String("[not json".into())), "[not json");
         assert_eq!(cell_text(&serde_json::json!(["x", "y"])), "x\n\ny");
     }
+
+    #[test]
+    fn pairs_read_from_jsonl_and_csv_with_every_problem_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("p.jsonl");
+        std::fs::write(
+            &jsonl,
+            concat!(
+                r#"{"id": 7, "prompt": ["Hi", "And?"], "response_a": ["a1", "a2"], "response_b": "b", "model_a": "m", "winner_model_a": 0, "winner_model_b": 1, "winner_tie": 0}"#,
+                "\n\n",
+                r#"{"prompt": "p", "response_a": "a", "response_b": "b"}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let rows = read_pairs(&jsonl, None).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "7");
+        assert_eq!(rows[0].prompt, "Hi\n\nAnd?");
+        assert_eq!(rows[0].response_a, "a1\n\na2");
+        assert_eq!(rows[0].model_a.as_deref(), Some("m"));
+        assert_eq!(rows[0].model_b, None);
+        assert_eq!(rows[0].human, Some(Winner::B));
+        assert_eq!(rows[1].id, "1");
+        assert_eq!(rows[1].human, None);
+
+        let csv = dir.path().join("p.csv");
+        std::fs::write(
+            &csv,
+            "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\nx,p,a,b,1,1,0\nx,p,,b,0,0,1\n",
+        )
+        .unwrap();
+        let errs = read_pairs(&csv, None).unwrap_err().to_string();
+        assert!(
+            errs.contains(
+                "p.csv:2: winner_model_a, winner_model_b and winner_tie must hold exactly one 1"
+            ),
+            "{errs}"
+        );
+        assert!(errs.contains("p.csv:3: blank prompt or response"), "{errs}");
+        assert!(errs.contains("p.csv:3: duplicate id `x`"), "{errs}");
+    }
 }
