@@ -32,6 +32,9 @@
 //! * **Unparseable verdicts** are replaced by fresh samples (temperature 1,
 //!   new seed), at most [`UNPARSEABLE_RETRIES`] per order; after that the
 //!   comparison fails and the caller writes the item to `rejects.jsonl`.
+//! * Without chain of thought a request allows 32 tokens and stops at the
+//!   first `)`: "(A" is all a verdict needs, and a judge that goes on
+//!   explaining is not cut off by the token limit (which the engine rejects).
 //! * **Chain of thought** (`--judge-cot`): the judge reasons first and ends
 //!   with "The answer is: (A)"; each order's P(A) is clamped to [0.4, 0.6],
 //!   as the paper found such verdicts overconfident.
@@ -306,7 +309,7 @@ impl Judge {
                 temperature: if k > 1 || fresh { 1.0 } else { 0.0 },
                 top_p: 1.0,
                 seed: Some(o.seed.wrapping_add(request_index)),
-                stop: Vec::new(),
+                stop: if o.cot { Vec::new() } else { vec![")".into()] },
                 top_logprobs: (!o.cot).then_some(TOP_LOGPROBS),
                 n: (want > 1).then_some(want as u32),
             };
