@@ -2,7 +2,7 @@
 //! endpoint on 127.0.0.1. Prints figures; asserts nothing.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example bench_engine [-- --quick]
+//! cargo build --release && cargo run --release --example bench_engine [-- --quick] [--only 1,2,4,5]
 //! ```
 //!
 //! Scenarios (each a fresh run directory and a fresh fake server):
@@ -25,6 +25,8 @@ struct Outcome {
     wall: f64,
     manifest: Value,
     peak_rss_kb: u64,
+    /// User + system CPU seconds of the cai process (last sample before exit).
+    cpu_s: f64,
     code: i32,
 }
 
@@ -63,6 +65,18 @@ fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// utime + stime of a live process, in seconds (clock ticks of 1/100 s,
+/// the Linux default for USER_HZ).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
     let _ = std::fs::remove_dir_all(out);
     let start = Instant::now();
@@ -95,6 +109,7 @@ fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
         .expect("cai starts (build it with cargo build --release)");
     let pid = child.id();
     let mut peak = 0;
+    let mut cpu_s = 0.0;
     let code = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status.code().unwrap_or(-1);
@@ -102,7 +117,10 @@ fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
         if let Some(kb) = vm_hwm_kb(pid) {
             peak = peak.max(kb);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = cpu_seconds(pid) {
+            cpu_s = c;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
     let wall = start.elapsed().as_secs_f64();
     let manifest = std::fs::read(out.join("manifest.json"))
@@ -113,12 +131,21 @@ fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
         wall,
         manifest,
         peak_rss_kb: peak,
+        cpu_s,
         code,
     }
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only 2,5` runs just those scenarios (3 comes with 1).
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<Vec<u32>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
     let scale = if quick { 10 } else { 1 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,83 +160,90 @@ fn main() {
     );
 
     // 1 + 3: throughput ratio and time to first row.
-    let n = 10_000 / scale;
-    let prompts = d.join("p10k.csv");
-    write_prompts(&prompts, n);
-    let latency = Duration::from_millis(200);
-    let capacity = 256;
-    let fake = rt
-        .block_on(FakeServer::start(FakeConfig {
-            latency,
-            capacity: Some(capacity),
-            ..FakeConfig::default()
-        }))
-        .expect("fake server");
-    let o = run_cai(
-        &fake.url(),
-        &prompts,
-        &d.join("o1"),
-        &["--concurrency", "256"],
-    );
-    let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
-    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
-    let ideal = capacity as f64 / latency.as_secs_f64();
-    let achieved = requests / run_wall;
-    println!(
+    if want(1) {
+        let n = 10_000 / scale;
+        let prompts = d.join("p10k.csv");
+        write_prompts(&prompts, n);
+        let latency = Duration::from_millis(200);
+        let capacity = 256;
+        let fake = rt
+            .block_on(FakeServer::start(FakeConfig {
+                latency,
+                capacity: Some(capacity),
+                ..FakeConfig::default()
+            }))
+            .expect("fake server");
+        let o = run_cai(
+            &fake.url(),
+            &prompts,
+            &d.join("o1"),
+            &["--concurrency", "256"],
+        );
+        let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
+        let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+        let ideal = capacity as f64 / latency.as_secs_f64();
+        let achieved = requests / run_wall;
+        println!(
         "1. throughput: {n} prompts x 1 round = {requests} requests in {run_wall:.2} s (process {:.2} s, exit {}): {achieved:.0} req/s vs ideal {ideal:.0} req/s -> ratio {:.3} (goal >= 0.95)",
         o.wall, o.code, achieved / ideal
     );
-    let first = o.manifest["first_row_s"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "3. time to first row: {first:.3} s vs 3 x latency = {:.3} s -> {:.2}x (goal < 2x)",
-        3.0 * latency.as_secs_f64(),
-        first / (3.0 * latency.as_secs_f64())
-    );
-    rt.block_on(fake.shutdown());
+        let first = o.manifest["first_row_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "3. time to first row: {first:.3} s vs 3 x latency = {:.3} s -> {:.2}x (goal < 2x)",
+            3.0 * latency.as_secs_f64(),
+            first / (3.0 * latency.as_secs_f64())
+        );
+        rt.block_on(fake.shutdown());
+    }
 
     // 2: overhead at latency 0.
-    let n2 = 20_000 / scale;
-    let prompts2 = d.join("p20k.csv");
-    write_prompts(&prompts2, n2);
-    let fake = rt
-        .block_on(FakeServer::start(FakeConfig::default()))
-        .expect("fake");
-    let o = run_cai(
-        &fake.url(),
-        &prompts2,
-        &d.join("o2"),
-        &["--concurrency", "256"],
-    );
-    let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
-    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
-    println!(
-        "2. overhead: latency 0, {requests} requests in {run_wall:.2} s: {:.0} req/s (goal >= 10,000; client and fake server share 2 cores), peak RSS {} MB",
+    if want(2) {
+        let n2 = 20_000 / scale;
+        let prompts2 = d.join("p20k.csv");
+        write_prompts(&prompts2, n2);
+        let fake = rt
+            .block_on(FakeServer::start(FakeConfig::default()))
+            .expect("fake");
+        let o = run_cai(
+            &fake.url(),
+            &prompts2,
+            &d.join("o2"),
+            &["--concurrency", "256"],
+        );
+        let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
+        let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+        println!(
+        "2. overhead: latency 0, {requests} requests in {run_wall:.2} s: {:.0} req/s (goal >= 10,000; client and fake server share 2 cores); cai used {:.2} CPU s = {:.0} requests per CPU-second of its own; peak RSS {} MB",
         requests / run_wall,
+        o.cpu_s,
+        requests / o.cpu_s.max(1e-9),
         o.peak_rss_kb / 1024
     );
-    rt.block_on(fake.shutdown());
+        rt.block_on(fake.shutdown());
+    }
 
     // 4: rpm limit for two minutes.
-    let secs = if quick { 20.0 } else { 120.0 };
-    let n4 = (secs * 10.0 / 3.0) as usize;
-    let prompts4 = d.join("p_rpm.csv");
-    write_prompts(&prompts4, n4);
-    let fake = rt
-        .block_on(FakeServer::start(FakeConfig {
-            rpm_limit: Some(600),
-            ..FakeConfig::default()
-        }))
-        .expect("fake");
-    let o = run_cai(
-        &fake.url(),
-        &prompts4,
-        &d.join("o4"),
-        &["--concurrency", "64", "--rpm", "600"],
-    );
-    let s = fake.stats();
-    let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
-    let rate = s.ok as f64 / run_wall;
-    println!(
+    if want(4) {
+        let secs = if quick { 20.0 } else { 120.0 };
+        let n4 = (secs * 10.0 / 3.0) as usize;
+        let prompts4 = d.join("p_rpm.csv");
+        write_prompts(&prompts4, n4);
+        let fake = rt
+            .block_on(FakeServer::start(FakeConfig {
+                rpm_limit: Some(600),
+                ..FakeConfig::default()
+            }))
+            .expect("fake");
+        let o = run_cai(
+            &fake.url(),
+            &prompts4,
+            &d.join("o4"),
+            &["--concurrency", "64", "--rpm", "600"],
+        );
+        let s = fake.stats();
+        let run_wall = o.manifest["wall_time_s"].as_f64().unwrap_or(o.wall);
+        let rate = s.ok as f64 / run_wall;
+        println!(
         "4. --rpm 600 against a 600 rpm server: {} answered in {run_wall:.1} s = {:.1}% of the limit (goal >= 97%); 429s {} of {} requests = {:.2}% (goal < 1%)",
         s.ok,
         100.0 * rate / 10.0,
@@ -217,29 +251,32 @@ fn main() {
         s.chat_requests,
         100.0 * s.rate_limited as f64 / s.chat_requests.max(1) as f64
     );
-    rt.block_on(fake.shutdown());
+        rt.block_on(fake.shutdown());
+    }
 
     // 5: memory, 10k vs 100k prompts.
-    let fake = rt
-        .block_on(FakeServer::start(FakeConfig::default()))
-        .expect("fake");
-    let mut line = String::from("5. peak RSS at latency 0, concurrency 256:");
-    for n in [10_000 / scale, 100_000 / scale] {
-        let p = d.join(format!("mem{n}.csv"));
-        write_prompts(&p, n);
-        let o = run_cai(
-            &fake.url(),
-            &p,
-            &d.join(format!("o5_{n}")),
-            &["--concurrency", "256"],
-        );
-        line.push_str(&format!(
-            " {n} prompts {:.1} MB ({:.1} s, exit {});",
-            o.peak_rss_kb as f64 / 1024.0,
-            o.wall,
-            o.code
-        ));
+    if want(5) {
+        let fake = rt
+            .block_on(FakeServer::start(FakeConfig::default()))
+            .expect("fake");
+        let mut line = String::from("5. peak RSS at latency 0, concurrency 256:");
+        for n in [10_000 / scale, 100_000 / scale] {
+            let p = d.join(format!("mem{n}.csv"));
+            write_prompts(&p, n);
+            let o = run_cai(
+                &fake.url(),
+                &p,
+                &d.join(format!("o5_{n}")),
+                &["--concurrency", "256"],
+            );
+            line.push_str(&format!(
+                " {n} prompts {:.1} MB ({:.1} s, exit {});",
+                o.peak_rss_kb as f64 / 1024.0,
+                o.wall,
+                o.code
+            ));
+        }
+        println!("{line} (goal <= 64 MB and flat)");
+        rt.block_on(fake.shutdown());
     }
-    println!("{line} (goal <= 64 MB and flat)");
-    rt.block_on(fake.shutdown());
 }

@@ -242,30 +242,51 @@ impl<'a> From<&'a Principle> for PrincipleCtx<'a> {
     }
 }
 
+/// The first-stage request of a prompt: the rendered `initial.jinja` user
+/// message and the full request around it.
+pub fn initial_request(
+    constitution: &Constitution,
+    templates: &Templates,
+    params: &GenParams,
+    prompt: &str,
+) -> Result<(String, ChatRequest), String> {
+    let user = templates
+        .render("initial.jinja", minijinja::context! { prompt })
+        .map_err(|e| e.to_string())?;
+    let messages = messages(constitution, Stage::Initial, &[Message::user(user.clone())]);
+    Ok((
+        user,
+        ChatRequest {
+            messages,
+            params: params.clone(),
+        },
+    ))
+}
+
+/// `[system?] + few_shots + convo` for a stage.
+fn messages(c: &Constitution, stage: Stage, convo: &[Message]) -> Vec<Message> {
+    let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
+    if let Some(s) = c.system_for(stage) {
+        m.push(Message::system(s));
+    }
+    m.extend(c.few_shots.iter().cloned());
+    m.extend(convo.iter().cloned());
+    m
+}
+
 impl Pipeline {
     /// The first-stage request of a prompt, exactly as it will be sent.
     pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), String> {
-        let user = self
-            .templates
-            .render("initial.jinja", minijinja::context! { prompt })
-            .map_err(|e| e.to_string())?;
-        let messages = self.messages(Stage::Initial, &[Message::user(user.clone())]);
-        let mut params = self.params.clone();
+        let (user, mut req) =
+            initial_request(&self.constitution, &self.templates, &self.params, prompt)?;
         if self.samples > 1 {
-            params.n = Some(self.samples);
+            req.params.n = Some(self.samples);
         }
-        Ok((user, ChatRequest { messages, params }))
+        Ok((user, req))
     }
 
     fn messages(&self, stage: Stage, convo: &[Message]) -> Vec<Message> {
-        let c = &self.constitution;
-        let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
-        if let Some(s) = c.system_for(stage) {
-            m.push(Message::system(s));
-        }
-        m.extend(c.few_shots.iter().cloned());
-        m.extend(convo.iter().cloned());
-        m
+        messages(&self.constitution, stage, convo)
     }
 
     async fn call(

@@ -8,7 +8,6 @@
 //! rows the moment it finishes. Memory depends on the concurrency, not on
 //! the number of prompts.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use crate::input::{
 };
 use crate::output::manifest::{self, Fingerprint, Manifest};
 use crate::output::{OutputError, PreferenceMode, WriteCounts, Writer, STATE_DIR};
-use crate::pipeline::{Outcome, Pipeline, RunStop};
+use crate::pipeline::{self, Outcome, Pipeline, RunStop};
 use crate::progress::{Display, Reporter, Rows};
 use crate::select::Selector;
 use crate::template::{TemplateError, Templates};
@@ -181,30 +180,12 @@ pub fn render(args: &RenderArgs) -> Result<String, RunError> {
     let inputs = load_inputs(&args.input)?;
     let params = config::gen_params(&args.sampling)?;
     let (provider, _) = config::build_provider(&args.endpoint, 1)?;
-    let spec = inputs.spec.clone();
-    let dir = tempfile_dir()?;
-    let journal = Journal::open(&dir.join("journal.jsonl"), &HashSet::new())
-        .map_err(|e| RunError::Usage(format!("cannot create a scratch journal: {e}")))?;
-    let pipeline = Pipeline {
-        engine: Arc::new(Engine::new(
-            provider.clone(),
-            journal,
-            EngineConfig::default(),
-            StopSignal::default(),
-        )),
-        constitution: inputs.constitution,
-        templates: inputs.templates,
-        params,
-        rounds: 0,
-        seed: args.sampling.seed.unwrap_or(DEFAULT_SEED),
-        samples: 1,
-    };
     let mut out = String::new();
-    for rec in PromptReader::open(&spec).map_err(InputErrors::from)? {
+    for rec in PromptReader::open(&inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;
-        let (_, req) = pipeline
-            .initial_request(&rec.text)
-            .map_err(RunError::Usage)?;
+        let (_, req) =
+            pipeline::initial_request(&inputs.constitution, &inputs.templates, &params, &rec.text)
+                .map_err(RunError::Usage)?;
         let preview = provider
             .preview(&req)
             .map_err(|e| RunError::Usage(e.to_string()))?;
@@ -212,16 +193,7 @@ pub fn render(args: &RenderArgs) -> Result<String, RunError> {
         out.push_str(&line.to_string());
         out.push('\n');
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
-}
-
-/// A private scratch directory under the system temp dir.
-fn tempfile_dir() -> Result<PathBuf, RunError> {
-    let dir = std::env::temp_dir().join(format!("cai-render-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| RunError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
 }
 
 pub(crate) fn now_unix() -> u64 {

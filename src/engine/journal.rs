@@ -21,24 +21,28 @@ use sha2::{Digest, Sha256};
 
 use crate::provider::{ChatRequest, Completion};
 
-/// The hash that identifies a request.
+/// The hash that identifies a request. Fields are fed to SHA-256 with
+/// length prefixes (so no two different requests share an encoding), and
+/// messages go in as raw bytes: hashing JSON would escape every prompt a
+/// second time on the hot path.
 pub fn request_key(provider: &str, model: &str, stage: &str, req: &ChatRequest) -> String {
-    #[derive(Serialize)]
-    struct KeyParts<'a> {
-        provider: &'a str,
-        model: &'a str,
-        stage: &'a str,
-        request: &'a ChatRequest,
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"cai-request-v1");
+    field(provider.as_bytes());
+    field(model.as_bytes());
+    field(stage.as_bytes());
+    for m in &req.messages {
+        field(m.role.as_str().as_bytes());
+        field(m.content.as_bytes());
     }
-    // Serialising a struct of plain fields is infallible.
-    let bytes = serde_json::to_vec(&KeyParts {
-        provider,
-        model,
-        stage,
-        request: req,
-    })
-    .unwrap_or_default();
-    hex(&Sha256::digest(bytes))
+    // Parameters are small; their JSON form covers every field, including
+    // ones added later.
+    field(&serde_json::to_vec(&req.params).unwrap_or_default());
+    hex(&h.finalize())
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

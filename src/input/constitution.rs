@@ -242,6 +242,32 @@ impl Walker<'_> {
         o
     }
 
+    /// A required array of `{<critique_key>, revision}` objects.
+    fn principles(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        critique_key: &str,
+    ) -> Vec<Principle> {
+        let mut out = Vec::new();
+        for (i, v) in self.array(obj, key, true).iter().enumerate() {
+            let p = format!("{key}[{i}]");
+            let Some(o) = self.object(v, &p) else {
+                continue;
+            };
+            let critique = self.string(o, &p, critique_key);
+            let revision = self.string(o, &p, "revision");
+            if let (Some(critique), Some(revision)) = (critique, revision) {
+                out.push(Principle {
+                    name: None,
+                    critique,
+                    revision,
+                });
+            }
+        }
+        out
+    }
+
     fn native(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
         for key in obj.keys() {
             if !NATIVE_KEYS.contains(&key.as_str()) && !METADATA_KEYS.contains(&key.as_str()) {
@@ -255,26 +281,7 @@ impl Walker<'_> {
         let system_message_critique = self.opt_string(obj, "", "system_message_critique");
         let system_message_revision = self.opt_string(obj, "", "system_message_revision");
 
-        let mut principles = Vec::new();
-        for (i, v) in self
-            .array(obj, "critique_revision_principles", true)
-            .iter()
-            .enumerate()
-        {
-            let p = format!("critique_revision_principles[{i}]");
-            let Some(o) = self.object(v, &p) else {
-                continue;
-            };
-            let critique = self.string(o, &p, "critique");
-            let revision = self.string(o, &p, "revision");
-            if let (Some(critique), Some(revision)) = (critique, revision) {
-                principles.push(Principle {
-                    name: None,
-                    critique,
-                    revision,
-                });
-            }
-        }
+        let principles = self.principles(obj, "critique_revision_principles", "critique");
 
         let mut few_shots = Vec::new();
         for (i, v) in self
@@ -367,22 +374,7 @@ impl Walker<'_> {
                 );
             }
         }
-        let mut principles = Vec::new();
-        for (i, v) in self.array(obj, "constitutions", true).iter().enumerate() {
-            let p = format!("constitutions[{i}]");
-            let Some(o) = self.object(v, &p) else {
-                continue;
-            };
-            let critique = self.string(o, &p, "critic");
-            let revision = self.string(o, &p, "revision");
-            if let (Some(critique), Some(revision)) = (critique, revision) {
-                principles.push(Principle {
-                    name: None,
-                    critique,
-                    revision,
-                });
-            }
-        }
+        let principles = self.principles(obj, "constitutions", "critic");
         let mut few_shots = Vec::new();
         let mut system_message = None;
         for (i, convo) in self.array(obj, "system_chat", false).iter().enumerate() {

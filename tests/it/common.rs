@@ -173,3 +173,23 @@ pub fn generate_openai(
     .arg(out);
     c
 }
+
+/// `cai generate --provider hf` against a TGI base URL, quiet.
+pub fn generate_hf(
+    base: &str,
+    prompts: &Path,
+    constitution: &Path,
+    out: &Path,
+) -> assert_cmd::Command {
+    let mut c = cai();
+    c.args(["generate", "--provider", "hf", "--quiet"])
+        .arg("--base-url")
+        .arg(base)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(constitution)
+        .arg("--out")
+        .arg(out);
+    c
+}

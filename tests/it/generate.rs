@@ -309,25 +309,8 @@ async fn five_hundred_prompts_two_rounds_tgi() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 500);
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--provider",
-            "hf",
-            "--quiet",
-            "--rounds",
-            "2",
-            "--concurrency",
-            "32",
-        ])
-        .arg("--base-url")
-        .arg(server.uri())
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(fixture("native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate_hf(&server.uri(), &prompts, &fixture("native.json"), &out)
+        .args(["--rounds", "2", "--concurrency", "32"])
         .assert()
         .code(0);
     check_500(
@@ -375,15 +358,8 @@ async fn tgi_request_bodies_are_exact() {
     let prompts = dir.path().join("p.csv");
     std::fs::write(&prompts, "id,prompt\nq1,Why is the sky blue?\n").unwrap();
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--provider",
-            "hf",
-            "--quiet",
-            "--chat-template",
-            "zephyr",
-        ])
+    generate_hf(&server.uri(), &prompts, &fixture("anthropic.json"), &out)
+        .args(["--chat-template", "zephyr"])
         .args([
             "--seed",
             "3",
@@ -394,14 +370,6 @@ async fn tgi_request_bodies_are_exact() {
             "--top-p",
             "0.95",
         ])
-        .arg("--base-url")
-        .arg(server.uri())
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(fixture("anthropic.json"))
-        .arg("--out")
-        .arg(&out)
         .assert()
         .code(0);
     let b = bodies(&server).await;
@@ -432,27 +400,15 @@ async fn greedy_tgi_requests_omit_temperature() {
     let server = tgi_server().await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 1);
-    cai()
-        .args([
-            "generate",
-            "--provider",
-            "hf",
-            "--quiet",
-            "--temperature",
-            "0",
-            "--rounds",
-            "0",
-        ])
-        .arg("--base-url")
-        .arg(server.uri())
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(fixture("native.json"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .assert()
-        .code(0);
+    generate_hf(
+        &server.uri(),
+        &prompts,
+        &fixture("native.json"),
+        &dir.path().join("out"),
+    )
+    .args(["--temperature", "0", "--rounds", "0"])
+    .assert()
+    .code(0);
     let b = bodies(&server).await;
     assert_eq!(b.len(), 1);
     let p = &b[0]["parameters"];
