@@ -24,16 +24,6 @@ use std::process::ExitCode;
 
 use cli::{Cli, Command};
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("cai: cannot start the async runtime: {e}");
-            ExitCode::from(3)
-        })
-}
-
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = match &cli.command {
@@ -50,38 +40,16 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             print!("{out}");
             0
         }),
-        Command::Label(args) => {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            rt.block_on(label::label(&args, argv)).map(|s| {
-                if json {
-                    let event = serde_json::json!({
-                        "event": "finish",
-                        "out": s.out,
-                        "report": s.report,
-                    });
-                    eprintln!("{event}");
-                } else {
-                    print!("{}", s.report.table());
-                    eprintln!(
-                        "cai: labelled {} pairs into {} ({} rejected, {} requests, {} retries); report in {}",
-                        s.report.judged,
-                        s.out.join("labels.csv").display(),
-                        s.report.rejected,
-                        s.stats.requests,
-                        s.stats.retries,
-                        s.out.join("report.json").display()
-                    );
-                }
-                u8::from(s.report.rejected > 0)
-            })
-        }
         Command::Generate(args) => {
-            let rt = match runtime() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("cai: cannot start the async runtime: {e}");
+                    return ExitCode::from(3);
+                }
             };
             rt.block_on(run::generate(&args, argv)).map(|s| {
                 if json {
@@ -113,6 +81,34 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                 u8::from(s.counts.rejected > 0)
             })
         }
+        Command::Label(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(label::label(&args, argv)).map(|s| {
+                if json {
+                    let event = serde_json::json!({
+                        "event": "finish",
+                        "out": s.out,
+                        "report": s.report,
+                    });
+                    eprintln!("{event}");
+                } else {
+                    print!("{}", s.report.table());
+                    eprintln!(
+                        "cai: labelled {} pairs into {} ({} rejected, {} requests, {} retries); report in {}",
+                        s.report.judged,
+                        s.out.join("labels.csv").display(),
+                        s.report.rejected,
+                        s.stats.requests,
+                        s.stats.retries,
+                        s.out.join("report.json").display()
+                    );
+                }
+                u8::from(s.report.rejected > 0)
+            })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -132,4 +128,15 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The async runtime of a command that sends requests.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cai: cannot start the async runtime: {e}");
+            ExitCode::from(3)
+        })
 }
