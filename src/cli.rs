@@ -58,6 +58,96 @@ pub enum Command {
     /// Print the man page (roff) to stdout.
     #[command(after_help = "Example:\n  cai man > cai.1 && man ./cai.1")]
     Man,
+    /// Label existing answer pairs with the AI-feedback judge (soft labels, bias report).
+    #[command(
+        after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
+    )]
+    Label(Box<LabelArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TiesArg {
+    /// Write ties, flagged.
+    Keep,
+    /// Leave ties out of the labels / preference rows.
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SelectArg {
+    /// Pairwise tournament by the AI-feedback judge.
+    Judge,
+    /// A score from length band, diversity and formatting; no requests.
+    Heuristic,
+}
+
+/// The AI-feedback judge (`generate --preference judge`, `label`).
+#[derive(Debug, Args, Clone)]
+pub struct JudgeArgs {
+    /// A judge, `provider:model[@base_url]` (repeat for an ensemble; default: the --provider/--base-url/--model endpoint).
+    #[arg(long = "judge", value_name = "PROVIDER:MODEL[@URL]")]
+    pub judges: Vec<String>,
+    /// Sampled verdicts per order when log-probabilities are not available (or with --judge-cot).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub judge_samples: u32,
+    /// Chain-of-thought judging; probabilities are clamped to [0.4, 0.6].
+    #[arg(long)]
+    pub judge_cot: bool,
+    /// A pair whose P is within this of 0.5 is a tie.
+    #[arg(long, value_name = "F", default_value_t = 0.05)]
+    pub tie_margin: f64,
+    /// Keep ties (flagged) or drop them.
+    #[arg(long, value_enum, default_value = "keep")]
+    pub ties: TiesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Pairs to label: CSV with a header row, or JSONL (.jsonl/.json).
+    #[arg(long, value_name = "FILE")]
+    pub pairs: PathBuf,
+    /// Constitution whose comparison principles and few-shots the judge uses (default: built-in principles).
+    #[arg(long, visible_alias = "principles", value_name = "FILE")]
+    pub constitution: Option<PathBuf>,
+    /// Directory of template overrides (judge.jinja).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// Label only the first N pairs.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Run directory (created; reused to resume).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Pairs judged at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Requests per minute (per judge endpoint).
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (per judge endpoint).
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Retries per request after the first attempt.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_retries: u32,
+    /// Stop cleanly (exit 3, resumable) after sending N requests in this invocation (all judges together).
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Resume even though the judges, constitution, templates or options changed.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Log lines as text or as JSON events.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,6 +387,11 @@ pub struct GenerateArgs {
     /// Answers sampled per prompt (best-of-N).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub samples: u32,
+    /// How chosen/rejected are picked among the candidates (sampled answers and the final revision).
+    #[arg(long, value_enum)]
+    pub select: Option<SelectArg>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     /// Requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub concurrency: usize,

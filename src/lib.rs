@@ -14,12 +14,15 @@ pub mod fake;
 pub mod input;
 pub mod model_store;
 pub mod models;
+pub mod judge;
+pub mod label;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod provider;
 pub mod run;
 pub mod settings;
+pub mod select;
 pub mod template;
 
 use std::process::ExitCode;
@@ -62,7 +65,11 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("CAI_GIT_SUFFI
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
-    let json = matches!(&cli.command, Command::Generate(a) if a.log_format == cli::LogFormat::Json);
+    let json = match &cli.command {
+        Command::Generate(a) => a.log_format == cli::LogFormat::Json,
+        Command::Label(a) => a.log_format == cli::LogFormat::Json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Config(args) => match args.action {
             cli::ConfigAction::Show(_) => {
@@ -156,6 +163,34 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                 u8::from(s.counts.rejected > 0)
             })
         }
+        Command::Label(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            rt.block_on(label::label(&args, argv)).map(|s| {
+                if json {
+                    let event = serde_json::json!({
+                        "event": "finish",
+                        "out": s.out,
+                        "report": s.report,
+                    });
+                    eprintln!("{event}");
+                } else {
+                    print!("{}", s.report.table());
+                    eprintln!(
+                        "cai: labelled {} pairs into {} ({} rejected, {} requests, {} retries); report in {}",
+                        s.report.judged,
+                        s.out.join("labels.csv").display(),
+                        s.report.rejected,
+                        s.stats.requests,
+                        s.stats.retries,
+                        s.out.join("report.json").display()
+                    );
+                }
+                u8::from(s.report.rejected > 0)
+            })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -175,4 +210,15 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// The async runtime of a command that sends requests.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cai: cannot start the async runtime: {e}");
+            ExitCode::from(3)
+        })
 }

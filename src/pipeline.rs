@@ -48,13 +48,18 @@ impl Stage {
 
 /// Everything the loop needs, shared by all prompts of a run.
 pub struct Pipeline {
-    pub engine: Engine,
+    /// Shared (an `Arc`) so the judge can send through the same engine.
+    pub engine: std::sync::Arc<Engine>,
     pub constitution: Constitution,
     pub templates: Templates,
     pub params: GenParams,
     pub rounds: u32,
     /// Seed of the principle choice (always set: a resume must pick the same).
     pub seed: u64,
+    /// Initial answers sampled per prompt (`--samples N`, best-of-N). The
+    /// first one goes through the critique→revision loop; all are candidates
+    /// for the preference pair.
+    pub samples: u32,
 }
 
 /// One request and its reply, as recorded in `trace.jsonl`.
@@ -96,6 +101,46 @@ pub struct Finished {
     pub steps: Vec<TraceStep>,
     /// The SFT completion, rendered with `sft_text.jinja`.
     pub sft_text: String,
+    /// Further sampled initial answers (`--samples N`: N-1 of them).
+    pub samples: Vec<String>,
+    /// The judged (or heuristically scored) preference pair: `None` when
+    /// pairs are not picked that way or the candidates are all identical,
+    /// `Some(Err(reason))` when the judge could not decide.
+    pub judged: Option<Result<JudgedPair, String>>,
+}
+
+/// A chosen/rejected pair picked among a prompt's candidates.
+#[derive(Clone, Debug)]
+pub struct JudgedPair {
+    pub chosen: String,
+    pub rejected: String,
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+    /// The comparison principle of the chosen-vs-rejected comparison
+    /// (empty for `--select heuristic`).
+    pub principle: String,
+    /// The scores are within the tie margin.
+    pub tie: bool,
+    /// `--ties keep`: a tie is still written (flagged).
+    pub keep_tie: bool,
+    pub comparisons: Vec<crate::judge::Comparison>,
+}
+
+impl Finished {
+    /// Every candidate answer for the preference pair, distinct, in order:
+    /// the sampled initial answers, then the final revision.
+    pub fn candidates(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.samples.len() + 2);
+        let all = std::iter::once(self.initial.as_str())
+            .chain(self.samples.iter().map(String::as_str))
+            .chain(std::iter::once(self.final_answer()));
+        for c in all {
+            if !out.iter().any(|o| o == c) {
+                out.push(c.to_string());
+            }
+        }
+        out
+    }
 }
 
 impl Finished {
@@ -232,7 +277,12 @@ fn messages(c: &Constitution, stage: Stage, convo: &[Message]) -> Vec<Message> {
 impl Pipeline {
     /// The first-stage request of a prompt, exactly as it will be sent.
     pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), String> {
-        initial_request(&self.constitution, &self.templates, &self.params, prompt)
+        let (user, mut req) =
+            initial_request(&self.constitution, &self.templates, &self.params, prompt)?;
+        if self.samples > 1 {
+            req.params.n = Some(self.samples);
+        }
+        Ok((user, req))
     }
 
     fn messages(&self, stage: Stage, convo: &[Message]) -> Vec<Message> {
@@ -287,6 +337,13 @@ impl Pipeline {
         };
         let c = attempt!(Stage::Initial, 0, &req);
         let initial = c.text.trim().to_string();
+        let mut samples: Vec<String> = c
+            .more
+            .iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .take(self.samples.saturating_sub(1) as usize)
+            .collect();
         let mut steps = vec![TraceStep {
             stage: Stage::Initial,
             round: 0,
@@ -295,6 +352,17 @@ impl Pipeline {
             raw_response: c.text,
             usage: c.usage,
         }];
+        // An endpoint that ignores `n` gets one request per missing sample,
+        // each with its own seed (distinct replies, distinct journal keys).
+        let mut k = samples.len() as u64 + 1;
+        while samples.len() + 1 < self.samples as usize {
+            let mut one = req.clone();
+            one.params.n = None;
+            one.params.seed = Some(self.params.seed.unwrap_or(self.seed).wrapping_add(k));
+            let c = attempt!(Stage::Initial, 0, &one);
+            samples.push(c.text.trim().to_string());
+            k += 1;
+        }
         let mut convo = vec![
             Message::user(user.clone()),
             Message::assistant(initial.clone()),
@@ -394,6 +462,8 @@ impl Pipeline {
             rounds,
             steps,
             sft_text,
+            samples,
+            judged: None,
         })))
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cli::{GenerateArgs, InputArgs, PreferenceArg, RenderArgs, ValidateArgs};
+use crate::cli::{
+    GenerateArgs, InputArgs, PreferenceArg, RenderArgs, SelectArg, TiesArg, ValidateArgs,
+};
 use crate::config::{self, ConfigError};
 use crate::engine::{AbortReason, Engine, EngineConfig, Journal, StatsSnapshot, StopSignal};
 use crate::input::{
@@ -25,13 +27,14 @@ use crate::output::manifest::{self, Fingerprint, Manifest};
 use crate::output::{OutputError, PreferenceMode, WriteCounts, Writer, STATE_DIR};
 use crate::pipeline::{self, Outcome, Pipeline, RunStop};
 use crate::progress::{Display, Reporter, Rows};
+use crate::select::Selector;
 use crate::template::{TemplateError, Templates};
 
 /// Seed of the principle choice when `--seed` is not given.
 pub const DEFAULT_SEED: u64 = 0;
 
 /// How long in-flight requests may take to finish after a stop.
-const GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
 
 /// Why a command did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +196,7 @@ pub fn render(args: &RenderArgs) -> Result<String, RunError> {
     Ok(out)
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -202,7 +205,7 @@ fn now_unix() -> u64 {
 
 /// Installs Ctrl-C / SIGTERM handling: the first stops taking new work,
 /// the second exits at once (the run stays resumable either way).
-fn watch_signals(stop: StopSignal, notify: impl Fn(&str) + Send + 'static) {
+pub(crate) fn watch_signals(stop: StopSignal, notify: impl Fn(&str) + Send + 'static) {
     tokio::spawn(async move {
         let mut count = 0;
         loop {
@@ -235,20 +238,59 @@ fn watch_signals(stop: StopSignal, notify: impl Fn(&str) + Send + 'static) {
     });
 }
 
+/// How `generate` picks pairs among candidates, from `--preference`,
+/// `--samples` and `--select`; `None` = the plain revision/none modes.
+fn selection(args: &GenerateArgs) -> Result<Option<SelectArg>, RunError> {
+    if args.samples == 0 {
+        return Err(RunError::Usage("--samples must be at least 1".into()));
+    }
+    match (args.preference, args.select) {
+        (PreferenceArg::Judge, s) => Ok(Some(s.unwrap_or(SelectArg::Judge))),
+        (PreferenceArg::Revision, Some(SelectArg::Heuristic)) => Ok(Some(SelectArg::Heuristic)),
+        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(RunError::Usage(
+            "--select judge needs --preference judge".into(),
+        )),
+        (PreferenceArg::Revision, None) if args.samples > 1 => Err(RunError::Usage(
+            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic".into(),
+        )),
+        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => Err(RunError::Usage(
+            "--samples and --select pick preference pairs; they do nothing with --preference none".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The preference settings as recorded in the fingerprint and manifest:
+/// everything that changes which pair a prompt gets.
+fn preference_desc(
+    args: &GenerateArgs,
+    mode: PreferenceMode,
+    selection: Option<SelectArg>,
+) -> String {
+    match selection {
+        None => format!("{mode:?}").to_lowercase(),
+        Some(SelectArg::Heuristic) => format!("heuristic(samples={})", args.samples),
+        Some(SelectArg::Judge) => {
+            let j = &args.judge;
+            format!(
+                "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
+                args.samples,
+                j.judges.join(", "),
+                j.judge_samples,
+                j.judge_cot,
+                j.tie_margin,
+                j.ties
+            )
+            .to_lowercase()
+        }
+    }
+}
+
 /// `cai generate`.
 pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let started_unix = now_unix();
-    if args.preference == PreferenceArg::Judge {
-        return Err(RunError::Usage(
-            "--preference judge is not available yet: AI-feedback judging arrives with `cai label`; use --preference revision or none".into(),
-        ));
-    }
-    if args.samples != 1 {
-        return Err(RunError::Usage(
-            "--samples above 1 (best-of-N) is not available yet: it needs the AI-feedback judge; use --samples 1".into(),
-        ));
-    }
+    let selection = selection(args)?;
     if args.concurrency == 0 {
         return Err(RunError::Usage("--concurrency must be at least 1".into()));
     }
@@ -261,12 +303,14 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     .await?;
     let (provider, note) = config::build_provider(&args.endpoint, args.concurrency)?;
     let price = budget_price(args, provider.model())?;
-    let mode = match args.preference {
-        PreferenceArg::Revision => PreferenceMode::Revision,
-        PreferenceArg::Judge => PreferenceMode::Judge,
-        PreferenceArg::None => PreferenceMode::None,
+    let mode = match (args.preference, selection) {
+        (_, Some(_)) => PreferenceMode::Judge,
+        (PreferenceArg::Revision, None) => PreferenceMode::Revision,
+        (PreferenceArg::Judge, None) => PreferenceMode::Judge,
+        (PreferenceArg::None, None) => PreferenceMode::None,
     };
     let seed = args.sampling.seed.unwrap_or(DEFAULT_SEED);
+    let judge_opts = crate::judge::options(&args.judge, seed, args.sampling.max_tokens)?;
     let out = args.out.clone();
 
     let constitution_sha256 = manifest::file_sha256(&inputs.constitution_path)?;
@@ -279,7 +323,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         templates_sha256: inputs.templates.digest().to_string(),
         params: params_json.clone(),
         rounds: args.rounds,
-        preference: format!("{mode:?}").to_lowercase(),
+        preference: preference_desc(args, mode, selection),
         seed,
     };
     std::fs::create_dir_all(&out).map_err(|e| OutputError::Io {
@@ -321,15 +365,49 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     };
     let spec = inputs.spec.clone();
     let total = inputs.count;
+    let engine = Arc::new(Engine::new(
+        provider.clone(),
+        journal,
+        engine_cfg.clone(),
+        stop.clone(),
+    ));
+    let stats = engine.stats();
+    let selector = match selection {
+        None => None,
+        Some(SelectArg::Heuristic) => Some(Arc::new(Selector::Heuristic)),
+        Some(SelectArg::Judge) => {
+            let setup = crate::judge::EngineSetup {
+                state_dir: &out.join(STATE_DIR),
+                done: &done,
+                cfg: engine_cfg,
+                stop: stop.clone(),
+                stats: stats.clone(),
+                concurrency: args.concurrency,
+            };
+            let endpoints =
+                crate::judge::endpoints(&args.judge, &args.endpoint, Some(engine.clone()), &setup)?;
+            let templates =
+                Templates::load(args.input.templates.as_deref()).map_err(RunError::Template)?;
+            Some(Arc::new(Selector::Judge {
+                judge: Arc::new(crate::judge::Judge::new(
+                    endpoints,
+                    templates,
+                    Some(&inputs.constitution),
+                    judge_opts,
+                )),
+                keep_ties: args.judge.ties == TiesArg::Keep,
+            }))
+        }
+    };
     let pipeline = Arc::new(Pipeline {
-        engine: Engine::new(provider.clone(), journal, engine_cfg, stop.clone()),
+        engine,
         constitution: inputs.constitution,
         templates: inputs.templates,
         params,
         rounds: args.rounds,
         seed,
+        samples: args.samples,
     });
-    let stats = pipeline.engine.stats();
     let rows = Arc::new(Rows::default());
     rows.done.store(already_done.min(total), Ordering::Relaxed);
     let reporter = Reporter::start(display, stats.clone(), rows.clone(), total);
@@ -392,7 +470,14 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
             item = rx.recv(), if can_take => match item {
                 Some(Ok(rec)) => {
                     let p = pipeline.clone();
-                    tasks.spawn(async move { p.run(rec).await });
+                    let sel = selector.clone();
+                    tasks.spawn(async move {
+                        let outcome = p.run(rec).await?;
+                        match sel {
+                            Some(sel) => sel.apply(outcome).await,
+                            None => Ok(outcome),
+                        }
+                    });
                 }
                 Some(Err(e)) => {
                     fatal = Some(RunError::Input(e.into()));

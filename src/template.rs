@@ -15,7 +15,7 @@
 //! | `critique.jinja` | `prompt`, `answer`, `principle` (`critique`, `revision`, `name`), `round` |
 //! | `revision.jinja` | `prompt`, `answer`, `critique`, `principle`, `round` |
 //! | `sft_text.jinja` | `prompt`, `initial`, `final`, `system` |
-//! | `judge.jinja` | `prompt`, `response_a`, `response_b`, `principle`, `few_shots`, `chain_of_thought` |
+//! | `judge.jinja` | `prompt`, `response_a`, `response_b`, `principle` (a string), `few_shots` (`task`, `chain_of_thought`, `selected_answer`), `chain_of_thought` (bool) |
 
 use std::path::{Path, PathBuf};
 
@@ -178,7 +178,7 @@ impl Templates {
             ),
             (
                 "judge.jinja",
-                minijinja::context! { prompt => "p", response_a => "a", response_b => "b", principle => "Which is better?", few_shots => Vec::<Value>::new(), chain_of_thought => false },
+                minijinja::context! { prompt => "p", response_a => "a", response_b => "b", principle => "Which is better?", few_shots => vec![minijinja::context! { task => "t", chain_of_thought => "c", selected_answer => "(A)" }], chain_of_thought => true },
             ),
         ];
         samples

@@ -233,6 +233,13 @@ impl Engine {
         }
     }
 
+    /// Shares `stats` with other engines of the same run (judges): counters,
+    /// progress and the `--max-requests` budget then cover all of them.
+    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     pub fn provider(&self) -> &dyn Provider {
         self.provider.as_ref()
     }

@@ -77,7 +77,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 pub enum PreferenceMode {
     /// chosen = final revision, rejected = initial answer.
     Revision,
-    /// AI-feedback judge (not built yet).
+    /// Picked among the candidates by the AI-feedback judge (or the
+    /// `--select heuristic` score): rows carry scores and the principle.
     Judge,
     /// No preference rows.
     None,
@@ -86,7 +87,7 @@ pub enum PreferenceMode {
 #[derive(Serialize, Deserialize)]
 struct Commit {
     id: Option<String>,
-    len: [u64; 6],
+    len: Vec<u64>,
 }
 
 struct Out {
@@ -103,36 +104,38 @@ impl Out {
     }
 }
 
-/// Counts of what a writer wrote in this invocation.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct WriteCounts {
-    pub sft_rows: u64,
-    pub preference_rows: u64,
-    /// Finished prompts with no preference row because the final revision
-    /// equals the initial answer (a pair that teaches nothing).
-    pub preference_skipped_identical: u64,
-    pub rejected: u64,
-}
-
-/// Appends rows to the run directory.
-pub struct Writer {
+/// A set of append-only files in a run directory with the crash-safe
+/// commit log described at the top of this module. `cai generate` and
+/// `cai label` each write their own set through it.
+pub struct AppendFiles {
     outs: Vec<Out>,
     progress: Out,
-    mode: PreferenceMode,
-    pub counts: WriteCounts,
     buf: Vec<u8>,
+    fresh: bool,
 }
 
-impl Writer {
-    /// Opens the run directory: fresh when it has no commit log, otherwise
-    /// repaired to its last commit. Returns the ids already finished.
-    pub fn open(dir: &Path, mode: PreferenceMode) -> Result<(Self, HashSet<String>), OutputError> {
+impl AppendFiles {
+    /// Opens `names` in `dir` (creating them), repairs every file to the
+    /// last commit and returns the ids already committed.
+    pub fn open(dir: &Path, names: &[&str]) -> Result<(Self, HashSet<String>), OutputError> {
         let state = dir.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(io_err(&state))?;
         let progress_path = state.join("progress.jsonl");
         let (done, last) = read_commits(&progress_path)?;
-        let mut outs = Vec::with_capacity(FILES.len());
-        for (i, name) in FILES.iter().enumerate() {
+        if let Some(c) = &last {
+            if c.len.len() != names.len() {
+                return Err(OutputError::Io {
+                    path: progress_path,
+                    source: std::io::Error::other(format!(
+                        "the commit log records {} files, this command writes {}: the directory holds another kind of run; use a new --out",
+                        c.len.len(),
+                        names.len()
+                    )),
+                });
+            }
+        }
+        let mut outs = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
             let path = dir.join(name);
             let file = OpenOptions::new()
                 .create(true)
@@ -167,112 +170,46 @@ impl Writer {
             .metadata()
             .map_err(io_err(&progress_path))?
             .len();
-        let mut w = Writer {
-            outs,
-            progress: Out {
-                path: progress_path,
-                file: progress_file,
-                len: progress_len,
+        Ok((
+            Self {
+                outs,
+                progress: Out {
+                    path: progress_path,
+                    file: progress_file,
+                    len: progress_len,
+                },
+                buf: Vec::new(),
+                fresh: last.is_none(),
             },
-            mode,
-            counts: WriteCounts::default(),
-            buf: Vec::new(),
-        };
-        if last.is_none() {
-            w.outs[SFT_CSV].append(b"id,prompt,completion\n")?;
-            w.outs[PREF_CSV].append(b"id,prompt,chosen,rejected\n")?;
-            w.commit(None)?;
-        }
-        Ok((w, done))
+            done,
+        ))
     }
 
-    fn commit(&mut self, id: Option<&str>) -> Result<(), OutputError> {
-        let mut len = [0u64; 6];
-        for (l, o) in len.iter_mut().zip(&self.outs) {
-            *l = o.len;
-        }
+    /// True when nothing was ever committed (headers still to write).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Records the current length of every file; `id` marks a finished item.
+    pub fn commit(&mut self, id: Option<&str>) -> Result<(), OutputError> {
+        let len: Vec<u64> = self.outs.iter().map(|o| o.len).collect();
         let mut line = serde_json::to_vec(&Commit {
             id: id.map(str::to_string),
             len,
         })
         .map_err(|e| io_err(&self.progress.path)(std::io::Error::other(e)))?;
         line.push(b'\n');
+        self.fresh = false;
         self.progress.append(&line)
     }
 
-    /// Writes one prompt's rows to every file, then commits them.
-    pub fn write(&mut self, outcome: &Outcome) -> Result<(), OutputError> {
-        match outcome {
-            Outcome::Done(f) => self.write_finished(f)?,
-            Outcome::Rejected(r) => {
-                self.jsonl(REJECTS, r)?;
-                self.counts.rejected += 1;
-            }
-        }
-        let id = match outcome {
-            Outcome::Done(f) => &f.id,
-            Outcome::Rejected(r) => &r.id,
-        };
-        self.commit(Some(id))
+    /// Appends raw bytes to file `file` (uncommitted until [`Self::commit`]).
+    pub fn append(&mut self, file: usize, bytes: &[u8]) -> Result<(), OutputError> {
+        self.outs[file].append(bytes)
     }
 
-    fn write_finished(&mut self, f: &Finished) -> Result<(), OutputError> {
-        self.csv(SFT_CSV, &[&f.id, &f.prompt, &f.sft_text])?;
-        let mut prompt_msgs = Vec::with_capacity(2);
-        if let Some(s) = &f.system {
-            prompt_msgs.push(Message::system(s.clone()));
-        }
-        prompt_msgs.push(Message::user(f.prompt.clone()));
-        let mut messages = prompt_msgs.clone();
-        messages.push(Message::assistant(f.sft_text.clone()));
-        self.jsonl(
-            SFT_JSONL,
-            &SftLine {
-                id: &f.id,
-                messages,
-            },
-        )?;
-        self.counts.sft_rows += 1;
-
-        if self.mode == PreferenceMode::Revision {
-            let chosen = f.final_answer();
-            if chosen == f.initial {
-                self.counts.preference_skipped_identical += 1;
-            } else {
-                self.csv(PREF_CSV, &[&f.id, &f.prompt, chosen, &f.initial])?;
-                self.jsonl(
-                    PREF_JSONL,
-                    &PrefLine {
-                        id: &f.id,
-                        prompt: prompt_msgs,
-                        chosen: vec![Message::assistant(chosen.to_string())],
-                        rejected: vec![Message::assistant(f.initial.clone())],
-                    },
-                )?;
-                self.counts.preference_rows += 1;
-            }
-        }
-
-        let last = f.rounds.last();
-        self.jsonl(
-            TRACE,
-            &TraceLine {
-                id: &f.id,
-                prompt: &f.prompt,
-                system: f.system.as_deref(),
-                init_prompt: &f.user_message,
-                init_response: &f.initial,
-                critic_prompt: last.map(|r| r.critique_request.as_str()),
-                critic_response: last.map(|r| r.critique.as_str()),
-                revision_prompt: last.map(|r| r.revision_request.as_str()),
-                revision_response: last.map(|r| r.revision.as_str()),
-                rounds: &f.rounds,
-                steps: &f.steps,
-            },
-        )
-    }
-
-    fn csv(&mut self, file: usize, fields: &[&str]) -> Result<(), OutputError> {
+    /// Appends one RFC 4180 record.
+    pub fn csv(&mut self, file: usize, fields: &[&str]) -> Result<(), OutputError> {
         self.buf.clear();
         {
             let mut w = csv::WriterBuilder::new()
@@ -288,7 +225,8 @@ impl Writer {
         r
     }
 
-    fn jsonl<T: Serialize>(&mut self, file: usize, value: &T) -> Result<(), OutputError> {
+    /// Appends one JSON line.
+    pub fn jsonl<T: Serialize>(&mut self, file: usize, value: &T) -> Result<(), OutputError> {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, value)
             .map_err(|e| io_err(&self.outs[file].path)(std::io::Error::other(e)))?;
@@ -299,12 +237,236 @@ impl Writer {
         r
     }
 
-    /// Flushes everything to disk (end of run).
+    /// The first line of file `file` (its CSV header), without the newline.
+    pub fn first_line(&self, file: usize) -> Result<String, OutputError> {
+        let path = &self.outs[file].path;
+        let f = File::open(path).map_err(io_err(path))?;
+        let mut line = String::new();
+        BufReader::new(f)
+            .read_line(&mut line)
+            .map_err(io_err(path))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    /// Flushes everything to disk.
     pub fn sync(&mut self) -> Result<(), OutputError> {
         for o in self.outs.iter().chain(std::iter::once(&self.progress)) {
             o.file.sync_data().map_err(io_err(&o.path))?;
         }
         Ok(())
+    }
+}
+
+/// Counts of what a writer wrote in this invocation.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct WriteCounts {
+    pub sft_rows: u64,
+    pub preference_rows: u64,
+    /// Finished prompts with no preference row because the final revision
+    /// equals the initial answer (a pair that teaches nothing).
+    pub preference_skipped_identical: u64,
+    /// Judged pairs within `--tie-margin` of a draw, dropped by `--ties drop`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub preference_skipped_tie: u64,
+    pub rejected: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Header of `preference.csv` for judged or scored pairs.
+const PREF_HEADER_SCORED: &str = "id,prompt,chosen,rejected,chosen_score,rejected_score,principle";
+
+/// Appends rows to the run directory.
+pub struct Writer {
+    files: AppendFiles,
+    mode: PreferenceMode,
+    pub counts: WriteCounts,
+}
+
+impl Writer {
+    /// Opens the run directory: fresh when it has no commit log, otherwise
+    /// repaired to its last commit. Returns the ids already finished.
+    pub fn open(dir: &Path, mode: PreferenceMode) -> Result<(Self, HashSet<String>), OutputError> {
+        let (mut files, done) = AppendFiles::open(dir, &FILES)?;
+        let scored = mode == PreferenceMode::Judge;
+        if files.is_fresh() {
+            files.append(SFT_CSV, b"id,prompt,completion\n")?;
+            // The header is chosen once, when the file is created: judged
+            // runs carry the scores and the comparison principle.
+            let header = if scored {
+                PREF_HEADER_SCORED
+            } else {
+                "id,prompt,chosen,rejected"
+            };
+            files.append(PREF_CSV, format!("{header}\n").as_bytes())?;
+            files.commit(None)?;
+        } else {
+            let header = files.first_line(PREF_CSV)?;
+            if (header == PREF_HEADER_SCORED) != scored {
+                return Err(OutputError::Io {
+                    path: dir.join(FILES[PREF_CSV]),
+                    source: std::io::Error::other(format!(
+                        "its header `{header}` does not match --preference {}: use a new --out",
+                        format!("{mode:?}").to_lowercase()
+                    )),
+                });
+            }
+        }
+        Ok((
+            Writer {
+                files,
+                mode,
+                counts: WriteCounts::default(),
+            },
+            done,
+        ))
+    }
+
+    /// Writes one prompt's rows to every file, then commits them.
+    pub fn write(&mut self, outcome: &Outcome) -> Result<(), OutputError> {
+        match outcome {
+            Outcome::Done(f) => self.write_finished(f)?,
+            Outcome::Rejected(r) => {
+                self.files.jsonl(REJECTS, r)?;
+                self.counts.rejected += 1;
+            }
+        }
+        let id = match outcome {
+            Outcome::Done(f) => &f.id,
+            Outcome::Rejected(r) => &r.id,
+        };
+        self.files.commit(Some(id))
+    }
+
+    fn write_finished(&mut self, f: &Finished) -> Result<(), OutputError> {
+        self.files.csv(SFT_CSV, &[&f.id, &f.prompt, &f.sft_text])?;
+        let mut prompt_msgs = Vec::with_capacity(2);
+        if let Some(s) = &f.system {
+            prompt_msgs.push(Message::system(s.clone()));
+        }
+        prompt_msgs.push(Message::user(f.prompt.clone()));
+        let mut messages = prompt_msgs.clone();
+        messages.push(Message::assistant(f.sft_text.clone()));
+        self.files.jsonl(
+            SFT_JSONL,
+            &SftLine {
+                id: &f.id,
+                messages,
+            },
+        )?;
+        self.counts.sft_rows += 1;
+
+        if self.mode == PreferenceMode::Revision {
+            let chosen = f.final_answer();
+            if chosen == f.initial {
+                self.counts.preference_skipped_identical += 1;
+            } else {
+                self.files
+                    .csv(PREF_CSV, &[&f.id, &f.prompt, chosen, &f.initial])?;
+                self.files.jsonl(
+                    PREF_JSONL,
+                    &PrefLine {
+                        id: &f.id,
+                        prompt: prompt_msgs,
+                        chosen: vec![Message::assistant(chosen.to_string())],
+                        rejected: vec![Message::assistant(f.initial.clone())],
+                        scores: None,
+                    },
+                )?;
+                self.counts.preference_rows += 1;
+            }
+        } else if self.mode == PreferenceMode::Judge {
+            self.write_judged(f, prompt_msgs)?;
+        }
+
+        let last = f.rounds.last();
+        self.files.jsonl(
+            TRACE,
+            &TraceLine {
+                id: &f.id,
+                prompt: &f.prompt,
+                system: f.system.as_deref(),
+                init_prompt: &f.user_message,
+                init_response: &f.initial,
+                critic_prompt: last.map(|r| r.critique_request.as_str()),
+                critic_response: last.map(|r| r.critique.as_str()),
+                revision_prompt: last.map(|r| r.revision_request.as_str()),
+                revision_response: last.map(|r| r.revision.as_str()),
+                rounds: &f.rounds,
+                steps: &f.steps,
+                samples: &f.samples,
+                judgments: f
+                    .judged
+                    .as_ref()
+                    .and_then(|j| j.as_ref().ok())
+                    .map(|j| &j.comparisons),
+            },
+        )
+    }
+
+    /// The preference row of a judged (or heuristically scored) prompt; a
+    /// judge that could not decide sends the prompt's pair to `rejects.jsonl`
+    /// while its SFT row stays.
+    fn write_judged(&mut self, f: &Finished, prompt_msgs: Vec<Message>) -> Result<(), OutputError> {
+        match &f.judged {
+            None => self.counts.preference_skipped_identical += 1,
+            Some(Err(reason)) => {
+                self.files.jsonl(
+                    REJECTS,
+                    &crate::pipeline::Reject {
+                        id: f.id.clone(),
+                        prompt: f.prompt.clone(),
+                        stage: crate::pipeline::Stage::Judge,
+                        round: f.rounds.len() as u32,
+                        reason: reason.clone(),
+                    },
+                )?;
+                self.counts.rejected += 1;
+            }
+            Some(Ok(j)) if j.tie && !j.keep_tie => self.counts.preference_skipped_tie += 1,
+            Some(Ok(j)) => {
+                let (cs, rs) = (
+                    format!("{:.6}", j.chosen_score),
+                    format!("{:.6}", j.rejected_score),
+                );
+                self.files.csv(
+                    PREF_CSV,
+                    &[
+                        &f.id,
+                        &f.prompt,
+                        &j.chosen,
+                        &j.rejected,
+                        &cs,
+                        &rs,
+                        &j.principle,
+                    ],
+                )?;
+                self.files.jsonl(
+                    PREF_JSONL,
+                    &PrefLine {
+                        id: &f.id,
+                        prompt: prompt_msgs,
+                        chosen: vec![Message::assistant(j.chosen.clone())],
+                        rejected: vec![Message::assistant(j.rejected.clone())],
+                        scores: Some(Scores {
+                            chosen_score: j.chosen_score,
+                            rejected_score: j.rejected_score,
+                            principle: &j.principle,
+                            tie: j.tie,
+                        }),
+                    },
+                )?;
+                self.counts.preference_rows += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes everything to disk (end of run).
+    pub fn sync(&mut self) -> Result<(), OutputError> {
+        self.files.sync()
     }
 }
 
@@ -357,6 +519,18 @@ struct PrefLine<'a> {
     prompt: Vec<Message>,
     chosen: Vec<Message>,
     rejected: Vec<Message>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    scores: Option<Scores<'a>>,
+}
+
+/// Extra scalar columns of a judged preference line (datasets loads them
+/// as plain columns; TRL ignores them).
+#[derive(Serialize)]
+struct Scores<'a> {
+    chosen_score: f64,
+    rejected_score: f64,
+    principle: &'a str,
+    tie: bool,
 }
 
 #[derive(Serialize)]
@@ -372,6 +546,12 @@ struct TraceLine<'a> {
     revision_response: Option<&'a str>,
     rounds: &'a [Round],
     steps: &'a [TraceStep],
+    /// Further sampled answers (`--samples N`), after the initial one.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    samples: &'a [String],
+    /// Every judge comparison of the prompt (`--preference judge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    judgments: Option<&'a Vec<crate::judge::Comparison>>,
 }
 
 #[cfg(test)]
@@ -397,6 +577,8 @@ mod tests {
             }],
             steps: vec![],
             sft_text: "good".into(),
+            samples: vec![],
+            judged: None,
         }))
     }
 

@@ -138,12 +138,12 @@ async fn bad_inputs_are_refused_before_any_request() {
             vec![],
             vec!["nope.csv: cannot open prompts".into()],
         ),
-        // 13. Judge preference is not built yet and says so.
+        // 13. Best-of-N without a way to pick the pair says what to add.
         (
             good_p.clone(),
             good_c.clone(),
-            vec!["--preference", "judge"],
-            vec!["--preference judge is not available yet".into()],
+            vec!["--samples", "3"],
+            vec!["--samples above 1 needs a way to pick the pair".into()],
         ),
         // 14. Several problems at once are all listed.
         (
