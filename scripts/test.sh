@@ -22,4 +22,4 @@ if [ -f src/model_store.rs ]; then
     target="${CARGO_TARGET_DIR:-target}"
     "$target/debug/cai" model fetch
 fi
-cargo test --all-targets -- "$@"
+cargo test --all-targets --no-fail-fast -- "$@"

@@ -12,9 +12,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::cli::{EndpointArgs, ProviderKind, SamplingArgs};
+use crate::model_store;
 use crate::provider::anthropic::{Anthropic, ANTHROPIC_BASE, ANTHROPIC_DEFAULT_MODEL};
 use crate::provider::chat_template::{ChatTemplate, BUILTIN};
-use crate::model_store;
 use crate::provider::gemini::{Gemini, GEMINI_BASE, GEMINI_DEFAULT_MODEL};
 use crate::provider::hf::Hf;
 use crate::provider::local::LocalProvider;
@@ -313,21 +313,21 @@ pub fn build_provider(
                 (Some(m), _, _) => m.clone(),
                 (None, Some(_), _) => LOCAL_DEFAULT_MODEL.to_string(),
                 (None, None, Some(m)) => m.to_string(),
-                (None, None, None) => {
-                    return Err(ConfigError(format!(
-                        "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
-                        preset.name, preset.name
-                    )))
-                }
+                (None, None, None) => return Err(ConfigError(format!(
+                    "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
+                    preset.name, preset.name
+                ))),
             };
-            Arc::new(OpenAi::new(
-                http_client(timeout, concurrency)?,
-                args.base_url.as_deref().unwrap_or(preset.base_url),
-                model,
-                key,
-                key_var,
+            Arc::new(
+                OpenAi::new(
+                    http_client(timeout, concurrency)?,
+                    args.base_url.as_deref().unwrap_or(preset.base_url),
+                    model,
+                    key,
+                    key_var,
+                )
+                .named(preset.name),
             )
-            .named(preset.name))
         }
         ProviderKind::Anthropic => {
             let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
@@ -353,11 +353,10 @@ pub fn build_provider(
             let public = args.base_url.is_none();
             let model = match (&args.model, public) {
                 (Some(m), _) => m.clone(),
-                (None, true) => {
-                    return Err(ConfigError(
-                        "--provider hf without --base-url needs --model (the Inference API model id)".into(),
-                    ))
-                }
+                (None, true) => return Err(ConfigError(
+                    "--provider hf without --base-url needs --model (the Inference API model id)"
+                        .into(),
+                )),
                 (None, false) => "tgi".to_string(),
             };
             let (key, key_var) = read_key(args, kind, public)?;
@@ -384,9 +383,9 @@ pub fn build_provider(
                     }
                 )));
             }
-            let parallel = args.local_parallel.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            });
+            let parallel = args
+                .local_parallel
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let local = LocalProvider::load(&path).map_err(|e| ConfigError(e.to_string()))?;
             Arc::new(local.with_max_concurrent(parallel.max(1)))
         }

@@ -12,17 +12,17 @@ pub mod dryrun;
 pub mod engine;
 pub mod fake;
 pub mod input;
-pub mod model_store;
-pub mod models;
 pub mod judge;
 pub mod label;
+pub mod model_store;
+pub mod models;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod provider;
 pub mod run;
-pub mod settings;
 pub mod select;
+pub mod settings;
 pub mod template;
 
 use std::process::ExitCode;
@@ -34,7 +34,10 @@ fn model_command(cmd: cli::ModelCommand) -> Result<u8, run::RunError> {
     let fail = |e: model_store::ModelError| run::RunError::Usage(e.to_string());
     match cmd {
         cli::ModelCommand::Path => {
-            println!("{}", model_store::default_model_path().map_err(fail)?.display());
+            println!(
+                "{}",
+                model_store::default_model_path().map_err(fail)?.display()
+            );
         }
         cli::ModelCommand::List => {
             let dir = model_store::cache_dir().map_err(fail)?;
@@ -50,9 +53,13 @@ fn model_command(cmd: cli::ModelCommand) -> Result<u8, run::RunError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| run::RunError::Usage(format!("cannot start the async runtime: {e}")))?;
+                .map_err(|e| {
+                    run::RunError::Usage(format!("cannot start the async runtime: {e}"))
+                })?;
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let path = rt.block_on(model_store::fetch_default(progress)).map_err(fail)?;
+            let path = rt
+                .block_on(model_store::fetch_default(progress))
+                .map_err(fail)?;
             println!("{}", path.display());
         }
     }

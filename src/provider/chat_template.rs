@@ -105,7 +105,11 @@ impl ChatTemplate {
 
     /// Renders the conversation, ending with the assistant header when
     /// `add_generation_prompt` is set.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, Error> {
         let tmpl = self.env.get_template("chat")?;
         tmpl.render(Ctx {
             messages,

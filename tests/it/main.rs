@@ -5,3 +5,4 @@ mod datasets;
 mod engine;
 mod errors;
 mod generate;
+mod local;

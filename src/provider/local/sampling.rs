@@ -1,18 +1,30 @@
 //! Next-token choice: greedy at temperature 0, otherwise temperature and
 //! nucleus (top-p) sampling from a seeded ChaCha generator, so a seed fixes
 //! the output exactly.
+//!
+//! Tokens generated in the last [`REPEAT_WINDOW`] steps have their logits
+//! penalised by [`REPEAT_PENALTY`] (divided when positive, multiplied when
+//! negative, as in the CTRL paper). Small models such as the 135M default
+//! otherwise fall into loops that run to the token limit, and a reply cut
+//! off there is rejected rather than written.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Candidates examined before falling back to a full sort for top-p.
 const TOP_P_CANDIDATES: usize = 512;
+/// How many recent generated tokens are penalised.
+pub const REPEAT_WINDOW: usize = 64;
+/// The repetition penalty applied to them.
+pub const REPEAT_PENALTY: f32 = 1.1;
 
 pub struct Sampler {
     temperature: f32,
     top_p: f32,
     rng: ChaCha8Rng,
     probs: Vec<(f32, u32)>,
+    recent: std::collections::VecDeque<u32>,
+    adjusted: Vec<f32>,
 }
 
 impl Sampler {
@@ -22,10 +34,38 @@ impl Sampler {
             top_p,
             rng: ChaCha8Rng::seed_from_u64(seed),
             probs: Vec::new(),
+            recent: std::collections::VecDeque::with_capacity(REPEAT_WINDOW),
+            adjusted: Vec::new(),
         }
     }
 
+    /// Picks the next token and remembers it for the repetition penalty.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let mut adjusted = std::mem::take(&mut self.adjusted);
+        adjusted.clear();
+        adjusted.extend_from_slice(logits);
+        let mut seen = self.recent.iter().copied().collect::<Vec<u32>>();
+        seen.sort_unstable();
+        seen.dedup();
+        for id in seen {
+            if let Some(l) = adjusted.get_mut(id as usize) {
+                *l = if *l > 0.0 {
+                    *l / REPEAT_PENALTY
+                } else {
+                    *l * REPEAT_PENALTY
+                };
+            }
+        }
+        let id = self.pick(&adjusted);
+        self.adjusted = adjusted;
+        if self.recent.len() == REPEAT_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id);
+        id
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.temperature.is_nan() || self.temperature <= 1e-5 || logits.len() < 2 {
             return argmax(logits);
         }
@@ -92,6 +132,18 @@ mod tests {
     fn temperature_zero_is_greedy() {
         let mut s = Sampler::new(0.0, 1.0, 1);
         assert_eq!(s.sample(&[0.1, 3.0, 2.9]), 1);
+    }
+
+    #[test]
+    fn recent_tokens_are_penalised() {
+        // Greedy picks 0, then 0's logit drops to 3.0 / 1.1 < 2.9.
+        let mut s = Sampler::new(0.0, 1.0, 1);
+        assert_eq!(s.sample(&[3.0, 2.9]), 0);
+        assert_eq!(s.sample(&[3.0, 2.9]), 1);
+        // Negative logits are pushed further down, not up.
+        let mut s = Sampler::new(0.0, 1.0, 1);
+        assert_eq!(s.sample(&[-1.0, -1.05]), 0);
+        assert_eq!(s.sample(&[-1.0, -1.05]), 1);
     }
 
     #[test]

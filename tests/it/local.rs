@@ -1,0 +1,98 @@
+//! `cai generate` with the embedded local model, end to end: no key, no
+//! server. Needs the default model in the cache (`cai model fetch`, which
+//! scripts/test.sh runs); under CI its absence fails.
+
+use std::collections::HashSet;
+
+use crate::common::*;
+
+/// Share of ASCII letters and spaces, and presence of common English words.
+fn looks_english(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    let plain = chars
+        .iter()
+        .filter(|c| c.is_ascii_alphabetic() || c.is_ascii_whitespace() || c.is_ascii_punctuation())
+        .count();
+    let words: HashSet<String> = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let common = [
+        "the", "a", "to", "and", "of", "is", "you", "i", "it", "in", "that", "can",
+    ];
+    !text.trim().is_empty()
+        && plain * 10 >= chars.len() * 9
+        && common.iter().filter(|w| words.contains(**w)).count() >= 2
+}
+
+#[test]
+fn local_model_generates_complete_english_outputs() {
+    let Ok(path) = cai::model_store::default_model_path() else {
+        panic!("no model cache directory");
+    };
+    if !path.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must fetch the model first (cai model fetch)"
+        );
+        eprintln!(
+            "skipped: {} not present; run `cai model fetch`",
+            path.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let assert = cai()
+        .args([
+            "generate",
+            "--quiet",
+            "--offline",
+            "--limit",
+            "3",
+            "--rounds",
+            "1",
+        ])
+        .args(["--max-tokens", "160", "--temperature", "0.7", "--seed", "1"])
+        .arg("--prompts")
+        .arg(repo("prompts/stem_sample.csv"))
+        .arg("--constitution")
+        .arg(repo("principles/helpful_tutor.json"))
+        .arg("--out")
+        .arg(&out)
+        .assert();
+    let code = assert.get_output().status.code();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(matches!(code, Some(0) | Some(1)), "exit {code:?}: {stderr}");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["provider"], "local");
+    // Every prompt is accounted for: a row or a reject with a reason.
+    let sft = read_csv(&out.join("sft.csv"));
+    let rejects = read_jsonl(&out.join("rejects.jsonl"));
+    assert_eq!(sft.len() + rejects.len(), 3, "{stderr}");
+    assert!(
+        !sft.is_empty(),
+        "the local model finished no prompt: {rejects:?}"
+    );
+    for r in &rejects {
+        assert!(!r["reason"].as_str().unwrap().is_empty());
+    }
+    for row in &sft {
+        assert!(looks_english(&row[2]), "not English: {:?}", row[2]);
+    }
+    assert_eq!(read_jsonl(&out.join("sft.jsonl")).len(), sft.len());
+    assert_eq!(read_jsonl(&out.join("trace.jsonl")).len(), sft.len());
+    for t in read_jsonl(&out.join("trace.jsonl")) {
+        for col in ["init_response", "critic_response", "revision_response"] {
+            assert!(looks_english(t[col].as_str().unwrap()), "{col}: {}", t[col]);
+        }
+    }
+    let pref = read_csv(&out.join("preference.csv"));
+    let skipped = manifest["counts"]["preference_skipped_identical"]
+        .as_u64()
+        .unwrap() as usize;
+    assert_eq!(pref.len() + skipped, sft.len());
+    assert_eq!(read_jsonl(&out.join("preference.jsonl")).len(), pref.len());
+}
