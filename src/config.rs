@@ -313,10 +313,12 @@ pub fn build_provider(
                 (Some(m), _, _) => m.clone(),
                 (None, Some(_), _) => LOCAL_DEFAULT_MODEL.to_string(),
                 (None, None, Some(m)) => m.to_string(),
-                (None, None, None) => return Err(ConfigError(format!(
+                (None, None, None) => {
+                    return Err(ConfigError(format!(
                     "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
                     preset.name, preset.name
-                ))),
+                )))
+                }
             };
             Arc::new(
                 OpenAi::new(
