@@ -124,30 +124,8 @@ pub struct LabelArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
-    /// Pairs judged at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub concurrency: usize,
-    /// Requests per minute (per judge endpoint).
-    #[arg(long, value_name = "N")]
-    pub rpm: Option<u64>,
-    /// Tokens per minute (per judge endpoint).
-    #[arg(long, value_name = "N")]
-    pub tpm: Option<u64>,
-    /// Retries per request after the first attempt.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub max_retries: u32,
-    /// Stop cleanly (exit 3, resumable) after sending N requests in this invocation (all judges together).
-    #[arg(long, value_name = "N")]
-    pub max_requests: Option<u64>,
-    /// Resume even though the judges, constitution, templates or options changed.
-    #[arg(long)]
-    pub force: bool,
-    /// No progress display.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Log lines as text or as JSON events.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,6 +330,37 @@ pub struct EndpointArgs {
     pub local_parallel: Option<usize>,
 }
 
+/// How a run is driven: concurrency, limits, budgets, display. Shared by
+/// `generate` and `label` (in `label`, limits apply per judge endpoint and
+/// the request budget to all judges together).
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Requests in flight at once (generate: prompts; label: pairs).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Requests per minute.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (prompt + completion, estimated before each request).
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Retries per request after the first attempt.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_retries: u32,
+    /// Stop cleanly (exit 3, resumable) after sending N requests in this invocation.
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Resume even though the model, constitution, templates or parameters changed.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress display.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Log lines as text or as JSON events.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
 /// Sampling parameters.
 #[derive(Debug, Args, Clone)]
 pub struct SamplingArgs {
@@ -392,30 +401,8 @@ pub struct GenerateArgs {
     pub select: Option<SelectArg>,
     #[command(flatten)]
     pub judge: JudgeArgs,
-    /// Requests in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 16)]
-    pub concurrency: usize,
-    /// Requests per minute.
-    #[arg(long, value_name = "N")]
-    pub rpm: Option<u64>,
-    /// Tokens per minute (prompt + completion, estimated before each request).
-    #[arg(long, value_name = "N")]
-    pub tpm: Option<u64>,
-    /// Retries per request after the first attempt.
-    #[arg(long, value_name = "N", default_value_t = 8)]
-    pub max_retries: u32,
-    /// Stop cleanly (exit 3, resumable) after sending N requests in this invocation.
-    #[arg(long, value_name = "N")]
-    pub max_requests: Option<u64>,
-    /// Resume even though the model, constitution, templates or parameters changed.
-    #[arg(long)]
-    pub force: bool,
-    /// No progress display.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Log lines as text or as JSON events.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Count requests per stage and estimate tokens and cost; send nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -392,7 +392,7 @@ pub struct LabelSummary {
 /// `cai label`.
 pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, RunError> {
     let started = Instant::now();
-    if args.concurrency == 0 {
+    if args.run.concurrency == 0 {
         return Err(RunError::Usage("--concurrency must be at least 1".into()));
     }
     let seed = args.sampling.seed.unwrap_or(DEFAULT_SEED);
@@ -436,7 +436,7 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
     };
     if let Some(old) = manifest::read_fingerprint(&out)? {
         let changes = fingerprint.changes_from(&old);
-        if !changes.is_empty() && !args.force {
+        if !changes.is_empty() && !args.run.force {
             return Err(RunError::Usage(format!(
                 "{} holds a run with different settings; resuming would mix two label sets. Changed: {}. Use a new --out, or pass --force to resume anyway",
                 out.display(),
@@ -457,15 +457,15 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
         state_dir: &out.join(STATE_DIR),
         done: &done,
         cfg: EngineConfig {
-            rpm: args.rpm,
-            tpm: args.tpm,
-            max_retries: args.max_retries,
-            max_requests: args.max_requests,
+            rpm: args.run.rpm,
+            tpm: args.run.tpm,
+            max_retries: args.run.max_retries,
+            max_requests: args.run.max_requests,
             ..EngineConfig::default()
         },
         stop: stop.clone(),
         stats: stats.clone(),
-        concurrency: args.concurrency,
+        concurrency: args.run.concurrency,
     };
     let endpoints = crate::judge::endpoints(&args.judge, &args.endpoint, None, &setup)?;
     let judge = Arc::new(Judge::new(
@@ -480,7 +480,7 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
     let already = pairs.iter().filter(|p| done.contains(&p.id)).count() as u64;
     let rows = Arc::new(Rows::default());
     rows.done.store(already, Ordering::Relaxed);
-    let display = Display::choose(args.quiet, args.log_format);
+    let display = Display::choose(args.run.quiet, args.run.log_format);
     let reporter = Reporter::start(display, stats.clone(), rows.clone(), total);
     if already > 0 {
         reporter.note(&format!(
@@ -514,7 +514,7 @@ pub async fn label(args: &LabelArgs, argv: Vec<String>) -> Result<LabelSummary, 
         while input_open
             && stop.reason().is_none()
             && fatal.is_none()
-            && tasks.len() < args.concurrency
+            && tasks.len() < args.run.concurrency
         {
             match todo.next() {
                 Some(rec) => {

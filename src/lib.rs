@@ -73,8 +73,8 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("CAI_GIT_SUFFI
 /// Runs a parsed command line; returns the process exit code.
 pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = match &cli.command {
-        Command::Generate(a) => a.log_format == cli::LogFormat::Json,
-        Command::Label(a) => a.log_format == cli::LogFormat::Json,
+        Command::Generate(a) => a.run.log_format == cli::LogFormat::Json,
+        Command::Label(a) => a.run.log_format == cli::LogFormat::Json,
         _ => false,
     };
     let result = match cli.command {

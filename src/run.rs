@@ -291,17 +291,17 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     let started = Instant::now();
     let started_unix = now_unix();
     let selection = selection(args)?;
-    if args.concurrency == 0 {
+    if args.run.concurrency == 0 {
         return Err(RunError::Usage("--concurrency must be at least 1".into()));
     }
     let params = config::gen_params(&args.sampling)?;
     let inputs = load_inputs(&args.input)?;
-    let display = Display::choose(args.quiet, args.log_format);
+    let display = Display::choose(args.run.quiet, args.run.log_format);
     config::ensure_local_model(&args.endpoint, display == Display::Bar, |m| {
         eprintln!("cai: {m}")
     })
     .await?;
-    let (provider, note) = config::build_provider(&args.endpoint, args.concurrency)?;
+    let (provider, note) = config::build_provider(&args.endpoint, args.run.concurrency)?;
     let price = budget_price(args, provider.model())?;
     let mode = match (args.preference, selection) {
         (_, Some(_)) => PreferenceMode::Judge,
@@ -332,7 +332,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
     })?;
     if let Some(old) = manifest::read_fingerprint(&out)? {
         let changes = fingerprint.changes_from(&old);
-        if !changes.is_empty() && !args.force {
+        if !changes.is_empty() && !args.run.force {
             return Err(RunError::Usage(format!(
                 "{} holds a run with different settings; resuming would mix two datasets. Changed: {}. Use a new --out, or pass --force to resume anyway",
                 out.display(),
@@ -355,10 +355,10 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
 
     let stop = StopSignal::default();
     let engine_cfg = EngineConfig {
-        rpm: args.rpm,
-        tpm: args.tpm,
-        max_retries: args.max_retries,
-        max_requests: args.max_requests,
+        rpm: args.run.rpm,
+        tpm: args.run.tpm,
+        max_retries: args.run.max_retries,
+        max_requests: args.run.max_requests,
         price: price.clone(),
         max_cost: args.max_cost,
         ..EngineConfig::default()
@@ -382,7 +382,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
                 cfg: engine_cfg,
                 stop: stop.clone(),
                 stats: stats.clone(),
-                concurrency: args.concurrency,
+                concurrency: args.run.concurrency,
             };
             let endpoints =
                 crate::judge::endpoints(&args.judge, &args.endpoint, Some(engine.clone()), &setup)?;
@@ -433,7 +433,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
 
     // Reader thread: streams records not yet done into a bounded channel.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<PromptRecord, InputError>>(
-        args.concurrency.saturating_mul(2).max(16),
+        args.run.concurrency.saturating_mul(2).max(16),
     );
     let reader = PromptReader::open(&spec).map_err(InputErrors::from)?;
     std::thread::spawn(move || {
@@ -462,7 +462,7 @@ pub async fn generate(args: &GenerateArgs, argv: Vec<String>) -> Result<RunSumma
         let can_take = input_open
             && stop.reason().is_none()
             && fatal.is_none()
-            && tasks.len() < args.concurrency;
+            && tasks.len() < args.run.concurrency;
         if !can_take && tasks.is_empty() {
             break;
         }
@@ -621,7 +621,7 @@ fn budget_price(args: &GenerateArgs, model: &str) -> Result<Option<crate::cost::
 /// then prints requests per stage and estimated tokens and cost. Sends
 /// nothing and writes nothing in `--out`.
 pub fn dry_run(args: &GenerateArgs) -> Result<String, RunError> {
-    if args.concurrency == 0 {
+    if args.run.concurrency == 0 {
         return Err(RunError::Usage("--concurrency must be at least 1".into()));
     }
     let params = config::gen_params(&args.sampling)?;
