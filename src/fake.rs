@@ -611,63 +611,40 @@ async fn complete(state: &State, api: Api, req: Request<Incoming>) -> Reply {
     };
     state.record(parts.uri.path(), &body);
 
+    let refuse = |why: Refusal, detail: Option<&str>| {
+        let (counter, status, code, message) = why.describe(c);
+        counter.fetch_add(1, Relaxed);
+        let mut resp = error(api, status, code, detail.unwrap_or(message));
+        if let Refusal::RateLimited(wait) | Refusal::Injected429(wait) = why {
+            set_retry_after(&mut resp, wait);
+        }
+        resp
+    };
     if let Some(expected) = &state.expected_auth {
         let given = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
         if given != Some(expected.as_bytes()) {
-            c.unauthorized.fetch_add(1, Relaxed);
-            return Ok(error(
-                api,
-                StatusCode::UNAUTHORIZED,
-                "invalid_api_key",
-                "Incorrect API key provided.",
-            ));
+            return Ok(refuse(Refusal::Unauthorized, None));
         }
     }
+    // 401 goes out without rate headers; everything past here carries them.
     let rate = state.limiter.as_ref().map(RpmLimiter::take);
-    if let Some(info) = rate.as_ref().filter(|i| !i.allowed) {
-        c.rate_limited.fetch_add(1, Relaxed);
-        let mut resp = error(
-            api,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            "Rate limit reached for requests per minute.",
-        );
-        set_retry_after(&mut resp, info.retry_after);
-        return Ok(with_rate(resp, rate.as_ref()));
+    let rate = rate.as_ref();
+    if let Some(info) = rate.filter(|i| !i.allowed) {
+        let resp = refuse(Refusal::RateLimited(info.retry_after), None);
+        return Ok(with_rate(resp, rate));
     }
-
     let job = match parse(api, &body) {
         Ok(job) => job,
-        Err(msg) => {
-            c.bad_request.fetch_add(1, Relaxed);
-            let resp = error(api, StatusCode::BAD_REQUEST, "invalid_request_error", &msg);
-            return Ok(with_rate(resp, rate.as_ref()));
-        }
+        Err(msg) => return Ok(with_rate(refuse(Refusal::BadRequest, Some(&msg)), rate)),
     };
-
     let (fault, jitter) = state.draw();
+    // Gateways turn these away before the model sees the request.
     match fault {
         Fault::TooMany => {
-            c.injected_429.fetch_add(1, Relaxed);
-            let mut resp = error(
-                api,
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                "Rate limit reached (injected).",
-            );
-            set_retry_after(&mut resp, state.config.fault_retry_after);
-            return Ok(with_rate(resp, rate.as_ref()));
+            let resp = refuse(Refusal::Injected429(state.config.fault_retry_after), None);
+            return Ok(with_rate(resp, rate));
         }
-        Fault::Unavailable => {
-            c.status_503.fetch_add(1, Relaxed);
-            let resp = error(
-                api,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_overloaded",
-                "The server is overloaded, try again later.",
-            );
-            return Ok(with_rate(resp, rate.as_ref()));
-        }
+        Fault::Unavailable => return Ok(with_rate(refuse(Refusal::Unavailable, None), rate)),
         _ => {}
     }
 
@@ -685,16 +662,7 @@ async fn complete(state: &State, api: Api, req: Request<Incoming>) -> Reply {
     }
 
     let body = match fault {
-        Fault::Internal => {
-            c.status_500.fetch_add(1, Relaxed);
-            let resp = error(
-                api,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "The server had an error while processing your request.",
-            );
-            return Ok(with_rate(resp, rate.as_ref()));
-        }
+        Fault::Internal => return Ok(with_rate(refuse(Refusal::Internal, None), rate)),
         Fault::Reset => {
             c.resets.fetch_add(1, Relaxed);
             return Err(DropConnection);
@@ -711,8 +679,8 @@ async fn complete(state: &State, api: Api, req: Request<Incoming>) -> Reply {
             return Err(DropConnection);
         }
         Fault::Malformed => {
-            c.malformed.fetch_add(1, Relaxed);
-            malformed_body(api, c.malformed.load(Relaxed))
+            let n = c.malformed.fetch_add(1, Relaxed);
+            malformed_body(api, n)
         }
         _ => {
             let out = job.run(state, fault);
@@ -730,7 +698,61 @@ async fn complete(state: &State, api: Api, req: Request<Incoming>) -> Reply {
             out.body
         }
     };
-    Ok(with_rate(json(StatusCode::OK, body), rate.as_ref()))
+    Ok(with_rate(json(StatusCode::OK, body), rate))
+}
+
+/// Error replies the server gives, with the counter each one bumps.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Unauthorized,
+    RateLimited(Duration),
+    BadRequest,
+    Injected429(Duration),
+    Unavailable,
+    Internal,
+}
+
+impl Refusal {
+    fn describe(self, c: &Counters) -> (&AtomicU64, StatusCode, &'static str, &'static str) {
+        match self {
+            Refusal::Unauthorized => (
+                &c.unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "Incorrect API key provided.",
+            ),
+            Refusal::RateLimited(_) => (
+                &c.rate_limited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "Rate limit reached for requests per minute.",
+            ),
+            Refusal::BadRequest => (
+                &c.bad_request,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Invalid request.",
+            ),
+            Refusal::Injected429(_) => (
+                &c.injected_429,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "Rate limit reached (injected).",
+            ),
+            Refusal::Unavailable => (
+                &c.status_503,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_overloaded",
+                "The server is overloaded, try again later.",
+            ),
+            Refusal::Internal => (
+                &c.status_500,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "The server had an error while processing your request.",
+            ),
+        }
+    }
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
