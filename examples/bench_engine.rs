@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cai::fake::{FakeConfig, FakeServer};
+use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
 struct Outcome {

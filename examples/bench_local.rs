@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = match std::env::args_os().nth(1) {
         Some(p) => PathBuf::from(p),
         // The default model, downloaded into the cache when missing.
-        None => rt.block_on(cai::model_store::fetch_default(true))?,
+        None => rt.block_on(cai::provider::model_store::fetch_default(true))?,
     };
     let start = Instant::now();
     let provider = Arc::new(LocalProvider::load(&path)?.with_max_concurrent(2));

@@ -17,9 +17,7 @@ if ! "$venv/bin/python" -c 'import datasets' 2>/dev/null; then
 fi
 export CAI_PYTHON="$venv/bin/python"
 
-cargo build --all-targets
-if [ -f src/model_store.rs ]; then
-    target="${CARGO_TARGET_DIR:-target}"
-    "$target/debug/cai" model fetch
-fi
-cargo test --all-targets --no-fail-fast -- "$@"
+cargo build --workspace --all-targets
+target="${CARGO_TARGET_DIR:-target}"
+"$target/debug/cai" model fetch
+cargo test --workspace --all-targets --no-fail-fast -- "$@"

@@ -24,11 +24,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the critique→revision loop over every prompt and write the datasets.
     #[command(
+        allow_negative_numbers = true,
         after_help = "Examples:\n  cai generate --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --out output/demo\n  cai generate --provider openai --base-url http://127.0.0.1:8000/v1 --model my-model --prompts p.csv --constitution c.json --out run1 --rounds 2\n  cai generate --provider hf --base-url http://127.0.0.1:8080 --chat-template zephyr --prompts p.csv --constitution c.json --out run2\n  GROQ_API_KEY=... cai generate --provider groq --model llama-3.1-8b-instant --prompts p.csv --constitution c.json --out run3\n  cai generate --provider anthropic --prompts p.csv --constitution c.json --out run4 --dry-run\n  cai generate --provider gemini --model gemini-2.5-flash --prompts p.csv --constitution c.json --out run5 --max-cost 5\n\nSettings also come from cai.toml and the environment (CAI_MODEL, ...); see `cai config show --help`.\n\nRunning the same command again on the same --out resumes: finished rows are kept and finished requests are not sent again."
     )]
     Generate(Box<GenerateArgs>),
     /// Check prompts, constitution and templates; send nothing.
     #[command(
+        allow_negative_numbers = true,
         after_help = "Example:\n  cai validate --prompts prompts/stem_sample.csv --constitution principles/helpful_tutor.json"
     )]
     Validate(ValidateArgs),
@@ -37,6 +39,7 @@ pub enum Command {
     Model(ModelCommand),
     /// Print the exact first-stage requests, without sending them.
     #[command(
+        allow_negative_numbers = true,
         after_help = "Example:\n  cai render --prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 2 --provider openai"
     )]
     Render(Box<RenderArgs>),
@@ -60,6 +63,7 @@ pub enum Command {
     Man,
     /// Label existing answer pairs with the AI-feedback judge (soft labels, bias report).
     #[command(
+        allow_negative_numbers = true,
         after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
     )]
     Label(Box<LabelArgs>),

@@ -14,9 +14,9 @@ fn main() -> std::process::ExitCode {
             argv.get(1).map(String::as_str),
             Some("help" | "completions" | "man")
         );
-    let prepared = match cai::settings::prepare(argv.clone()) {
+    let prepared = match cai::config::settings::prepare(argv.clone()) {
         Ok(p) => p,
-        Err(_) if bare => cai::settings::Prepared { argv: argv.clone() },
+        Err(_) if bare => cai::config::settings::Prepared { argv: argv.clone() },
         Err(e) => {
             for line in e.to_string().lines() {
                 eprintln!("cai: error: {line}");

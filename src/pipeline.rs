@@ -15,36 +15,13 @@
 //! principles whatever the concurrency or the order prompts finish in —
 //! which also keeps journal keys stable across a resume.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::engine::{AbortReason, CallError, Engine};
-use crate::input::{Constitution, Principle, PromptRecord};
+use crate::engine::{Engine, ItemError};
+use crate::feedback::select::JudgedPair;
+use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
 use crate::provider::{ChatRequest, Completion, GenParams, Message, Usage};
 use crate::template::Templates;
-
-/// A step of the loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Initial,
-    Critique,
-    Revision,
-    Judge,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Initial => "initial",
-            Stage::Critique => "critique",
-            Stage::Revision => "revision",
-            Stage::Judge => "judge",
-        }
-    }
-}
 
 /// Everything the loop needs, shared by all prompts of a run.
 pub struct Pipeline {
@@ -109,23 +86,6 @@ pub struct Finished {
     pub judged: Option<Result<JudgedPair, String>>,
 }
 
-/// A chosen/rejected pair picked among a prompt's candidates.
-#[derive(Clone, Debug)]
-pub struct JudgedPair {
-    pub chosen: String,
-    pub rejected: String,
-    pub chosen_score: f64,
-    pub rejected_score: f64,
-    /// The comparison principle of the chosen-vs-rejected comparison
-    /// (empty for `--select heuristic`).
-    pub principle: String,
-    /// The scores are within the tie margin.
-    pub tie: bool,
-    /// `--ties keep`: a tie is still written (flagged).
-    pub keep_tie: bool,
-    pub comparisons: Vec<crate::judge::Comparison>,
-}
-
 impl Finished {
     /// Every candidate answer for the preference pair, distinct, in order:
     /// the sampled initial answers, then the final revision.
@@ -165,27 +125,6 @@ pub struct Reject {
 pub enum Outcome {
     Done(Box<Finished>),
     Rejected(Reject),
-}
-
-/// Why the run must stop (the prompt is left for a resume).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunStop {
-    /// The endpoint refuses every request: message for the user.
-    Fatal(String),
-    Aborted(AbortReason),
-}
-
-/// The principle index for `(seed, id, round)`.
-pub fn pick_principle(seed: u64, id: &str, round: u32, count: usize) -> usize {
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update((id.len() as u64).to_le_bytes());
-    h.update(id.as_bytes());
-    h.update(round.to_le_bytes());
-    let digest = h.finalize();
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes.copy_from_slice(&digest);
-    ChaCha8Rng::from_seed(seed_bytes).random_range(0..count.max(1))
 }
 
 /// Removes a leading `Label:` (also `**Label:**`), case-insensitively, at
@@ -294,12 +233,12 @@ impl Pipeline {
         stage: Stage,
         id: &str,
         req: &ChatRequest,
-    ) -> Result<Completion, CallError> {
+    ) -> Result<Completion, ItemError> {
         self.engine.complete(stage.as_str(), id, req).await
     }
 
     /// Runs every stage of one prompt.
-    pub async fn run(&self, rec: PromptRecord) -> Result<Outcome, RunStop> {
+    pub async fn run(&self, rec: PromptRecord) -> Result<Outcome, ItemError> {
         let PromptRecord {
             id, text: prompt, ..
         } = rec;
@@ -316,9 +255,8 @@ impl Pipeline {
             ($stage:expr, $round:expr, $req:expr) => {
                 match self.call($stage, &id, $req).await {
                     Ok(c) => c,
-                    Err(CallError::Reject(why)) => return reject($stage, $round, why),
-                    Err(CallError::Stop(msg)) => return Err(RunStop::Fatal(msg)),
-                    Err(CallError::Aborted(r)) => return Err(RunStop::Aborted(r)),
+                    Err(ItemError::Reject(why)) => return reject($stage, $round, why),
+                    Err(e) => return Err(e),
                 }
             };
         }

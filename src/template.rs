@@ -52,6 +52,7 @@ pub struct TemplateError {
 }
 
 /// The templates of a run.
+#[derive(Clone)]
 pub struct Templates {
     env: Environment<'static>,
     origins: Vec<(String, String)>,

@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cai::model_store::{self, ModelError, Source};
 use cai::provider::local::{LocalError, LocalProvider};
+use cai::provider::model_store::{self, ModelError, Source};
 use cai::provider::{ChatRequest, FinishReason, GenParams, Message, Provider};
 
 fn model_path() -> Option<PathBuf> {

@@ -5,12 +5,15 @@
 //! run pays for nothing twice), waits for the [`Limiter`], sends, classifies
 //! failures ([`retry::classify`]) and retries with backoff, enforces the
 //! request budget and the error-rate breaker, and records the reply. The
-//! pipeline above it only sees a finished [`Completion`] or a [`CallError`]
+//! pipeline above it only sees a finished [`Completion`] or a [`ItemError`]
 //! saying whether the prompt or the whole run must stop.
 
 pub mod journal;
 pub mod limit;
+pub mod progress;
 pub mod retry;
+pub mod rundir;
+pub mod scheduler;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -57,7 +60,7 @@ impl std::fmt::Display for AbortReason {
 
 /// Why a request produced no reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallError {
+pub enum ItemError {
     /// This prompt cannot be completed; it goes to `rejects.jsonl`.
     Reject(String),
     /// No request can succeed (bad key, wrong URL, missing model): stop the run.
@@ -300,10 +303,10 @@ impl Engine {
     }
 
     /// Waits `d`, or less if the run is stopping.
-    async fn sleep(&self, d: Duration) -> Result<(), CallError> {
+    async fn sleep(&self, d: Duration) -> Result<(), ItemError> {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
-            r = self.stop.stopped() => Err(CallError::Aborted(r)),
+            r = self.stop.stopped() => Err(ItemError::Aborted(r)),
         }
     }
 
@@ -313,7 +316,7 @@ impl Engine {
         stage: &str,
         prompt_id: &str,
         req: &ChatRequest,
-    ) -> Result<Completion, CallError> {
+    ) -> Result<Completion, ItemError> {
         let key = journal::request_key(self.provider.name(), self.provider.model(), stage, req);
         if let Some(c) = self.journal.get(&key) {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +327,7 @@ impl Engine {
         let mut widened = false;
         loop {
             if let Some(r) = self.stop.reason() {
-                return Err(CallError::Aborted(r));
+                return Err(ItemError::Aborted(r));
             }
             if let Some(max) = self.cfg.max_requests {
                 // Reserve the slot atomically so concurrent tasks cannot
@@ -333,7 +336,7 @@ impl Engine {
                 if prev >= max {
                     self.stats.sent.fetch_sub(1, Ordering::Relaxed);
                     self.stop.stop(AbortReason::MaxRequests);
-                    return Err(CallError::Aborted(AbortReason::MaxRequests));
+                    return Err(ItemError::Aborted(AbortReason::MaxRequests));
                 }
             } else {
                 self.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +353,7 @@ impl Engine {
                     if !b.reserve(r) {
                         self.stats.sent.fetch_sub(1, Ordering::Relaxed);
                         self.stop.stop(AbortReason::MaxCost);
-                        return Err(CallError::Aborted(AbortReason::MaxCost));
+                        return Err(ItemError::Aborted(AbortReason::MaxCost));
                     }
                     r
                 }
@@ -363,7 +366,7 @@ impl Engine {
                     if let Some(b) = &self.budget {
                         b.settle(reserved, 0);
                     }
-                    return Err(CallError::Aborted(r));
+                    return Err(ItemError::Aborted(r));
                 }
             }
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -410,14 +413,14 @@ impl Engine {
                         }
                         FinishReason::Length => {
                             self.settle(true);
-                            return Err(CallError::Reject(format!(
+                            return Err(ItemError::Reject(format!(
                                 "reply cut off by the token limit (max_tokens {})",
                                 req.params.max_tokens
                             )));
                         }
                         FinishReason::Filtered(why) => {
                             self.settle(true);
-                            return Err(CallError::Reject(format!(
+                            return Err(ItemError::Reject(format!(
                                 "the endpoint's content filter blocked the reply ({why})"
                             )));
                         }
@@ -430,7 +433,7 @@ impl Engine {
                         }
                     } else {
                         if let Err(e) = self.journal.record(&key, prompt_id, &c) {
-                            return Err(CallError::Stop(format!(
+                            return Err(ItemError::Stop(format!(
                                 "cannot write the journal {}: {e}",
                                 self.journal.path().display()
                             )));
@@ -442,10 +445,10 @@ impl Engine {
                 Err(e) => e,
             };
             match retry::classify(&err) {
-                Verdict::StopRun => return Err(CallError::Stop(self.stop_message(&err))),
+                Verdict::StopRun => return Err(ItemError::Stop(self.stop_message(&err))),
                 Verdict::GiveUp => {
                     self.settle(false);
-                    return Err(CallError::Reject(err.to_string()));
+                    return Err(ItemError::Reject(err.to_string()));
                 }
                 Verdict::Retry { after, throttled } => {
                     if let ProviderError::Status { rate, .. } = &err {
@@ -453,7 +456,7 @@ impl Engine {
                     }
                     if attempt >= self.cfg.max_retries {
                         self.settle(false);
-                        return Err(CallError::Reject(format!(
+                        return Err(ItemError::Reject(format!(
                             "gave up after {} attempts: {err}",
                             attempt + 1
                         )));

@@ -15,8 +15,11 @@
 
 use std::path::Path;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::{InputError, InputErrors, Location};
 use crate::provider::{Message, Role};
@@ -116,8 +119,7 @@ impl Constitution {
     }
 
     /// The system message for a stage, falling back to the main one.
-    pub fn system_for(&self, stage: crate::pipeline::Stage) -> Option<&str> {
-        use crate::pipeline::Stage;
+    pub fn system_for(&self, stage: Stage) -> Option<&str> {
         let specific = match stage {
             Stage::Critique => self.system_message_critique.as_deref(),
             Stage::Revision => self.system_message_revision.as_deref(),
@@ -125,6 +127,40 @@ impl Constitution {
         };
         specific.or(self.system_message.as_deref())
     }
+}
+
+/// A step of the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Initial,
+    Critique,
+    Revision,
+    Judge,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Initial => "initial",
+            Stage::Critique => "critique",
+            Stage::Revision => "revision",
+            Stage::Judge => "judge",
+        }
+    }
+}
+
+/// The principle index for `(seed, id, round)`.
+pub fn pick_principle(seed: u64, id: &str, round: u32, count: usize) -> usize {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update((id.len() as u64).to_le_bytes());
+    h.update(id.as_bytes());
+    h.update(round.to_le_bytes());
+    let digest = h.finalize();
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes.copy_from_slice(&digest);
+    ChaCha8Rng::from_seed(seed_bytes).random_range(0..count.max(1))
 }
 
 fn detect(obj: &Map<String, Value>) -> Option<ConstitutionFormat> {

@@ -1,17 +1,21 @@
-//! Reading what the user gives: prompts (CSV or JSONL) and the constitution
-//! (three JSON formats normalised into one [`Constitution`]).
+//! Reading what the user gives: prompts (CSV or JSONL), the constitution
+//! (three JSON formats normalised into one [`Constitution`]) and answer
+//! pairs to label.
 //!
 //! Every problem is an [`InputError`] that names the file and the line or the
 //! JSON path, so the user can fix it without guessing; the CLI turns these
 //! into exit code 2 before any request is sent.
 
 pub mod constitution;
+pub mod pairs;
 pub mod prompts;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use constitution::{ComparisonFewShot, Constitution, ConstitutionFormat, Principle};
+pub use constitution::{
+    pick_principle, ComparisonFewShot, Constitution, ConstitutionFormat, Principle, Stage,
+};
 pub use prompts::{PromptReader, PromptRecord, PromptSpec, Shard};
 
 /// Where in a file a problem is.

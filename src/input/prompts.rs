@@ -340,6 +340,17 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
     let reader = PromptReader::open(spec)?;
     let path = spec.path.clone();
     let mut errors = Vec::new();
+    if !is_jsonl(&path) {
+        match unterminated_quote(&path) {
+            Ok(Some(line)) => errors.push(InputError::new(
+                &path,
+                Location::Line(line),
+                "a quoted field opened here is never closed (a missing `\"`): the rest of the file would become one prompt",
+            )),
+            Ok(None) => {}
+            Err(e) => errors.push(InputError::new(&path, Location::File, e.to_string())),
+        }
+    }
     let mut seen: HashSet<String> = HashSet::new();
     let mut count = 0;
     for item in reader {
@@ -384,10 +395,96 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
     }
 }
 
+/// The line where a quoted CSV field opens that never closes, if any.
+///
+/// The csv crate ends such a field at the end of the file without a word,
+/// silently merging every following row into one prompt. RFC 4180 quoting
+/// is simple enough to follow in one streamed pass: a field is quoted when
+/// its first byte is `"`; inside, `""` is a literal quote and a lone `"`
+/// closes it.
+pub fn unterminated_quote(path: &Path) -> std::io::Result<Option<u64>> {
+    use std::io::Read;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut buf = [0u8; 1 << 16];
+    let (mut line, mut opened_at) = (1u64, 0u64);
+    let (mut in_quotes, mut field_start, mut quote_pending) = (false, true, false);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if in_quotes {
+                if quote_pending {
+                    quote_pending = false;
+                    if b == b'"' {
+                        continue; // `""`: a literal quote
+                    }
+                    in_quotes = false; // the quote closed the field
+                } else if b == b'"' {
+                    quote_pending = true;
+                    continue;
+                }
+            }
+            if b == b'\n' {
+                line += 1;
+            }
+            if in_quotes {
+                continue;
+            }
+            match b {
+                b'"' if field_start => {
+                    in_quotes = true;
+                    opened_at = line;
+                    field_start = false;
+                }
+                b',' | b'\n' => field_start = true,
+                // A BOM or a CR before the newline keeps the field's start.
+                b'\r' | 0xEF | 0xBB | 0xBF if field_start => {}
+                _ => field_start = false,
+            }
+        }
+    }
+    Ok((in_quotes && !quote_pending).then_some(opened_at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn an_unclosed_quote_is_found_and_closed_ones_are_not() {
+        let cases: [(&[u8], Option<u64>); 6] = [
+            (b"prompt\n\"never closed\nmore\n", Some(2)),
+            (b"id,prompt\n1,ok\n2,\"a \"\"b\"\"\n", Some(3)),
+            (b"prompt\n\"multi\nline, \"\"q\"\"\"\nnext\n", None),
+            (b"\xEF\xBB\xBFprompt\r\n\"x\"\r\n", None),
+            (b"prompt\nhe said \"hi\"\n", None),
+            (b"id,prompt\n1,\"ends at eof\"", None),
+        ];
+        for (content, want) in cases {
+            let f = file(".csv", content);
+            assert_eq!(
+                unterminated_quote(f.path()).unwrap(),
+                want,
+                "{}",
+                String::from_utf8_lossy(content)
+            );
+        }
+        let f = file(".csv", b"prompt\nfine\n\"never closed\n");
+        let spec = PromptSpec {
+            path: f.path().to_path_buf(),
+            column: None,
+            limit: None,
+            shard: None,
+        };
+        let err = validate(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains(":3: a quoted field opened here is never closed"),
+            "{err}"
+        );
+    }
 
     fn file(ext: &str, content: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();

@@ -15,6 +15,7 @@
 //! or written to some files but not committed, disappears and is written
 //! again; a committed row is never written twice.
 
+pub mod labels;
 pub mod manifest;
 
 use std::collections::HashSet;
@@ -37,8 +38,7 @@ pub const FILES: [&str; 6] = [
     "rejects.jsonl",
 ];
 
-/// Where cai keeps its own state inside the run directory.
-pub const STATE_DIR: &str = ".cai";
+pub use crate::engine::rundir::STATE_DIR;
 
 const SFT_CSV: usize = 0;
 const SFT_JSONL: usize = 1;
@@ -62,6 +62,8 @@ pub enum OutputError {
         actual: u64,
         expected: u64,
     },
+    #[error(transparent)]
+    RunDir(#[from] crate::engine::rundir::RunDirError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -418,7 +420,7 @@ impl Writer {
                     &crate::pipeline::Reject {
                         id: f.id.clone(),
                         prompt: f.prompt.clone(),
-                        stage: crate::pipeline::Stage::Judge,
+                        stage: crate::input::Stage::Judge,
                         round: f.rounds.len() as u32,
                         reason: reason.clone(),
                     },
@@ -551,13 +553,14 @@ struct TraceLine<'a> {
     samples: &'a [String],
     /// Every judge comparison of the prompt (`--preference judge`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    judgments: Option<&'a Vec<crate::judge::Comparison>>,
+    judgments: Option<&'a Vec<crate::feedback::judge::Comparison>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{Reject, Stage};
+    use crate::input::Stage;
+    use crate::pipeline::Reject;
 
     fn finished(id: &str) -> Outcome {
         Outcome::Done(Box::new(Finished {

@@ -11,6 +11,7 @@ pub mod chat_template;
 pub mod gemini;
 pub mod hf;
 pub mod local;
+pub mod model_store;
 pub mod openai;
 pub mod presets;
 

@@ -1,12 +1,12 @@
 //! The engine under faults, limits, budgets and crashes, against the
-//! in-repo fake endpoint (`cai::fake`) on 127.0.0.1.
+//! in-repo fake endpoint (`cai_fake`) on 127.0.0.1.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cai::fake::{FakeConfig, FakeServer};
+use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
 use crate::common::*;

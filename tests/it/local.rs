@@ -27,7 +27,7 @@ fn looks_english(text: &str) -> bool {
 
 #[test]
 fn local_model_generates_complete_english_outputs() {
-    let Ok(path) = cai::model_store::default_model_path() else {
+    let Ok(path) = cai::provider::model_store::default_model_path() else {
         panic!("no model cache directory");
     };
     if !path.exists() {

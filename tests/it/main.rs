@@ -2,7 +2,10 @@
 
 mod common;
 mod datasets;
+mod endpoints;
 mod engine;
 mod errors;
 mod generate;
+mod label;
 mod local;
+mod rundir;

@@ -1,0 +1,168 @@
+//! One file per command; [`run`] maps a parsed command line to its command
+//! and the command's result to an exit code and the lines the user sees.
+
+pub mod dry_run;
+pub mod generate;
+pub mod label;
+pub mod model;
+pub mod models;
+pub mod render;
+pub mod validate;
+
+use std::process::ExitCode;
+
+use crate::cli::{self, Cli, Command};
+use crate::config::generate::GenerateConfig;
+use crate::config::label::LabelConfig;
+use crate::error::RunError;
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
+    let json = match &cli.command {
+        Command::Generate(a) => a.run.log_format == cli::LogFormat::Json,
+        Command::Label(a) => a.run.log_format == cli::LogFormat::Json,
+        _ => false,
+    };
+    let result = match cli.command {
+        Command::Config(args) => match args.action {
+            cli::ConfigAction::Show(_) => {
+                let report = crate::config::settings::report()
+                    .cloned()
+                    .unwrap_or_default();
+                print!("{}", crate::config::settings::show(&report));
+                Ok(0)
+            }
+        },
+        Command::Models(args) => models::run(&args.endpoint).map(|ids| {
+            for id in ids {
+                println!("{id}");
+            }
+            0
+        }),
+        Command::Completions(args) => {
+            use std::io::Write;
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a write error
+            // (`cai completions bash | head`).
+            let mut buf = Vec::new();
+            clap_complete::generate(args.shell, &mut cmd, "cai", &mut buf);
+            let _ = std::io::stdout().write_all(&buf);
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Ok(0),
+                Err(e) => Err(RunError::Usage(format!("cannot write the man page: {e}"))),
+            }
+        }
+        Command::Validate(args) => validate::validate(&args).map(|report| {
+            println!("{report}");
+            0
+        }),
+        Command::Model(cmd) => model::model(cmd),
+        Command::Render(args) => render::render(&args).map(|out| {
+            print!("{out}");
+            0
+        }),
+        Command::Generate(args) if args.dry_run => GenerateConfig::from_args(&args, true)
+            .and_then(|cfg| dry_run::dry_run(&cfg))
+            .map(|out| {
+                print!("{out}");
+                0
+            }),
+        Command::Generate(args) => GenerateConfig::from_args(&args, false).and_then(|cfg| {
+            let s = runtime()?.block_on(generate::generate(cfg, argv))?;
+            report_generate(&s, json);
+            Ok(u8::from(s.counts.rejected > 0))
+        }),
+        Command::Label(args) => LabelConfig::from_args(&args).and_then(|cfg| {
+            let s = runtime()?.block_on(label::label(cfg, argv))?;
+            report_label(&s, json);
+            Ok(u8::from(s.report.rejected > 0))
+        }),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if json {
+                let event = serde_json::json!({
+                    "event": "error",
+                    "exit_code": e.exit_code(),
+                    "message": e.to_string(),
+                });
+                eprintln!("{event}");
+            } else {
+                for line in e.to_string().lines() {
+                    eprintln!("cai: error: {line}");
+                }
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The async runtime of a command that sends requests.
+fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))
+}
+
+fn report_generate(s: &generate::RunSummary, json: bool) {
+    if json {
+        let event = serde_json::json!({
+            "event": "finish",
+            "out": s.out,
+            "counts": s.counts,
+            "requests": s.stats,
+        });
+        eprintln!("{event}");
+        return;
+    }
+    eprintln!(
+        "cai: wrote {} SFT rows and {} preference rows to {} ({} rejected, {} requests, {} retries)",
+        s.counts.sft_rows,
+        s.counts.preference_rows,
+        s.out.display(),
+        s.counts.rejected,
+        s.stats.requests,
+        s.stats.retries
+    );
+    if s.stats.cost_micro_usd > 0 {
+        eprintln!(
+            "cai: cost ${:.4} (from the replies' usage; see manifest.json)",
+            crate::cost::from_micros(s.stats.cost_micro_usd)
+        );
+    }
+    if s.counts.rejected > 0 {
+        eprintln!(
+            "cai: {} prompts rejected: see {}",
+            s.counts.rejected,
+            s.out.join("rejects.jsonl").display()
+        );
+    }
+}
+
+fn report_label(s: &label::LabelSummary, json: bool) {
+    if json {
+        let event = serde_json::json!({
+            "event": "finish",
+            "out": s.out,
+            "report": s.report,
+        });
+        eprintln!("{event}");
+        return;
+    }
+    print!("{}", s.report.table());
+    eprintln!(
+        "cai: labelled {} pairs into {} ({} rejected, {} requests, {} retries); report in {}",
+        s.report.judged,
+        s.out.join("labels.csv").display(),
+        s.report.rejected,
+        s.stats.requests,
+        s.stats.retries,
+        s.out.join("report.json").display()
+    );
+}

@@ -1,0 +1,251 @@
+//! `generate`'s arguments checked once, into a [`GenerateConfig`] the rest
+//! of the program reads instead of raw arguments. Every check that can fail
+//! before a request is sent (inputs, templates, concurrency, selection,
+//! judge options, budgets, prices, the endpoint) lives here or in what it
+//! calls, so `generate`, its dry run and `render` agree on what is valid.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{ConfigError, RunSettings};
+use crate::cli::{EndpointArgs, GenerateArgs, InputArgs, PreferenceArg, SelectArg, TiesArg};
+use crate::cost::Price;
+use crate::engine::rundir::Fingerprint;
+use crate::error::RunError;
+use crate::feedback::judge::JudgeOptions;
+use crate::input::{prompts, Constitution, InputError, PromptSpec};
+use crate::output::manifest;
+use crate::output::PreferenceMode;
+use crate::provider::{GenParams, Provider};
+use crate::template::Templates;
+
+/// Seed of the principle choice when `--seed` is not given.
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Prompts, constitution and templates, loaded and checked.
+pub struct Inputs {
+    pub spec: PromptSpec,
+    /// Prompts in the (limited, sharded) input.
+    pub count: u64,
+    pub constitution: Constitution,
+    pub constitution_path: PathBuf,
+    pub templates: Templates,
+}
+
+impl Inputs {
+    /// Loads prompts, constitution and templates, reporting every problem
+    /// at once.
+    pub fn load(input: &InputArgs) -> Result<Inputs, RunError> {
+        let (Some(prompts_path), Some(constitution_path)) = (&input.prompts, &input.constitution)
+        else {
+            return Err(RunError::Usage(
+                "--prompts FILE and --constitution FILE are both required".into(),
+            ));
+        };
+        let spec = prompt_spec(input, prompts_path.clone());
+        let mut errors: Vec<InputError> = Vec::new();
+        let constitution = Constitution::load(constitution_path)
+            .map_err(|e| errors.extend(e.0))
+            .ok();
+        let count = prompts::validate(&spec)
+            .map_err(|e| errors.extend(e.0))
+            .ok();
+        let templates = Templates::load(input.templates.as_deref());
+        match (constitution, count, templates) {
+            (Some(constitution), Some(count), Ok(templates)) if errors.is_empty() => Ok(Inputs {
+                spec,
+                count,
+                constitution,
+                constitution_path: constitution_path.clone(),
+                templates,
+            }),
+            (_, _, Err(t)) if errors.is_empty() => Err(RunError::Template(t)),
+            (_, _, t) => {
+                let mut all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                if let Err(t) = t {
+                    all.extend(t.iter().map(ToString::to_string));
+                }
+                Err(RunError::Usage(all.join("\n")))
+            }
+        }
+    }
+}
+
+/// The prompt file as `--prompts`, `--prompt-column`, `--limit`, `--shard` say.
+pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> PromptSpec {
+    PromptSpec {
+        path: prompts,
+        column: input.prompt_column.clone(),
+        limit: input.limit,
+        shard: input.shard,
+    }
+}
+
+/// How pairs are picked among a prompt's candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The AI-feedback judge (round robin over the candidates).
+    Judge { keep_ties: bool },
+    /// The heuristic score; no requests.
+    Heuristic,
+}
+
+/// Everything `generate` needs, checked.
+pub struct GenerateConfig {
+    pub inputs: Inputs,
+    pub endpoint: EndpointArgs,
+    pub provider: Arc<dyn Provider>,
+    /// Why this provider was chosen, when it was not named.
+    pub provider_note: Option<String>,
+    /// A dry run without the key set says so instead of failing.
+    pub missing_key: Option<String>,
+    pub params: GenParams,
+    pub rounds: u32,
+    pub samples: u32,
+    pub mode: PreferenceMode,
+    pub selection: Option<Selection>,
+    pub judge: JudgeOptions,
+    /// `--judge` specs (empty: the run's own endpoint judges).
+    pub judges: Vec<String>,
+    /// Recorded in the fingerprint and the manifest.
+    pub preference_desc: String,
+    pub seed: u64,
+    pub price: Option<Price>,
+    pub max_cost: Option<f64>,
+    pub run: RunSettings,
+    pub out: PathBuf,
+}
+
+impl GenerateConfig {
+    /// Checks `args`; `dry` builds the provider without requiring its key.
+    pub fn from_args(args: &GenerateArgs, dry: bool) -> Result<GenerateConfig, RunError> {
+        let run = RunSettings::from_args(&args.run)?;
+        let selection = selection(args)?;
+        let params = super::gen_params(&args.sampling)?;
+        let inputs = Inputs::load(&args.input)?;
+        let seed = args.sampling.seed.unwrap_or(DEFAULT_SEED);
+        let judge = super::judge::options(&args.judge, seed, args.sampling.max_tokens)?;
+        for spec in &args.judge.judges {
+            super::judge::parse_spec(spec, &args.endpoint)?;
+        }
+        let (provider, provider_note, missing_key) = if dry {
+            super::build_provider_for_dry_run(&args.endpoint)?
+        } else {
+            let (p, n) = super::build_provider(&args.endpoint, run.concurrency)?;
+            (p, n, None)
+        };
+        let price = budget_price(args, provider.model())?;
+        let mode = match (args.preference, selection) {
+            (_, Some(_)) | (PreferenceArg::Judge, None) => PreferenceMode::Judge,
+            (PreferenceArg::Revision, None) => PreferenceMode::Revision,
+            (PreferenceArg::None, None) => PreferenceMode::None,
+        };
+        let preference_desc = match selection {
+            None => format!("{mode:?}").to_lowercase(),
+            Some(Selection::Heuristic) => format!("heuristic(samples={})", args.samples),
+            Some(Selection::Judge { .. }) => {
+                let j = &args.judge;
+                format!(
+                    "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
+                    args.samples,
+                    j.judges.join(", "),
+                    j.judge_samples,
+                    j.judge_cot,
+                    j.tie_margin,
+                    j.ties
+                )
+                .to_lowercase()
+            }
+        };
+        Ok(GenerateConfig {
+            inputs,
+            endpoint: args.endpoint.clone(),
+            provider,
+            provider_note,
+            missing_key,
+            params,
+            rounds: args.rounds,
+            samples: args.samples,
+            mode,
+            selection,
+            judge,
+            judges: args.judge.judges.clone(),
+            preference_desc,
+            seed,
+            price,
+            max_cost: args.max_cost,
+            run,
+            out: args.out.clone(),
+        })
+    }
+
+    /// What must match between this run and one it resumes.
+    pub fn fingerprint(&self) -> Result<Fingerprint, RunError> {
+        Ok(Fingerprint {
+            provider: self.provider.name().to_string(),
+            model: self.provider.model().to_string(),
+            constitution_sha256: manifest::file_sha256(&self.inputs.constitution_path)?,
+            templates_sha256: self.inputs.templates.digest().to_string(),
+            params: serde_json::to_value(&self.params).unwrap_or_default(),
+            rounds: self.rounds,
+            preference: self.preference_desc.clone(),
+            seed: self.seed,
+        })
+    }
+}
+
+/// How `generate` picks pairs among candidates, from `--preference`,
+/// `--samples` and `--select`; `None` = the plain revision/none modes.
+fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
+    if args.samples == 0 {
+        return Err(ConfigError("--samples must be at least 1".into()));
+    }
+    let judge = Selection::Judge {
+        keep_ties: args.judge.ties == TiesArg::Keep,
+    };
+    match (args.preference, args.select) {
+        (PreferenceArg::Judge, None | Some(SelectArg::Judge)) => Ok(Some(judge)),
+        (PreferenceArg::Judge | PreferenceArg::Revision, Some(SelectArg::Heuristic)) => {
+            Ok(Some(Selection::Heuristic))
+        }
+        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(ConfigError(
+            "--select judge needs --preference judge".into(),
+        )),
+        (PreferenceArg::Revision, None) if args.samples > 1 => Err(ConfigError(
+            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic".into(),
+        )),
+        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => Err(ConfigError(
+            "--samples and --select pick preference pairs; they do nothing with --preference none".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The price of `model` for this run, checking `--max-cost` and the
+/// `--price-*` overrides: a cap needs a known price.
+fn budget_price(args: &GenerateArgs, model: &str) -> Result<Option<Price>, ConfigError> {
+    for (flag, v) in [
+        ("--price-in", args.price_in),
+        ("--price-out", args.price_out),
+    ] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(ConfigError(format!(
+                "{flag} must be a non-negative number of USD per million tokens"
+            )));
+        }
+    }
+    let price = crate::cost::resolve(model, args.price_in, args.price_out);
+    if let Some(cap) = args.max_cost {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(ConfigError(
+                "--max-cost must be a positive amount of USD".into(),
+            ));
+        }
+        if price.is_none() {
+            return Err(ConfigError(format!(
+                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
+            )));
+        }
+    }
+    Ok(price)
+}

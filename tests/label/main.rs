@@ -1,7 +1,0 @@
-//! Integration tests of AI-feedback judging: `cai label` and
-//! `cai generate --preference judge` against local fake judges.
-
-mod common;
-mod e2e;
-mod judge;
-mod metrics;
