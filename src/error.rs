@@ -79,3 +79,16 @@ impl From<Fatal<OutputError>> for RunError {
         }
     }
 }
+
+/// `Ok` when a run loop went through its whole input; otherwise why not
+/// (a fatal error first, then a budget, breaker or signal stop).
+pub fn run_result(
+    fatal: Option<Fatal<OutputError>>,
+    aborted: Option<AbortReason>,
+) -> Result<(), RunError> {
+    match (fatal, aborted) {
+        (Some(f), _) => Err(f.into()),
+        (None, Some(reason)) => Err(RunError::Aborted { reason }),
+        (None, None) => Ok(()),
+    }
+}

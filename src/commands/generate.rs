@@ -227,12 +227,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         max_cost,
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
-    if let Some(f) = end.fatal {
-        return Err(f.into());
-    }
-    if let Some(reason) = end.aborted {
-        return Err(RunError::Aborted { reason });
-    }
+    crate::error::run_result(end.fatal, end.aborted)?;
     Ok(RunSummary {
         out,
         counts,
