@@ -333,8 +333,11 @@ async fn fifty_megabyte_reply_is_cut_off_rejected_and_memory_stays_bounded() {
         o.wall.as_secs_f64()
     );
     assert!(o.peak_rss_kib > 0, "peak RSS was measured");
+    // About 13 MiB when bounded; reading the 50 MB body whole takes over
+    // 100 MiB. The limit is generous but below the body itself, so it
+    // cannot pass with the body held in memory.
     assert!(
-        o.peak_rss_kib < 200 * 1024,
+        o.peak_rss_kib < 40 * 1024,
         "peak RSS {} KiB: the body was buffered",
         o.peak_rss_kib
     );
