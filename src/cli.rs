@@ -326,6 +326,9 @@ pub struct EndpointArgs {
     /// Per-request timeout in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120.0)]
     pub timeout: f64,
+    /// Largest reply body read, in bytes; a larger reply is cut off, retried, then rejected (default: 1 MiB plus 1 KiB per token of max_tokens × samples, more with log-probabilities).
+    #[arg(long, value_name = "BYTES")]
+    pub max_reply_bytes: Option<u64>,
     /// local: never download; fail if the model is not in the cache.
     #[arg(long)]
     pub offline: bool,

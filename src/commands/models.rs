@@ -3,7 +3,8 @@
 //! OpenAI-compatible services and presets: `GET {base}/models` (bearer
 //! key). Anthropic: `GET {base}/v1/models` (`x-api-key`). Gemini: `GET
 //! {base}/v1beta/models` (`x-goog-api-key`), names without the `models/`
-//! prefix. Pages are followed. The Hugging Face `generate` protocol and
+//! prefix. Pages are followed, each read under [`MODEL_LIST_MAX_BYTES`]
+//! (the largest real lists are a few hundred KiB). The Hugging Face `generate` protocol and
 //! the embedded model have no such list.
 
 use secrecy::{ExposeSecret, SecretString};
@@ -12,10 +13,13 @@ use serde::Deserialize;
 use crate::cli::{EndpointArgs, ProviderKind};
 use crate::config::{self, ConfigError};
 use crate::error::RunError;
+use crate::provider::http::{self, Bound};
 use crate::provider::{anthropic, gemini, ProviderError};
 
 /// Most pages followed, so a server that always says "more" cannot loop us.
 const MAX_PAGES: usize = 50;
+/// Largest model-list page read; a longer one is cut off and refused.
+pub const MODEL_LIST_MAX_BYTES: u64 = 32 << 20;
 
 #[derive(Deserialize)]
 struct OpenAiList {
@@ -71,10 +75,14 @@ async fn get<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| fail(ProviderError::from_reqwest(url, e)))?;
     let status = resp.status();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| fail(ProviderError::from_reqwest(url, e)))?;
+    let bytes = if status.is_success() {
+        let bound = Bound::new(MODEL_LIST_MAX_BYTES, "for a model list");
+        http::read_limited(resp, url, &bound)
+            .await
+            .map_err(|e| fail(e.into()))?
+    } else {
+        http::read_prefix(resp, http::ERROR_BODY_BYTES).await
+    };
     let body = crate::provider::snippet(&bytes, key);
     if matches!(status.as_u16(), 401 | 403) {
         let hint = key_var

@@ -21,11 +21,15 @@ use crate::provider::anthropic::{Anthropic, ANTHROPIC_BASE, ANTHROPIC_DEFAULT_MO
 use crate::provider::chat_template::{ChatTemplate, BUILTIN};
 use crate::provider::gemini::{Gemini, GEMINI_BASE, GEMINI_DEFAULT_MODEL};
 use crate::provider::hf::Hf;
+use crate::provider::http::ReplyLimit;
 use crate::provider::local::LocalProvider;
 use crate::provider::model_store;
 use crate::provider::openai::OpenAi;
 use crate::provider::presets::{Preset, LOCAL_DEFAULT_MODEL};
 use crate::provider::{GenParams, Provider};
+
+/// Smallest `--max-reply-bytes` accepted: below it no real reply fits.
+pub const MIN_REPLY_BYTES: u64 = 1024;
 
 /// OpenAI's API root, used when `--provider openai` has no `--base-url`.
 pub const OPENAI_BASE: &str = "https://api.openai.com/v1";
@@ -327,6 +331,12 @@ fn build(
         )));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
+    if args.max_reply_bytes.is_some_and(|b| b < MIN_REPLY_BYTES) {
+        return Err(ConfigError(format!(
+            "--max-reply-bytes must be at least {MIN_REPLY_BYTES} (room for one small JSON reply)"
+        )));
+    }
+    let limit = ReplyLimit::fixed(args.max_reply_bytes);
     if let Some(url) = &args.base_url {
         check_url(url)?;
     }
@@ -358,28 +368,35 @@ fn build(
                     key,
                     key_var,
                 )
-                .named(preset.name),
+                .named(preset.name)
+                .with_reply_limit(limit),
             )
         }
         ProviderKind::Anthropic => {
             let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
-            Arc::new(Anthropic::new(
-                http_client(timeout, concurrency)?,
-                args.base_url.as_deref().unwrap_or(ANTHROPIC_BASE),
-                args.model.as_deref().unwrap_or(ANTHROPIC_DEFAULT_MODEL),
-                key,
-                key_var,
-            ))
+            Arc::new(
+                Anthropic::new(
+                    http_client(timeout, concurrency)?,
+                    args.base_url.as_deref().unwrap_or(ANTHROPIC_BASE),
+                    args.model.as_deref().unwrap_or(ANTHROPIC_DEFAULT_MODEL),
+                    key,
+                    key_var,
+                )
+                .with_reply_limit(limit),
+            )
         }
         ProviderKind::Gemini => {
             let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
-            Arc::new(Gemini::new(
-                http_client(timeout, concurrency)?,
-                args.base_url.as_deref().unwrap_or(GEMINI_BASE),
-                args.model.as_deref().unwrap_or(GEMINI_DEFAULT_MODEL),
-                key,
-                key_var,
-            ))
+            Arc::new(
+                Gemini::new(
+                    http_client(timeout, concurrency)?,
+                    args.base_url.as_deref().unwrap_or(GEMINI_BASE),
+                    args.model.as_deref().unwrap_or(GEMINI_DEFAULT_MODEL),
+                    key,
+                    key_var,
+                )
+                .with_reply_limit(limit),
+            )
         }
         ProviderKind::Hf => {
             let public = args.base_url.is_none();
@@ -393,14 +410,17 @@ fn build(
             };
             let (key, key_var) = read_key(args, kind, public)?;
             let template = load_chat_template(&args.chat_template)?;
-            Arc::new(Hf::new(
-                http_client(timeout, concurrency)?,
-                args.base_url.as_deref(),
-                model,
-                template,
-                key,
-                key_var,
-            ))
+            Arc::new(
+                Hf::new(
+                    http_client(timeout, concurrency)?,
+                    args.base_url.as_deref(),
+                    model,
+                    template,
+                    key,
+                    key_var,
+                )
+                .with_reply_limit(limit),
+            )
         }
         ProviderKind::Local => {
             let path = local_model_path(args)?;

@@ -1,7 +1,8 @@
 //! What to do after a failed attempt: the one place retry rules live.
 //!
 //! Retried: 408, 409, 429, every 5xx, connection errors, timeouts, bodies
-//! that do not parse, and empty replies. Never retried: 400, 401, 403, 404,
+//! that do not parse, empty replies, and oversized replies (a body past its
+//! bound, or more text or tokens than the request allows). Never retried: 400, 401, 403, 404,
 //! 422 and other 4xx — sending the same request again cannot fix them, and
 //! on a paid API it costs money. Delays use exponential backoff with full
 //! jitter (a uniform draw between zero and the exponential ceiling), so many
@@ -49,7 +50,8 @@ pub fn classify(err: &ProviderError) -> Verdict {
         },
         ProviderError::Transport { .. }
         | ProviderError::Timeout { .. }
-        | ProviderError::Malformed { .. } => Verdict::Retry {
+        | ProviderError::Malformed { .. }
+        | ProviderError::Oversized { .. } => Verdict::Retry {
             after: None,
             throttled: false,
         },
@@ -129,6 +131,14 @@ mod tests {
         }
         let t = ProviderError::Timeout { url: "u".into() };
         assert!(matches!(classify(&t), Verdict::Retry { .. }));
+        let big = ProviderError::Oversized {
+            url: "u".into(),
+            reason: "r".into(),
+        };
+        assert!(
+            matches!(classify(&big), Verdict::Retry { .. }),
+            "an oversized reply is retried like a malformed one"
+        );
     }
 
     #[test]

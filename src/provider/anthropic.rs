@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::http::{check_reply, ReplyLimit};
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
 };
@@ -36,6 +37,7 @@ pub struct Anthropic {
     model: String,
     key: Option<SecretString>,
     key_var: Option<String>,
+    limit: ReplyLimit,
 }
 
 impl Anthropic {
@@ -56,7 +58,14 @@ impl Anthropic {
             model: model.into(),
             key,
             key_var,
+            limit: ReplyLimit::default(),
         }
+    }
+
+    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
+    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
+        self.limit = limit;
+        self
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
@@ -184,21 +193,30 @@ impl Provider for Anthropic {
         if let Some(key) = &self.key {
             http = http.header("x-api-key", key.expose_secret());
         }
-        let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
+        let bound = self.limit.for_request(&req.params);
+        let (resp, rate): (Response, _) =
+            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
         let text: String = resp
             .content
             .iter()
             .filter(|b| b.kind == "text")
             .map(|b| b.text.as_str())
             .collect();
+        let usage = resp.usage.map(|u| Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+        });
+        check_reply(
+            &self.url,
+            req,
+            [text.as_str()],
+            usage.map(|u| u.completion_tokens),
+        )?;
         Ok(Reply {
             completion: Completion {
                 text,
                 finish: finish_reason(resp.stop_reason.as_deref()),
-                usage: resp.usage.map(|u| Usage {
-                    prompt_tokens: u.input_tokens,
-                    completion_tokens: u.output_tokens,
-                }),
+                usage,
                 ..Completion::default()
             },
             rate,

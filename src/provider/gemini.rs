@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::http::{check_reply, ReplyLimit};
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
 };
@@ -37,6 +38,7 @@ pub struct Gemini {
     model: String,
     key: Option<SecretString>,
     key_var: Option<String>,
+    limit: ReplyLimit,
 }
 
 impl Gemini {
@@ -63,7 +65,14 @@ impl Gemini {
             model,
             key,
             key_var,
+            limit: ReplyLimit::default(),
         }
+    }
+
+    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
+    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
+        self.limit = limit;
+        self
     }
 
     fn body<'a>(&self, req: &'a ChatRequest) -> Body<'a> {
@@ -248,7 +257,15 @@ impl Provider for Gemini {
         if let Some(key) = &self.key {
             http = http.header("x-goog-api-key", key.expose_secret());
         }
-        let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
+        let bound = self.limit.for_request(&req.params);
+        let (resp, rate): (Response, _) =
+            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+        // Only the visible candidates are held against maxOutputTokens:
+        // whether thinking counts toward it has varied between models.
+        let visible = resp
+            .usage_metadata
+            .as_ref()
+            .map(|u| u.candidates_token_count);
         let usage = resp.usage_metadata.map(|u| Usage {
             prompt_tokens: u.prompt_token_count,
             completion_tokens: u.candidates_token_count + u.thoughts_token_count,
@@ -271,16 +288,21 @@ impl Provider for Gemini {
                 rate,
             });
         };
-        Ok(Reply {
-            completion: Completion {
-                text: candidate_text(&first),
-                finish: finish_reason(first.finish_reason.as_deref()),
-                usage,
-                first_token_logprobs: None,
-                more: candidates.map(|c| candidate_text(&c)).collect(),
-            },
-            rate,
-        })
+        let completion = Completion {
+            text: candidate_text(&first),
+            finish: finish_reason(first.finish_reason.as_deref()),
+            usage,
+            first_token_logprobs: None,
+            more: candidates.map(|c| candidate_text(&c)).collect(),
+        };
+        check_reply(
+            &self.url,
+            req,
+            std::iter::once(completion.text.as_str())
+                .chain(completion.more.iter().map(String::as_str)),
+            visible,
+        )?;
+        Ok(Reply { completion, rate })
     }
 }
 

@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::chat_template::ChatTemplate;
+use super::http::{check_reply, ReplyLimit};
 use super::{post_json, ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
 
 /// Default endpoint when no `--base-url` is given.
@@ -30,6 +31,7 @@ pub struct Hf {
     template: ChatTemplate,
     key: Option<SecretString>,
     key_var: Option<String>,
+    limit: ReplyLimit,
 }
 
 impl Hf {
@@ -57,7 +59,14 @@ impl Hf {
             template,
             key,
             key_var,
+            limit: ReplyLimit::default(),
         }
+    }
+
+    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
+    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// The prompt string sent for a conversation.
@@ -157,7 +166,9 @@ impl Provider for Hf {
         if let Some(key) = &self.key {
             http = http.bearer_auth(key.expose_secret());
         }
-        let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
+        let bound = self.limit.for_request(&req.params);
+        let (resp, rate): (Response, _) =
+            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
         let generated = match resp {
             Response::One(g) => g,
             Response::Many(v) => v
@@ -184,6 +195,12 @@ impl Provider for Hf {
         if let Some(rest) = text.strip_prefix(&inputs) {
             text = rest.to_string();
         }
+        check_reply(
+            &self.url,
+            req,
+            [text.as_str()],
+            usage.map(|u| u.completion_tokens),
+        )?;
         Ok(Reply {
             completion: Completion {
                 text,

@@ -10,6 +10,7 @@ pub mod anthropic;
 pub mod chat_template;
 pub mod gemini;
 pub mod hf;
+pub mod http;
 pub mod local;
 pub mod model_store;
 pub mod openai;
@@ -194,6 +195,11 @@ pub enum ProviderError {
     /// The reply arrived but is not the shape the protocol promises.
     #[error("malformed reply from {url}: {reason}")]
     Malformed { url: String, reason: String },
+    /// The reply is larger than the request could produce: its body passed
+    /// the byte bound (reading stopped there), or its text or token count
+    /// is over what `max_tokens` allows. See [`http`].
+    #[error("oversized reply from {url}: {reason}")]
+    Oversized { url: String, reason: String },
     /// This request cannot be completed, but others may (a prompt longer
     /// than the model's context): the prompt is rejected, the run goes on.
     #[error("{0}")]
@@ -266,11 +272,13 @@ pub trait Provider: Send + Sync {
 const BODY_SNIPPET: usize = 400;
 
 /// Sends one JSON POST and decodes a typed reply, mapping every failure to
-/// a [`ProviderError`]. `secret` is scrubbed from any echoed body.
+/// a [`ProviderError`]. The body is read under `bound` (an error body under
+/// [`http::ERROR_BODY_BYTES`]); `secret` is scrubbed from any echoed body.
 pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     req: reqwest::RequestBuilder,
     url: &str,
     secret: Option<&secrecy::SecretString>,
+    bound: &http::Bound,
 ) -> Result<(T, RateHints), ProviderError> {
     let resp = req
         .send()
@@ -279,11 +287,8 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     let status = resp.status();
     let rate = rate_hints(resp.headers());
     let retry = retry_after(resp.headers());
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(url, e))?;
     if !status.is_success() {
+        let bytes = http::read_prefix(resp, http::ERROR_BODY_BYTES.min(bound.bytes)).await;
         return Err(ProviderError::Status {
             status: status.as_u16(),
             url: url.to_string(),
@@ -292,6 +297,7 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
             rate: Box::new(rate),
         });
     }
+    let bytes = http::read_limited(resp, url, bound).await?;
     let value = serde_json::from_slice::<T>(&bytes).map_err(|e| ProviderError::Malformed {
         url: url.to_string(),
         reason: format!("{e}; body starts: {}", snippet(&bytes, secret)),

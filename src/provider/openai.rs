@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::http::{check_reply, ReplyLimit};
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
     TokenLogprob, Usage,
@@ -25,6 +26,7 @@ pub struct OpenAi {
     model: String,
     key: Option<SecretString>,
     key_var: Option<String>,
+    limit: ReplyLimit,
 }
 
 impl OpenAi {
@@ -45,6 +47,7 @@ impl OpenAi {
             model: model.into(),
             key,
             key_var,
+            limit: ReplyLimit::default(),
         }
     }
 }
@@ -53,6 +56,12 @@ impl OpenAi {
     /// Names the provider after a preset (`groq`, `vllm`, ...).
     pub fn named(mut self, name: &'static str) -> Self {
         self.name = name;
+        self
+    }
+
+    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
+    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
+        self.limit = limit;
         self
     }
 
@@ -169,7 +178,9 @@ impl Provider for OpenAi {
         if let Some(key) = &self.key {
             http = http.bearer_auth(key.expose_secret());
         }
-        let (resp, rate): (Response, _) = post_json(http, &self.url, self.key.as_ref()).await?;
+        let bound = self.limit.for_request(&req.params);
+        let (resp, rate): (Response, _) =
+            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
         let mut choices = resp.choices.into_iter();
         let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
             url: self.url.clone(),
@@ -180,20 +191,25 @@ impl Provider for OpenAi {
             .and_then(|l| l.content)
             .and_then(|c| c.into_iter().next())
             .map(|t| t.top_logprobs);
-        Ok(Reply {
-            completion: Completion {
-                text: choice.message.content.unwrap_or_default(),
-                finish: finish_reason(choice.finish_reason.as_deref()),
-                usage: resp.usage.map(|u| Usage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                }),
-                first_token_logprobs,
-                more: choices
-                    .map(|c| c.message.content.unwrap_or_default())
-                    .collect(),
-            },
-            rate,
-        })
+        let completion = Completion {
+            text: choice.message.content.unwrap_or_default(),
+            finish: finish_reason(choice.finish_reason.as_deref()),
+            usage: resp.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+            first_token_logprobs,
+            more: choices
+                .map(|c| c.message.content.unwrap_or_default())
+                .collect(),
+        };
+        check_reply(
+            &self.url,
+            req,
+            std::iter::once(completion.text.as_str())
+                .chain(completion.more.iter().map(String::as_str)),
+            completion.usage.map(|u| u.completion_tokens),
+        )?;
+        Ok(Reply { completion, rate })
     }
 }

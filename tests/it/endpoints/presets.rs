@@ -17,6 +17,7 @@ fn endpoint(kind: ProviderKind) -> EndpointArgs {
         api_key_env: None,
         chat_template: "chatml".into(),
         timeout: 5.0,
+        max_reply_bytes: None,
         offline: false,
         local_parallel: None,
     }
