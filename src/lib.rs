@@ -115,6 +115,16 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
             0
         }),
         Command::Model(cmd) => model_command(cmd),
+        Command::Report(args) => match output::report::command(&args) {
+            Ok(path) => {
+                println!("{}", path.display());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("cai: error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        },
         Command::Render(args) => run::render(&args).map(|out| {
             print!("{out}");
             0

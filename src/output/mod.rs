@@ -16,6 +16,7 @@
 //! again; a committed row is never written twice.
 
 pub mod manifest;
+pub mod report;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};

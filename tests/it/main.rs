@@ -6,3 +6,4 @@ mod engine;
 mod errors;
 mod generate;
 mod local;
+mod report;
