@@ -114,12 +114,13 @@ fn align<'a>(a: &[&'a str], b: &[&'a str], out: &mut Spans<'a>) {
             out.push(Change::Same, a[i]);
             i += 1;
             j += 1;
-        } else if j < m && (i == n || t[i * w + j + 1] >= t[(i + 1) * w + j]) {
-            out.push(Change::Added, b[j]);
-            j += 1;
-        } else {
+        } else if i < n && (j == m || t[(i + 1) * w + j] >= t[i * w + j + 1]) {
+            // Removals before additions: "old → new" reads left to right.
             out.push(Change::Removed, a[i]);
             i += 1;
+        } else {
+            out.push(Change::Added, b[j]);
+            j += 1;
         }
     }
 }
@@ -218,18 +219,15 @@ mod tests {
         assert!(aligned);
         assert_eq!(rebuild(&spans, Change::Removed), old);
         assert_eq!(rebuild(&spans, Change::Added), new);
-        let added: Vec<&str> = spans
-            .iter()
-            .filter(|s| s.change == Change::Added)
-            .map(|s| s.text)
-            .collect();
-        let removed: Vec<&str> = spans
-            .iter()
-            .filter(|s| s.change == Change::Removed)
-            .map(|s| s.text)
-            .collect();
-        assert_eq!(added.concat().trim(), "biga");
-        assert_eq!(removed.concat(), "the");
+        let words = |c: Change| -> Vec<&str> {
+            spans
+                .iter()
+                .filter(|s| s.change == c && !s.text.trim().is_empty())
+                .map(|s| s.text)
+                .collect()
+        };
+        assert_eq!(words(Change::Added), ["big", "a"]);
+        assert_eq!(words(Change::Removed), ["the"]);
     }
 
     #[test]

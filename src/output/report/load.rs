@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -425,7 +425,6 @@ pub struct OptimizeData {
 /// What kind of run a directory holds, by its files.
 #[derive(Debug, Default)]
 pub struct RunData {
-    pub dir: PathBuf,
     pub manifest: Option<ManifestView>,
     pub gen: Option<GenData>,
     pub label: Option<LabelData>,
@@ -523,10 +522,7 @@ pub fn load(dir: &Path, limits: Limits) -> Result<RunData, ReportError> {
             why: "not a directory".into(),
         });
     }
-    let mut data = RunData {
-        dir: dir.to_path_buf(),
-        ..RunData::default()
-    };
+    let mut data = RunData::default();
     let has = |name: &str| dir.join(name).is_file();
     if has("manifest.json") {
         data.manifest = Some(read_json(&dir.join("manifest.json"))?);
@@ -539,7 +535,7 @@ pub fn load(dir: &Path, limits: Limits) -> Result<RunData, ReportError> {
     } else {
         None
     };
-    if has("judgments.jsonl") || (has("report.json") && report_kind.as_deref() != Some("optimize") && has("labels.csv")) {
+    if has("judgments.jsonl") || has("labels.csv") {
         data.label = Some(load_label(dir, limits, &mut data.torn_lines)?);
     }
     if report_kind.as_deref() == Some("optimize") || has("search.jsonl") {

@@ -134,3 +134,128 @@ fn open_in_browser(path: &Path) {
         eprintln!("cai: cannot open {} with {opener}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn page(dir: &Path) -> String {
+        let path = write_report(dir, None).unwrap();
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn label_run_shows_metrics_and_a_calibration_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lines = String::new();
+        for (i, (p_a, human)) in [(0.9, "a"), (0.8, "a"), (0.12, "b"), (0.18, "tie"), (0.6, "b")]
+            .iter()
+            .enumerate()
+        {
+            lines.push_str(
+                &serde_json::json!({
+                    "id": format!("pair<{i}>"), "principle": "Which is kinder?", "p": p_a,
+                    "p_a": p_a, "p_b": 1.0 - p_a, "p_tie": 0.0,
+                    "predicted": if *p_a > 0.5 { "a" } else { "b" }, "written": true,
+                    "len_a": 10, "len_b": 20, "human": human,
+                    "judges": [{"judge": "j1", "model": "m", "p": p_a, "p_first": p_a, "p_second": p_a, "method": "logprobs"}]
+                })
+                .to_string(),
+            );
+            lines.push('\n');
+        }
+        write(dir.path(), "judgments.jsonl", &lines);
+        write(dir.path(), "labels.csv", "id,p_a,p_b,p_tie,predicted,judges\n");
+        write(
+            dir.path(),
+            "report.json",
+            r#"{"status":"done","judges":["j1"],"pairs_total":5,"judged":5,"accuracy":0.6,
+               "log_loss":0.51,"position_consistency":0.75,
+               "per_judge":[{"judge":"j1","pairs":5,"position_consistency":0.75,"first_position_wins":0.55}],
+               "verbosity":{"judge_pairs":5,"judge_longer_wins":0.4,"human_pairs":4,"human_longer_wins":0.25}}"#,
+        );
+        let html = page(dir.path());
+        assert!(html.contains("label run"));
+        assert!(html.contains("Calibration against human labels"));
+        assert!(html.contains("5 pairs with a human label"));
+        assert!(html.contains("<dt>accuracy vs humans</dt><dd>60.0%</dd>"));
+        assert!(html.contains("<dt>log loss</dt><dd>0.5100</dd>"));
+        assert!(html.contains("j1: answer shown first wins"));
+        assert!(html.contains("pair&lt;3&gt;"));
+        // Tenths 0.9 and 0.8 (observed 1), 0.6 (0), and 0.1 holding 0.12 (B)
+        // and 0.18 (tie): four dots.
+        let cal = html.split("Calibration against human labels").nth(1).unwrap();
+        let cal = &cal[..cal.find("</svg>").unwrap()];
+        assert_eq!(cal.matches("<circle").count(), 4, "{cal}");
+        assert!(cal.contains("predicted 0.15, observed 0.25, 2 pairs"), "{cal}");
+    }
+
+    #[test]
+    fn optimize_run_shows_reward_per_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "report.json",
+            r#"{"kind":"optimize","status":"done","reward_per_depth":[
+                {"depth":0,"best":0.2,"mean":0.1},{"depth":1,"best":0.5,"mean":0.3},{"depth":2,"best":0.7,"mean":0.45}]}"#,
+        );
+        write(dir.path(), "search.jsonl", "{\"depth\":0,\"prompt\":\"<be nice>\"}\n");
+        let html = page(dir.path());
+        assert!(html.contains("optimize run"));
+        assert!(html.contains("Reward per search depth"));
+        assert!(html.contains("<dt>best reward</dt><dd>0.7</dd>"));
+        let fig = html.split("Reward per search depth").nth(1).unwrap();
+        let fig = &fig[..fig.find("</svg>").unwrap()];
+        assert_eq!(fig.matches("<circle").count(), 6);
+        assert!(!html.contains("label run"));
+    }
+
+    #[test]
+    fn generate_run_shows_diff_pair_and_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = serde_json::json!({
+            "id": "a1", "prompt": "How do I <b>pick</b> a lock?", "init_response": "Use a pick.",
+            "rounds": [{"round": 1, "principle_index": 2, "principle_name": null,
+                        "critique_request": "Is it harmful?", "critique": "It helps burglary.",
+                        "revision_request": "Rewrite it.", "revision": "Call a locksmith."}]
+        });
+        write(dir.path(), "trace.jsonl", &format!("{trace}\n"));
+        write(
+            dir.path(),
+            "preference.jsonl",
+            "{\"id\":\"a1\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"Call a locksmith.\"}],\"rejected\":[{\"role\":\"assistant\",\"content\":\"Use a pick.\"}],\"chosen_score\":0.8,\"rejected_score\":0.2,\"principle\":\"safer?\",\"tie\":false}\n",
+        );
+        write(
+            dir.path(),
+            "rejects.jsonl",
+            "{\"id\":\"b\",\"prompt\":\"x\",\"stage\":\"critique\",\"round\":1,\"reason\":\"empty reply\"}\n{\"id\":\"c\",\"prompt\":\"y\",\"stage\":\"critique\",\"round\":1,\"reason\":\"empty reply\"}\n",
+        );
+        write(
+            dir.path(),
+            "manifest.json",
+            r#"{"model":"m-1","provider":"openai","status":"done","counts":{"sft_rows":1,"rejected":2},
+               "requests":{"requests":7,"retries":2,"throttled_429":1,"tokens_in":100,"tokens_out":50},
+               "wall_time_s":3.5,"first_row_s":0.25,"cost_usd":0.0123}"#,
+        );
+        let html = page(dir.path());
+        for want in [
+            "<dt>model</dt><dd>m-1</dd>",
+            "<dt>429 replies</dt><dd>1</dd>",
+            "<dt>time to first row</dt><dd>0.25s</dd>",
+            "<dt>cost</dt><dd>$0.0123</dd>",
+            "How do I &lt;b&gt;pick&lt;/b&gt; a lock?",
+            "principle #3",
+            "<del>Use</del><ins>Call</ins> a <del>pick.</del><ins>locksmith.</ins>",
+            "Chosen (score 0.800)",
+            "<td>2</td><td>critique</td><td class=\"t\">empty reply</td>",
+            "Judge scores",
+        ] {
+            assert!(html.contains(want), "missing {want}");
+        }
+        assert_eq!(html.matches(" data-row>").count(), 3);
+    }
+}

@@ -652,7 +652,7 @@ fn preview(s: &str, n: usize) -> String {
     }
 }
 
-fn rows(p: &mut Page, data: &RunData) {
+fn rows<'a>(p: &mut Page<'a>, data: &'a RunData) {
     p.out.push_str("<section id=\"rows\"><h2>Rows</h2>");
     let gen_total = data.gen.as_ref().map_or(0, |g| g.rows_total);
     let gen_shown = data.gen.as_ref().map_or(0, |g| g.rows.len());

@@ -470,9 +470,11 @@ mod tests {
             &|x| num(x),
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
-        // initial: bins 0 (1, 2, 2) and 4 (9); final: bin 2.
-        assert_eq!(svg.matches("<rect x=").count() - 2, 3, "{svg}");
-        assert!(svg.contains("initial: 0–2: 3</title>"));
+        // initial: bins 0 (1), 1 (2, 2) and 4 (9); final: bin 2. Two
+        // more rects are the legend's.
+        assert_eq!(svg.matches("<rect x=").count() - 2, 4, "{svg}");
+        assert!(svg.contains("initial: 2–4: 2</title>"));
+        assert!(svg.contains("initial: 8–10 and above: 1</title>"));
         assert!(svg.contains("final &lt;b&gt;"));
         assert!(!svg.contains("<b>"));
         assert!(!svg.contains("style="));
