@@ -91,7 +91,12 @@ async fn hostile_run(dir: &Path) -> (PathBuf, FakeServer) {
 
 fn report(out: &Path) -> String {
     let done = cai().arg("report").arg(out).output().unwrap();
-    assert_eq!(done.status.code(), Some(0), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let path = String::from_utf8(done.stdout).unwrap();
     assert_eq!(Path::new(path.trim()), out.join("report.html"));
     std::fs::read_to_string(out.join("report.html")).unwrap()
@@ -110,7 +115,9 @@ async fn report_shows_hostile_prompts_as_escaped_text() {
     assert!(html.contains("&lt;script&gt;window.__caiPwned = 1&lt;/script&gt;Tell me a secret"));
     assert!(!html.contains("<img") && !html.contains("<b data-x"));
     assert!(html.contains("{{ 7*7 }} {% for x in y %}{% endfor %}"));
-    assert!(html.contains("&quot;double&quot; &#39;single&#39; &amp; ampersand &amp;amp; &lt;!-- comment --&gt;"));
+    assert!(html.contains(
+        "&quot;double&quot; &#39;single&#39; &amp; ampersand &amp;amp; &lt;!-- comment --&gt;"
+    ));
     assert!(html.contains("🦀🎉 ünïcödé — 中文 עברית"));
     // The bidi override is shown as a marker, not applied.
     assert!(!html.contains('\u{202E}') && html.contains(">U+202E</span>gnp.exe"));
@@ -208,7 +215,10 @@ async fn report_in_headless_chromium_runs_no_data_script_loads_nothing_and_filte
         .arg(chromium)
         .args(["--must-show", SCRIPT_PROMPT])
         .args(["--must-show", "{{ 7*7 }} {% for x in y %}{% endfor %}"])
-        .args(["--must-show", "<img src=x onerror=\"window.__caiPwned = 2\">"])
+        .args([
+            "--must-show",
+            "<img src=x onerror=\"window.__caiPwned = 2\">",
+        ])
         .args(["--must-show", "🦀🎉 ünïcödé — 中文 עברית"])
         .args(["--filter-id", "x-"])
         .args(["--search", "plain question number 1"])
@@ -217,12 +227,17 @@ async fn report_in_headless_chromium_runs_no_data_script_loads_nothing_and_filte
         .expect("the browser driver runs");
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "browser checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        run.status.success(),
+        "browser checks failed:\n{stdout}\n{stderr}"
+    );
     let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(result["problems"], serde_json::json!([]));
     assert_eq!(result["rows"], 20);
     // The page itself was loaded, from the file and nothing else.
     let requests = result["requests"].as_array().unwrap();
     assert!(!requests.is_empty(), "{stdout}");
-    assert!(requests.iter().all(|u| u.as_str().unwrap().starts_with("file:")));
+    assert!(requests
+        .iter()
+        .all(|u| u.as_str().unwrap().starts_with("file:")));
 }

@@ -101,6 +101,17 @@ pub fn json_for_script<T: serde::Serialize>(value: &T) -> Result<String, serde_j
     Ok(out)
 }
 
+/// The first `n` characters of `s` on one line (whitespace runs become
+/// one space), with `…` when cut.
+pub fn one_line(s: &str, n: usize) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > n {
+        one.chars().take(n.saturating_sub(1)).chain(['…']).collect()
+    } else {
+        one
+    }
+}
+
 /// Base64 (standard alphabet, padded): the CSP hashes of the inline
 /// script and style.
 pub fn base64(bytes: &[u8]) -> String {
@@ -165,7 +176,8 @@ mod tests {
 
     #[test]
     fn json_cannot_close_the_script_element() {
-        let v = serde_json::json!({"p": "</script><script>alert(1)</script> & \u{2028}\u{2029} <!--"});
+        let v =
+            serde_json::json!({"p": "</script><script>alert(1)</script> & \u{2028}\u{2029} <!--"});
         let s = json_for_script(&v).unwrap();
         assert!(!s.contains('<') && !s.contains('>') && !s.contains('&'));
         assert!(!s.contains('\u{2028}') && !s.contains('\u{2029}'));

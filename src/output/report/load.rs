@@ -109,7 +109,13 @@ impl RoundView {
     pub fn principle(&self) -> String {
         match &self.principle_name {
             Some(n) if !n.trim().is_empty() => n.clone(),
-            _ => format!("principle #{}", self.principle_index + 1),
+            // Unnamed (most constitutions): the number and the start of
+            // its critique request, which is the principle's own text.
+            _ => format!(
+                "#{} {}",
+                self.principle_index + 1,
+                super::html::one_line(&self.critique_request, 60)
+            ),
         }
     }
 }
@@ -470,10 +476,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
 
 /// Calls `each` with every complete line of a JSONL file, parsed; returns
 /// the number of torn last lines skipped (0 or 1).
-fn stream<T: DeserializeOwned>(
-    path: &Path,
-    mut each: impl FnMut(T),
-) -> Result<u64, ReportError> {
+fn stream<T: DeserializeOwned>(path: &Path, mut each: impl FnMut(T)) -> Result<u64, ReportError> {
     let file = File::open(path).map_err(io(path))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = String::new();
@@ -606,7 +609,11 @@ fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, Repor
         *torn += stream(&pref_path, |l: PrefLineView| {
             p.rows += 1;
             let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
-            let rejected = l.rejected.into_iter().map(|m| m.content).collect::<String>();
+            let rejected = l
+                .rejected
+                .into_iter()
+                .map(|m| m.content)
+                .collect::<String>();
             let (lc, lr) = (chosen.chars().count(), rejected.chars().count());
             match lc.cmp(&lr) {
                 std::cmp::Ordering::Greater => p.chosen_longer += 1,

@@ -152,9 +152,15 @@ mod tests {
     fn label_run_shows_metrics_and_a_calibration_plot() {
         let dir = tempfile::tempdir().unwrap();
         let mut lines = String::new();
-        for (i, (p_a, human)) in [(0.9, "a"), (0.8, "a"), (0.12, "b"), (0.18, "tie"), (0.6, "b")]
-            .iter()
-            .enumerate()
+        for (i, (p_a, human)) in [
+            (0.9, "a"),
+            (0.8, "a"),
+            (0.12, "b"),
+            (0.18, "tie"),
+            (0.6, "b"),
+        ]
+        .iter()
+        .enumerate()
         {
             lines.push_str(
                 &serde_json::json!({
@@ -169,7 +175,11 @@ mod tests {
             lines.push('\n');
         }
         write(dir.path(), "judgments.jsonl", &lines);
-        write(dir.path(), "labels.csv", "id,p_a,p_b,p_tie,predicted,judges\n");
+        write(
+            dir.path(),
+            "labels.csv",
+            "id,p_a,p_b,p_tie,predicted,judges\n",
+        );
         write(
             dir.path(),
             "report.json",
@@ -188,10 +198,16 @@ mod tests {
         assert!(html.contains("pair&lt;3&gt;"));
         // Tenths 0.9 and 0.8 (observed 1), 0.6 (0), and 0.1 holding 0.12 (B)
         // and 0.18 (tie): four dots.
-        let cal = html.split("Calibration against human labels").nth(1).unwrap();
+        let cal = html
+            .split("Calibration against human labels")
+            .nth(1)
+            .unwrap();
         let cal = &cal[..cal.find("</svg>").unwrap()];
         assert_eq!(cal.matches("<circle").count(), 4, "{cal}");
-        assert!(cal.contains("predicted 0.15, observed 0.25, 2 pairs"), "{cal}");
+        assert!(
+            cal.contains("predicted 0.15, observed 0.25, 2 pairs"),
+            "{cal}"
+        );
     }
 
     #[test]
@@ -203,7 +219,11 @@ mod tests {
             r#"{"kind":"optimize","status":"done","reward_per_depth":[
                 {"depth":0,"best":0.2,"mean":0.1},{"depth":1,"best":0.5,"mean":0.3},{"depth":2,"best":0.7,"mean":0.45}]}"#,
         );
-        write(dir.path(), "search.jsonl", "{\"depth\":0,\"prompt\":\"<be nice>\"}\n");
+        write(
+            dir.path(),
+            "search.jsonl",
+            "{\"depth\":0,\"prompt\":\"<be nice>\"}\n",
+        );
         let html = page(dir.path());
         assert!(html.contains("optimize run"));
         assert!(html.contains("Reward per search depth"));
@@ -248,7 +268,7 @@ mod tests {
             "<dt>time to first row</dt><dd>0.25s</dd>",
             "<dt>cost</dt><dd>$0.0123</dd>",
             "How do I &lt;b&gt;pick&lt;/b&gt; a lock?",
-            "principle #3",
+            "#3 Is it harmful?",
             "<del>Use</del><ins>Call</ins> a <del>pick.</del><ins>locksmith.</ins>",
             "Chosen (score 0.800)",
             "<td>2</td><td>critique</td><td class=\"t\">empty reply</td>",

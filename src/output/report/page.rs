@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::diff::{word_diff, Change};
-use super::html::{self, attr, push_text, text};
+use super::html::{self, attr, one_line as preview, push_text, text};
 use super::load::{GenData, GenRow, JudgmentView, LabelData, OptimizeData, RejectView, RunData};
 use super::svg::{self, int, num, pct, CalBin, Series};
 
@@ -77,8 +77,15 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
         .manifest
         .as_ref()
         .and_then(|m| m.status.as_deref())
-        .or_else(|| data.label.as_ref().and_then(|l| l.report.as_ref()?.status.as_deref()))
-        .or(data.optimize.as_ref().and_then(|o| o.report.status.as_deref()))
+        .or_else(|| {
+            data.label
+                .as_ref()
+                .and_then(|l| l.report.as_ref()?.status.as_deref())
+        })
+        .or(data
+            .optimize
+            .as_ref()
+            .and_then(|o| o.report.status.as_deref()))
     {
         let _ = write!(p.out, " · status <b>{}</b>", text(s));
     }
@@ -95,13 +102,22 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
 /// A definition list entry, skipped when the value is missing.
 fn kv(out: &mut String, key: &str, value: Option<String>) {
     if let Some(v) = value {
-        let _ = write!(out, "<div><dt>{}</dt><dd>{}</dd></div>", text(key), text(&v));
+        let _ = write!(
+            out,
+            "<div><dt>{}</dt><dd>{}</dd></div>",
+            text(key),
+            text(&v)
+        );
     }
 }
 
 fn secs(s: f64) -> String {
     if s >= 3600.0 {
-        format!("{}h {:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+        format!(
+            "{}h {:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
     } else if s >= 60.0 {
         format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
     } else {
@@ -142,10 +158,12 @@ fn summary(p: &mut Page, data: &RunData) {
         kv(
             o,
             "constitution",
-            m.constitution_file.as_ref().map(|f| match &m.constitution_format {
-                Some(k) => format!("{f} ({k})"),
-                None => f.clone(),
-            }),
+            m.constitution_file
+                .as_ref()
+                .map(|f| match &m.constitution_format {
+                    Some(k) => format!("{f} ({k})"),
+                    None => f.clone(),
+                }),
         );
         kv(o, "rounds", m.rounds.map(|r| r.to_string()));
         kv(o, "preference", m.preference.clone());
@@ -163,7 +181,11 @@ fn summary(p: &mut Page, data: &RunData) {
             "pairs skipped (revision = initial)",
             m.counts.preference_skipped_identical.map(int),
         );
-        kv(o, "pairs skipped (tie)", m.counts.preference_skipped_tie.map(int));
+        kv(
+            o,
+            "pairs skipped (tie)",
+            m.counts.preference_skipped_tie.map(int),
+        );
         kv(o, "rejected", m.counts.rejected.map(int));
         if let Some(r) = m.requests {
             requests(o, &r);
@@ -178,7 +200,11 @@ fn summary(p: &mut Page, data: &RunData) {
         kv(o, "budget", m.max_cost.map(|c| format!("${c:.2}")));
         kv(o, "wall time", m.wall_time_s.map(secs));
         kv(o, "time to first row", m.first_row_s.map(secs));
-        kv(o, "requests per second", m.requests_per_s.map(|r| format!("{r:.1}")));
+        kv(
+            o,
+            "requests per second",
+            m.requests_per_s.map(|r| format!("{r:.1}")),
+        );
         kv(o, "started", m.started_at_unix.map(utc));
         kv(o, "cai version", m.cai_version.clone());
         o.push_str("</dl>");
@@ -239,7 +265,11 @@ fn label_summary(o: &mut String, l: &LabelData) {
     kv(o, "ties", Some(int(r.ties)));
     kv(o, "rejected", Some(int(r.rejected)));
     kv(o, "accuracy vs humans", r.accuracy.map(pct));
-    kv(o, "accuracy (decisive human labels)", r.accuracy_decisive.map(pct));
+    kv(
+        o,
+        "accuracy (decisive human labels)",
+        r.accuracy_decisive.map(pct),
+    );
     kv(o, "log loss", r.log_loss.map(|x| format!("{x:.4}")));
     kv(o, "position consistency", r.position_consistency.map(pct));
     kv(
@@ -309,7 +339,8 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 }
 
 fn figures(p: &mut Page, data: &RunData) {
-    p.out.push_str("<section id=\"figures\"><h2>Figures</h2><div class=\"figs\">");
+    p.out
+        .push_str("<section id=\"figures\"><h2>Figures</h2><div class=\"figs\">");
     let before = p.out.len();
     if let Some(g) = &data.gen {
         gen_figures(&mut p.out, g);
@@ -331,19 +362,20 @@ fn gen_figures(out: &mut String, g: &GenData) {
         return;
     }
     let (si, sf) = (sorted(&g.initial_chars), sorted(&g.final_chars));
-    let hi = svg::quantile(&si, 0.99)
-        .unwrap_or(1.0)
-        .max(svg::quantile(&sf, 0.99).unwrap_or(1.0))
-        .max(10.0);
-    let step = svg::nice_step(hi, 30);
-    let hi = (hi / step).ceil() * step;
+    // The middle 98% of both, so one huge answer does not squash the rest
+    // into a bar or two; the end bins hold the outliers.
+    let q = |s: &[f64], x: f64| svg::quantile(s, x).unwrap_or(0.0);
+    let lo = q(&si, 0.01).min(q(&sf, 0.01));
+    let hi = q(&si, 0.99).max(q(&sf, 0.99)).max(lo + 10.0);
+    let step = svg::nice_step(hi - lo, 30);
+    let (lo, hi) = ((lo / step).floor() * step, (hi / step).ceil() * step);
     let med = |s: &[f64]| svg::quantile(s, 0.5).map_or_else(|| "—".into(), num);
     figure(
         out,
         "Answer length: initial vs final revision",
         &svg::histogram(
             "Answer length in characters, initial answers and final revisions",
-            "characters (last bin: this long or longer)",
+            "characters (the end bins include anything shorter or longer)",
             &[
                 Series {
                     name: "initial",
@@ -354,8 +386,8 @@ fn gen_figures(out: &mut String, g: &GenData) {
                     values: &g.final_chars,
                 },
             ],
-            (0.0, hi),
-            ((hi / step) as usize).clamp(1, 40),
+            (lo, hi),
+            (((hi - lo) / step).round() as usize).clamp(1, 40),
             &|x| num(x),
         ),
         &format!(
@@ -598,7 +630,11 @@ fn optimize_figures(out: &mut String, o: &OptimizeData) {
     figure(
         out,
         "Reward per search depth",
-        &svg::lines("Best and mean reward of the candidates at each depth", "depth", &series),
+        &svg::lines(
+            "Best and mean reward of the candidates at each depth",
+            "depth",
+            &series,
+        ),
         &format!("{} depths, from report.json.", d.len()),
     );
 }
@@ -640,16 +676,6 @@ fn rejects(p: &mut Page, data: &RunData) {
         );
     }
     p.out.push_str("</tbody></table></section>");
-}
-
-/// The first `n` characters on one line.
-fn preview(s: &str, n: usize) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one.chars().count() > n {
-        one.chars().take(n - 1).chain(['…']).collect()
-    } else {
-        one
-    }
 }
 
 fn rows<'a>(p: &mut Page<'a>, data: &'a RunData) {
@@ -757,7 +783,12 @@ fn filters(p: &mut Page, data: &RunData) {
         .groups
         .iter()
         .enumerate()
-        .map(|(i, g)| (i.to_string(), format!("{} ({})", preview(&g.reason, 60), g.count)))
+        .map(|(i, g)| {
+            (
+                i.to_string(),
+                format!("{} ({})", preview(&g.reason, 60), g.count),
+            )
+        })
         .collect();
     if !reasons.is_empty() {
         select(&mut p.out, "reason", "Reject reason", &reasons);
@@ -814,7 +845,8 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
     }
     if !t.rounds.is_empty() {
         let (spans, aligned) = word_diff(&t.init_response, t.final_answer());
-        let _ = write!(
+        let _ =
+            write!(
             o,
             "<h4>Initial → final revision ({} of the words changed{})</h4><pre class=\"t diff\">",
             pct(row.edit_share),
@@ -851,7 +883,11 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
         let score = |s: Option<f64>| s.map(|x| format!(" (score {x:.3})")).unwrap_or_default();
         o.push_str("<div class=\"pair\">");
         block(o, &format!("Chosen{}", score(pr.chosen_score)), &pr.chosen);
-        block(o, &format!("Rejected{}", score(pr.rejected_score)), &pr.rejected);
+        block(
+            o,
+            &format!("Rejected{}", score(pr.rejected_score)),
+            &pr.rejected,
+        );
         o.push_str("</div>");
         if let Some(pp) = pr.principle.as_deref().filter(|s| !s.is_empty()) {
             let _ = write!(o, "<p>Comparison principle: {}</p>", text(pp));
@@ -878,7 +914,11 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
                     text(&v.method)
                 );
             }
-            let _ = write!(o, "</td><td class=\"t\">{}</td></tr>", text(&preview(&c.principle, 120)));
+            let _ = write!(
+                o,
+                "</td><td class=\"t\">{}</td></tr>",
+                text(&preview(&c.principle, 120))
+            );
         }
         o.push_str("</tbody></table>");
     }
@@ -904,7 +944,11 @@ fn label_row<'a>(p: &mut Page<'a>, j: &'a JudgmentView) {
         int(j.len_a as u64),
         int(j.len_b as u64)
     );
-    kv(o, "p_a / p_b / p_tie", Some(format!("{:.3} / {:.3} / {:.3}", j.p_a, j.p_b, j.p_tie)));
+    kv(
+        o,
+        "p_a / p_b / p_tie",
+        Some(format!("{:.3} / {:.3} / {:.3}", j.p_a, j.p_b, j.p_tie)),
+    );
     kv(o, "written to labels.csv", Some(j.written.to_string()));
     kv(o, "model A", j.model_a.clone());
     kv(o, "model B", j.model_b.clone());

@@ -32,7 +32,11 @@ pub fn bin_counts(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u64> {
             continue;
         }
         let k = (((v - lo) / width) * bins as f64).floor();
-        let k = if k < 0.0 { 0 } else { (k as usize).min(bins - 1) };
+        let k = if k < 0.0 {
+            0
+        } else {
+            (k as usize).min(bins - 1)
+        };
         counts[k] += 1;
     }
     counts
@@ -187,10 +191,7 @@ pub fn histogram(
     };
     let mut out = String::new();
     open(&mut out, h, label);
-    legend(
-        &mut out,
-        &series.iter().map(|s| s.name).collect::<Vec<_>>(),
-    );
+    legend(&mut out, &series.iter().map(|s| s.name).collect::<Vec<_>>());
     y_axis(&mut out, ymax, ph, &|v| num(v));
     let bw = pw / bins as f64;
     let n = series.len().max(1) as f64;
@@ -245,7 +246,12 @@ pub fn histogram(
 const LABEL_CHARS: usize = 34;
 
 /// Horizontal bars, one per item, scaled to `max` (or the largest value).
-pub fn hbars(label: &str, items: &[(String, f64)], max: Option<f64>, fmt: &dyn Fn(f64) -> String) -> String {
+pub fn hbars(
+    label: &str,
+    items: &[(String, f64)],
+    max: Option<f64>,
+    fmt: &dyn Fn(f64) -> String,
+) -> String {
     let row = 22.0;
     let label_w = 220.0;
     let h = 16.0 + items.len().max(1) as f64 * row + 8.0;
@@ -302,7 +308,10 @@ pub fn lines(label: &str, axis: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Str
         x1 = x0 + 1.0;
     }
     let step = nice_step(y1 - y0, 4);
-    let (y0, y1) = ((y0 / step).floor() * step, ((y1 / step).ceil() * step).max(y0 + step));
+    let (y0, y1) = (
+        (y0 / step).floor() * step,
+        ((y1 / step).ceil() * step).max(y0 + step),
+    );
     let mut out = String::new();
     open(&mut out, h, label);
     legend(&mut out, &series.iter().map(|s| s.0).collect::<Vec<_>>());
@@ -462,8 +471,14 @@ mod tests {
             "lengths",
             "characters",
             &[
-                Series { name: "initial", values: &a },
-                Series { name: "final <b>", values: &b },
+                Series {
+                    name: "initial",
+                    values: &a,
+                },
+                Series {
+                    name: "final <b>",
+                    values: &b,
+                },
             ],
             (0.0, 10.0),
             5,
@@ -483,7 +498,12 @@ mod tests {
     #[test]
     fn bar_labels_are_escaped_and_cut() {
         let long = format!("<script>{}</script>", "x".repeat(80));
-        let svg = hbars("usage", &[(long.clone(), 3.0), ("b".into(), 1.0)], None, &|v| num(v));
+        let svg = hbars(
+            "usage",
+            &[(long.clone(), 3.0), ("b".into(), 1.0)],
+            None,
+            &|v| num(v),
+        );
         assert!(!svg.contains("<script>"));
         assert!(svg.contains("…"));
         assert_eq!(svg.matches("<rect").count(), 2);
@@ -497,8 +517,16 @@ mod tests {
             "cal",
             "P(A)",
             &[
-                CalBin { predicted: 0.25, observed: 0.25, count: 4 },
-                CalBin { predicted: 0.75, observed: 0.5, count: 0 },
+                CalBin {
+                    predicted: 0.25,
+                    observed: 0.25,
+                    count: 4,
+                },
+                CalBin {
+                    predicted: 0.75,
+                    observed: 0.5,
+                    count: 0,
+                },
             ],
         );
         assert_eq!(svg.matches("<circle").count(), 1);
@@ -510,7 +538,10 @@ mod tests {
         let svg = lines(
             "reward",
             "depth",
-            &[("best", vec![(0.0, 0.1), (1.0, 0.5), (2.0, 0.7)]), ("mean", vec![(0.0, 0.1), (1.0, 0.3)])],
+            &[
+                ("best", vec![(0.0, 0.1), (1.0, 0.5), (2.0, 0.7)]),
+                ("mean", vec![(0.0, 0.1), (1.0, 0.3)]),
+            ],
         );
         assert_eq!(svg.matches("<circle").count(), 5);
         assert_eq!(svg.matches("<polyline").count(), 2);
