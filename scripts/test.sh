@@ -3,19 +3,28 @@
 #   - a Python venv with Hugging Face `datasets` (to load the outputs the way
 #     a trainer does), reused between runs;
 #   - the default local model (SmolLM2-135M-Instruct Q4_1), fetched once
-#     into the model cache by `cai model fetch`.
+#     into the model cache by `cai model fetch`;
+#   - Debian's `chromium` and `websocket-client` (in the venv), for the
+#     report test that opens a page in a real headless browser.
 # Nothing here contacts anything but the package registries; the tests
 # themselves talk only to servers on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${CAI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cai-test-venv}"
-if ! "$venv/bin/python" -c 'import datasets' 2>/dev/null; then
-    echo "test.sh: creating $venv with datasets" >&2
+if ! "$venv/bin/python" -c 'import datasets, websocket' 2>/dev/null; then
+    echo "test.sh: creating $venv with datasets and websocket-client" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check datasets
+    "$venv/bin/pip" install --quiet --disable-pip-version-check datasets websocket-client
 fi
 export CAI_PYTHON="$venv/bin/python"
+
+# Headless Chromium (Debian's package) for the report's browser test.
+if [ ! -x /usr/bin/chromium ]; then
+    echo "test.sh: installing chromium" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
 
 cargo build --workspace --all-targets
 target="${CARGO_TARGET_DIR:-target}"

@@ -67,6 +67,25 @@ pub enum Command {
         after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
     )]
     Label(Box<LabelArgs>),
+    /// Write one self-contained HTML page for a run directory (opens offline).
+    #[command(
+        after_help = "Examples:\n  cai report output/demo\n  cai report output/demo --out demo.html --open\n\nWorks for generate, label, optimize and merged run directories; the page loads nothing from the network."
+    )]
+    Report(ReportArgs),
+}
+
+/// `cai report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run directory of `cai generate`, `label`, `optimize` or `merge`.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Where to write the page (default: DIR/report.html).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Open the page in the default browser afterwards.
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

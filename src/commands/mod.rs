@@ -61,6 +61,16 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             0
         }),
         Command::Model(cmd) => model::model(cmd),
+        Command::Report(args) => match crate::output::report::command(&args) {
+            Ok(path) => {
+                println!("{}", path.display());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("cai: error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        },
         Command::Render(args) => render::render(&args).map(|out| {
             print!("{out}");
             0

@@ -9,4 +9,5 @@ mod errors;
 mod generate;
 mod label;
 mod local;
+mod report;
 mod rundir;
