@@ -6,3 +6,5 @@ mod engine;
 mod errors;
 mod generate;
 mod local;
+mod local_engine;
+mod local_families;
