@@ -12,8 +12,9 @@ use serde_json::Value;
 
 /// Largest allowed |ours − llama.cpp| per logit, relative to the row's
 /// largest magnitude. Both sides compute in f32 (llama.cpp with an f32 KV
-/// cache); what is left is summation order.
-const TOLERANCE: f64 = 1e-3;
+/// cache); what is left is summation order: the fixtures differ by at most
+/// 1.5e-6 (llama-cpp-python 0.3.36).
+const TOLERANCE: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/local/{name}"))
