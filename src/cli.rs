@@ -351,9 +351,12 @@ pub struct EndpointArgs {
     /// local: never download; fail if the model is not in the cache.
     #[arg(long)]
     pub offline: bool,
-    /// local: generations run at once (default: one per core).
+    /// local: sequences generated together in one batch (default 8).
     #[arg(long, value_name = "N")]
     pub local_parallel: Option<usize>,
+    /// local: prefix KV cache size in MiB (default: 1/8 of available memory, 256..2048; 0: off).
+    #[arg(long, value_name = "MB")]
+    pub local_cache_mb: Option<usize>,
 }
 
 /// How a run is driven: concurrency, limits, budgets, display. Shared by

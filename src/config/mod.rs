@@ -437,9 +437,12 @@ fn build(
             }
             let parallel = args
                 .local_parallel
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                .unwrap_or(crate::provider::local::DEFAULT_MAX_BATCH);
             let local = LocalProvider::load(&path).map_err(|e| ConfigError(e.to_string()))?;
-            Arc::new(local.with_max_concurrent(parallel.max(1)))
+            let mb = args
+                .local_cache_mb
+                .unwrap_or_else(crate::provider::local::default_cache_mb);
+            Arc::new(local.with_max_concurrent(parallel.max(1)).with_cache_mb(mb))
         }
     };
     Ok((provider, note))

@@ -9,5 +9,7 @@ mod errors;
 mod generate;
 mod label;
 mod local;
+mod local_engine;
+mod local_families;
 mod report;
 mod rundir;

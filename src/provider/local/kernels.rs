@@ -79,17 +79,30 @@ impl Isa {
     }
 }
 
-/// Dot product of one Q4_1 row (`w`, whole blocks) with activation blocks
-/// starting at block `b0` of `x`.
+/// Checks that `x` holds `nb` blocks from each start in `b0s`; the AVX2
+/// code relies on it.
 #[inline]
-pub fn dot_q4_1(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+fn check<const N: usize>(x: &QVec, nb: usize, b0s: &[usize; N]) {
+    for &b0 in b0s {
+        assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    }
+}
+
+/// Dot products of one Q4_1 row (`w`, whole blocks) with `N` activation
+/// rows, the `i`-th starting at block `b0s[i]` of `x`. Each weight block is
+/// read and unpacked once for all `N` rows, which is what makes batched
+/// decoding and prompt processing cheaper per token. Every row's result is
+/// computed with the same operations whatever `N` is, so a sequence's
+/// output does not depend on what it was batched with.
+#[inline]
+pub fn dotn_q4_1<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
     let nb = w.len() / Q4_1_BYTES;
-    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    check(x, nb, &b0s);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::dot_q4_1(w, x, b0) },
-        Isa::Scalar => {
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
+        Isa::Avx2 => unsafe { avx2::dotn_q4_1(w, x, b0s) },
+        Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
                 let blk = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
@@ -103,52 +116,20 @@ pub fn dot_q4_1(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
                 acc += d * x.d[b0 + b] * sum as f32 + m * x.s[b0 + b];
             }
             acc
-        }
+        }),
     }
 }
 
-/// [`dot_q4_1`] of one row against four activation rows at once (starting
-/// at blocks `b0s`): prompt processing reads and unpacks each weight block
-/// once for four tokens.
+/// [`dotn_q4_1`] for Q4_0 rows.
 #[inline]
-pub fn dot4_q4_1(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
-    let nb = w.len() / Q4_1_BYTES;
-    for b0 in b0s {
-        assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::dot4_q4_1(w, x, b0s) },
-        Isa::Scalar => b0s.map(|b0| dot_q4_1(isa, w, x, b0)),
-    }
-}
-
-/// [`dot_q8_0`] of one row against four activation rows at once.
-#[inline]
-pub fn dot4_q8_0(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
-    let nb = w.len() / Q8_0_BYTES;
-    for b0 in b0s {
-        assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::dot4_q8_0(w, x, b0s) },
-        Isa::Scalar => b0s.map(|b0| dot_q8_0(isa, w, x, b0)),
-    }
-}
-
-/// Dot product of one Q4_0 row with activation blocks from `b0`.
-#[inline]
-pub fn dot_q4_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+pub fn dotn_q4_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
     let nb = w.len() / Q4_0_BYTES;
-    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    check(x, nb, &b0s);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::dot_q4_0(w, x, b0) },
-        Isa::Scalar => {
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
+        Isa::Avx2 => unsafe { avx2::dotn_q4_0(w, x, b0s) },
+        Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
                 let blk = &w[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
@@ -161,20 +142,20 @@ pub fn dot_q4_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
                 acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
             }
             acc
-        }
+        }),
     }
 }
 
-/// Dot product of one Q8_0 row with activation blocks from `b0`.
+/// [`dotn_q4_1`] for Q8_0 rows.
 #[inline]
-pub fn dot_q8_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
+pub fn dotn_q8_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
     let nb = w.len() / Q8_0_BYTES;
-    assert!(x.d.len() >= b0 + nb && x.qs.len() >= (b0 + nb) * QK);
+    check(x, nb, &b0s);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths asserted above.
-        Isa::Avx2 => unsafe { avx2::dot_q8_0(w, x, b0) },
-        Isa::Scalar => {
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
+        Isa::Avx2 => unsafe { avx2::dotn_q8_0(w, x, b0s) },
+        Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
                 let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
@@ -186,7 +167,7 @@ pub fn dot_q8_0(isa: Isa, w: &[u8], x: &QVec, b0: usize) -> f32 {
                 acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
             }
             acc
-        }
+        }),
     }
 }
 
@@ -305,37 +286,17 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(w: &[u8], x: &QVec, b0: usize) -> f32 {
+    pub unsafe fn dotn_q4_1<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
         let nb = w.len() / Q4_1_BYTES;
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut acc_m = 0f32;
-        let wp = w.as_ptr();
-        let yp = x.qs.as_ptr().add(b0 * QK);
-        for b in 0..nb {
-            let blk = wp.add(b * Q4_1_BYTES);
-            let dy = *x.d.get_unchecked(b0 + b);
-            let q = nibbles(blk.add(4));
-            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
-            acc_m += half(blk.add(2)) * *x.s.get_unchecked(b0 + b);
-        }
-        hsum(acc) + acc_m
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4_q4_1(w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
-        let nb = w.len() / Q4_1_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_m = [0f32; 4];
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [0f32; N];
         let wp = w.as_ptr();
         for b in 0..nb {
             let blk = wp.add(b * Q4_1_BYTES);
             let (dw, mw) = (half(blk), half(blk.add(2)));
             let q = nibbles(blk.add(4));
-            for i in 0..4 {
+            for i in 0..N {
                 let bi = b0s[i] + b;
                 let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
@@ -344,26 +305,25 @@ mod avx2 {
                 acc_m[i] += mw * *x.s.get_unchecked(bi);
             }
         }
-        [
-            hsum(acc[0]) + acc_m[0],
-            hsum(acc[1]) + acc_m[1],
-            hsum(acc[2]) + acc_m[2],
-            hsum(acc[3]) + acc_m[3],
-        ]
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]) + acc_m[i];
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4_q8_0(w: &[u8], x: &QVec, b0s: [usize; 4]) -> [f32; 4] {
+    pub unsafe fn dotn_q8_0<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
         let nb = w.len() / Q8_0_BYTES;
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); N];
         let wp = w.as_ptr();
         for b in 0..nb {
             let blk = wp.add(b * Q8_0_BYTES);
             let dw = half(blk);
             let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
             let ax = _mm256_sign_epi8(q, q);
-            for i in 0..4 {
+            for i in 0..N {
                 let bi = b0s[i] + b;
                 let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
                 let sy = _mm256_sign_epi8(y, q);
@@ -372,7 +332,39 @@ mod avx2 {
                 acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
             }
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dotn_q4_0<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
+        let nb = w.len() / Q4_0_BYTES;
+        let ones = _mm256_set1_epi16(1);
+        let eight = _mm256_set1_epi8(8);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let wp = w.as_ptr();
+        for b in 0..nb {
+            let blk = wp.add(b * Q4_0_BYTES);
+            let dw = half(blk);
+            let q = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
+            let ax = _mm256_sign_epi8(q, q);
+            for i in 0..N {
+                let bi = b0s[i] + b;
+                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
+                let sy = _mm256_sign_epi8(y, q);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
+                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+            }
+        }
+        let mut out = [0f32; N];
+        for i in 0..N {
+            out[i] = hsum(acc[i]);
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -383,47 +375,6 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         super::axpy(y, a, x)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(w: &[u8], x: &QVec, b0: usize) -> f32 {
-        let nb = w.len() / Q4_0_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let eight = _mm256_set1_epi8(8);
-        let mut acc = _mm256_setzero_ps();
-        let wp = w.as_ptr();
-        let yp = x.qs.as_ptr().add(b0 * QK);
-        for b in 0..nb {
-            let blk = wp.add(b * Q4_0_BYTES);
-            let dy = *x.d.get_unchecked(b0 + b);
-            let q = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
-            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
-            let ax = _mm256_sign_epi8(q, q);
-            let sy = _mm256_sign_epi8(y, q);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(w: &[u8], x: &QVec, b0: usize) -> f32 {
-        let nb = w.len() / Q8_0_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let wp = w.as_ptr();
-        let yp = x.qs.as_ptr().add(b0 * QK);
-        for b in 0..nb {
-            let blk = wp.add(b * Q8_0_BYTES);
-            let dy = *x.d.get_unchecked(b0 + b);
-            let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-            let y = _mm256_loadu_si256(yp.add(b * QK) as *const __m256i);
-            let ax = _mm256_sign_epi8(q, q);
-            let sy = _mm256_sign_epi8(y, q);
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half(blk) * dy), _mm256_cvtepi32_ps(p), acc);
-        }
-        hsum(acc)
     }
 }
 
@@ -456,43 +407,42 @@ mod tests {
         w
     }
 
-    /// Every dot product agrees with dequantize-then-multiply, on every ISA.
+    /// Every dot product agrees with dequantize-then-multiply on every ISA,
+    /// and a row's result is bit-identical whether it is computed alone or
+    /// in a group (batched and sequential decoding must agree exactly).
     #[test]
     fn dot_products_match_dequantized_reference() {
         let mut seed = 7;
         let nb = 18;
-        let xs: Vec<f32> = (0..nb * QK).map(|_| lcg(&mut seed)).collect();
+        let xs: Vec<f32> = (0..3 * nb * QK).map(|_| lcg(&mut seed)).collect();
         let mut q = QVec::default();
         q.quantize_rows(&xs, nb * QK);
-        let xq: Vec<f32> = (0..nb * QK)
-            .map(|i| q.d[i / QK] * f32::from(q.qs[i]))
-            .collect();
-        type Dot = fn(Isa, &[u8], &QVec, usize) -> f32;
         type Deq = fn(&[u8], &mut [f32]);
-        let cases: [(usize, Dot, Deq); 3] = [
-            (Q4_1_BYTES, dot_q4_1, dequant_q4_1),
-            (Q4_0_BYTES, dot_q4_0, dequant_q4_0),
-            (Q8_0_BYTES, dot_q8_0, dequant_q8_0),
+        type Dot1 = fn(Isa, &[u8], &QVec, [usize; 1]) -> [f32; 1];
+        type Dot3 = fn(Isa, &[u8], &QVec, [usize; 3]) -> [f32; 3];
+        let cases: [(usize, Dot1, Dot3, Deq); 3] = [
+            (Q4_1_BYTES, dotn_q4_1::<1>, dotn_q4_1::<3>, dequant_q4_1),
+            (Q4_0_BYTES, dotn_q4_0::<1>, dotn_q4_0::<3>, dequant_q4_0),
+            (Q8_0_BYTES, dotn_q8_0::<1>, dotn_q8_0::<3>, dequant_q8_0),
         ];
-        for (kind, dot, deq) in cases {
+        for (kind, dot1, dot3, deq) in cases {
             let w = blocks(kind, nb, &mut seed);
             let mut wf = vec![0f32; nb * QK];
             deq(&w, &mut wf);
-            let want = dot_f32(&wf, &xq);
             for isa in [Isa::Scalar, Isa::detect()] {
-                let got = dot(isa, &w, &q, 0);
-                let four = match kind {
-                    Q4_1_BYTES => Some(dot4_q4_1(isa, &w, &q, [0; 4])),
-                    Q8_0_BYTES => Some(dot4_q8_0(isa, &w, &q, [0; 4])),
-                    _ => None,
-                };
-                for f in four.into_iter().flatten() {
-                    assert!((f - got).abs() <= 1e-4 * got.abs().max(1.0), "{f} vs {got}");
+                let three = dot3(isa, &w, &q, [0, nb, 2 * nb]);
+                for (row, got3) in three.iter().enumerate() {
+                    let xq: Vec<f32> = (row * nb * QK..(row + 1) * nb * QK)
+                        .map(|i| q.d[i / QK] * f32::from(q.qs[i]))
+                        .collect();
+                    let want = dot_f32(&wf, &xq);
+                    let [got] = dot1(isa, &w, &q, [row * nb]);
+                    assert_eq!(got.to_bits(), got3.to_bits(), "kind {kind} {isa:?}");
+                    assert!(
+                        (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                        "kind {kind} {isa:?}: {got} vs {want}"
+                    );
                 }
-                assert!(
-                    (got - want).abs() <= 1e-3 * want.abs().max(1.0),
-                    "kind {kind} {isa:?}: {got} vs {want}"
-                );
             }
         }
     }

@@ -1,39 +1,60 @@
 //! The embedded local model: a GGUF chat model run in-process on the CPU.
 //!
-//! [`LocalProvider::load`] maps a llama-architecture GGUF file once, builds
-//! its tokenizer and chat template from the file's own metadata, and then
-//! serves [`Provider::complete`] calls from any number of tasks: each call
-//! renders the conversation with the model's template, runs on tokio's
-//! blocking pool with its own KV cache, and samples with the request's
+//! [`LocalProvider::load`] maps a GGUF file once (llama, Mistral, Qwen2,
+//! Qwen3 architectures), builds its tokenizer and chat template from the
+//! file's own metadata, and then serves [`Provider::complete`] calls from
+//! any number of tasks. Each call renders the conversation with the model's
+//! template and hands the tokens to one generation thread
+//! ([`batch`]), which runs all admitted sequences together — one pass over
+//! the weights per step for all of them — starting each from the longest
+//! prefix already computed ([`cache`]). Sampling uses the request's
 //! temperature, top-p and seed (a fixed default seed when none is given, so
-//! runs are reproducible). A semaphore admits at most one generation per core
-//! by default ([`LocalProvider::with_max_concurrent`] changes it); the
-//! matrix products inside a generation share rayon's pool.
+//! runs are reproducible); a sequence's output does not depend on what it
+//! was batched with or whether its prefix came from the cache. When asked
+//! (`top_logprobs`), the reply carries the log-probabilities of the first
+//! generated token's top candidates, as OpenAI's API does.
 
+mod batch;
+mod cache;
 mod kernels;
 mod model;
 mod sampling;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
+use self::batch::{Job, Outcome, Stats};
+use self::cache::PrefixCache;
 use self::model::{GgufFile, Model};
-use self::sampling::Sampler;
 pub use self::tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
 use super::chat_template::ChatTemplate;
-use super::{
-    ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, RateHints, Reply,
-    Usage,
-};
+use super::{ChatRequest, Completion, Message, Provider, ProviderError, RateHints, Reply};
 
 /// Seed used when a request has none, so a run without `--seed` is still
 /// reproducible.
 pub const DEFAULT_SEED: u64 = 0x00C0_FFEE;
+
+/// Sequences generated together by default. Beyond a handful the step time
+/// grows about linearly on a small CPU, so more only adds latency.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+
+/// The default prefix-cache size: an eighth of the memory available when
+/// the model loads, between 256 MiB and 2 GiB (512 MiB when unknown).
+pub fn default_cache_mb() -> usize {
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<usize>().ok())
+    });
+    available_kib.map_or(512, |kib| (kib / 1024 / 8).clamp(256, 2048))
+}
 
 /// Why the local model could not be loaded or run. Every variant about the
 /// file names it.
@@ -49,7 +70,7 @@ pub enum LocalError {
     },
     #[error("{} is not a usable GGUF model: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{} is a model of architecture {arch:?}; only \"llama\" GGUF models are supported", path.display())]
+    #[error("{} is a model of architecture {arch:?}; supported: llama (also Mistral, TinyLlama, SmolLM), qwen2, qwen3", path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     #[error("{}: {source}", path.display())]
     Tokenizer {
@@ -89,13 +110,32 @@ impl LocalError {
 pub struct GenStats {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
-    /// Time spent processing the prompt.
+    /// Prompt tokens whose KV state came from the prefix cache or a
+    /// running sequence instead of being computed.
+    pub cached_tokens: usize,
+    /// From submission to the first generated token (prompt processing,
+    /// shared with the other sequences of each step).
     pub prefill: Duration,
-    /// Time spent generating after the prompt.
+    /// From the first generated token to the last.
     pub decode: Duration,
 }
 
-struct Inner {
+/// Counters of the generation thread since the model was loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes in the prefix cache now, the most it held, and its bound.
+    pub cache_bytes: usize,
+    pub cache_peak: usize,
+    pub cache_limit: usize,
+    /// Prompt tokens reused from earlier sequences, and computed.
+    pub reused_tokens: u64,
+    pub prefilled_tokens: u64,
+    /// Forward passes, and token rows processed in them.
+    pub steps: u64,
+    pub rows: u64,
+}
+
+pub(crate) struct Inner {
     model: Model,
     tokenizer: Tokenizer,
     template: ChatTemplate,
@@ -104,8 +144,11 @@ struct Inner {
 /// The `local` provider: one loaded GGUF model shared by all requests.
 pub struct LocalProvider {
     inner: Arc<Inner>,
-    permits: Arc<Semaphore>,
-    max_concurrent: usize,
+    max_batch: usize,
+    cache_bytes: usize,
+    stats: Arc<Stats>,
+    /// The generation thread's queue, started on first use.
+    queue: OnceLock<Sender<Job>>,
     model_name: String,
 }
 
@@ -113,7 +156,8 @@ impl std::fmt::Debug for LocalProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalProvider")
             .field("path", &self.inner.model.path())
-            .field("max_concurrent", &self.max_concurrent)
+            .field("max_batch", &self.max_batch)
+            .field("cache_bytes", &self.cache_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -158,7 +202,6 @@ impl LocalProvider {
             path: path.to_path_buf(),
             source,
         })?;
-        let max_concurrent = std::thread::available_parallelism().map_or(1, |n| n.get());
         let model_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -169,22 +212,75 @@ impl LocalProvider {
                 tokenizer,
                 template,
             }),
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
+            max_batch: DEFAULT_MAX_BATCH,
+            cache_bytes: default_cache_mb() << 20,
+            stats: Arc::new(Stats::default()),
+            queue: OnceLock::new(),
             model_name,
         })
     }
 
-    /// Sets how many generations may run at once (default: one per core;
-    /// values below 1 count as 1).
+    /// Sets how many sequences are generated together (default
+    /// [`DEFAULT_MAX_BATCH`]; values below 1 count as 1); further requests
+    /// wait their turn. Takes effect before the first request.
     pub fn with_max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = n.max(1);
-        self.permits = Arc::new(Semaphore::new(self.max_concurrent));
+        self.max_batch = n.max(1);
         self
     }
 
     pub fn max_concurrent(&self) -> usize {
-        self.max_concurrent
+        self.max_batch
+    }
+
+    /// Bounds the prefix cache to `mb` MiB (0 turns it off). Takes effect
+    /// before the first request.
+    pub fn with_cache_mb(mut self, mb: usize) -> Self {
+        self.cache_bytes = mb << 20;
+        self
+    }
+
+    /// Counters of the generation thread (cache use, tokens reused).
+    pub fn engine_stats(&self) -> EngineStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        EngineStats {
+            cache_bytes: s.cache_bytes.load(Relaxed),
+            cache_peak: s.cache_peak.load(Relaxed),
+            cache_limit: self.cache_bytes,
+            reused_tokens: s.reused_tokens.load(Relaxed),
+            prefilled_tokens: s.prefilled_tokens.load(Relaxed),
+            steps: s.steps.load(Relaxed),
+            rows: s.rows.load(Relaxed),
+        }
+    }
+
+    /// Queues a request on the generation thread (started on first use).
+    fn submit(&self, req: &ChatRequest) -> Result<oneshot::Receiver<Outcome>, LocalError> {
+        let ids = self.inner.prompt_ids(req)?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            ids,
+            params: req.params.clone(),
+            reply,
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (tx, jobs) = std::sync::mpsc::channel();
+            let inner = Arc::clone(&self.inner);
+            let (max_batch, cache) = (self.max_batch, PrefixCache::new(self.cache_bytes));
+            let stats = Arc::clone(&self.stats);
+            // Detached: it ends when the provider (the only sender) is dropped
+            // and its last sequence is done.
+            std::thread::Builder::new()
+                .name("cai-local".into())
+                .spawn(move || batch::run(inner, jobs, max_batch, cache, stats))
+                .map(|_| ())
+                .unwrap_or_else(|e| tracing::error!("cannot start the local model thread: {e}"));
+            tx
+        });
+        queue
+            .send(job)
+            .map_err(|_| LocalError::Inference("the local model thread is not running".into()))?;
+        Ok(rx)
     }
 
     pub fn path(&self) -> &Path {
@@ -206,10 +302,28 @@ impl LocalProvider {
         self.inner.render(messages)
     }
 
-    /// Runs one generation on the calling thread (blocking). The async
-    /// [`Provider::complete`] calls this on tokio's blocking pool.
+    /// The logits after each position of `ids` (from an empty context),
+    /// computed on the calling thread one position at a time; for checking
+    /// the model against other implementations.
+    pub fn position_logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, LocalError> {
+        let model = &self.inner.model;
+        let mut sess = model.session();
+        let mut scratch = model::Scratch::default();
+        ids.iter()
+            .map(|&id| {
+                model
+                    .forward(&[id], &mut sess, &mut scratch)
+                    .map(<[f32]>::to_vec)
+            })
+            .collect()
+    }
+
+    /// Runs one generation and waits for it (blocking; not for use inside
+    /// an async task — [`Provider::complete`] is the async form).
     pub fn generate(&self, req: &ChatRequest) -> Result<(Completion, GenStats), LocalError> {
-        self.inner.generate(req)
+        self.submit(req)?
+            .blocking_recv()
+            .map_err(|_| LocalError::Inference("the local model thread stopped".into()))?
     }
 }
 
@@ -220,7 +334,8 @@ impl Inner {
             .map_err(|e| LocalError::Render(e.to_string()))
     }
 
-    fn generate(&self, req: &ChatRequest) -> Result<(Completion, GenStats), LocalError> {
+    /// The prompt's token ids, checked against the context window.
+    fn prompt_ids(&self, req: &ChatRequest) -> Result<Vec<u32>, LocalError> {
         let prompt = self.render(&req.messages)?;
         let tok = &self.tokenizer;
         let mut ids = tok.encode(&prompt);
@@ -238,72 +353,19 @@ impl Inner {
                 ids.len()
             )));
         }
-        let p = &req.params;
-        let budget = (p.max_tokens as usize).min(context - ids.len());
-        let mut stats = GenStats {
-            prompt_tokens: ids.len(),
-            ..GenStats::default()
-        };
-        let stops: Vec<&[u8]> = p
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| s.as_bytes())
-            .collect();
-        let longest_stop = stops.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut out = Vec::new();
-        let mut finish = FinishReason::Length;
-        if budget > 0 {
-            let mut sampler = Sampler::new(p.temperature, p.top_p, p.seed.unwrap_or(DEFAULT_SEED));
-            let mut sess = self.model.session();
-            let start = Instant::now();
-            let mut next = sampler.sample(self.model.forward(&ids, &mut sess)?);
-            stats.prefill = start.elapsed();
-            let start = Instant::now();
-            loop {
-                stats.completion_tokens += 1;
-                if tok.is_end(next) {
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                let before = out.len();
-                if !tok.is_control(next) {
-                    out.extend_from_slice(tok.token_bytes(next));
-                }
-                let from = before.saturating_sub(longest_stop);
-                if let Some(cut) = find_stop(&out, &stops, from) {
-                    out.truncate(cut);
-                    finish = FinishReason::Stop;
-                    break;
-                }
-                if stats.completion_tokens >= budget {
-                    break;
-                }
-                next = sampler.sample(self.model.forward(&[next], &mut sess)?);
-            }
-            stats.decode = start.elapsed();
-        }
-        let completion = Completion {
-            text: String::from_utf8_lossy(&out).into_owned(),
-            finish,
-            usage: Some(Usage {
-                prompt_tokens: stats.prompt_tokens as u64,
-                completion_tokens: stats.completion_tokens as u64,
-            }),
-            ..Completion::default()
-        };
-        Ok((completion, stats))
+        Ok(ids)
     }
 }
 
 /// The earliest start of any stop string in `text[from..]`.
-fn find_stop(text: &[u8], stops: &[&[u8]], from: usize) -> Option<usize> {
+fn find_stop<S: AsRef<[u8]>>(text: &[u8], stops: &[S], from: usize) -> Option<usize> {
     stops
         .iter()
         .filter_map(|s| {
+            let s = s.as_ref();
             text.get(from..)?
                 .windows(s.len())
-                .position(|w| w == *s)
+                .position(|w| w == s)
                 .map(|i| from + i)
         })
         .min()
@@ -335,6 +397,17 @@ fn tokenizer_spec(g: &GgufFile) -> TokenizerSpec {
             .collect(),
         _ => Vec::new(),
     };
+    let scores = match g.meta("tokenizer.ggml.scores") {
+        Some(Value::Array(vs)) => vs
+            .iter()
+            .map(|v| match v {
+                Value::F32(f) => *f,
+                Value::F64(f) => *f as f32,
+                _ => 0.0,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let id = |key: &str| g.meta_u64(key).map(|v| v as u32);
     TokenizerSpec {
         model: g.meta_str("tokenizer.ggml.model").unwrap_or("").to_string(),
@@ -342,6 +415,9 @@ fn tokenizer_spec(g: &GgufFile) -> TokenizerSpec {
         tokens: strings("tokenizer.ggml.tokens"),
         merges: strings("tokenizer.ggml.merges"),
         token_types,
+        scores,
+        unk_id: id("tokenizer.ggml.unknown_token_id"),
+        add_space_prefix: g.meta_bool("tokenizer.ggml.add_space_prefix"),
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),
         eot_id: id("tokenizer.ggml.eot_token_id"),
@@ -375,29 +451,19 @@ impl Provider for LocalProvider {
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ProviderError::Fatal("the local model was shut down".into()))?;
-        let inner = Arc::clone(&self.inner);
-        let req = req.clone();
-        // The permit moves into the blocking task: a cancelled caller does not
-        // free the slot while the model is still busy with its request.
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            inner.generate(&req)
-        })
-        .await
-        .map_err(|e| ProviderError::Fatal(format!("local model task failed: {e}")))?;
-        let (completion, _) = result.map_err(|e| match e {
+        let classify = |e: LocalError| match e {
             // Specific to this conversation: reject the prompt, keep the run.
             LocalError::Inference(_) | LocalError::Render(_) => {
                 ProviderError::Unprocessable(e.to_string())
             }
             _ => ProviderError::Fatal(e.to_string()),
-        })?;
+        };
+        // Dropping the receiver (a cancelled caller) drops the sequence.
+        let rx = self.submit(req).map_err(classify)?;
+        let (completion, _) = rx
+            .await
+            .map_err(|_| ProviderError::Fatal("the local model thread stopped".into()))?
+            .map_err(classify)?;
         Ok(Reply {
             completion,
             rate: RateHints::default(),

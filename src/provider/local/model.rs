@@ -1,11 +1,15 @@
-//! A llama-architecture transformer read from a memory-mapped GGUF file.
+//! A decoder-only transformer read from a memory-mapped GGUF file: the
+//! llama family (Llama 1–3, Mistral, TinyLlama, SmolLM), Qwen2/2.5
+//! (attention biases, NeoX rotary) and Qwen3 (per-head q/k norms).
 //!
 //! The weights are shared by every sequence; each sequence owns a
-//! [`Session`] (its KV cache and scratch buffers), so any number of
-//! generations can run on one loaded model at once. Q4_0, Q4_1 and Q8_0
-//! matrices are used in place from the memory map with the kernels in
-//! [`super::kernels`]; other quantizations fall back to candle's `QMatMul`.
-//! Matrix-vector products are split across rayon's pool by output rows.
+//! [`Session`] (its KV cache). [`Model::forward_batch`] runs one step for
+//! many sequences at once: their new tokens (one each while decoding, a
+//! chunk while reading a prompt) are stacked into one matrix, so every
+//! weight row is read once per step for all of them; only attention is per
+//! sequence. Q4_0, Q4_1 and Q8_0 matrices are used in place from the memory
+//! map with the kernels in [`super::kernels`]; other quantizations fall back
+//! to candle's `QMatMul`. Products are split across rayon's pool by rows.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,26 @@ use rayon::prelude::*;
 use super::kernels::{self, Isa, QVec, QK};
 use super::LocalError;
 
-/// Hyper-parameters from `llama.*` metadata.
+/// The architectures this module runs (`general.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" | "mistral" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            _ => None,
+        }
+    }
+}
+
+/// Hyper-parameters from `<arch>.*` metadata.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub dim: usize,
@@ -32,7 +55,21 @@ pub struct Config {
     pub rms_eps: f32,
     pub rope_base: f32,
     pub rope_dims: usize,
+    /// NeoX rotary layout (rotate the two halves of a head) instead of
+    /// adjacent pairs; Qwen models use it.
+    pub rope_neox: bool,
     pub vocab: usize,
+}
+
+impl Config {
+    /// Width of the query projection (heads × head_dim; not always `dim`).
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
 }
 
 /// The parsed header and the mapped bytes of a GGUF file.
@@ -201,6 +238,9 @@ struct Linear {
     cols: usize,
 }
 
+/// Activation rows processed together against each weight row.
+const GROUP: usize = 4;
+
 impl Linear {
     fn load(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Self, LocalError> {
         let (dtype, dims, start, bytes) = g.tensor(name)?;
@@ -239,12 +279,18 @@ impl Linear {
         out.resize(m * self.rows, 0.0);
         match &self.store {
             Store::Candle(mm) => {
-                let run = || -> candle_core::Result<Vec<f32>> {
-                    let t = Tensor::from_slice(x, (m, self.cols), &Device::Cpu)?;
-                    mm.forward(&t)?.flatten_all()?.to_vec1::<f32>()
-                };
-                let y = run().map_err(|e| LocalError::Inference(e.to_string()))?;
-                out.copy_from_slice(&y);
+                // One row at a time: candle's matmul may sum in a different
+                // order for different batch sizes, and a sequence's output
+                // must not depend on what it was batched with.
+                for t in 0..m {
+                    let run = || -> candle_core::Result<Vec<f32>> {
+                        let xt = &x[t * self.cols..(t + 1) * self.cols];
+                        let t = Tensor::from_slice(xt, (1, self.cols), &Device::Cpu)?;
+                        mm.forward(&t)?.flatten_all()?.to_vec1::<f32>()
+                    };
+                    let y = run().map_err(|e| LocalError::Inference(e.to_string()))?;
+                    out[t * self.rows..(t + 1) * self.rows].copy_from_slice(&y);
+                }
             }
             Store::Blocks {
                 dtype,
@@ -254,32 +300,35 @@ impl Linear {
                 let data = &ctx.mmap[*start..*start + row_bytes * self.rows];
                 let nb = self.cols / QK;
                 let isa = ctx.isa;
-                let dot: fn(Isa, &[u8], &QVec, usize) -> f32 = match dtype {
-                    GgmlDType::Q4_1 => kernels::dot_q4_1,
-                    GgmlDType::Q4_0 => kernels::dot_q4_0,
-                    _ => kernels::dot_q8_0,
-                };
-                type Dot4 = fn(Isa, &[u8], &QVec, [usize; 4]) -> [f32; 4];
-                let dot4: Option<Dot4> = match dtype {
-                    GgmlDType::Q4_1 => Some(kernels::dot4_q4_1),
-                    GgmlDType::Q8_0 => Some(kernels::dot4_q8_0),
-                    _ => None,
-                };
+                let dtype = *dtype;
                 let rb = *row_bytes;
                 let fill = |r0: usize, dst: &mut [f32]| {
                     for (i, row_out) in dst.chunks_mut(m).enumerate() {
                         let w = &data[(r0 + i) * rb..(r0 + i + 1) * rb];
                         let mut t = 0;
-                        if let Some(dot4) = dot4 {
-                            while t + 4 <= m {
-                                let b = t * nb;
-                                let r = dot4(isa, w, xq, [b, b + nb, b + 2 * nb, b + 3 * nb]);
-                                row_out[t..t + 4].copy_from_slice(&r);
-                                t += 4;
+                        while t < m {
+                            let n = (m - t).min(GROUP);
+                            let b = t * nb;
+                            let o = &mut row_out[t..t + n];
+                            match n {
+                                4 => o.copy_from_slice(&dotn(
+                                    dtype,
+                                    isa,
+                                    w,
+                                    xq,
+                                    [b, b + nb, b + 2 * nb, b + 3 * nb],
+                                )),
+                                3 => o.copy_from_slice(&dotn(
+                                    dtype,
+                                    isa,
+                                    w,
+                                    xq,
+                                    [b, b + nb, b + 2 * nb],
+                                )),
+                                2 => o.copy_from_slice(&dotn(dtype, isa, w, xq, [b, b + nb])),
+                                _ => o.copy_from_slice(&dotn(dtype, isa, w, xq, [b])),
                             }
-                        }
-                        for (j, o) in row_out.iter_mut().enumerate().skip(t) {
-                            *o = dot(isa, w, xq, j * nb);
+                            t += n;
                         }
                     }
                 };
@@ -313,6 +362,21 @@ impl Linear {
     }
 }
 
+#[inline]
+fn dotn<const N: usize>(
+    dtype: GgmlDType,
+    isa: Isa,
+    w: &[u8],
+    x: &QVec,
+    b0s: [usize; N],
+) -> [f32; N] {
+    match dtype {
+        GgmlDType::Q4_1 => kernels::dotn_q4_1(isa, w, x, b0s),
+        GgmlDType::Q4_0 => kernels::dotn_q4_0(isa, w, x, b0s),
+        _ => kernels::dotn_q8_0(isa, w, x, b0s),
+    }
+}
+
 /// Token embeddings: rows looked up one at a time.
 enum Embedding {
     Blocks {
@@ -328,6 +392,13 @@ struct Layer {
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    /// Qwen2's projection biases.
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    /// Qwen3's per-head RMS norms of queries and keys.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Linear,
     ffn_norm: Vec<f32>,
     gate: Linear,
@@ -355,16 +426,62 @@ pub struct Model {
     inv_freq: Vec<f32>,
 }
 
-/// One sequence's KV cache and scratch space.
+/// One sequence's KV cache: for each layer, the keys and values of every
+/// position so far, row after row, and the tokens they were computed from.
+#[derive(Clone, Default)]
 pub struct Session {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-    len: usize,
-    s: Scratch,
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) tokens: Vec<u32>,
 }
 
+impl Session {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The tokens the cache was computed from.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Bytes of key/value data held.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+    }
+
+    /// A new session holding the first `n` positions of this one.
+    pub fn prefix(&self, n: usize) -> Session {
+        let n = n.min(self.len());
+        let per = |l: &Vec<f32>| {
+            let row = l.len() / self.len().max(1);
+            l[..n * row].to_vec()
+        };
+        Session {
+            k: self.k.iter().map(per).collect(),
+            v: self.v.iter().map(per).collect(),
+            tokens: self.tokens[..n].to_vec(),
+        }
+    }
+}
+
+/// One sequence's part of a batched step.
+pub struct Seq<'a> {
+    pub sess: &'a mut Session,
+    /// New tokens, appended after what the session holds.
+    pub tokens: &'a [u32],
+    /// Whether to compute logits after the last of them.
+    pub logits: bool,
+}
+
+/// Buffers reused from step to step.
 #[derive(Default)]
-struct Scratch {
+pub struct Scratch {
     x: Vec<f32>,
     h: Vec<f32>,
     hq: QVec,
@@ -378,74 +495,104 @@ struct Scratch {
     tmp: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
-    logits: Vec<f32>,
+    /// For each row: its sequence and position.
+    rows: Vec<(usize, usize)>,
+    /// Logits of the sequences that asked for them, in batch order.
+    pub logits: Vec<f32>,
 }
 
-/// Largest number of prompt tokens processed in one forward pass; bounds the
-/// scratch memory of long prompts.
-const PREFILL_CHUNK: usize = 256;
-
 impl Model {
-    /// Reads the hyper-parameters and maps the weights of a llama GGUF.
+    /// Reads the hyper-parameters and maps the weights of a GGUF model of a
+    /// supported architecture.
     pub fn load(gguf: GgufFile) -> Result<Self, LocalError> {
-        let arch = gguf
+        let name = gguf
             .meta_str("general.architecture")
             .unwrap_or("")
             .to_string();
-        if arch != "llama" {
+        let Some(arch) = Arch::from_name(&name) else {
             return Err(LocalError::UnsupportedArchitecture {
                 path: gguf.path.clone(),
-                arch,
+                arch: name,
             });
-        }
-        let dim = gguf.required("llama.embedding_length")?;
-        let heads = gguf.required("llama.attention.head_count")?;
+        };
+        let key = |k: &str| format!("{name}.{k}");
+        let dim = gguf.required(&key("embedding_length"))?;
+        let heads = gguf.required(&key("attention.head_count"))?;
         let kv_heads = gguf
-            .meta_u64("llama.attention.head_count_kv")
+            .meta_u64(&key("attention.head_count_kv"))
             .map_or(heads, |v| v as usize);
-        if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
+        let head_dim = gguf
+            .meta_u64(&key("attention.key_length"))
+            .map_or(if heads == 0 { 0 } else { dim / heads }, |v| v as usize);
+        if heads == 0
+            || kv_heads == 0
+            || head_dim == 0
+            || heads % kv_heads != 0
+            || head_dim % 2 != 0
+            || (heads * head_dim) % QK != 0
+        {
             return Err(gguf.corrupt(format!(
-                "inconsistent attention shape: dim {dim}, {heads} heads, {kv_heads} kv heads"
+                "inconsistent attention shape: dim {dim}, {heads} heads of {head_dim}, {kv_heads} kv heads"
             )));
         }
-        let head_dim = dim / heads;
         let (_, embd_dims, _, _) = gguf.tensor("token_embd.weight")?;
         let vocab = embd_dims.first().copied().unwrap_or(0);
         let cfg = Config {
             dim,
-            layers: gguf.required("llama.block_count")?,
+            layers: gguf.required(&key("block_count"))?,
             heads,
             kv_heads,
             head_dim,
-            ffn_dim: gguf.required("llama.feed_forward_length")?,
+            ffn_dim: gguf.required(&key("feed_forward_length"))?,
             context: gguf
-                .meta_u64("llama.context_length")
+                .meta_u64(&key("context_length"))
                 .map_or(2048, |v| v as usize),
             rms_eps: gguf
-                .meta_f32("llama.attention.layer_norm_rms_epsilon")
+                .meta_f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
-            rope_base: gguf.meta_f32("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope_base: gguf.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rope_dims: gguf
-                .meta_u64("llama.rope.dimension_count")
+                .meta_u64(&key("rope.dimension_count"))
                 .map_or(head_dim, |v| v as usize)
                 .min(head_dim),
+            rope_neox: matches!(arch, Arch::Qwen2 | Arch::Qwen3),
             vocab,
         };
-        if embd_dims != [vocab, dim] {
+        if embd_dims != [vocab, dim] || dim % QK != 0 {
             return Err(gguf.corrupt(format!(
-                "token_embd.weight has shape {embd_dims:?}, expected [vocab, {dim}]"
+                "token_embd.weight has shape {embd_dims:?}, expected [vocab, {dim}] with {dim} a multiple of {QK}"
             )));
         }
-        let kv_dim = kv_heads * head_dim;
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>, LocalError> {
+                let name = format!("blk.{i}.{s}.bias");
+                if gguf.has_tensor(&name) {
+                    gguf.f32_vec(&name, len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let norm = |s: &str| -> Result<Option<Vec<f32>>, LocalError> {
+                if gguf.has_tensor(&n(s)) {
+                    gguf.f32_vec(&n(s), head_dim).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 attn_norm: gguf.f32_vec(&n("attn_norm"), dim)?,
-                wq: Linear::load(&gguf, &n("attn_q"), dim, dim)?,
+                wq: Linear::load(&gguf, &n("attn_q"), q_dim, dim)?,
                 wk: Linear::load(&gguf, &n("attn_k"), kv_dim, dim)?,
                 wv: Linear::load(&gguf, &n("attn_v"), kv_dim, dim)?,
-                wo: Linear::load(&gguf, &n("attn_output"), dim, dim)?,
+                bq: bias("attn_q", q_dim)?,
+                bk: bias("attn_k", kv_dim)?,
+                bv: bias("attn_v", kv_dim)?,
+                q_norm: norm("attn_q_norm")?,
+                k_norm: norm("attn_k_norm")?,
+                wo: Linear::load(&gguf, &n("attn_output"), dim, q_dim)?,
                 ffn_norm: gguf.f32_vec(&n("ffn_norm"), dim)?,
                 gate: Linear::load(&gguf, &n("ffn_gate"), cfg.ffn_dim, dim)?,
                 up: Linear::load(&gguf, &n("ffn_up"), cfg.ffn_dim, dim)?,
@@ -507,8 +654,7 @@ impl Model {
         Session {
             k: vec![Vec::new(); self.cfg.layers],
             v: vec![Vec::new(); self.cfg.layers],
-            len: 0,
-            s: Scratch::default(),
+            tokens: Vec::new(),
         }
     }
 
@@ -521,51 +667,61 @@ impl Model {
     }
 
     /// Feeds `tokens` after what the session holds and returns the logits
-    /// predicting the token after the last one.
+    /// predicting the token after the last one (one sequence, in chunks of
+    /// at most [`PREFILL_CHUNK`] tokens).
     pub fn forward<'s>(
         &self,
         tokens: &[u32],
-        sess: &'s mut Session,
+        sess: &mut Session,
+        s: &'s mut Scratch,
     ) -> Result<&'s [f32], LocalError> {
         if tokens.is_empty() {
             return Err(LocalError::Inference("no tokens to process".into()));
         }
-        if sess.len + tokens.len() > self.cfg.context {
-            return Err(LocalError::Inference(format!(
-                "{} tokens exceed the model's context of {}",
-                sess.len + tokens.len(),
-                self.cfg.context
-            )));
+        let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut seqs = [Seq {
+                sess: &mut *sess,
+                tokens: chunk,
+                logits: i + 1 == chunks.len(),
+            }];
+            self.forward_batch(&mut seqs, s)?;
         }
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            self.forward_chunk(chunk, sess)?;
-        }
-        // Logits of the last position only.
-        let ctx = self.ctx();
-        let d = self.cfg.dim;
-        let s = &mut sess.s;
-        let m = s.x.len() / d;
-        let last = s.x[(m - 1) * d..].to_vec();
-        rms_norm(&last, &self.out_norm, self.cfg.rms_eps, &mut s.h);
-        if self.output.needs_quantized_input() {
-            s.hq.quantize_rows(&s.h, d);
-        }
-        self.output
-            .forward(&ctx, &s.h, &s.hq, 1, &mut s.logits, &mut s.tmp)?;
-        Ok(&sess.s.logits)
+        Ok(&s.logits)
     }
 
-    fn forward_chunk(&self, tokens: &[u32], sess: &mut Session) -> Result<(), LocalError> {
+    /// One step for several sequences: appends each one's tokens to its
+    /// session and leaves in `s.logits` the next-token logits (`vocab`
+    /// values each) of those with `logits` set, in order.
+    pub fn forward_batch(&self, seqs: &mut [Seq<'_>], s: &mut Scratch) -> Result<(), LocalError> {
         let ctx = self.ctx();
         let cfg = &self.cfg;
-        let (d, m) = (cfg.dim, tokens.len());
-        let kv_dim = cfg.kv_heads * cfg.head_dim;
-        let pos0 = sess.len;
-        let s = &mut sess.s;
+        let (d, q_dim, kv_dim) = (cfg.dim, cfg.q_dim(), cfg.kv_dim());
+        s.rows.clear();
+        for (i, q) in seqs.iter().enumerate() {
+            if q.sess.len() + q.tokens.len() > cfg.context {
+                return Err(LocalError::Inference(format!(
+                    "{} tokens exceed the model's context of {}",
+                    q.sess.len() + q.tokens.len(),
+                    cfg.context
+                )));
+            }
+            if q.tokens.is_empty() {
+                return Err(LocalError::Inference("no tokens to process".into()));
+            }
+            let p0 = q.sess.len();
+            s.rows.extend((0..q.tokens.len()).map(|t| (i, p0 + t)));
+        }
+        let m = s.rows.len();
+        if m == 0 {
+            s.logits.clear();
+            return Ok(());
+        }
 
         // Embeddings.
         s.x.resize(m * d, 0.0);
-        for (t, &tok) in tokens.iter().enumerate() {
+        let all_tokens = seqs.iter().flat_map(|q| q.tokens.iter().copied());
+        for (t, tok) in all_tokens.enumerate() {
             let row = tok as usize;
             if row >= cfg.vocab {
                 return Err(LocalError::Inference(format!(
@@ -590,12 +746,12 @@ impl Model {
             }
         }
 
-        // Rotary angles for these positions.
+        // Rotary angles for each row's position.
         let half = cfg.rope_dims / 2;
         s.cos.resize(m * half, 0.0);
         s.sin.resize(m * half, 0.0);
-        for t in 0..m {
-            let p = (pos0 + t) as f32;
+        for (t, &(_, pos)) in s.rows.iter().enumerate() {
+            let p = pos as f32;
             for (i, f) in self.inv_freq.iter().enumerate() {
                 let (sn, cs) = (p * f).sin_cos();
                 s.cos[t * half + i] = cs;
@@ -616,22 +772,40 @@ impl Model {
             layer
                 .wv
                 .forward(&ctx, &s.h, &s.hq, m, &mut s.v, &mut s.tmp)?;
-            rope(&mut s.q, m, cfg.head_dim, half, &s.cos, &s.sin);
-            rope(&mut s.k, m, cfg.head_dim, half, &s.cos, &s.sin);
-            sess.k[li].extend_from_slice(&s.k);
-            sess.v[li].extend_from_slice(&s.v);
-            attention(
-                cfg,
-                ctx.isa,
-                &s.q,
-                &sess.k[li],
-                &sess.v[li],
-                pos0,
-                m,
-                kv_dim,
-                &mut s.att,
-            );
-            s.hq.quantize_rows(&s.att, d);
+            for (buf, bias) in [
+                (&mut s.q, &layer.bq),
+                (&mut s.k, &layer.bk),
+                (&mut s.v, &layer.bv),
+            ] {
+                if let Some(b) = bias {
+                    for row in buf.chunks_exact_mut(b.len()) {
+                        for (x, b) in row.iter_mut().zip(b) {
+                            *x += b;
+                        }
+                    }
+                }
+            }
+            if let Some(w) = &layer.q_norm {
+                rms_norm_in_place(&mut s.q, w, cfg.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_in_place(&mut s.k, w, cfg.rms_eps);
+            }
+            rope(&mut s.q, m, cfg, half, &s.cos, &s.sin);
+            rope(&mut s.k, m, cfg, half, &s.cos, &s.sin);
+            let mut r = 0;
+            for q in seqs.iter_mut() {
+                let n = q.tokens.len();
+                q.sess.k[li].extend_from_slice(&s.k[r * kv_dim..(r + n) * kv_dim]);
+                q.sess.v[li].extend_from_slice(&s.v[r * kv_dim..(r + n) * kv_dim]);
+                r += n;
+            }
+            let caches: Vec<(&[f32], &[f32])> = seqs
+                .iter()
+                .map(|q| (q.sess.k[li].as_slice(), q.sess.v[li].as_slice()))
+                .collect();
+            attention(cfg, ctx.isa, &s.q, &caches, &s.rows, &mut s.att);
+            s.hq.quantize_rows(&s.att, q_dim);
             layer
                 .wo
                 .forward(&ctx, &s.att, &s.hq, m, &mut s.o, &mut s.tmp)?;
@@ -659,14 +833,37 @@ impl Model {
                 *x += o;
             }
         }
-        sess.len += m;
+        for q in seqs.iter_mut() {
+            q.sess.tokens.extend_from_slice(q.tokens);
+        }
+
+        // Logits of the last row of each sequence that wants them.
+        let mut last = Vec::new();
+        let mut r = 0;
+        for q in seqs.iter() {
+            r += q.tokens.len();
+            if q.logits {
+                last.extend_from_slice(&s.x[(r - 1) * d..r * d]);
+            }
+        }
+        let n = last.len() / d;
+        if n == 0 {
+            s.logits.clear();
+            return Ok(());
+        }
+        rms_norm_rows(&last, &self.out_norm, cfg.rms_eps, d, &mut s.h);
+        if self.output.needs_quantized_input() {
+            s.hq.quantize_rows(&s.h, d);
+        }
+        self.output
+            .forward(&ctx, &s.h, &s.hq, n, &mut s.logits, &mut s.tmp)?;
         Ok(())
     }
 }
 
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
-    rms_norm_rows(x, w, eps, x.len(), out)
-}
+/// Largest number of prompt tokens of one sequence processed in one step;
+/// bounds scratch memory and lets decoding sequences advance in between.
+pub const PREFILL_CHUNK: usize = 256;
 
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
@@ -679,47 +876,66 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// Interleaved rotary embedding (GGUF llama weights are permuted for it):
-/// pairs `(2i, 2i+1)` of the first `2 * half` values of each head rotate.
-fn rope(x: &mut [f32], m: usize, head_dim: usize, half: usize, cos: &[f32], sin: &[f32]) {
+/// RMS norm of each `w.len()`-long piece of `x` (each head), in place.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xr in x.chunks_exact_mut(d) {
+        let ms = kernels::dot_f32(xr, xr) / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// Rotary embedding of the first `2 * half` values of each head. Llama GGUF
+/// weights are permuted for rotating adjacent pairs `(2i, 2i+1)`; NeoX-style
+/// models (Qwen) rotate `(i, i + half)`.
+fn rope(x: &mut [f32], m: usize, cfg: &Config, half: usize, cos: &[f32], sin: &[f32]) {
     let row_len = x.len() / m;
     for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
         let (c, s) = (
             &cos[t * half..(t + 1) * half],
             &sin[t * half..(t + 1) * half],
         );
-        for head in row.chunks_exact_mut(head_dim) {
+        for head in row.chunks_exact_mut(cfg.head_dim) {
             for i in 0..half {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * c[i] - b * s[i];
-                head[2 * i + 1] = a * s[i] + b * c[i];
+                let (ia, ib) = if cfg.rope_neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * c[i] - b * s[i];
+                head[ib] = a * s[i] + b * c[i];
             }
         }
     }
 }
 
-/// Causal grouped-query attention of `m` new positions over the cache.
-#[allow(clippy::too_many_arguments)]
+/// Causal grouped-query attention of each row over its own sequence's
+/// cache, up to and including its position.
 fn attention(
     cfg: &Config,
     isa: Isa,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    pos0: usize,
-    m: usize,
-    kv_dim: usize,
+    caches: &[(&[f32], &[f32])],
+    rows: &[(usize, usize)],
     out: &mut Vec<f32>,
 ) {
     let hd = cfg.head_dim;
+    let q_dim = cfg.q_dim();
+    let kv_dim = cfg.kv_dim();
     let group = cfg.heads / cfg.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.resize(m * cfg.heads * hd, 0.0);
+    out.resize(rows.len() * q_dim, 0.0);
     let one = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / cfg.heads, idx % cfg.heads);
-        let qh = &q[t * cfg.dim + h * hd..t * cfg.dim + (h + 1) * hd];
+        let (seq, pos) = rows[t];
+        let (kc, vc) = caches[seq];
+        let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
         let off = (h / group) * hd;
-        let n = pos0 + t + 1;
+        let n = pos + 1;
         let mut scores: Vec<f32> = (0..n)
             .map(|j| {
                 kernels::dot_f32_isa(isa, qh, &kc[j * kv_dim + off..j * kv_dim + off + hd]) * scale
@@ -741,7 +957,7 @@ fn attention(
             );
         }
     };
-    let work = m * cfg.heads * (pos0 + m) * hd;
+    let work: usize = rows.iter().map(|r| r.1 + 1).sum::<usize>() * cfg.heads * hd;
     if work < 100_000 {
         out.chunks_exact_mut(hd)
             .enumerate()

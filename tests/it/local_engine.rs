@@ -1,0 +1,247 @@
+//! The embedded model's generation engine with the real default model:
+//! the prefix KV cache, batched decoding and first-token log-probabilities.
+//! Needs the default model in the cache (`cai model fetch`) or
+//! `CAI_TEST_MODEL`; without it these tests fail under CI and are skipped
+//! (with a note) elsewhere.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cai::provider::local::LocalProvider;
+use cai::provider::{ChatRequest, GenParams, Message, Provider};
+
+use crate::common::*;
+
+fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("CAI_TEST_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| cai::model_store::default_model_path().ok())?;
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "model {} missing under CI: run `cai model fetch`",
+        path.display()
+    );
+    eprintln!(
+        "SKIP: model {} not found (run `cai model fetch`)",
+        path.display()
+    );
+    None
+}
+
+fn load(batch: usize, cache_mb: usize) -> Option<LocalProvider> {
+    let path = model_path()?;
+    Some(
+        LocalProvider::load(&path)
+            .expect("the default model loads")
+            .with_max_concurrent(batch)
+            .with_cache_mb(cache_mb),
+    )
+}
+
+fn greedy(messages: Vec<Message>, max_tokens: u32) -> ChatRequest {
+    ChatRequest {
+        messages,
+        params: GenParams {
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: Some(1),
+            stop: Vec::new(),
+            ..GenParams::default()
+        },
+    }
+}
+
+const SYSTEM: &str = "You are a careful, friendly tutor. Answer in plain English, briefly.";
+
+/// Initial answer, critique, revision: each request extends the previous
+/// conversation, as the pipeline's chain does.
+fn chain(p: &LocalProvider, question: &str) -> Vec<String> {
+    let mut messages = vec![Message::system(SYSTEM), Message::user(question)];
+    let mut outputs = Vec::new();
+    for next in [
+        "Point out one way your answer could be clearer or more accurate.",
+        "Rewrite your first answer using that critique.",
+    ]
+    .into_iter()
+    .map(Some)
+    .chain([None])
+    {
+        let (c, _) = p
+            .generate(&greedy(messages.clone(), 40))
+            .expect("generates");
+        messages.push(Message::assistant(c.text.clone()));
+        outputs.push(c.text);
+        match next {
+            Some(n) => messages.push(Message::user(n)),
+            None => break,
+        }
+    }
+    outputs
+}
+
+#[test]
+fn greedy_chain_output_is_the_same_with_and_without_the_prefix_cache() {
+    let (Some(cold), Some(warm)) = (load(1, 0), load(1, 256)) else {
+        return;
+    };
+    let questions = ["Why is the sky blue?", "What is a prime number?"];
+    for q in questions {
+        let want = chain(&cold, q);
+        let got = chain(&warm, q);
+        assert_eq!(got, want, "cached chain differs for {q:?}");
+        assert!(want.iter().all(|t| !t.trim().is_empty()), "{want:?}");
+    }
+    let (c, w) = (cold.engine_stats(), warm.engine_stats());
+    assert_eq!(c.reused_tokens, 0, "{c:?}");
+    // Rounds 2 and 3 of each chain reuse the previous round's whole
+    // conversation, and the second chain the first one's system prompt.
+    assert!(w.reused_tokens > 100, "{w:?}");
+    assert!(
+        w.prefilled_tokens + w.reused_tokens == c.prefilled_tokens,
+        "{w:?} vs {c:?}"
+    );
+}
+
+#[test]
+fn the_prefix_cache_never_holds_more_than_its_bound() {
+    // 4 MiB: about 90 positions of this model's KV state, less than two
+    // of these conversations, so entries are evicted all the time.
+    let Some(p) = load(2, 4) else { return };
+    for i in 0..6 {
+        let q = format!("Give me fact number {i} about the planet Mars, in one sentence.");
+        p.generate(&greedy(vec![Message::user(q)], 12))
+            .expect("generates");
+        let s = p.engine_stats();
+        assert!(s.cache_bytes <= s.cache_limit, "{s:?}");
+        assert!(s.cache_peak <= s.cache_limit, "{s:?}");
+    }
+    let s = p.engine_stats();
+    assert_eq!(s.cache_limit, 4 << 20);
+    assert!(s.cache_peak > 0, "nothing was ever cached: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_sequential_greedy_outputs_are_identical() {
+    let (Some(one), Some(four)) = (load(1, 0), load(4, 0)) else {
+        return;
+    };
+    let one = Arc::new(one);
+    let four = Arc::new(four);
+    let questions = [
+        "Name three colours.",
+        "What is the capital of France? Explain briefly.",
+        "Write one sentence about cats.",
+        "Count from one to five in words.",
+        "Why do we sleep?",
+    ];
+    let reqs: Vec<ChatRequest> = questions
+        .iter()
+        .map(|q| greedy(vec![Message::user(*q)], 32))
+        .collect();
+    let mut sequential = Vec::new();
+    for r in &reqs {
+        sequential.push(one.complete(r).await.expect("generates").completion);
+    }
+    let tasks: Vec<_> = reqs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let p = Arc::clone(&four);
+            tokio::spawn(async move { p.complete(&r).await })
+        })
+        .collect();
+    let mut batched = Vec::new();
+    for t in tasks {
+        batched.push(t.await.expect("task").expect("generates").completion);
+    }
+    for ((q, s), b) in questions.iter().zip(&sequential).zip(&batched) {
+        assert_eq!(b.text, s.text, "{q}");
+        assert_eq!(b.usage, s.usage, "{q}");
+    }
+    let (s1, s4) = (one.engine_stats(), four.engine_stats());
+    assert_eq!(s1.rows, s1.prefilled_tokens + decode_rows(&sequential));
+    // Sequences really shared steps: fewer passes for the same work (a
+    // prompt prefix shared with a running sequence is copied, not run).
+    assert_eq!(s4.rows + s4.reused_tokens, s1.rows, "{s4:?} vs {s1:?}");
+    assert!(s4.steps * 3 < s1.steps * 2, "{s4:?} vs {s1:?}");
+}
+
+/// Rows spent generating: every completion token but the last is fed back.
+fn decode_rows(cs: &[cai::provider::Completion]) -> u64 {
+    cs.iter()
+        .map(|c| c.usage.map_or(0, |u| u.completion_tokens.saturating_sub(1)))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_token_logprobs_are_a_distribution_over_the_top_candidates() {
+    let Some(p) = load(2, 64) else { return };
+    let mut req = greedy(
+        vec![Message::user(
+            "Which is a fruit? (A) apple (B) hammer. Reply with (A) or (B) only.",
+        )],
+        8,
+    );
+    req.params.top_logprobs = Some(5);
+    let c = p.complete(&req).await.expect("generates").completion;
+    let tops = c.first_token_logprobs.expect("logprobs were asked for");
+    assert!(tops.len() >= 5, "{tops:?}");
+    let mass: f64 = tops.iter().map(|t| t.logprob.exp()).sum();
+    assert!(mass > 0.0 && mass <= 1.0 + 1e-6, "{mass} {tops:?}");
+    assert!(
+        tops.windows(2).all(|w| w[0].logprob >= w[1].logprob),
+        "{tops:?}"
+    );
+    assert!(tops.iter().all(|t| t.logprob <= 0.0), "{tops:?}");
+    // Greedy: the reply starts with one of the candidates.
+    assert!(
+        tops.iter()
+            .any(|t| !t.token.is_empty() && c.text.starts_with(t.token.as_str())),
+        "{:?} vs {tops:?}",
+        c.text
+    );
+    // Not asked for: not computed.
+    req.params.top_logprobs = None;
+    let c = p.complete(&req).await.expect("generates").completion;
+    assert!(c.first_token_logprobs.is_none());
+}
+
+#[test]
+fn a_local_judge_labels_pairs_from_logprobs() {
+    if model_path().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pairs = dir.path().join("pairs.csv");
+    std::fs::write(
+        &pairs,
+        "id,prompt,response_a,response_b\n\
+         p1,What is 2+2?,2+2 is 4.,I will not tell you.\n\
+         p2,Name a colour.,Blue is a colour.,Bananas are tasty rocks.\n",
+    )
+    .expect("write pairs");
+    let out = dir.path().join("out");
+    let assert = cai()
+        .args(["label", "--quiet", "--offline", "--provider", "local"])
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&out)
+        .assert();
+    let output = assert.get_output();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let judgments = read_jsonl(&out.join("judgments.jsonl"));
+    assert_eq!(judgments.len(), 2, "{judgments:?}");
+    for j in &judgments {
+        assert_eq!(j["method"], "logprobs", "{j}");
+    }
+}
