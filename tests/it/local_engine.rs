@@ -15,7 +15,7 @@ use crate::common::*;
 fn model_path() -> Option<PathBuf> {
     let path = std::env::var_os("CAI_TEST_MODEL")
         .map(PathBuf::from)
-        .or_else(|| cai::model_store::default_model_path().ok())?;
+        .or_else(|| cai::provider::model_store::default_model_path().ok())?;
     if path.is_file() {
         return Some(path);
     }

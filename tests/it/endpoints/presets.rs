@@ -20,6 +20,7 @@ fn endpoint(kind: ProviderKind) -> EndpointArgs {
         max_reply_bytes: None,
         offline: false,
         local_parallel: None,
+        local_cache_mb: None,
     }
 }
 
