@@ -22,6 +22,7 @@ pub mod progress;
 pub mod provider;
 pub mod run;
 pub mod select;
+pub mod serve;
 pub mod settings;
 pub mod template;
 
@@ -170,6 +171,7 @@ pub fn main_with(cli: Cli, argv: Vec<String>) -> ExitCode {
                 u8::from(s.counts.rejected > 0)
             })
         }
+        Command::Serve(args) => serve::run(&args),
         Command::Label(args) => {
             let rt = match runtime() {
                 Ok(rt) => rt,

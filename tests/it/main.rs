@@ -6,3 +6,5 @@ mod engine;
 mod errors;
 mod generate;
 mod local;
+mod serve;
+mod serve_support;
