@@ -24,6 +24,7 @@ mod http;
 pub mod record;
 mod stream;
 
+use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, RwLock};

@@ -16,7 +16,7 @@ mod none;
 mod rto;
 mod self_consistency;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::try_join_all;
