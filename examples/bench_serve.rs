@@ -50,7 +50,15 @@ impl Drop for Serve {
 
 fn start_serve(upstream: &str, model: &str) -> Serve {
     let mut child = Command::new(cai_bin())
-        .args(["serve", "--port", "0", "--provider", "openai", "--base-url", upstream])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--provider",
+            "openai",
+            "--base-url",
+            upstream,
+        ])
         .args(["--model", model, "--max-inflight", "4096"])
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())
@@ -93,7 +101,8 @@ async fn throughput(url: &str, model: &str, clients: usize, secs: f64) -> f64 {
     let url = format!("{url}/chat/completions");
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, url, done, body) = (client.clone(), url.clone(), done.clone(), body(model));
+            let (client, url, done, body) =
+                (client.clone(), url.clone(), done.clone(), body(model));
             tokio::spawn(async move {
                 while Instant::now() < end {
                     let r = client.post(&url).json(&body).send().await;

@@ -374,13 +374,15 @@ impl Pipeline {
             seed: self.seed,
         };
         for round in 1..=self.rounds {
-            let (r, [critique, revision]) =
-                match reviser.round(&id, round, &prompt, &answer, &mut convo).await {
-                    Ok(x) => x,
-                    Err(RoundFail::Reject(stage, why)) => return reject(stage, round, why),
-                    Err(RoundFail::Stop(msg)) => return Err(RunStop::Fatal(msg)),
-                    Err(RoundFail::Aborted(r)) => return Err(RunStop::Aborted(r)),
-                };
+            let (r, [critique, revision]) = match reviser
+                .round(&id, round, &prompt, &answer, &mut convo)
+                .await
+            {
+                Ok(x) => x,
+                Err(RoundFail::Reject(stage, why)) => return reject(stage, round, why),
+                Err(RoundFail::Stop(msg)) => return Err(RunStop::Fatal(msg)),
+                Err(RoundFail::Aborted(r)) => return Err(RunStop::Aborted(r)),
+            };
             steps.push(critique);
             steps.push(revision);
             answer = r.revision.clone();

@@ -142,9 +142,9 @@ impl SseReader {
         loop {
             let Some((end, sep)) = find_event_end(&self.buf) else {
                 if self.buf.len() > MAX_EVENT {
-                    return Err(self.malformed(format!(
-                        "a stream event longer than {MAX_EVENT} bytes"
-                    )));
+                    return Err(
+                        self.malformed(format!("a stream event longer than {MAX_EVENT} bytes"))
+                    );
                 }
                 return Ok(());
             };
@@ -209,7 +209,9 @@ impl SseReader {
                 Ok(None) => {
                     self.done = true;
                     if !self.buf.iter().all(u8::is_ascii_whitespace) {
-                        return Some(Err(self.malformed("the stream ended inside an event".into())));
+                        return Some(Err(
+                            self.malformed("the stream ended inside an event".into())
+                        ));
                     }
                 }
                 Err(e) => {
@@ -225,7 +227,10 @@ impl SseReader {
 /// (a blank line, `\n\n` or `\r\n\r\n`).
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -347,9 +352,10 @@ impl Provider for OpenAi {
             pending: Default::default(),
             done: false,
         };
-        Ok(Box::pin(futures::stream::unfold(reader, |mut r| async move {
-            r.next_event().await.map(|e| (e, r))
-        })))
+        Ok(Box::pin(futures::stream::unfold(
+            reader,
+            |mut r| async move { r.next_event().await.map(|e| (e, r)) },
+        )))
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {

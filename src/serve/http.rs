@@ -68,11 +68,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(new_id);
     let mut resp = if header_bytes > MAX_HEADER_BYTES {
@@ -107,7 +103,10 @@ async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(|k| digest(k.trim().as_bytes()));
         if !given.is_some_and(|g| same_digest(&g, want)) {
             return ApiError::new(
@@ -160,7 +159,11 @@ async fn models(State(shared): State<Arc<Shared>>) -> Json<api::ModelList> {
 }
 
 /// Reads the body with a bound, refusing it as early as possible.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,7 +183,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::invalid(format!("cannot read the request body: {e}"), None)),
+        Err(e) => Err(ApiError::invalid(
+            format!("cannot read the request body: {e}"),
+            None,
+        )),
     }
 }
 
@@ -195,14 +201,20 @@ pub struct Prepared {
     pub stream: bool,
     pub include_usage: bool,
     pub best_of_n: u32,
-    pub cai_rounds: Option<u32>,
 }
 
 fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError> {
-    let req: ChatCompletionRequest = serde_json::from_slice(raw)
-        .map_err(|e| ApiError::invalid(format!("request body is not a valid chat completion request: {e}"), None))?;
+    let req: ChatCompletionRequest = serde_json::from_slice(raw).map_err(|e| {
+        ApiError::invalid(
+            format!("request body is not a valid chat completion request: {e}"),
+            None,
+        )
+    })?;
     if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages: at least one message is required", Some("messages".into())));
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+            Some("messages".into()),
+        ));
     }
     if req.messages.len() > shared.max_messages {
         return Err(ApiError::new(
@@ -219,16 +231,25 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
     let (mut plan, model) = match approach::split_model(&req.model) {
         Ok(Some((plan, rest))) => (plan, rest.to_string()),
         Ok(None) => (shared.default_plan.clone(), req.model.clone()),
-        Err(bad) => return Err(ApiError::invalid(approach::unknown(&bad), Some("model".into())).code("unknown_approach")),
+        Err(bad) => {
+            return Err(
+                ApiError::invalid(approach::unknown(&bad), Some("model".into()))
+                    .code("unknown_approach"),
+            )
+        }
     };
     if let Some(a) = req.approach.as_deref().or(req.optillm_approach.as_deref()) {
         plan = Plan::parse(a).map_err(|bad| {
-            ApiError::invalid(approach::unknown(&bad), Some("approach".into())).code("unknown_approach")
+            ApiError::invalid(approach::unknown(&bad), Some("approach".into()))
+                .code("unknown_approach")
         })?;
     }
     let n = req.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
-        return Err(ApiError::invalid(format!("n: {n} is outside 1..={MAX_N}"), Some("n".into())));
+        return Err(ApiError::invalid(
+            format!("n: {n} is outside 1..={MAX_N}"),
+            Some("n".into()),
+        ));
     }
     let best_of_n = req.best_of_n.unwrap_or(shared.best_of_n);
     if !(1..=MAX_N).contains(&best_of_n) {
@@ -239,7 +260,10 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
     }
     if let Some(r) = req.cai_rounds {
         if !(1..=8).contains(&r) {
-            return Err(ApiError::invalid(format!("cai_rounds: {r} is outside 1..=8"), Some("cai_rounds".into())));
+            return Err(ApiError::invalid(
+                format!("cai_rounds: {r} is outside 1..=8"),
+                Some("cai_rounds".into()),
+            ));
         }
         for step in &mut plan.0 {
             if let approach::Step::Cai { rounds } = step {
@@ -248,17 +272,29 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
         }
     }
     let d = &shared.defaults;
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).unwrap_or(d.max_tokens);
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(d.max_tokens);
     if max_tokens == 0 {
-        return Err(ApiError::invalid("max_tokens must be at least 1", Some("max_tokens".into())));
+        return Err(ApiError::invalid(
+            "max_tokens must be at least 1",
+            Some("max_tokens".into()),
+        ));
     }
     let temperature = req.temperature.unwrap_or(d.temperature);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::invalid(format!("temperature {temperature} is outside [0, 2]"), Some("temperature".into())));
+        return Err(ApiError::invalid(
+            format!("temperature {temperature} is outside [0, 2]"),
+            Some("temperature".into()),
+        ));
     }
     let top_p = req.top_p.unwrap_or(d.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid(format!("top_p {top_p} is outside (0, 1]"), Some("top_p".into())));
+        return Err(ApiError::invalid(
+            format!("top_p {top_p} is outside (0, 1]"),
+            Some("top_p".into()),
+        ));
     }
     let params = GenParams {
         max_tokens,
@@ -293,7 +329,6 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
         stream: req.stream,
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         best_of_n,
-        cai_rounds: req.cai_rounds,
     })
 }
 
@@ -306,7 +341,11 @@ impl Prepared {
             engine: engine.clone(),
             shared: shared.clone(),
             params,
-            seed: self.params.seed.unwrap_or(shared.seed).wrapping_add(u64::from(i)),
+            seed: self
+                .params
+                .seed
+                .unwrap_or(shared.seed)
+                .wrapping_add(u64::from(i)),
             key: conversation_key(&self.messages),
             best_of_n: self.best_of_n,
         }
@@ -384,7 +423,14 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
     let usage = recorder.usage();
     let status = failure.as_ref().map_or(StatusCode::OK, |e| e.status);
-    write_log(&shared, &prepared, &recorder, status, failure.as_ref(), started);
+    write_log(
+        &shared,
+        &prepared,
+        &recorder,
+        status,
+        failure.as_ref(),
+        started,
+    );
     if let Some(e) = failure {
         return e.into_response();
     }
@@ -447,7 +493,9 @@ pub fn write_log(
         messages: &p.messages,
         calls: recorder.calls(),
     };
-    let Ok(mut bytes) = serde_json::to_vec(&line) else { return };
+    let Ok(mut bytes) = serde_json::to_vec(&line) else {
+        return;
+    };
     bytes.push(b'\n');
     let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = std::io::Write::write_all(&mut *f, &bytes) {

@@ -196,10 +196,16 @@ async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
         return Err(usage("--max-inflight must be at least 1".into()));
     }
     if args.best_of_n == 0 || args.best_of_n > 16 {
-        return Err(usage(format!("--best-of-n {} must be within 1..=16", args.best_of_n)));
+        return Err(usage(format!(
+            "--best-of-n {} must be within 1..=16",
+            args.best_of_n
+        )));
     }
     if !(args.grace.is_finite() && args.grace >= 0.0) {
-        return Err(usage(format!("--grace {} must be a number of seconds", args.grace)));
+        return Err(usage(format!(
+            "--grace {} must be a number of seconds",
+            args.grace
+        )));
     }
     let default_plan = Plan::parse(&args.approach)
         .map_err(|bad| usage(format!("--approach: {}", approach::unknown(&bad))))?;
@@ -212,7 +218,9 @@ async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
                 )));
             }
             let key = std::env::var(var).map_err(|_| {
-                usage(format!("--auth-key-env {var}: ${var} is not set (or not UTF-8)"))
+                usage(format!(
+                    "--auth-key-env {var}: ${var} is not set (or not UTF-8)"
+                ))
             })?;
             if key.is_empty() {
                 return Err(usage(format!("--auth-key-env {var}: ${var} is empty")));
@@ -231,10 +239,16 @@ async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
         None => None,
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
-                usage(format!("--system-prompt {}: cannot read it: {e}", p.display()))
+                usage(format!(
+                    "--system-prompt {}: cannot read it: {e}",
+                    p.display()
+                ))
             })?;
             if text.trim().is_empty() {
-                return Err(usage(format!("--system-prompt {}: the file is empty", p.display())));
+                return Err(usage(format!(
+                    "--system-prompt {}: the file is empty",
+                    p.display()
+                )));
             }
             Some(text.trim_end().to_string())
         }
@@ -251,7 +265,10 @@ async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
                     .open(&path)
             };
             Some(Mutex::new(open().map_err(|e| {
-                usage(format!("--log-requests: cannot open {}: {e}", path.display()))
+                usage(format!(
+                    "--log-requests: cannot open {}: {e}",
+                    path.display()
+                ))
             })?))
         }
     };

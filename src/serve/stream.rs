@@ -35,7 +35,12 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<api::ApiUsage>, cai: Option<api::CaiInfo>) -> Event {
+    fn event(
+        &self,
+        choices: Vec<ChunkChoice>,
+        usage: Option<api::ApiUsage>,
+        cai: Option<api::CaiInfo>,
+    ) -> Event {
         let chunk = ChatCompletionChunk {
             id: &self.id,
             object: "chat.completion.chunk",
@@ -48,7 +53,13 @@ impl Chunks {
         Event::default().data(serde_json::to_string(&chunk).unwrap_or_default())
     }
 
-    fn delta(&self, index: u32, role: bool, content: Option<String>, finish: Option<&'static str>) -> Event {
+    fn delta(
+        &self,
+        index: u32,
+        role: bool,
+        content: Option<String>,
+        finish: Option<&'static str>,
+    ) -> Event {
         self.event(
             vec![ChunkChoice {
                 index,
@@ -180,7 +191,9 @@ pub async fn respond(
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The usage chunk (when asked for), `[DONE]`, and the log line.

@@ -66,7 +66,11 @@ async fn pass_through_answers_in_openai_shapes_with_n_and_summed_usage() {
 
     let two = reply(&out[1]);
     assert_eq!(two["choices"].as_array().unwrap().len(), 2);
-    assert_ne!(content(&out[1], 0), content(&out[1], 1), "each choice has its own seed");
+    assert_ne!(
+        content(&out[1], 0),
+        content(&out[1], 1),
+        "each choice has its own seed"
+    );
     assert_eq!(two["usage"]["prompt_tokens"], 20);
     assert_eq!(two["usage"]["completion_tokens"], 10);
     assert_eq!(two["usage"]["total_tokens"], 30);
@@ -78,8 +82,14 @@ async fn pass_through_answers_in_openai_shapes_with_n_and_summed_usage() {
     assert!(models.contains(&"cot_reflection-up-model".to_string()));
 
     assert_eq!(up.kinds(), ["answer", "answer", "answer"]);
-    let seeds: Vec<Value> = up.seen()[1..].iter().map(|s| s.body["seed"].clone()).collect();
-    assert!(seeds.contains(&json!(5)) && seeds.contains(&json!(6)), "{seeds:?}");
+    let seeds: Vec<Value> = up.seen()[1..]
+        .iter()
+        .map(|s| s.body["seed"].clone())
+        .collect();
+    assert!(
+        seeds.contains(&json!(5)) && seeds.contains(&json!(6)),
+        "{seeds:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,7 +134,10 @@ async fn streaming_relays_each_upstream_chunk_as_it_arrives() {
         t_last - t_first >= 0.9,
         "chunks arrived together (replayed at the end?): {texts:?}"
     );
-    assert!(t_first < total / 2.0, "first chunk only at {t_first}s of {total}s");
+    assert!(
+        t_first < total / 2.0,
+        "first chunk only at {t_first}s of {total}s"
+    );
     let finish = chunks
         .iter()
         .find(|c| c["chunk"]["choices"][0]["finish_reason"] == "stop");
@@ -167,10 +180,16 @@ async fn every_approach_makes_exactly_its_calls_in_order() {
         json!([
             create("none-up-model", json!({})),
             create("cai-up-model", json!({})),
-            create("up-model", json!({"extra_body": {"approach": "cai", "cai_rounds": 2}})),
+            create(
+                "up-model",
+                json!({"extra_body": {"approach": "cai", "cai_rounds": 2}})
+            ),
             create("bon-up-model", json!({})),
             create("moa-up-model", json!({})),
-            create("up-model", json!({"extra_body": {"optillm_approach": "self_consistency"}})),
+            create(
+                "up-model",
+                json!({"extra_body": {"optillm_approach": "self_consistency"}})
+            ),
             create("rto-up-model", json!({})),
             create("cot_reflection-up-model", json!({})),
             create("cai&bon-up-model", json!({})),
@@ -183,7 +202,11 @@ async fn every_approach_makes_exactly_its_calls_in_order() {
 
     assert_eq!(calls[0], s(&["answer"]));
     assert_eq!(calls[1], s(&["answer", "critique", "revision"]));
-    assert!(content(&out[1], 0).starts_with("a better answer"), "label stripped: {}", content(&out[1], 0));
+    assert!(
+        content(&out[1], 0).starts_with("a better answer"),
+        "label stripped: {}",
+        content(&out[1], 0)
+    );
     assert_eq!(
         calls[2],
         s(&["answer", "critique", "revision", "critique", "revision"])
@@ -191,13 +214,24 @@ async fn every_approach_makes_exactly_its_calls_in_order() {
     // bon: one request with n = 3 (the upstream honours n), then 3 pairs
     // judged in both orders, all at once.
     assert_eq!(calls[3], [s(&["answer"]), judges(6)].concat());
-    assert!(content(&out[3], 0).ends_with("choice 2"), "the judge's favourite wins: {}", content(&out[3], 0));
+    assert!(
+        content(&out[3], 0).ends_with("choice 2"),
+        "the judge's favourite wins: {}",
+        content(&out[3], 0)
+    );
     assert_eq!(calls[4], s(&["answer", "moa-critique", "moa-final"]));
     assert_eq!(calls[5], s(&["answer"]));
     assert!(content(&out[5], 0).ends_with("choice 0"));
-    assert_eq!(calls[6], s(&["answer", "rto-reverse", "answer", "rto-final"]));
+    assert_eq!(
+        calls[6],
+        s(&["answer", "rto-reverse", "answer", "rto-final"])
+    );
     assert_eq!(calls[7], s(&["cot"]));
-    assert!(content(&out[7], 0).starts_with("Reflected answer "), "only <output>: {}", content(&out[7], 0));
+    assert!(
+        content(&out[7], 0).starts_with("Reflected answer "),
+        "only <output>: {}",
+        content(&out[7], 0)
+    );
     // cai&bon: the revision competes with two fresh candidates.
     assert_eq!(
         calls[8],
@@ -231,14 +265,28 @@ async fn auth_refuses_a_wrong_key_and_accepts_the_right_one() {
         &["--auth-key-env", "CAI_TEST_SERVE_KEY"],
         &[("CAI_TEST_SERVE_KEY", "s3cret-serve-key")],
     );
-    let wrong = openai_client(&py, &serve.url, "wrong-key", json!([create("up-model", json!({}))])).await;
+    let wrong = openai_client(
+        &py,
+        &serve.url,
+        "wrong-key",
+        json!([create("up-model", json!({}))]),
+    )
+    .await;
     assert_eq!(wrong[0]["error"], "AuthenticationError");
     assert_eq!(wrong[0]["status"], 401);
     assert_eq!(wrong[0]["body"]["code"], "invalid_api_key");
     assert!(up.seen().is_empty(), "nothing is sent for a refused client");
-    let right = openai_client(&py, &serve.url, "s3cret-serve-key", json!([create("up-model", json!({}))])).await;
+    let right = openai_client(
+        &py,
+        &serve.url,
+        "s3cret-serve-key",
+        json!([create("up-model", json!({}))]),
+    )
+    .await;
     assert!(content(&right[0], 0).starts_with("Reply answer"));
-    let health = reqwest::get(format!("http://127.0.0.1:{}/health", serve.port)).await.unwrap();
+    let health = reqwest::get(format!("http://127.0.0.1:{}/health", serve.port))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200, "/health needs no key");
     let logs = serve.stderr.lock().unwrap().join("\n");
     assert!(!logs.contains("s3cret-serve-key"));
@@ -264,7 +312,15 @@ async fn an_unknown_approach_is_a_400_that_lists_the_known_ones() {
         assert_eq!(r["status"], 400);
         let msg = r["body"]["message"].as_str().unwrap();
         assert!(msg.contains("`bogus`"), "{msg}");
-        for known in ["none", "cai", "bon", "moa", "self_consistency", "rto", "cot_reflection"] {
+        for known in [
+            "none",
+            "cai",
+            "bon",
+            "moa",
+            "self_consistency",
+            "rto",
+            "cot_reflection",
+        ] {
             assert!(msg.contains(known), "{msg}");
         }
     }
@@ -280,7 +336,13 @@ async fn upstream_429_and_500_are_retried() {
     })
     .await;
     let serve = Serve::start(&up.url, &[], &[]);
-    let out = openai_client(&py, &serve.url, "unused", json!([create("up-model", json!({}))])).await;
+    let out = openai_client(
+        &py,
+        &serve.url,
+        "unused",
+        json!([create("up-model", json!({}))]),
+    )
+    .await;
     assert!(content(&out[0], 0).starts_with("Reply answer"));
     assert_eq!(up.seen().len(), 3, "429, 500, then the reply");
     assert_eq!(reply(&out[0])["cai"]["upstream_calls"], 3);
@@ -316,7 +378,11 @@ async fn upstream_401_is_the_clients_401_and_is_not_retried() {
         assert_eq!(r["status"], 401);
         assert!(!r.to_string().contains("upstream-s3cret"));
     }
-    assert_eq!(up.seen().len(), 2, "one attempt per request: a refused key is not retried");
+    assert_eq!(
+        up.seen().len(),
+        2,
+        "one attempt per request: a refused key is not retried"
+    );
     let logs = serve.stderr.lock().unwrap().join("\n");
     assert!(!logs.contains("upstream-s3cret"));
 }
@@ -331,7 +397,10 @@ fn status_of(stream: &mut std::net::TcpStream) -> String {
     while !buf.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => buf.push(byte[0]),
-            other => panic!("no response head: {other:?} after {:?}", String::from_utf8_lossy(&buf)),
+            other => panic!(
+                "no response head: {other:?} after {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
         }
     }
     String::from_utf8_lossy(&buf).to_string()
@@ -377,8 +446,10 @@ async fn a_100_mb_post_gets_413_at_once_and_the_server_keeps_serving() {
     // A chunked body (no length) is cut at the bound too.
     let chunked = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
         let mut writer = s.try_clone().unwrap();
         let sender = std::thread::spawn(move || {
             let chunk = format!("100000\r\n{}\r\n", " ".repeat(1 << 20));
@@ -484,7 +555,10 @@ async fn log_requests_writes_one_line_per_request_with_every_upstream_call() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["id"], "chatcmpl-req-test-1");
     let text = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1);
     let line = &lines[0];
     assert_eq!(line["request_id"], "req-test-1");
@@ -522,7 +596,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     })
     .await
     .unwrap();
-    let resp = pending.await.unwrap().expect("the in-flight request is answered");
+    let resp = pending
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
     assert_eq!(resp.status(), 200);
     assert_eq!(code.0, Some(0));
     let logs = code.1.stderr.lock().unwrap().join("\n");

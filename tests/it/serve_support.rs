@@ -146,7 +146,9 @@ fn verdict(question: &str) -> &'static str {
 }
 
 fn reply_text(kind: &str, messages: &[Value], seed: &Value, choice: usize) -> String {
-    let h = short_hash(&format!("{messages:?}{seed}{choice}"));
+    // The hash names the conversation (and seed), not the choice, so the
+    // choices of one request differ only in their last word.
+    let h = short_hash(&format!("{messages:?}{seed}"));
     match kind {
         "judge" => {
             let q = messages.last().and_then(|m| m["content"].as_str()).unwrap_or("");
@@ -225,10 +227,16 @@ fn stream(text: String, include_usage: bool, delay: Duration) -> Response {
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
             )
         };
-        let _ = tx.send(Ok(chunk(json!({"role": "assistant"}), Value::Null))).await;
+        let _ = tx
+            .send(Ok(chunk(json!({"role": "assistant"}), Value::Null)))
+            .await;
         for w in words {
             tokio::time::sleep(delay).await;
-            if tx.send(Ok(chunk(json!({"content": w}), Value::Null))).await.is_err() {
+            if tx
+                .send(Ok(chunk(json!({"content": w}), Value::Null)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -262,13 +270,21 @@ impl Serve {
     /// arguments and waits for it to listen.
     pub fn start(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cai"));
-        cmd.args(["serve", "--port", "0", "--provider", "openai", "--base-url", upstream])
-            .args(["--model", "up-model", "--max-retries", "3"])
-            .args(extra)
-            .env_remove("OPENAI_API_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--port",
+            "0",
+            "--provider",
+            "openai",
+            "--base-url",
+            upstream,
+        ])
+        .args(["--model", "up-model", "--max-retries", "3"])
+        .args(extra)
+        .env_remove("OPENAI_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -345,7 +361,12 @@ pub fn python() -> Option<std::ffi::OsString> {
 
 /// Runs `ops` through the official `openai` client (tests/python/serve_client.py)
 /// and returns one result per op.
-pub async fn openai_client(python: &std::ffi::OsStr, base_url: &str, key: &str, ops: Value) -> Vec<Value> {
+pub async fn openai_client(
+    python: &std::ffi::OsStr,
+    base_url: &str,
+    key: &str,
+    ops: Value,
+) -> Vec<Value> {
     let python = python.to_os_string();
     let base_url = base_url.to_string();
     let key = key.to_string();

@@ -27,7 +27,11 @@ pub async fn run(
 /// The index of the judge's favourite among `candidates`. Identical
 /// candidates are judged once; a judge that cannot give a readable verdict
 /// leaves the first candidate.
-pub async fn pick(ctx: &Ctx, messages: &[Message], candidates: &[String]) -> Result<usize, ApiError> {
+pub async fn pick(
+    ctx: &Ctx,
+    messages: &[Message],
+    candidates: &[String],
+) -> Result<usize, ApiError> {
     let distinct: Vec<usize> = (0..candidates.len())
         .filter(|&i| !candidates[..i].contains(&candidates[i]))
         .collect();
@@ -36,7 +40,11 @@ pub async fn pick(ctx: &Ctx, messages: &[Message], candidates: &[String]) -> Res
     }
     let judge = &ctx.shared.judge;
     let ep = JudgeEndpoint {
-        label: format!("{}:{}", ctx.engine.provider().name(), ctx.engine.provider().model()),
+        label: format!(
+            "{}:{}",
+            ctx.engine.provider().name(),
+            ctx.engine.provider().model()
+        ),
         model: ctx.engine.provider().model().to_string(),
         engine: ctx.engine.clone(),
     };
@@ -50,21 +58,26 @@ pub async fn pick(ctx: &Ctx, messages: &[Message], candidates: &[String]) -> Res
     // Both orders of every pair, all at once.
     let mut questions = Vec::with_capacity(pairs.len() * 2);
     for &(i, j) in &pairs {
-        let principle = judge.principle(&ctx.key, &format!("bon{i}-{j}")).to_string();
+        let principle = judge
+            .principle(&ctx.key, &format!("bon{i}-{j}"))
+            .to_string();
         let fail = |e: JudgeFail| e;
-        questions.push(judge.render(prompt, &candidates[i], &candidates[j], &principle).map_err(fail));
-        questions.push(judge.render(prompt, &candidates[j], &candidates[i], &principle).map_err(fail));
+        questions.push(
+            judge
+                .render(prompt, &candidates[i], &candidates[j], &principle)
+                .map_err(fail),
+        );
+        questions.push(
+            judge
+                .render(prompt, &candidates[j], &candidates[i], &principle)
+                .map_err(fail),
+        );
     }
     let questions = match questions.into_iter().collect::<Result<Vec<_>, _>>() {
         Ok(q) => q,
         Err(e) => return judge_failed(e),
     };
-    let verdicts = try_join_all(
-        questions
-            .iter()
-            .map(|q| judge.one_order(&ep, &ctx.key, q)),
-    )
-    .await;
+    let verdicts = try_join_all(questions.iter().map(|q| judge.one_order(&ep, &ctx.key, q))).await;
     let verdicts = match verdicts {
         Ok(v) => v,
         Err(e) => return judge_failed(e),

@@ -55,7 +55,10 @@ pub async fn run(
                 ))
             }
             Err(RoundFail::Reject(stage, why)) => {
-                tracing::debug!("cai round {round} kept the answer: {} {why}", stage.as_str());
+                tracing::debug!(
+                    "cai round {round} kept the answer: {} {why}",
+                    stage.as_str()
+                );
                 break;
             }
             Err(RoundFail::Stop(msg)) => {
@@ -65,7 +68,10 @@ pub async fn run(
                 ))
             }
             Err(RoundFail::Aborted(r)) => {
-                return Err(ApiError::upstream(crate::engine::CallError::Aborted(r), None))
+                return Err(ApiError::upstream(
+                    crate::engine::CallError::Aborted(r),
+                    None,
+                ))
             }
         }
     }

@@ -9,7 +9,11 @@ use crate::serve::error::ApiError;
 
 const SYSTEM: &str = "Answer in three parts. First think the problem through step by step inside <thinking></thinking>. Then check that reasoning for mistakes or gaps inside <reflection></reflection>, correcting them. Finally give the answer for the user inside <output></output>; the user sees only the output, so it must stand on its own.";
 
-pub async fn run(ctx: &Ctx, messages: &[Message], prev: Option<Answer>) -> Result<Answer, ApiError> {
+pub async fn run(
+    ctx: &Ctx,
+    messages: &[Message],
+    prev: Option<Answer>,
+) -> Result<Answer, ApiError> {
     let mut convo: Vec<Message> = Vec::with_capacity(messages.len() + 1);
     match messages.first() {
         Some(m) if m.role == Role::System => {
@@ -39,7 +43,11 @@ pub fn output_of(text: &str) -> String {
     match text.find("<output>") {
         Some(i) => {
             let rest = &text[i + "<output>".len()..];
-            rest.split("</output>").next().unwrap_or(rest).trim().to_string()
+            rest.split("</output>")
+                .next()
+                .unwrap_or(rest)
+                .trim()
+                .to_string()
         }
         None => text.trim().to_string(),
     }

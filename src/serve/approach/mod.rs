@@ -338,7 +338,10 @@ mod tests {
 
     #[test]
     fn normalising_ignores_case_punctuation_and_spacing() {
-        assert_eq!(normalise("  The answer is 42. "), normalise("the ANSWER is 42"));
+        assert_eq!(
+            normalise("  The answer is 42. "),
+            normalise("the ANSWER is 42")
+        );
         assert_ne!(normalise("41"), normalise("42"));
     }
 }

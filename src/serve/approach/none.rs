@@ -7,7 +7,11 @@ use crate::provider::Message;
 use super::{Answer, Ctx};
 use crate::serve::error::ApiError;
 
-pub async fn run(ctx: &Ctx, messages: &[Message], prev: Option<Answer>) -> Result<Answer, ApiError> {
+pub async fn run(
+    ctx: &Ctx,
+    messages: &[Message],
+    prev: Option<Answer>,
+) -> Result<Answer, ApiError> {
     if let Some(p) = prev {
         return Ok(p);
     }

@@ -9,7 +9,11 @@ use crate::provider::Message;
 use super::{normalise, Answer, Ctx};
 use crate::serve::error::ApiError;
 
-pub async fn run(ctx: &Ctx, messages: &[Message], prev: Option<Answer>) -> Result<Answer, ApiError> {
+pub async fn run(
+    ctx: &Ctx,
+    messages: &[Message],
+    prev: Option<Answer>,
+) -> Result<Answer, ApiError> {
     let c1 = match prev {
         Some(p) => p.text,
         None => ctx.call(&ctx.request(messages.to_vec())).await?.text,
@@ -18,7 +22,10 @@ pub async fn run(ctx: &Ctx, messages: &[Message], prev: Option<Answer>) -> Resul
         "Here is a response written by an assistant:\n\n{}\n\nWrite the request (instruction or question) that this response answers best. Reply with the request only.",
         c1.trim()
     );
-    let q2 = ctx.call(&ctx.request(vec![Message::user(reverse)])).await?.text;
+    let q2 = ctx
+        .call(&ctx.request(vec![Message::user(reverse)]))
+        .await?
+        .text;
     let c2 = ctx
         .call(&ctx.request(vec![Message::user(q2.trim())]))
         .await?

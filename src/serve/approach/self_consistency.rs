@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn the_largest_group_wins_and_rewordings_vote_together() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(majority(&s(&["It is 41.", "The answer is 42.", "the answer is 42"])), 1);
+        assert_eq!(
+            majority(&s(&["It is 41.", "The answer is 42.", "the answer is 42"])),
+            1
+        );
         assert_eq!(majority(&s(&["a b c d e", "x y z", "a b c d e f"])), 0);
         assert_eq!(majority(&s(&["one", "two"])), 0);
     }
