@@ -191,7 +191,7 @@ async fn shutdown_signal() {
 
 /// Checks the arguments and builds the shared state; nothing is sent.
 async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
-    let usage = |m: String| RunError::Usage(m);
+    let usage = RunError::Usage;
     if args.max_inflight == 0 {
         return Err(usage("--max-inflight must be at least 1".into()));
     }

@@ -61,17 +61,8 @@ pub async fn pick(
         let principle = judge
             .principle(&ctx.key, &format!("bon{i}-{j}"))
             .to_string();
-        let fail = |e: JudgeFail| e;
-        questions.push(
-            judge
-                .render(prompt, &candidates[i], &candidates[j], &principle)
-                .map_err(fail),
-        );
-        questions.push(
-            judge
-                .render(prompt, &candidates[j], &candidates[i], &principle)
-                .map_err(fail),
-        );
+        questions.push(judge.render(prompt, &candidates[i], &candidates[j], &principle));
+        questions.push(judge.render(prompt, &candidates[j], &candidates[i], &principle));
     }
     let questions = match questions.into_iter().collect::<Result<Vec<_>, _>>() {
         Ok(q) => q,

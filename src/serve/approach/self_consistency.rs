@@ -36,10 +36,10 @@ pub fn majority(samples: &[String]) -> usize {
     // Greedy clustering: each sample joins the first group whose founder it resembles.
     let mut founders: Vec<usize> = Vec::new();
     let mut votes: Vec<usize> = Vec::new();
-    for i in 0..samples.len() {
+    for (i, w) in words.iter().enumerate() {
         match founders
             .iter()
-            .position(|&f| jaccard(&words[f], &words[i]) >= SIMILAR)
+            .position(|&f| jaccard(&words[f], w) >= SIMILAR)
         {
             Some(g) => votes[g] += 1,
             None => {
@@ -49,8 +49,8 @@ pub fn majority(samples: &[String]) -> usize {
         }
     }
     let mut best = 0;
-    for g in 1..votes.len() {
-        if votes[g] > votes[best] {
+    for (g, &v) in votes.iter().enumerate() {
+        if v > votes[best] {
             best = g;
         }
     }
