@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets up what the tests need, then runs them all.
 #   - a Python venv with Hugging Face `datasets` (to load the outputs the way
-#     a trainer does), reused between runs;
+#     a trainer does) and the official `openai` client (to call `cai serve`
+#     the way applications do), reused between runs;
 #   - the default local model (SmolLM2-135M-Instruct Q4_1), fetched once
 #     into the model cache by `cai model fetch`;
 #   - Debian's `chromium` and `websocket-client` (in the venv), for the
@@ -12,10 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${CAI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/cai-test-venv}"
-if ! "$venv/bin/python" -c 'import datasets, websocket' 2>/dev/null; then
-    echo "test.sh: creating $venv with datasets and websocket-client" >&2
+if ! "$venv/bin/python" -c 'import datasets, websocket, openai' 2>/dev/null; then
+    echo "test.sh: creating $venv with datasets, websocket-client and openai" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check datasets websocket-client
+    "$venv/bin/pip" install --quiet --disable-pip-version-check datasets websocket-client openai
 fi
 export CAI_PYTHON="$venv/bin/python"
 

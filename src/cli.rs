@@ -72,6 +72,11 @@ pub enum Command {
         after_help = "Examples:\n  cai report output/demo\n  cai report output/demo --out demo.html --open\n\nWorks for generate, label, optimize and merged run directories; the page loads nothing from the network."
     )]
     Report(ReportArgs),
+    /// An OpenAI-compatible server that answers each request with an approach (cai, bon, moa, ...) over the endpoint.
+    #[command(
+        after_help = "Examples:\n  cai serve --port 8000\n  cai serve --provider openai --base-url http://127.0.0.1:8080/v1 --model my-model --approach cai --constitution principles/harmless.json\n  curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{\"model\": \"bon-my-model\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n\nApproaches, chosen per request by a model prefix (`moa-my-model`, `cai&bon-my-model`), by \"approach\" in the body, or by --approach: none, cai (cai2, cai3: rounds), bon (bon5: N), moa, self_consistency, rto, cot_reflection."
+    )]
+    Serve(Box<ServeArgs>),
 }
 
 /// `cai report`.
@@ -86,6 +91,64 @@ pub struct ReportArgs {
     /// Open the page in the default browser afterwards.
     #[arg(long)]
     pub open: bool,
+}
+
+/// `cai serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, value_name = "N", default_value_t = 8000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// Defaults for requests that do not set them.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Constitution JSON for the `cai` approach and the judge (default: the built-in harmless principles).
+    #[arg(long, visible_alias = "principles", value_name = "FILE")]
+    pub constitution: Option<PathBuf>,
+    /// Directory of template overrides (critique.jinja, revision.jinja, judge.jinja).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    /// A system message put before every conversation (file holding its text).
+    #[arg(long, value_name = "FILE")]
+    pub system_prompt: Option<PathBuf>,
+    /// Approach for requests whose model name and body name none (`none`, `cai`, `bon`, ..., or a pipeline `cai&bon`).
+    #[arg(long, value_name = "SLUG", default_value = "none")]
+    pub approach: String,
+    /// Candidates of `bon` and `moa`, samples of `self_consistency`, unless the request says otherwise.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub best_of_n: u32,
+    /// Clients must send `Authorization: Bearer <key>` with the key held in this environment variable (/health is open).
+    #[arg(long, value_name = "VAR")]
+    pub auth_key_env: Option<String>,
+    /// Requests handled at once; more are answered 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_inflight: usize,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Most messages accepted in one request (more: 413).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_messages: usize,
+    /// Write one JSON line per request, with every upstream call, to DIR/requests.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub log_requests: Option<PathBuf>,
+    /// Requests per minute sent upstream.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute sent upstream.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<u64>,
+    /// Retries per upstream request after the first attempt.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_retries: u32,
+    /// Seconds in-flight requests get to finish after Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub grace: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -16,7 +16,8 @@
 //! | [`feedback`] | AI feedback: the judge, pair selection, label metrics |
 //! | [`engine`] | the one run loop, requests (limits, retries, journal, budgets), run-directory lock, progress |
 //! | [`input`] | prompts, constitution, answer pairs |
-//! | [`provider`] | the `Provider` trait and every backend, the local model |
+//! | [`serve`] | `cai serve`: the OpenAI-compatible HTTP layer and the approaches (cai, bon, moa, …) |
+| [`provider`] | the `Provider` trait and every backend, the local model |
 //! | [`template`], [`cost`], [`error`] | templates, prices, error types |
 
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod input;
 pub mod output;
 pub mod pipeline;
 pub mod provider;
+pub mod serve;
 pub mod template;
 
 /// `--version`: the package version, and the git commit when built from a

@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use crate::engine::{Engine, ItemError};
+use crate::engine::{AbortReason, Engine, ItemError};
 use crate::feedback::select::JudgedPair;
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
 use crate::provider::{ChatRequest, Completion, GenParams, Message, Usage};
@@ -224,10 +224,6 @@ impl Pipeline {
         Ok((user, req))
     }
 
-    fn messages(&self, stage: Stage, convo: &[Message]) -> Vec<Message> {
-        messages(&self.constitution, stage, convo)
-    }
-
     async fn call(
         &self,
         stage: Stage,
@@ -307,81 +303,28 @@ impl Pipeline {
         ];
         let mut answer = initial.clone();
         let mut rounds = Vec::new();
-        let count = self.constitution.principles.len();
 
+        let reviser = Reviser {
+            engine: &self.engine,
+            constitution: &self.constitution,
+            templates: &self.templates,
+            params: &self.params,
+            seed: self.seed,
+        };
         for round in 1..=self.rounds {
-            let index = pick_principle(self.seed, &id, round, count);
-            let principle = &self.constitution.principles[index];
-            let pctx = PrincipleCtx::from(principle);
-
-            let critique_request = render!(
-                Stage::Critique,
-                round,
-                "critique.jinja",
-                minijinja::context! { prompt => &prompt, answer => &answer, principle => &pctx, round }
-            );
-            convo.push(Message::user(critique_request.clone()));
-            let req = ChatRequest {
-                messages: self.messages(Stage::Critique, &convo),
-                params: self.params.clone(),
+            let (r, [critique, revision]) = match reviser
+                .round(&id, round, &prompt, &answer, &mut convo)
+                .await
+            {
+                Ok(x) => x,
+                Err(RoundFail::Reject(stage, why)) => return reject(stage, round, why),
+                Err(RoundFail::Stop(msg)) => return Err(ItemError::Stop(msg)),
+                Err(RoundFail::Aborted(r)) => return Err(ItemError::Aborted(r)),
             };
-            let c = attempt!(Stage::Critique, round, &req);
-            let critique = strip_label(&c.text, "Critique");
-            if critique.is_empty() {
-                return reject(Stage::Critique, round, "empty critique".into());
-            }
-            steps.push(TraceStep {
-                stage: Stage::Critique,
-                round,
-                request: critique_request.clone(),
-                response: critique.clone(),
-                raw_response: c.text,
-                usage: c.usage,
-            });
-            convo.push(Message::assistant(critique.clone()));
-
-            let revision_request = render!(
-                Stage::Revision,
-                round,
-                "revision.jinja",
-                minijinja::context! { prompt => &prompt, answer => &answer, critique => &critique, principle => &pctx, round }
-            );
-            convo.push(Message::user(revision_request.clone()));
-            let req = ChatRequest {
-                messages: self.messages(Stage::Revision, &convo),
-                params: self.params.clone(),
-            };
-            let c = attempt!(Stage::Revision, round, &req);
-            let revision = strip_label(&c.text, "Revision");
-            if revision.is_empty() {
-                return reject(Stage::Revision, round, "empty revision".into());
-            }
-            if is_refusal_to_revise(&revision) {
-                return reject(
-                    Stage::Revision,
-                    round,
-                    format!("the model declined to revise: {}", first_line(&revision)),
-                );
-            }
-            steps.push(TraceStep {
-                stage: Stage::Revision,
-                round,
-                request: revision_request.clone(),
-                response: revision.clone(),
-                raw_response: c.text,
-                usage: c.usage,
-            });
-            convo.push(Message::assistant(revision.clone()));
-            answer = revision.clone();
-            rounds.push(Round {
-                round,
-                principle_index: index,
-                principle_name: principle.name.clone(),
-                critique_request,
-                critique,
-                revision_request,
-                revision,
-            });
+            steps.push(critique);
+            steps.push(revision);
+            answer = r.revision.clone();
+            rounds.push(r);
         }
 
         let system = self.constitution.system_message.clone();
@@ -403,6 +346,129 @@ impl Pipeline {
             samples,
             judged: None,
         })))
+    }
+}
+
+/// The critique → revision step of the loop, shared by `generate` (every
+/// round of [`Pipeline::run`]) and `cai serve`'s `cai` approach.
+pub struct Reviser<'a> {
+    pub engine: &'a Engine,
+    pub constitution: &'a Constitution,
+    pub templates: &'a Templates,
+    pub params: &'a GenParams,
+    /// Seed of the principle choice.
+    pub seed: u64,
+}
+
+/// Why a round produced no revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundFail {
+    /// The prompt is rejected at this stage, for this reason.
+    Reject(Stage, String),
+    /// The endpoint refuses every request.
+    Stop(String),
+    Aborted(AbortReason),
+}
+
+impl Reviser<'_> {
+    /// One round: picks the principle for `(seed, id, round)`, asks for a
+    /// critique of `answer` and then a revision. `convo` is the conversation
+    /// so far, ending with `answer`; the four new turns are appended to it.
+    /// Returns the round and its two trace steps.
+    pub async fn round(
+        &self,
+        id: &str,
+        round: u32,
+        prompt: &str,
+        answer: &str,
+        convo: &mut Vec<Message>,
+    ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
+        let call = |stage: Stage, req: ChatRequest| async move {
+            self.engine
+                .complete(stage.as_str(), id, &req)
+                .await
+                .map_err(|e| match e {
+                    CallError::Reject(why) => RoundFail::Reject(stage, why),
+                    CallError::Stop(msg) => RoundFail::Stop(msg),
+                    CallError::Aborted(r) => RoundFail::Aborted(r),
+                })
+        };
+        let render = |stage: Stage, name: &str, ctx: minijinja::Value| {
+            self.templates
+                .render(name, ctx)
+                .map_err(|e| RoundFail::Reject(stage, format!("template failed: {e}")))
+        };
+        let index = pick_principle(self.seed, id, round, self.constitution.principles.len());
+        let principle = &self.constitution.principles[index];
+        let pctx = PrincipleCtx::from(principle);
+
+        let critique_request = render(
+            Stage::Critique,
+            "critique.jinja",
+            minijinja::context! { prompt, answer, principle => &pctx, round },
+        )?;
+        convo.push(Message::user(critique_request.clone()));
+        let req = ChatRequest {
+            messages: messages(self.constitution, Stage::Critique, convo),
+            params: self.params.clone(),
+        };
+        let c = call(Stage::Critique, req).await?;
+        let critique = strip_label(&c.text, "Critique");
+        if critique.is_empty() {
+            return Err(RoundFail::Reject(Stage::Critique, "empty critique".into()));
+        }
+        let critique_step = TraceStep {
+            stage: Stage::Critique,
+            round,
+            request: critique_request.clone(),
+            response: critique.clone(),
+            raw_response: c.text,
+            usage: c.usage,
+        };
+        convo.push(Message::assistant(critique.clone()));
+
+        let revision_request = render(
+            Stage::Revision,
+            "revision.jinja",
+            minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
+        )?;
+        convo.push(Message::user(revision_request.clone()));
+        let req = ChatRequest {
+            messages: messages(self.constitution, Stage::Revision, convo),
+            params: self.params.clone(),
+        };
+        let c = call(Stage::Revision, req).await?;
+        let revision = strip_label(&c.text, "Revision");
+        if revision.is_empty() {
+            return Err(RoundFail::Reject(Stage::Revision, "empty revision".into()));
+        }
+        if is_refusal_to_revise(&revision) {
+            return Err(RoundFail::Reject(
+                Stage::Revision,
+                format!("the model declined to revise: {}", first_line(&revision)),
+            ));
+        }
+        let revision_step = TraceStep {
+            stage: Stage::Revision,
+            round,
+            request: revision_request.clone(),
+            response: revision.clone(),
+            raw_response: c.text,
+            usage: c.usage,
+        };
+        convo.push(Message::assistant(revision.clone()));
+        Ok((
+            Round {
+                round,
+                principle_index: index,
+                principle_name: principle.name.clone(),
+                critique_request,
+                critique,
+                revision_request,
+                revision,
+            },
+            [critique_step, revision_step],
+        ))
     }
 }
 

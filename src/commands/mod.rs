@@ -61,6 +61,7 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             0
         }),
         Command::Model(cmd) => model::model(cmd),
+        Command::Serve(args) => crate::serve::run(&args),
         Command::Report(args) => match crate::output::report::command(&args) {
             Ok(path) => {
                 println!("{}", path.display());

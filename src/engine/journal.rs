@@ -64,7 +64,8 @@ struct Entry<'a> {
 /// The journal of one run directory.
 pub struct Journal {
     path: PathBuf,
-    file: Mutex<File>,
+    /// `None`: a [`Journal::disabled`] one, which records nothing.
+    file: Option<Mutex<File>>,
     cached: HashMap<String, Completion>,
 }
 
@@ -106,9 +107,19 @@ impl Journal {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file: Some(Mutex::new(file)),
             cached,
         })
+    }
+
+    /// A journal that remembers nothing and writes nothing, for requests
+    /// that are answered once and never resumed (`cai serve`).
+    pub fn disabled() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+            cached: HashMap::new(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -127,6 +138,9 @@ impl Journal {
 
     /// Appends one finished request.
     pub fn record(&self, key: &str, prompt_id: &str, c: &Completion) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let mut line = serde_json::to_vec(&Entry {
             k: key.into(),
             id: prompt_id.into(),
@@ -134,7 +148,7 @@ impl Journal {
         })
         .map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(&line)
     }
 }

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod retry;
 pub mod rundir;
 pub mod scheduler;
+mod stream;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -84,6 +85,10 @@ pub struct EngineConfig {
     pub price: Option<crate::cost::Price>,
     /// Spend cap in USD for this invocation (`--max-cost`); needs `price`.
     pub max_cost: Option<f64>,
+    /// Return a reply cut off by the token limit as it is, instead of
+    /// retrying it with a doubled limit and then rejecting it (a proxy
+    /// passes `finish_reason: length` on to its client).
+    pub keep_truncated: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +102,7 @@ impl Default for EngineConfig {
             breaker_window: 50,
             price: None,
             max_cost: None,
+            keep_truncated: false,
         }
     }
 }
@@ -402,6 +408,7 @@ impl Engine {
                     self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
                     self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
                     match &c.finish {
+                        FinishReason::Length if self.cfg.keep_truncated => {}
                         FinishReason::Length if !widened => {
                             // One more try with room to finish; the reply is
                             // still journaled under the original request.

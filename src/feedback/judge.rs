@@ -277,7 +277,7 @@ impl Judge {
     }
 
     /// P(A) for one rendered question, from one judge.
-    async fn one_order(
+    pub async fn one_order(
         &self,
         ep: &JudgeEndpoint,
         id: &str,

@@ -171,6 +171,20 @@ pub struct Reply {
     pub rate: RateHints,
 }
 
+/// One event of a streamed reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// More text of the reply.
+    Delta(String),
+    /// Token counts, when the endpoint reports them.
+    Usage(Usage),
+    /// The reply is complete.
+    Finish(FinishReason),
+}
+
+/// The events of one streamed reply, in order. An error ends it.
+pub type EventStream = futures::stream::BoxStream<'static, Result<StreamEvent, ProviderError>>;
+
 /// One failed attempt, classified so the engine can decide to retry.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -258,6 +272,19 @@ pub trait Provider: Send + Sync {
     fn key_var(&self) -> Option<&str>;
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
+    /// One attempt at a completion whose text arrives in pieces as the model
+    /// writes it. An error before the stream is returned can be retried; one
+    /// inside the stream ends it. The default waits for [`Provider::complete`]
+    /// and yields the whole reply at once, so every backend can be streamed.
+    async fn stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
+        let c = self.complete(req).await?.completion;
+        let mut events = vec![Ok(StreamEvent::Delta(c.text))];
+        if let Some(u) = c.usage {
+            events.push(Ok(StreamEvent::Usage(u)));
+        }
+        events.push(Ok(StreamEvent::Finish(c.finish)));
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
     /// The request as it would be sent, for `cai render`.
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{check_reply, ReplyLimit};
 use super::{
-    post_json, ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
-    TokenLogprob, Usage,
+    post_json, ChatRequest, Completion, EventStream, FinishReason, Message, Provider,
+    ProviderError, Reply, StreamEvent, TokenLogprob, Usage,
 };
 
 /// An OpenAI-compatible endpoint.
@@ -78,6 +78,8 @@ impl OpenAi {
             n: p.n.filter(|&n| n > 1),
             logprobs: p.top_logprobs.map(|_| true),
             top_logprobs: p.top_logprobs,
+            stream: false,
+            stream_options: None,
         }
     }
 }
@@ -99,6 +101,153 @@ struct Body<'a> {
     logprobs: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_logprobs: Option<u8>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// One `data:` event of a streamed reply.
+#[derive(Deserialize)]
+struct StreamChunk {
+    #[serde(default)]
+    choices: Vec<StreamChoice>,
+    usage: Option<ApiUsage>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    delta: StreamDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamDelta {
+    content: Option<String>,
+}
+
+/// An SSE event larger than this is not a token delta: the stream is broken.
+const MAX_EVENT: usize = 1 << 20;
+
+/// Splits a byte stream into server-sent events and reads their `data:`
+/// fields as chat-completion chunks.
+struct SseReader {
+    resp: reqwest::Response,
+    url: String,
+    buf: Vec<u8>,
+    pending: std::collections::VecDeque<StreamEvent>,
+    done: bool,
+}
+
+impl SseReader {
+    /// Parses every complete event in the buffer into `pending`.
+    fn drain_events(&mut self) -> Result<(), ProviderError> {
+        loop {
+            let Some((end, sep)) = find_event_end(&self.buf) else {
+                if self.buf.len() > MAX_EVENT {
+                    return Err(
+                        self.malformed(format!("a stream event longer than {MAX_EVENT} bytes"))
+                    );
+                }
+                return Ok(());
+            };
+            let event: Vec<u8> = self.buf.drain(..end + sep).take(end).collect();
+            let text = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if data.is_empty() {
+                continue; // a comment or keep-alive
+            }
+            let data = data.join("\n");
+            if data.trim() == "[DONE]" {
+                self.done = true;
+                return Ok(());
+            }
+            let chunk: StreamChunk = serde_json::from_str(&data)
+                .map_err(|e| self.malformed(format!("{e} in stream event: {}", snip(&data))))?;
+            if let Some(choice) = chunk.choices.into_iter().next() {
+                if let Some(t) = choice.delta.content.filter(|t| !t.is_empty()) {
+                    self.pending.push_back(StreamEvent::Delta(t));
+                }
+                if let Some(f) = choice.finish_reason {
+                    self.pending
+                        .push_back(StreamEvent::Finish(finish_reason(Some(&f))));
+                }
+            }
+            if let Some(u) = chunk.usage {
+                self.pending.push_back(StreamEvent::Usage(Usage {
+                    prompt_tokens: u.prompt_tokens,
+                    completion_tokens: u.completion_tokens,
+                }));
+            }
+        }
+    }
+
+    fn malformed(&self, reason: String) -> ProviderError {
+        ProviderError::Malformed {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Result<StreamEvent, ProviderError>> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    self.buf.extend_from_slice(&bytes);
+                    if let Err(e) = self.drain_events() {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                }
+                Ok(None) => {
+                    self.done = true;
+                    if !self.buf.iter().all(u8::is_ascii_whitespace) {
+                        return Some(Err(
+                            self.malformed("the stream ended inside an event".into())
+                        ));
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(ProviderError::from_reqwest(&self.url, e)));
+                }
+            }
+        }
+    }
+}
+
+/// The end of the first event in `buf` and the length of its separator
+/// (a blank line, `\n\n` or `\r\n\r\n`).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn snip(s: &str) -> String {
+    s.chars().take(200).collect()
 }
 
 #[derive(Deserialize)]
@@ -170,6 +319,52 @@ impl Provider for OpenAi {
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
+    }
+
+    async fn stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
+        let mut body = self.body(req);
+        body.n = None;
+        body.logprobs = None;
+        body.top_logprobs = None;
+        body.stream = true;
+        body.stream_options = Some(StreamOptions {
+            include_usage: true,
+        });
+        let mut http = self.client.post(&self.url).json(&body);
+        if let Some(key) = &self.key {
+            http = http.bearer_auth(key.expose_secret());
+        }
+        let resp = http
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let rate = super::rate_hints(resp.headers());
+            let retry_after = super::retry_after(resp.headers());
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
+            return Err(ProviderError::Status {
+                status: status.as_u16(),
+                url: self.url.clone(),
+                body: super::snippet(&bytes, self.key.as_ref()),
+                retry_after,
+                rate: Box::new(rate),
+            });
+        }
+        let reader = SseReader {
+            resp,
+            url: self.url.clone(),
+            buf: Vec::new(),
+            pending: Default::default(),
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            reader,
+            |mut r| async move { r.next_event().await.map(|e| (e, r)) },
+        )))
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {

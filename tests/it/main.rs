@@ -13,3 +13,5 @@ mod local_engine;
 mod local_families;
 mod report;
 mod rundir;
+mod serve;
+mod serve_support;

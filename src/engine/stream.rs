@@ -1,0 +1,87 @@
+//! Streamed requests through the engine: the same limits, retry rules,
+//! budgets and breaker as [`Engine::complete`], applied to opening the
+//! stream. Once the first byte of a reply has been handed on it cannot be
+//! taken back, so a failure inside a stream ends it instead of being retried.
+
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+
+use super::retry::{self, Verdict};
+use super::{estimate_tokens, AbortReason, ItemError, Engine};
+use crate::provider::{ChatRequest, EventStream, StreamEvent};
+
+impl Engine {
+    /// Opens a streamed reply for `req`, retrying failures to open it.
+    /// Token counts reach the run's statistics as the stream reports them.
+    pub async fn open_stream(&self, req: &ChatRequest) -> Result<EventStream, ItemError> {
+        let mut attempt = 0u32;
+        loop {
+            if let Some(r) = self.stop.reason() {
+                return Err(ItemError::Aborted(r));
+            }
+            if let Some(max) = self.cfg.max_requests {
+                let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                if prev >= max {
+                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                    self.stop.stop(AbortReason::MaxRequests);
+                    return Err(ItemError::Aborted(AbortReason::MaxRequests));
+                }
+            } else {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            let est = estimate_tokens(req) + u64::from(req.params.max_tokens);
+            tokio::select! {
+                _ = self.limiter.acquire(est) => {}
+                r = self.stop.stopped() => {
+                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                    return Err(ItemError::Aborted(r));
+                }
+            }
+            let err = match self.provider.stream(req).await {
+                Ok(events) => {
+                    self.settle(true);
+                    let stats = self.stats.clone();
+                    return Ok(Box::pin(events.inspect(move |e| {
+                        if let Ok(StreamEvent::Usage(u)) = e {
+                            stats
+                                .tokens_in
+                                .fetch_add(u.prompt_tokens, Ordering::Relaxed);
+                            stats
+                                .tokens_out
+                                .fetch_add(u.completion_tokens, Ordering::Relaxed);
+                        }
+                    })));
+                }
+                Err(e) => e,
+            };
+            match retry::classify(&err) {
+                Verdict::StopRun => return Err(ItemError::Stop(self.stop_message(&err))),
+                Verdict::GiveUp => {
+                    self.settle(false);
+                    return Err(ItemError::Reject(err.to_string()));
+                }
+                Verdict::Retry { after, throttled } => {
+                    if let crate::provider::ProviderError::Status { rate, .. } = &err {
+                        self.limiter.learn(rate);
+                    }
+                    if attempt >= self.cfg.max_retries {
+                        self.settle(false);
+                        return Err(ItemError::Reject(format!(
+                            "gave up after {} attempts: {err}",
+                            attempt + 1
+                        )));
+                    }
+                    let wait = after.unwrap_or(self.cfg.backoff.delay(attempt, &mut rand::rng()));
+                    if throttled {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.limiter.pause(wait);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    self.sleep(wait).await?;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Approaches: how a request spends upstream calls to answer better.
+//!
+//! A request names a [`Plan`], one or more [`Step`]s joined by `&`; each
+//! step refines the answer of the one before it (the previous answer stands
+//! in for the step's own first draft, so `cai&bon` revises the answer and
+//! then lets it compete with fresh candidates). Every step is a small file
+//! over [`Ctx::call`], which sends through the shared engine. Calls that do
+//! not depend on each other are awaited together, so a request's wall time
+//! is its critical path.
+
+mod bon;
+mod cai;
+mod cot_reflection;
+mod moa;
+mod none;
+mod rto;
+mod self_consistency;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+
+use crate::engine::Engine;
+use crate::provider::{ChatRequest, Completion, FinishReason, GenParams, Message, Role};
+
+use super::error::ApiError;
+use super::record;
+use super::Shared;
+
+/// Every approach slug, as error messages and `/v1/models` list them.
+pub const KNOWN: &[&str] = &[
+    "none",
+    "cai",
+    "bon",
+    "moa",
+    "self_consistency",
+    "rto",
+    "cot_reflection",
+];
+
+/// One step of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Pass-through.
+    None,
+    /// Constitutional critique → revision, `rounds` times.
+    Cai { rounds: u32 },
+    /// Best of `n` candidates by the judge (`None`: the request's or server's N).
+    Bon { n: Option<u32> },
+    /// Mixture of agents: candidates, a critique of them, a synthesis.
+    Moa,
+    /// Majority answer of k samples.
+    SelfConsistency,
+    /// Round-trip optimisation.
+    Rto,
+    /// Think, reflect, answer; only the answer is returned.
+    CotReflection,
+}
+
+impl Step {
+    /// Reads one slug: a known name, `cai` and `bon` optionally followed by
+    /// a number (`cai2`: two rounds, `bon5`: five candidates).
+    pub fn parse(s: &str) -> Option<Step> {
+        let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let (base, num) = s.split_at(s.len() - digits);
+        let num: Option<u32> = if num.is_empty() {
+            None
+        } else {
+            Some(num.parse().ok().filter(|&n| (1..=16).contains(&n))?)
+        };
+        Some(match (base, num) {
+            ("none", None) => Step::None,
+            ("cai", r) => Step::Cai {
+                rounds: r.unwrap_or(1),
+            },
+            ("bon", n) => Step::Bon { n },
+            ("moa", None) => Step::Moa,
+            ("self_consistency", None) => Step::SelfConsistency,
+            ("rto", None) => Step::Rto,
+            ("cot_reflection", None) => Step::CotReflection,
+            _ => return None,
+        })
+    }
+
+    pub fn slug(self) -> String {
+        match self {
+            Step::None => "none".into(),
+            Step::Cai { rounds: 1 } => "cai".into(),
+            Step::Cai { rounds } => format!("cai{rounds}"),
+            Step::Bon { n: None } => "bon".into(),
+            Step::Bon { n: Some(n) } => format!("bon{n}"),
+            Step::Moa => "moa".into(),
+            Step::SelfConsistency => "self_consistency".into(),
+            Step::Rto => "rto".into(),
+            Step::CotReflection => "cot_reflection".into(),
+        }
+    }
+}
+
+/// Steps run one after another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan(pub Vec<Step>);
+
+impl Plan {
+    /// Reads `a&b&c`; the error names the first unknown part.
+    pub fn parse(s: &str) -> Result<Plan, String> {
+        let steps = s
+            .split('&')
+            .map(|p| Step::parse(p.trim()).ok_or_else(|| p.trim().to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Plan(steps))
+    }
+
+    pub fn slug(&self) -> String {
+        self.0
+            .iter()
+            .map(|s| s.slug())
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// Plain pass-through: streamed token by token.
+    pub fn is_passthrough(&self) -> bool {
+        self.0 == [Step::None]
+    }
+}
+
+/// The message for an unknown approach.
+pub fn unknown(name: &str) -> String {
+    format!(
+        "unknown approach `{name}`; known approaches: {} (join them with & for a pipeline, e.g. cai&bon; cai2 and bon5 set rounds and candidates)",
+        KNOWN.join(", ")
+    )
+}
+
+/// Splits `SLUG-model` into its plan and the model name. A prefix that is
+/// not an approach is part of the model name (`gpt-4o`), unless it is a
+/// pipeline (`cai&foo-m`), which can only be a misspelt approach.
+pub fn split_model(model: &str) -> Result<Option<(Plan, &str)>, String> {
+    let Some((prefix, rest)) = model.split_once('-') else {
+        return Ok(None);
+    };
+    match Plan::parse(prefix) {
+        Ok(plan) if !rest.is_empty() => Ok(Some((plan, rest))),
+        Ok(_) => Ok(None),
+        Err(bad) if prefix.contains('&') => Err(bad),
+        Err(_) => Ok(None),
+    }
+}
+
+/// An answer and why it ended.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+impl Answer {
+    fn stop(text: String) -> Self {
+        Self {
+            text,
+            finish: FinishReason::Stop,
+        }
+    }
+}
+
+/// What an approach works with: one request's conversation and parameters.
+pub struct Ctx {
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    /// The client's parameters (with the server's defaults).
+    pub params: GenParams,
+    /// Seed of principle and comparison choices.
+    pub seed: u64,
+    /// Names the conversation in principle choices (a hash of it).
+    pub key: String,
+    /// N of `bon`/`moa`/`self_consistency` when the slug gives none.
+    pub best_of_n: u32,
+}
+
+impl Ctx {
+    /// One upstream call through the engine.
+    pub async fn call(&self, req: &ChatRequest) -> Result<Completion, ApiError> {
+        self.engine
+            .complete("serve", &self.key, req)
+            .await
+            .map_err(|e| ApiError::upstream(e, record::last_status()))
+    }
+
+    /// The client's parameters for an intermediate call: no stop sequences,
+    /// one choice.
+    pub fn inner_params(&self) -> GenParams {
+        GenParams {
+            stop: Vec::new(),
+            n: None,
+            top_logprobs: None,
+            ..self.params.clone()
+        }
+    }
+
+    /// A request of `messages` with the intermediate parameters.
+    pub fn request(&self, messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            messages,
+            params: self.inner_params(),
+        }
+    }
+
+    /// `want` answers to `messages`: one request with `n` where the upstream
+    /// honours it, else (and once it has been seen ignoring `n`) `want`
+    /// concurrent requests with distinct seeds.
+    pub async fn samples(&self, messages: &[Message], want: u32) -> Result<Vec<String>, ApiError> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let base = self.params.seed.unwrap_or(self.seed);
+        let mut out = Vec::with_capacity(want as usize);
+        let support = &self.shared.n_support;
+        if want > 1 && support.load(Ordering::Relaxed) != N_IGNORED {
+            let mut req = self.request(messages.to_vec());
+            req.params.n = Some(want);
+            let c = self.call(&req).await?;
+            out.push(c.text);
+            out.extend(c.more.into_iter().take(want as usize - 1));
+            support.store(
+                if out.len() as u32 >= want {
+                    N_HONOURED
+                } else {
+                    N_IGNORED
+                },
+                Ordering::Relaxed,
+            );
+        }
+        let missing = want - out.len() as u32;
+        let calls = (0..missing).map(|i| {
+            let mut req = self.request(messages.to_vec());
+            req.params.seed = Some(base.wrapping_add(u64::from(want + i)));
+            async move { self.call(&req).await.map(|c| c.text) }
+        });
+        out.extend(try_join_all(calls).await?);
+        Ok(out.into_iter().map(|t| t.trim().to_string()).collect())
+    }
+}
+
+/// Whether the upstream honours `n` (learnt from its first reply to it).
+pub const N_UNKNOWN: u8 = 0;
+const N_HONOURED: u8 = 1;
+const N_IGNORED: u8 = 2;
+
+/// Runs every step of `plan` over `messages`.
+pub async fn run(ctx: &Ctx, plan: &Plan, messages: &[Message]) -> Result<Answer, ApiError> {
+    let mut prev: Option<Answer> = None;
+    for step in &plan.0 {
+        let p = prev.take();
+        prev = Some(match *step {
+            Step::None => none::run(ctx, messages, p).await?,
+            Step::Cai { rounds } => cai::run(ctx, messages, p, rounds).await?,
+            Step::Bon { n } => bon::run(ctx, messages, p, n.unwrap_or(ctx.best_of_n)).await?,
+            Step::Moa => moa::run(ctx, messages, p, ctx.best_of_n.max(2)).await?,
+            Step::SelfConsistency => {
+                self_consistency::run(ctx, messages, p, ctx.best_of_n.max(2)).await?
+            }
+            Step::Rto => rto::run(ctx, messages, p).await?,
+            Step::CotReflection => cot_reflection::run(ctx, messages, p).await?,
+        });
+    }
+    prev.ok_or_else(|| ApiError::invalid("empty approach", Some("approach".into())))
+}
+
+/// The text of the last user message (what the judge and critiques call
+/// the prompt).
+pub fn last_user(messages: &[Message]) -> &str {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map_or("", |m| m.content.as_str())
+}
+
+/// The conversation as plain text, for prompts that quote it.
+pub fn transcript(messages: &[Message]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        let who = match m.role {
+            Role::System => "System",
+            Role::User => "User",
+            Role::Assistant => "Assistant",
+        };
+        out.push_str(who);
+        out.push_str(": ");
+        out.push_str(&m.content);
+        out.push_str("\n\n");
+    }
+    out.trim_end().to_string()
+}
+
+/// Text with case, punctuation and spacing folded, for comparing answers.
+pub fn normalise(s: &str) -> String {
+    s.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_parse_with_counts_and_pipelines() {
+        assert_eq!(Step::parse("cai2"), Some(Step::Cai { rounds: 2 }));
+        assert_eq!(Step::parse("bon"), Some(Step::Bon { n: None }));
+        assert_eq!(Step::parse("bon5"), Some(Step::Bon { n: Some(5) }));
+        assert_eq!(Step::parse("moa2"), None);
+        assert_eq!(Step::parse("cai0"), None);
+        assert_eq!(
+            Plan::parse("cai&bon").unwrap().0,
+            vec![Step::Cai { rounds: 1 }, Step::Bon { n: None }]
+        );
+        assert_eq!(Plan::parse("cai&nope"), Err("nope".to_string()));
+    }
+
+    #[test]
+    fn model_prefixes_are_approaches_only_when_known() {
+        let (plan, model) = split_model("moa-gpt-4o-mini").unwrap().unwrap();
+        assert_eq!((plan.slug().as_str(), model), ("moa", "gpt-4o-mini"));
+        assert!(split_model("gpt-4o").unwrap().is_none());
+        assert!(split_model("llama3").unwrap().is_none());
+        assert_eq!(split_model("cai&bogus-m"), Err("bogus".to_string()));
+        let (plan, _) = split_model("cai&bon-m").unwrap().unwrap();
+        assert_eq!(plan.slug(), "cai&bon");
+    }
+
+    #[test]
+    fn normalising_ignores_case_punctuation_and_spacing() {
+        assert_eq!(
+            normalise("  The answer is 42. "),
+            normalise("the ANSWER is 42")
+        );
+        assert_ne!(normalise("41"), normalise("42"));
+    }
+}

@@ -1,0 +1,31 @@
+//! `none`: the request as the client sent it, one upstream call. (Streamed
+//! requests do not come here: they are relayed token by token, see
+//! [`crate::serve::stream`].)
+
+use crate::provider::Message;
+
+use super::{Answer, Ctx};
+use crate::serve::error::ApiError;
+
+pub async fn run(
+    ctx: &Ctx,
+    messages: &[Message],
+    prev: Option<Answer>,
+) -> Result<Answer, ApiError> {
+    if let Some(p) = prev {
+        return Ok(p);
+    }
+    let req = crate::provider::ChatRequest {
+        messages: messages.to_vec(),
+        params: crate::provider::GenParams {
+            n: None,
+            top_logprobs: None,
+            ..ctx.params.clone()
+        },
+    };
+    let c = ctx.call(&req).await?;
+    Ok(Answer {
+        text: c.text,
+        finish: c.finish,
+    })
+}
