@@ -1206,7 +1206,7 @@ struct TokenLogprob {
 
 /// The verdict for a judge question with hash `hash`.
 fn judge_choice(hash: u64) -> &'static str {
-    if splitmix(hash ^ 0x6a75_6467) % 2 == 0 {
+    if splitmix(hash ^ 0x6a75_6467).is_multiple_of(2) {
         "(A)"
     } else {
         "(B)"
