@@ -761,7 +761,7 @@ fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData
             d.sample.push(r);
         }
     })?;
-    d.groups.sort_by(|a, b| b.count.cmp(&a.count));
+    d.groups.sort_by_key(|g| std::cmp::Reverse(g.count));
     Ok(d)
 }
 

@@ -57,10 +57,10 @@ pub fn render(data: &RunData, title: &str) -> Result<String, serde_json::Error> 
     rejects(&mut p, data);
     rows(&mut p, data);
     let facets = html::json_for_script(&p.facets)?;
-    let _ = write!(
+    let _ = writeln!(
         p.out,
         "<footer>Written by cai {}. This page is one file: it loads nothing from elsewhere.</footer>\
-<script type=\"application/json\" id=\"cai-facets\">{facets}</script><script>{JS}</script></body></html>\n",
+<script type=\"application/json\" id=\"cai-facets\">{facets}</script><script>{JS}</script></body></html>",
         text(crate::VERSION)
     );
     Ok(p.out)
@@ -479,7 +479,7 @@ fn gen_figures(out: &mut String, g: &GenData) {
         let (mut lo, mut hi) = (all[0], all[all.len() - 1]);
         if lo >= 0.0 && hi <= 1.0 {
             (lo, hi) = (0.0, 1.0);
-        } else if hi - lo < f64::EPSILON {
+        } else if (hi - lo).abs() < f64::EPSILON {
             hi = lo + 1.0;
         }
         figure(

@@ -304,7 +304,7 @@ pub fn lines(label: &str, axis: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Str
     if x0 > x1 {
         (x0, x1, y1) = (0.0, 1.0, 1.0);
     }
-    if x1 - x0 < f64::EPSILON {
+    if (x1 - x0).abs() < f64::EPSILON {
         x1 = x0 + 1.0;
     }
     let step = nice_step(y1 - y0, 4);
