@@ -445,6 +445,9 @@ pub struct RunArgs {
     /// Resume even though the model, constitution, templates or parameters changed.
     #[arg(long)]
     pub force: bool,
+    /// Do not write report.html (the HTML report of the run) at the end.
+    #[arg(long)]
+    pub no_report: bool,
     /// No progress display.
     #[arg(long)]
     pub quiet: bool,

@@ -17,7 +17,7 @@
 //! | [`engine`] | the one run loop, requests (limits, retries, journal, budgets), run-directory lock, progress |
 //! | [`input`] | prompts, constitution, answer pairs |
 //! | [`serve`] | `cai serve`: the OpenAI-compatible HTTP layer and the approaches (cai, bon, moa, …) |
-| [`provider`] | the `Provider` trait and every backend, the local model |
+//! | [`provider`] | the `Provider` trait and every backend, the local model |
 //! | [`template`], [`cost`], [`error`] | templates, prices, error types |
 
 pub mod cli;

@@ -227,6 +227,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         max_cost,
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
+    crate::config::write_run_report(&run, &out);
     crate::error::run_result(end.fatal, end.aborted)?;
     Ok(RunSummary {
         out,

@@ -185,6 +185,7 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
     report.requests = Some(snapshot);
     report.wall_time_s = started.elapsed().as_secs_f64();
     manifest::write_atomic(&out.join("report.json"), &report)?;
+    crate::config::write_run_report(&cfg.run, &out);
     crate::error::run_result(end.fatal, end.aborted)?;
     Ok(LabelSummary {
         out,

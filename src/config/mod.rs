@@ -458,6 +458,8 @@ pub struct RunSettings {
     pub max_retries: u32,
     pub max_requests: Option<u64>,
     pub force: bool,
+    /// Write `report.html` at the end (`--no-report` turns it off).
+    pub report: bool,
     pub display: crate::engine::progress::Display,
     pub json: bool,
 }
@@ -475,6 +477,7 @@ impl RunSettings {
             max_retries: a.max_retries,
             max_requests: a.max_requests,
             force: a.force,
+            report: !a.no_report,
             display: crate::engine::progress::Display::choose(a.quiet, json),
             json,
         })
@@ -495,5 +498,16 @@ impl RunSettings {
             max_cost,
             ..crate::engine::EngineConfig::default()
         }
+    }
+}
+
+/// Writes the run's HTML report at the end of a run; a failure is a
+/// warning, never the run's failure (the data is already safe on disk).
+pub fn write_run_report(settings: &RunSettings, out: &std::path::Path) {
+    if !settings.report {
+        return;
+    }
+    if let Err(e) = crate::output::report::write_report(out, None) {
+        eprintln!("cai: warning: report.html not written: {e}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 
 use super::retry::{self, Verdict};
-use super::{estimate_tokens, AbortReason, ItemError, Engine};
+use super::{estimate_tokens, AbortReason, Engine, ItemError};
 use crate::provider::{ChatRequest, EventStream, StreamEvent};
 
 impl Engine {

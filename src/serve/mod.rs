@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 
 use crate::cli::ServeArgs;
 use crate::engine::{AbortReason, Engine, EngineConfig, Journal, StopSignal};
-use crate::input::Constitution;
-use crate::feedback::judge::{Judge, JudgeOptions};
-use crate::provider::{GenParams, Provider};
 use crate::error::RunError;
+use crate::feedback::judge::{Judge, JudgeOptions};
+use crate::input::Constitution;
+use crate::provider::{GenParams, Provider};
 use crate::template::Templates;
 
 use approach::Plan;
