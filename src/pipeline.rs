@@ -388,9 +388,9 @@ impl Reviser<'_> {
                 .complete(stage.as_str(), id, &req)
                 .await
                 .map_err(|e| match e {
-                    CallError::Reject(why) => RoundFail::Reject(stage, why),
-                    CallError::Stop(msg) => RoundFail::Stop(msg),
-                    CallError::Aborted(r) => RoundFail::Aborted(r),
+                    ItemError::Reject(why) => RoundFail::Reject(stage, why),
+                    ItemError::Stop(msg) => RoundFail::Stop(msg),
+                    ItemError::Aborted(r) => RoundFail::Aborted(r),
                 })
         };
         let render = |stage: Stage, name: &str, ctx: minijinja::Value| {
