@@ -298,11 +298,13 @@ pub fn build_provider(
     build(args, concurrency, None)
 }
 
+/// A dry run's provider, the note on how it was chosen, and the missing
+/// key's message.
+pub type DryRunProvider = (Arc<dyn Provider>, Option<String>, Option<String>);
+
 /// Builds the provider for a dry run, which sends nothing: a missing API
 /// key is not an error but a note (returned as the third value).
-pub fn build_provider_for_dry_run(
-    args: &EndpointArgs,
-) -> Result<(Arc<dyn Provider>, Option<String>, Option<String>), ConfigError> {
+pub fn build_provider_for_dry_run(args: &EndpointArgs) -> Result<DryRunProvider, ConfigError> {
     let mut missing = None;
     let (p, note) = build(args, 1, Some(&mut missing))?;
     Ok((p, note, missing))

@@ -203,7 +203,7 @@ fn format_score(c: &str) -> f64 {
     let unlabelled = !["answer:", "revision:", "critique:"]
         .iter()
         .any(|l| lower.starts_with(l));
-    let fences = t.matches("```").count() % 2 == 0;
+    let fences = t.matches("```").count().is_multiple_of(2);
     let mut seen = HashSet::new();
     let no_repeats = t
         .lines()

@@ -170,7 +170,7 @@ impl GgufFile {
         let dims = info.shape.dims().to_vec();
         let elems: usize = dims.iter().product();
         let block = info.ggml_dtype.block_size();
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(self.corrupt(format!(
                 "tensor {name}: {elems} values is not a whole number of blocks"
             )));
@@ -250,7 +250,7 @@ impl Linear {
             )));
         }
         let own = matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0);
-        let store = if own && cols % QK == 0 {
+        let store = if own && cols.is_multiple_of(QK) {
             Store::Blocks {
                 dtype,
                 start,
@@ -523,13 +523,13 @@ impl Model {
             .map_or(heads, |v| v as usize);
         let head_dim = gguf
             .meta_u64(&key("attention.key_length"))
-            .map_or(if heads == 0 { 0 } else { dim / heads }, |v| v as usize);
+            .map_or(dim.checked_div(heads).unwrap_or(0), |v| v as usize);
         if heads == 0
             || kv_heads == 0
             || head_dim == 0
             || heads % kv_heads != 0
-            || head_dim % 2 != 0
-            || (heads * head_dim) % QK != 0
+            || !head_dim.is_multiple_of(2)
+            || !(heads * head_dim).is_multiple_of(QK)
         {
             return Err(gguf.corrupt(format!(
                 "inconsistent attention shape: dim {dim}, {heads} heads of {head_dim}, {kv_heads} kv heads"
