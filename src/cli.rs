@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::input::Shard;
+use crate::input::ShardArg;
 use crate::provider::presets::{self, Preset, PRESETS};
 
 #[derive(Debug, Parser)]
@@ -67,6 +67,28 @@ pub enum Command {
         after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
     )]
     Label(Box<LabelArgs>),
+    /// Join the run directories of finished shards (or refresh one run) into one dataset.
+    #[command(
+        after_help = "Examples:\n  cai merge shards/run-* --out dataset\n  cai merge shards/run-1 shards/run-3 --out partial --partial\n  cai merge run --out dataset   # one run refreshed over an edited prompts file: current rows only\n\nEvery output file of every shard is joined (CSV headers once) from its commit log. The shards must share one fingerprint (.cai/run.json), be disjoint, and together cover the prompts file their manifests name; what is missing is named. A row whose prompt text has changed since it was written, or whose prompt is no longer in the file, is left out."
+    )]
+    Merge(MergeArgs),
+}
+
+/// `cai merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Run directories of the shards (each written by `cai generate --shard`).
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for the merged dataset (created; must not hold a dataset yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Merge even though shards are missing, unfinished or incomplete (what is left out is listed).
+    #[arg(long)]
+    pub partial: bool,
+    /// The prompts file, when it is no longer at the path the manifests record (it must be the same file: same SHA-256).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -300,9 +322,12 @@ pub struct InputArgs {
     /// Take only the first N prompts of the file.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Take shard K of N (rows whose index mod N is K-1): disjoint and covering.
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<Shard>,
+    /// Take shard K of N (rows whose index mod N is K-1): disjoint and covering; `auto` reads K and N from a Slurm array (SLURM_ARRAY_TASK_ID, ..._COUNT or ..._MIN/MAX) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards N).
+    #[arg(long, value_name = "K/N|auto")]
+    pub shard: Option<ShardArg>,
+    /// With --shard auto in a Kubernetes Indexed Job: the number of shards (the Job's completions; default: $CAI_SHARDS).
+    #[arg(long, value_name = "N", requires = "shard")]
+    pub shards: Option<u64>,
 }
 
 /// Which endpoint and model.

@@ -24,6 +24,14 @@ pub struct Manifest {
     pub endpoint: String,
     pub prompts_file: String,
     pub prompts_sha256: String,
+    /// `--prompt-column`, `--limit` and the shard (`K/N`) this run read:
+    /// what `cai merge` needs to check that shards cover the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_column: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub constitution_file: String,
     pub constitution_sha256: String,
     pub constitution_format: String,

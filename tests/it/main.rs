@@ -8,4 +8,6 @@ mod errors;
 mod generate;
 mod label;
 mod local;
+mod refresh;
 mod rundir;
+mod shards;
