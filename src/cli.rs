@@ -239,6 +239,13 @@ const PROVIDER_KINDS: &[ProviderKind] = &[
     ProviderKind::Preset(&PRESETS[10]),
 ];
 
+impl EndpointArgs {
+    /// The first `--base-url` (the only one, unless a pool is given).
+    pub fn base_url(&self) -> Option<&str> {
+        self.base_urls.first().map(String::as_str)
+    }
+}
+
 impl ProviderKind {
     /// The `--provider` value.
     pub fn name(self) -> &'static str {
@@ -336,9 +343,14 @@ pub struct EndpointArgs {
     /// Backend or OpenAI-compatible preset, or a named endpoint of cai.toml (default: local, unless --base-url or OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY selects another).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderKind>,
-    /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI).
-    #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
+    /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI). Repeat it (or give a comma-separated list) for a pool of replicas serving the same model; `URL#weight=2` gives one twice the share.
+    #[arg(
+        long = "base-url",
+        id = "base_url",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub base_urls: Vec<String>,
     /// Model name sent to the endpoint (local: path of a GGUF file; default: the cached SmolLM2-135M-Instruct).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,

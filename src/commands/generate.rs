@@ -238,6 +238,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
             .map(|_| crate::cost::from_micros(snapshot.cost_micro_usd)),
         price,
         max_cost,
+        endpoints: provider.endpoint_stats(),
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
     if let Some(f) = end.fatal {

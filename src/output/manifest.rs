@@ -56,6 +56,9 @@ pub struct Manifest {
     pub price: Option<crate::cost::Price>,
     /// `--max-cost`, if set.
     pub max_cost: Option<f64>,
+    /// Requests, failures and latency per endpoint of a pool.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::provider::pool::EndpointStats>,
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and rename.

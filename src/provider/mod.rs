@@ -13,6 +13,7 @@ pub mod hf;
 pub mod local;
 pub mod model_store;
 pub mod openai;
+pub mod pool;
 pub mod presets;
 
 use std::time::Duration;
@@ -252,6 +253,11 @@ pub trait Provider: Send + Sync {
     fn key_var(&self) -> Option<&str>;
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
+    /// Requests, failures and latency per endpoint, for a pool of several
+    /// (empty for one endpoint).
+    fn endpoint_stats(&self) -> Vec<pool::EndpointStats> {
+        Vec::new()
+    }
     /// The request as it would be sent, for `cai render`.
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({

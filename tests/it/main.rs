@@ -8,6 +8,7 @@ mod errors;
 mod generate;
 mod label;
 mod local;
+mod pool;
 mod refresh;
 mod rundir;
 mod shards;
