@@ -17,6 +17,7 @@
 
 pub mod labels;
 pub mod manifest;
+pub mod optimize;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};

@@ -8,4 +8,5 @@ mod errors;
 mod generate;
 mod label;
 mod local;
+mod optimize;
 mod rundir;
