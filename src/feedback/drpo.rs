@@ -470,7 +470,7 @@ impl Critic {
     ) -> Result<Usable<Evaluation>, ItemError> {
         let text = self.render(
             "optimize_score.jinja",
-            minijinja::context! { query => &q.text, answer, aspects },
+            minijinja::context! { query => &q.text, answer => answer, aspects => aspects },
         )?;
         let got = self
             .ask(&self.evaluator, "optimize-score", &q.id, &text, |t| {
@@ -515,8 +515,8 @@ impl Critic {
         let text = self.render(
             "optimize_propose.jinja",
             minijinja::context! {
-                prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
-                reward => format!("{:.2}", ev.reward), history, variant, variants,
+                prompt => prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
+                reward => format!("{:.2}", ev.reward), history => history, variant => variant, variants => variants,
                 max_new_bullets => MAX_NEW_BULLETS, max_chars => MAX_PROMPT_CHARS,
             },
         )?;
