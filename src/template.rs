@@ -183,10 +183,10 @@ impl Templates {
             critique: "Identify problems.",
             revision: "Rewrite it.",
         };
-        let aspects = vec![minijinja::context! { name => "Clarity", description => "Easy to follow." }];
-        let evaluation = vec![
-            minijinja::context! { aspect => "Clarity", score => 3, rationale => "Dense." },
-        ];
+        let aspects =
+            vec![minijinja::context! { name => "Clarity", description => "Easy to follow." }];
+        let evaluation =
+            vec![minijinja::context! { aspect => "Clarity", score => 3, rationale => "Dense." }];
         let samples: [(&str, Value); 9] = [
             ("initial.jinja", minijinja::context! { prompt => "p" }),
             (

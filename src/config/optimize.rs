@@ -150,7 +150,10 @@ impl OptimizeConfig {
             let (p, _, m) = super::build_provider_for_dry_run(&c.endpoint)?;
             (Some(p), m)
         } else {
-            (Some(super::build_provider(&c.endpoint, run.concurrency)?.0), None)
+            (
+                Some(super::build_provider(&c.endpoint, run.concurrency)?.0),
+                None,
+            )
         };
         let evaluator = role(
             "--evaluator",

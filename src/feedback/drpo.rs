@@ -167,11 +167,9 @@ pub fn similarity(a: &str, b: &str) -> f64 {
 /// first `{` to its last `}` (models wrap JSON in prose or code fences).
 pub fn json_object(text: &str) -> Usable<Map<String, Value>> {
     let t = text.trim();
-    let parsed = serde_json::from_str::<Value>(t).or_else(|e| {
-        match (t.find('{'), t.rfind('}')) {
-            (Some(i), Some(j)) if i < j => serde_json::from_str::<Value>(&t[i..=j]),
-            _ => Err(e),
-        }
+    let parsed = serde_json::from_str::<Value>(t).or_else(|e| match (t.find('{'), t.rfind('}')) {
+        (Some(i), Some(j)) if i < j => serde_json::from_str::<Value>(&t[i..=j]),
+        _ => Err(e),
     });
     match parsed {
         Ok(Value::Object(m)) => Ok(m),
@@ -760,14 +758,20 @@ impl Search {
                     Ok(ev) => ev,
                     Err(why) => {
                         self.dropped += 1;
-                        log(sink, self.event(nid, step, q, "parent", None, Some(&why), None))?;
+                        log(
+                            sink,
+                            self.event(nid, step, q, "parent", None, Some(why.as_str()), None),
+                        )?;
                         continue;
                     }
                 };
                 if self.nodes[nid].reward.is_none() {
                     self.nodes[nid].reward = Some(ev.reward);
                 }
-                log(sink, self.event(nid, step, q, "parent", Some(&ev), None, None))?;
+                log(
+                    sink,
+                    self.event(nid, step, q, "parent", Some(&ev), None, None),
+                )?;
                 cands.push((nid, ev.reward));
                 if ev.satisfied() {
                     continue;
@@ -810,12 +814,26 @@ impl Search {
                     match critic.evaluate(&p.text, q, &aspects).await? {
                         Ok(ev2) => {
                             self.nodes[child].reward = Some(ev2.reward);
-                            log(sink, self.event(child, step, q, "child", Some(&ev2), None, Some(&p)))?;
+                            log(
+                                sink,
+                                self.event(child, step, q, "child", Some(&ev2), None, Some(&p)),
+                            )?;
                             cands.push((child, ev2.reward));
                         }
                         Err(why) => {
                             self.dropped += 1;
-                            log(sink, self.event(child, step, q, "child", None, Some(&why), Some(&p)))?;
+                            log(
+                                sink,
+                                self.event(
+                                    child,
+                                    step,
+                                    q,
+                                    "child",
+                                    None,
+                                    Some(why.as_str()),
+                                    Some(&p),
+                                ),
+                            )?;
                         }
                     }
                 }
@@ -1060,11 +1078,14 @@ mod tests {
             .starts_with("not JSON"));
         let known = default_aspects();
         assert_eq!(known.len(), 14);
-        let got = parse_aspects(r#"{"aspects": ["clarity", "Humour", "Clarity"]}"#, &known).unwrap();
+        let got =
+            parse_aspects(r#"{"aspects": ["clarity", "Humour", "Clarity"]}"#, &known).unwrap();
         assert_eq!(names(&got), ["Clarity", "Humour"]);
-        assert!(parse_proposal(r#"{"analysis": "a"}"#, "new_system_prompt", 10)
-            .unwrap_err()
-            .contains("no `new_system_prompt`"));
+        assert!(
+            parse_proposal(r#"{"analysis": "a"}"#, "new_system_prompt", 10)
+                .unwrap_err()
+                .contains("no `new_system_prompt`")
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ fn has_query_column(path: &Path) -> bool {
         .trim_start_matches('\u{feff}');
     match serde_json::from_str::<serde_json::Value>(first) {
         Ok(serde_json::Value::Object(o)) => o.contains_key("query"),
-        _ => first.split(',').any(|c| c.trim().trim_matches('"') == "query"),
+        _ => first
+            .split(',')
+            .any(|c| c.trim().trim_matches('"') == "query"),
     }
 }
 

@@ -8,8 +8,8 @@
 //! key bullet, proposals 2 and 3 add useless bullets. So the best prompt
 //! holds all three keys and scores 5, reached at depth 3.
 
-use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -64,7 +64,10 @@ fn keys_in(text: &str) -> usize {
 
 /// The current prompt quoted in a proposal request.
 fn current_prompt(req: &str) -> String {
-    let start = req.find("Current system prompt:\n").expect("prompt section") + 23;
+    let start = req
+        .find("Current system prompt:\n")
+        .expect("prompt section")
+        + 23;
     let rest = &req[start..];
     let end = ["\n\nEarlier versions", "\n\nQuery:"]
         .iter()
@@ -183,16 +186,23 @@ fn queries(dir: &Path, n: usize) -> PathBuf {
 fn optimize(server: &MockServer, queries: &Path, out: &Path) -> assert_cmd::Command {
     let url = format!("{}/v1", server.uri());
     let mut c = cai();
-    c.args(["optimize", "--provider", "openai", "--model", "base", "--quiet"])
-        .args(["--base-url", &url, "--seed", &SEED.to_string()])
-        .arg("--evaluator")
-        .arg(format!("openai:evaluator@{url}"))
-        .arg("--optimizer")
-        .arg(format!("openai:optimizer@{url}"))
-        .arg("--queries")
-        .arg(queries)
-        .arg("--out")
-        .arg(out);
+    c.args([
+        "optimize",
+        "--provider",
+        "openai",
+        "--model",
+        "base",
+        "--quiet",
+    ])
+    .args(["--base-url", &url, "--seed", &SEED.to_string()])
+    .arg("--evaluator")
+    .arg(format!("openai:evaluator@{url}"))
+    .arg("--optimizer")
+    .arg(format!("openai:optimizer@{url}"))
+    .arg("--queries")
+    .arg(queries)
+    .arg("--out")
+    .arg(out);
     c
 }
 
@@ -290,7 +300,10 @@ async fn the_search_finds_the_prompt_with_every_key_bullet_in_exactly_the_design
     assert_eq!(child["query_id"], "q2");
     assert_eq!(child["answer"], "Answer with 3 good bullets.");
     assert_eq!(child["reward"], 5.0);
-    assert!(stdout.contains("best path: #0 (2.00) → #1 (3.00) → #4 (4.00) → #9 (5.00)"), "{stdout}");
+    assert!(
+        stdout.contains("best path: #0 (2.00) → #1 (3.00) → #4 (4.00) → #9 (5.00)"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -315,7 +328,10 @@ async fn a_search_stopped_by_max_requests_resumes_without_sending_anything_twice
         .assert()
         .code(0);
     let err = String::from_utf8_lossy(&done.get_output().stderr).to_string();
-    assert!(err.contains("35 requests sent, 30 from the journal"), "{err}");
+    assert!(
+        err.contains("35 requests sent, 30 from the journal"),
+        "{err}"
+    );
     assert_eq!(bodies(&server).await.len(), 65, "nothing was sent twice");
     let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
     assert_eq!(keys_in(&best), 3);
@@ -381,7 +397,15 @@ async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
     let out = dir.path().join("eval");
     let url = format!("{}/v1", server.uri());
     let done = cai()
-        .args(["optimize", "eval", "--provider", "openai", "--model", "base", "--quiet"])
+        .args([
+            "optimize",
+            "eval",
+            "--provider",
+            "openai",
+            "--model",
+            "base",
+            "--quiet",
+        ])
         .args(["--base-url", &url, "--seed", "7"])
         .arg("--queries")
         .arg(&q)
@@ -402,10 +426,19 @@ async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
     assert_eq!(e["prompts"][1]["mean"], 4.0);
     assert_eq!(e["prompts"][1]["aspects"]["Clarity"], 4.0);
     let p = &e["pairwise"][0];
-    assert_eq!((p["wins"].as_u64(), p["losses"].as_u64()), (Some(0), Some(4)));
+    assert_eq!(
+        (p["wins"].as_u64(), p["losses"].as_u64()),
+        (Some(0), Some(4))
+    );
     assert_eq!(p["win_rate"], 0.0);
-    let (lo, hi) = (p["ci95"][0].as_f64().unwrap(), p["ci95"][1].as_f64().unwrap());
-    assert!(lo == 0.0 && hi > 0.3 && hi < 0.6, "Wilson interval for 0/4: {lo}–{hi}");
+    let (lo, hi) = (
+        p["ci95"][0].as_f64().unwrap(),
+        p["ci95"][1].as_f64().unwrap(),
+    );
+    assert!(
+        lo == 0.0 && hi > 0.3 && hi < 0.6,
+        "Wilson interval for 0/4: {lo}–{hi}"
+    );
     let stdout = String::from_utf8_lossy(&done.get_output().stdout).to_string();
     assert!(stdout.contains("0 wins, 0 ties, 4 losses of 4"), "{stdout}");
 }
@@ -456,7 +489,14 @@ fn dry_run_counts_the_designed_requests_and_sends_nothing() {
     let q = queries(dir.path(), 3);
     let out = dir.path().join("out");
     let done = cai()
-        .args(["optimize", "--provider", "openai", "--model", "m", "--dry-run"])
+        .args([
+            "optimize",
+            "--provider",
+            "openai",
+            "--model",
+            "m",
+            "--dry-run",
+        ])
         .args(["--base-url", "http://127.0.0.1:9/v1", "--depth", "4"])
         .arg("--queries")
         .arg(&q)
