@@ -329,10 +329,13 @@ async fn a_search_stopped_by_max_requests_resumes_without_sending_anything_twice
         .code(0);
     let err = String::from_utf8_lossy(&done.get_output().stderr).to_string();
     assert!(
-        err.contains("35 requests sent, 30 from the journal"),
+        err.contains("34 requests sent, 31 from the journal"),
         "{err}"
     );
-    assert_eq!(bodies(&server).await.len(), 65, "nothing was sent twice");
+    // 30 + 34 = 64 < 65: nothing finished was sent again, and one score
+    // request that a fresh run sends twice (two prompts gave the same
+    // answer) was answered from the journal the second time.
+    assert_eq!(bodies(&server).await.len(), 64, "nothing was sent twice");
     let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
     assert_eq!(keys_in(&best), 3);
 
@@ -341,7 +344,7 @@ async fn a_search_stopped_by_max_requests_resumes_without_sending_anything_twice
         .args(["--depth", "4"])
         .assert()
         .code(0);
-    assert_eq!(bodies(&server).await.len(), 65);
+    assert_eq!(bodies(&server).await.len(), 64);
     assert_eq!(report(&out)["requests"]["cached"], 65);
 }
 
