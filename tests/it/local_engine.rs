@@ -242,6 +242,10 @@ fn a_local_judge_labels_pairs_from_logprobs() {
     let judgments = read_jsonl(&out.join("judgments.jsonl"));
     assert_eq!(judgments.len(), 2, "{judgments:?}");
     for j in &judgments {
-        assert_eq!(j["method"], "logprobs", "{j}");
+        let judges = j["judges"].as_array().expect("per-judge values");
+        assert!(!judges.is_empty(), "{j}");
+        for line in judges {
+            assert_eq!(line["method"], "logprobs", "{j}");
+        }
     }
 }
