@@ -230,8 +230,10 @@ async fn concurrent_requests_match_sequential_ones() {
     let a = request("Name a fruit.", 16, 0.7, Some(5));
     let b = request("Name a planet.", 16, 0.7, Some(6));
     let (ra, rb) = tokio::join!(p.complete(&a), p.complete(&b));
-    let (sa, _) = p.generate(&a).unwrap();
-    let (sb, _) = p.generate(&b).unwrap();
+    // One after the other: `generate` blocks, so the async form is awaited
+    // in turn instead.
+    let sa = p.complete(&a).await.unwrap().completion;
+    let sb = p.complete(&b).await.unwrap().completion;
     assert_eq!(ra.unwrap().completion, sa);
     assert_eq!(rb.unwrap().completion, sb);
     assert_eq!(p.name(), "local");
