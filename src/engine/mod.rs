@@ -261,6 +261,23 @@ impl Engine {
         &self.journal
     }
 
+    /// Before each attempt: refuses when the run is stopping, and reserves
+    /// one request of `--max-requests` atomically, so concurrent tasks
+    /// cannot overshoot the budget (the caller gives it back with
+    /// `stats.sent` if the attempt is then not sent).
+    pub(crate) fn take_request_slot(&self) -> Result<(), ItemError> {
+        if let Some(r) = self.stop.reason() {
+            return Err(ItemError::Aborted(r));
+        }
+        let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        if self.cfg.max_requests.is_some_and(|max| prev >= max) {
+            self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+            self.stop.stop(AbortReason::MaxRequests);
+            return Err(ItemError::Aborted(AbortReason::MaxRequests));
+        }
+        Ok(())
+    }
+
     /// Records a final outcome in the breaker window; trips it when more
     /// than half of a full window failed.
     fn settle(&self, ok: bool) {
@@ -332,21 +349,7 @@ impl Engine {
         let mut attempt = 0u32;
         let mut widened = false;
         loop {
-            if let Some(r) = self.stop.reason() {
-                return Err(ItemError::Aborted(r));
-            }
-            if let Some(max) = self.cfg.max_requests {
-                // Reserve the slot atomically so concurrent tasks cannot
-                // overshoot the budget.
-                let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                if prev >= max {
-                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                    self.stop.stop(AbortReason::MaxRequests);
-                    return Err(ItemError::Aborted(AbortReason::MaxRequests));
-                }
-            } else {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            }
+            self.take_request_slot()?;
             let est_in = estimate_tokens(&req);
             let est = est_in + u64::from(req.params.max_tokens);
             // Reserve the worst case (the whole max_tokens) against

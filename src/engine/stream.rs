@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 
 use super::retry::{self, Verdict};
-use super::{estimate_tokens, AbortReason, Engine, ItemError};
+use super::{estimate_tokens, Engine, ItemError};
 use crate::provider::{ChatRequest, EventStream, StreamEvent};
 
 impl Engine {
@@ -17,19 +17,7 @@ impl Engine {
     pub async fn open_stream(&self, req: &ChatRequest) -> Result<EventStream, ItemError> {
         let mut attempt = 0u32;
         loop {
-            if let Some(r) = self.stop.reason() {
-                return Err(ItemError::Aborted(r));
-            }
-            if let Some(max) = self.cfg.max_requests {
-                let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                if prev >= max {
-                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                    self.stop.stop(AbortReason::MaxRequests);
-                    return Err(ItemError::Aborted(AbortReason::MaxRequests));
-                }
-            } else {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            }
+            self.take_request_slot()?;
             let est = estimate_tokens(req) + u64::from(req.params.max_tokens);
             tokio::select! {
                 _ = self.limiter.acquire(est) => {}
