@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::input::Shard;
+use crate::input::ShardArg;
 use crate::provider::presets::{self, Preset, PRESETS};
 
 #[derive(Debug, Parser)]
@@ -77,6 +77,11 @@ pub enum Command {
         after_help = "Examples:\n  cai serve --port 8000\n  cai serve --provider openai --base-url http://127.0.0.1:8080/v1 --model my-model --approach cai --constitution principles/harmless.json\n  curl http://127.0.0.1:8000/v1/chat/completions -H 'content-type: application/json' -d '{\"model\": \"bon-my-model\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n\nApproaches, chosen per request by a model prefix (`moa-my-model`, `cai&bon-my-model`), by \"approach\" in the body, or by --approach: none, cai (cai2, cai3: rounds), bon (bon5: N), moa, self_consistency, rto, cot_reflection."
     )]
     Serve(Box<ServeArgs>),
+    /// Join the run directories of finished shards (or refresh one run) into one dataset.
+    #[command(
+        after_help = "Examples:\n  cai merge shards/run-* --out dataset\n  cai merge shards/run-1 shards/run-3 --out partial --partial\n  cai merge run --out dataset   # one run refreshed over an edited prompts file: current rows only\n\nEvery output file of every shard is joined (CSV headers once) from its commit log. The shards must share one fingerprint (.cai/run.json), be disjoint, and together cover the prompts file their manifests name; what is missing is named. A row whose prompt text has changed since it was written, or whose prompt is no longer in the file, is left out."
+    )]
+    Merge(MergeArgs),
 }
 
 /// `cai report`.
@@ -149,6 +154,23 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after Ctrl-C or SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub grace: f64,
+}
+
+/// `cai merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Run directories of the shards (each written by `cai generate --shard`).
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Directory for the merged dataset (created; must not hold a dataset yet).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Merge even though shards are missing, unfinished or incomplete (what is left out is listed).
+    #[arg(long)]
+    pub partial: bool,
+    /// The prompts file, when it is no longer at the path the manifests record (it must be the same file: same SHA-256).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -299,6 +321,13 @@ const PROVIDER_KINDS: &[ProviderKind] = &[
     ProviderKind::Preset(&PRESETS[10]),
 ];
 
+impl EndpointArgs {
+    /// The first `--base-url` (the only one, unless a pool is given).
+    pub fn base_url(&self) -> Option<&str> {
+        self.base_urls.first().map(String::as_str)
+    }
+}
+
 impl ProviderKind {
     /// The `--provider` value.
     pub fn name(self) -> &'static str {
@@ -382,9 +411,12 @@ pub struct InputArgs {
     /// Take only the first N prompts of the file.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Take shard K of N (rows whose index mod N is K-1): disjoint and covering.
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<Shard>,
+    /// Take shard K of N (rows whose index mod N is K-1): disjoint and covering; `auto` reads K and N from a Slurm array (SLURM_ARRAY_TASK_ID, ..._COUNT or ..._MIN/MAX) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards N).
+    #[arg(long, value_name = "K/N|auto")]
+    pub shard: Option<ShardArg>,
+    /// With --shard auto in a Kubernetes Indexed Job: the number of shards (the Job's completions; default: $CAI_SHARDS).
+    #[arg(long, value_name = "N", requires = "shard")]
+    pub shards: Option<u64>,
 }
 
 /// Which endpoint and model.
@@ -393,9 +425,14 @@ pub struct EndpointArgs {
     /// Backend or OpenAI-compatible preset, or a named endpoint of cai.toml (default: local, unless --base-url or OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY selects another).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderKind>,
-    /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI).
-    #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
+    /// API root, e.g. http://127.0.0.1:8000/v1 (openai) or http://127.0.0.1:8080 (hf/TGI). Repeat it (or give a comma-separated list) for a pool of replicas serving the same model; `URL#weight=2` gives one twice the share.
+    #[arg(
+        long = "base-url",
+        id = "base_url",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub base_urls: Vec<String>,
     /// Model name sent to the endpoint (local: path of a GGUF file; default: the cached SmolLM2-135M-Instruct).
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,

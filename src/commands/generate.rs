@@ -89,6 +89,8 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     dir.guard(&fingerprint, cfg.run.force, "two datasets")?;
 
     let (mut writer, done) = Writer::open(dir.path(), cfg.mode)?;
+    // Refresh: a prompt edited since its row was written is not done.
+    let (done, changed) = crate::output::merge::refresh_done(dir.path(), &cfg.inputs.spec, done)?;
     let journal_path = dir.state_dir().join("journal.jsonl");
     let journal = Journal::open(&journal_path, &done).map_err(|source| OutputError::Io {
         path: journal_path,
@@ -135,6 +137,12 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     };
 
     let mut notes: Vec<String> = cfg.provider_note.iter().cloned().collect();
+    if changed > 0 {
+        notes.push(format!(
+            "{changed} prompts changed since their rows were written: generating them again (`cai merge {} --out DIR` writes the current dataset)",
+            cfg.out.display()
+        ));
+    }
     if !done.is_empty() {
         notes.push(format!(
             "resuming {}: {} prompts already done, {cached} replies reusable from the journal",
@@ -159,6 +167,8 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         ..
     } = cfg;
     let spec_path = inputs.spec.path.clone();
+    let (spec_column, spec_limit) = (inputs.spec.column.clone(), inputs.spec.limit);
+    let spec_shard = inputs.spec.shard.map(|s| s.to_string());
     let constitution_path = inputs.constitution_path.clone();
     let constitution_format = format!("{:?}", inputs.constitution.format).to_lowercase();
     let templates_sha256 = inputs.templates.digest().to_string();
@@ -204,6 +214,9 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         endpoint: provider.endpoint(),
         prompts_file: spec_path.display().to_string(),
         prompts_sha256: manifest::file_sha256(&spec_path)?,
+        prompt_column: spec_column,
+        limit: spec_limit,
+        shard: spec_shard,
         constitution_file: constitution_path.display().to_string(),
         constitution_sha256: fingerprint.constitution_sha256.clone(),
         constitution_format,
@@ -225,6 +238,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
             .map(|_| crate::cost::from_micros(snapshot.cost_micro_usd)),
         price,
         max_cost,
+        endpoints: provider.endpoint_stats(),
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
     crate::config::write_run_report(&run, &out);

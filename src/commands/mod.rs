@@ -4,6 +4,7 @@
 pub mod dry_run;
 pub mod generate;
 pub mod label;
+pub mod merge;
 pub mod model;
 pub mod models;
 pub mod render;
@@ -86,6 +87,10 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             let s = runtime()?.block_on(generate::generate(cfg, argv))?;
             report_generate(&s, json);
             Ok(u8::from(s.counts.rejected > 0))
+        }),
+        Command::Merge(args) => merge::merge(&args).map(|r| {
+            eprint!("{}", merge::summary(&r));
+            0
         }),
         Command::Label(args) => LabelConfig::from_args(&args).and_then(|cfg| {
             let s = runtime()?.block_on(label::label(cfg, argv))?;

@@ -106,7 +106,7 @@ async fn get<T: serde::de::DeserializeOwned>(
 
 async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
     let (kind, _) = config::select_provider(args);
-    if let Some(url) = &args.base_url {
+    if let Some(url) = args.base_url() {
         reqwest::Url::parse(url)
             .map_err(|e| ConfigError(format!("--base-url `{url}` is not a valid URL: {e}")))?;
     }
@@ -118,9 +118,9 @@ async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
             let preset = kind
                 .preset()
                 .ok_or_else(|| ConfigError(format!("unknown provider {}", kind.name())))?;
-            let public = args.base_url.is_none() && preset.is_hosted();
+            let public = args.base_url().is_none() && preset.is_hosted();
             let (key, var) = config::read_key(args, kind, public)?;
-            let base = args.base_url.as_deref().unwrap_or(preset.base_url);
+            let base = args.base_url().unwrap_or(preset.base_url);
             let url = format!("{}/models", base.trim_end_matches('/'));
             let mut req = client.get(&url);
             if let Some(k) = &key {
@@ -130,12 +130,8 @@ async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
             ids.extend(l.data.into_iter().map(|m| m.id));
         }
         ProviderKind::Anthropic => {
-            let (key, var) = config::read_key(args, kind, args.base_url.is_none())?;
-            let root = anthropic::api_root(
-                args.base_url
-                    .as_deref()
-                    .unwrap_or(anthropic::ANTHROPIC_BASE),
-            );
+            let (key, var) = config::read_key(args, kind, args.base_url().is_none())?;
+            let root = anthropic::api_root(args.base_url().unwrap_or(anthropic::ANTHROPIC_BASE));
             let url = format!("{root}/v1/models");
             let mut after: Option<String> = None;
             for _ in 0..MAX_PAGES {
@@ -158,8 +154,8 @@ async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
             }
         }
         ProviderKind::Gemini => {
-            let (key, var) = config::read_key(args, kind, args.base_url.is_none())?;
-            let root = gemini::api_root(args.base_url.as_deref().unwrap_or(gemini::GEMINI_BASE));
+            let (key, var) = config::read_key(args, kind, args.base_url().is_none())?;
+            let root = gemini::api_root(args.base_url().unwrap_or(gemini::GEMINI_BASE));
             let url = format!("{root}/v1beta/models");
             let mut page: Option<String> = None;
             for _ in 0..MAX_PAGES {

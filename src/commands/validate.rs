@@ -25,7 +25,8 @@ pub fn validate(args: &ValidateArgs) -> Result<String, RunError> {
         }
     }
     if let Some(p) = &args.input.prompts {
-        match prompts::validate(&prompt_spec(&args.input, p.clone())) {
+        let spec = prompt_spec(&args.input, p.clone())?;
+        match prompts::validate(&spec) {
             Ok(n) => report.push(format!("{}: {n} prompts", p.display())),
             Err(e) => problems.extend(e.0.iter().map(ToString::to_string)),
         }

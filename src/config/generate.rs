@@ -13,7 +13,7 @@ use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
 use crate::error::RunError;
 use crate::feedback::judge::JudgeOptions;
-use crate::input::{prompts, Constitution, InputError, PromptSpec};
+use crate::input::{prompts, Constitution, InputError, PromptSpec, Shard, ShardArg};
 use crate::output::manifest;
 use crate::output::PreferenceMode;
 use crate::provider::{GenParams, Provider};
@@ -42,7 +42,7 @@ impl Inputs {
                 "--prompts FILE and --constitution FILE are both required".into(),
             ));
         };
-        let spec = prompt_spec(input, prompts_path.clone());
+        let spec = prompt_spec(input, prompts_path.clone())?;
         let mut errors: Vec<InputError> = Vec::new();
         let constitution = Constitution::load(constitution_path)
             .map_err(|e| errors.extend(e.0))
@@ -71,14 +71,35 @@ impl Inputs {
     }
 }
 
-/// The prompt file as `--prompts`, `--prompt-column`, `--limit`, `--shard` say.
-pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> PromptSpec {
-    PromptSpec {
+/// The prompt file as `--prompts`, `--prompt-column`, `--limit`, `--shard`
+/// say; `--shard auto` is resolved from the environment here.
+pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> Result<PromptSpec, ConfigError> {
+    let shard = match input.shard {
+        None => {
+            if input.shards.is_some() {
+                return Err(ConfigError("--shards N goes with --shard auto".into()));
+            }
+            None
+        }
+        Some(ShardArg::Fixed(s)) => {
+            if input.shards.is_some_and(|n| n != s.count) {
+                return Err(ConfigError(format!(
+                    "--shard {s} and --shards {} disagree on the number of shards",
+                    input.shards.unwrap_or_default()
+                )));
+            }
+            Some(s)
+        }
+        Some(ShardArg::Auto) => {
+            Some(Shard::auto(|name| std::env::var(name).ok(), input.shards).map_err(ConfigError)?)
+        }
+    };
+    Ok(PromptSpec {
         path: prompts,
         column: input.prompt_column.clone(),
         limit: input.limit,
-        shard: input.shard,
-    }
+        shard,
+    })
 }
 
 /// How pairs are picked among a prompt's candidates.

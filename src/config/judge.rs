@@ -73,7 +73,7 @@ pub fn parse_spec(
     let mut e = base.clone();
     e.provider = Some(kind);
     e.model = Some(model.trim().to_string());
-    e.base_url = url;
+    e.base_urls = url.into_iter().collect();
     e.api_key_env = None;
     Ok(e)
 }

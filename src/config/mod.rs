@@ -25,6 +25,7 @@ use crate::provider::http::ReplyLimit;
 use crate::provider::local::LocalProvider;
 use crate::provider::model_store;
 use crate::provider::openai::OpenAi;
+use crate::provider::pool::{Member, Pool};
 use crate::provider::presets::{Preset, LOCAL_DEFAULT_MODEL};
 use crate::provider::{GenParams, Provider};
 
@@ -43,7 +44,7 @@ pub fn select_provider(args: &EndpointArgs) -> (ProviderKind, Option<String>) {
     if let Some(p) = args.provider {
         return (p, None);
     }
-    if args.base_url.is_some() {
+    if args.base_url().is_some() {
         return (
             ProviderKind::Openai,
             Some("--base-url given: using the OpenAI-compatible provider".into()),
@@ -290,6 +291,27 @@ pub async fn ensure_local_model(
         .map_err(|e| ConfigError(e.to_string()))
 }
 
+/// One `--base-url` of a pool: `URL` or `URL#weight=W` (W > 0).
+fn pool_member(spec: &str) -> Result<(String, f64), ConfigError> {
+    let (url, weight) = match spec.split_once('#') {
+        None => (spec, 1.0),
+        Some((url, frag)) => {
+            let w = frag
+                .strip_prefix("weight=")
+                .and_then(|w| w.parse::<f64>().ok())
+                .filter(|w| w.is_finite() && *w > 0.0)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "--base-url `{spec}`: after `#` only `weight=W` (a positive number) is understood"
+                    ))
+                })?;
+            (url, w)
+        }
+    };
+    check_url(url)?;
+    Ok((url.trim().to_string(), weight))
+}
+
 /// Builds the provider the arguments describe.
 pub fn build_provider(
     args: &EndpointArgs,
@@ -315,6 +337,32 @@ fn build(
     concurrency: usize,
     mut missing_key: Option<&mut Option<String>>,
 ) -> Result<(Arc<dyn Provider>, Option<String>), ConfigError> {
+    if args.base_urls.len() > 1 {
+        let (kind, _) = select_provider(args);
+        if !matches!(
+            kind,
+            ProviderKind::Openai | ProviderKind::Preset(_) | ProviderKind::Hf
+        ) {
+            return Err(ConfigError(format!(
+                "several --base-url (an endpoint pool) work with OpenAI-compatible and hf (TGI) servers, not --provider {}",
+                kind.name()
+            )));
+        }
+        let mut members = Vec::with_capacity(args.base_urls.len());
+        for spec in &args.base_urls {
+            let (url, weight) = pool_member(spec)?;
+            let mut one = args.clone();
+            one.base_urls = vec![url];
+            let (provider, _) = build(&one, concurrency, missing_key.as_deref_mut())?;
+            members.push(Member { provider, weight });
+        }
+        let note = format!(
+            "a pool of {} {} endpoints: requests go to the least loaded, failing ones are ejected",
+            members.len(),
+            kind.name()
+        );
+        return Ok((Arc::new(Pool::new(members)), Some(note)));
+    }
     let mut read_key = |args: &EndpointArgs, kind: ProviderKind, needs_key: bool| match (
         read_key(args, kind, needs_key),
         missing_key.as_deref_mut(),
@@ -339,7 +387,7 @@ fn build(
         )));
     }
     let limit = ReplyLimit::fixed(args.max_reply_bytes);
-    if let Some(url) = &args.base_url {
+    if let Some(url) = args.base_url() {
         check_url(url)?;
     }
     let provider: Arc<dyn Provider> = match kind {
@@ -349,9 +397,9 @@ fn build(
             };
             // With --base-url the preset only names the key variable, and
             // the server may be a local one that needs no key.
-            let public = args.base_url.is_none() && preset.is_hosted();
+            let public = args.base_url().is_none() && preset.is_hosted();
             let (key, key_var) = read_key(args, kind, public)?;
-            let model = match (&args.model, &args.base_url, preset.default_model) {
+            let model = match (&args.model, args.base_url(), preset.default_model) {
                 (Some(m), _, _) => m.clone(),
                 (None, Some(_), _) => LOCAL_DEFAULT_MODEL.to_string(),
                 (None, None, Some(m)) => m.to_string(),
@@ -365,7 +413,7 @@ fn build(
             Arc::new(
                 OpenAi::new(
                     http_client(timeout, concurrency)?,
-                    args.base_url.as_deref().unwrap_or(preset.base_url),
+                    args.base_url().unwrap_or(preset.base_url),
                     model,
                     key,
                     key_var,
@@ -375,11 +423,11 @@ fn build(
             )
         }
         ProviderKind::Anthropic => {
-            let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
+            let (key, key_var) = read_key(args, kind, args.base_url().is_none())?;
             Arc::new(
                 Anthropic::new(
                     http_client(timeout, concurrency)?,
-                    args.base_url.as_deref().unwrap_or(ANTHROPIC_BASE),
+                    args.base_url().unwrap_or(ANTHROPIC_BASE),
                     args.model.as_deref().unwrap_or(ANTHROPIC_DEFAULT_MODEL),
                     key,
                     key_var,
@@ -388,11 +436,11 @@ fn build(
             )
         }
         ProviderKind::Gemini => {
-            let (key, key_var) = read_key(args, kind, args.base_url.is_none())?;
+            let (key, key_var) = read_key(args, kind, args.base_url().is_none())?;
             Arc::new(
                 Gemini::new(
                     http_client(timeout, concurrency)?,
-                    args.base_url.as_deref().unwrap_or(GEMINI_BASE),
+                    args.base_url().unwrap_or(GEMINI_BASE),
                     args.model.as_deref().unwrap_or(GEMINI_DEFAULT_MODEL),
                     key,
                     key_var,
@@ -401,7 +449,7 @@ fn build(
             )
         }
         ProviderKind::Hf => {
-            let public = args.base_url.is_none();
+            let public = args.base_url().is_none();
             let model = match (&args.model, public) {
                 (Some(m), _) => m.clone(),
                 (None, true) => return Err(ConfigError(
@@ -415,7 +463,7 @@ fn build(
             Arc::new(
                 Hf::new(
                     http_client(timeout, concurrency)?,
-                    args.base_url.as_deref(),
+                    args.base_url(),
                     model,
                     template,
                     key,

@@ -61,7 +61,14 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys an `[endpoints.NAME]` table may set.
-const ENDPOINT_KEYS: &[&str] = &["provider", "model", "base_url", "api_key_env"];
+const ENDPOINT_KEYS: &[&str] = &[
+    "provider",
+    "model",
+    "base_url",
+    "base_urls",
+    "weights",
+    "api_key_env",
+];
 
 /// The file name looked for.
 pub const FILE_NAME: &str = "cai.toml";
@@ -226,6 +233,48 @@ fn scalar(path: &Path, key: &str, v: &toml::Value) -> Result<String, ConfigError
     }
 }
 
+/// `[endpoints.NAME] base_urls = [...]` (optional `weights = [...]`, one
+/// per URL) as the value of one `--base-url` list: `URL#weight=W,...`.
+fn pool_urls(path: &Path, name: &str, ep: &toml::Table) -> Result<Option<String>, ConfigError> {
+    let bad = |k: &str, what: &str| {
+        ConfigError(format!("{}: endpoints.{name}.{k}: {what}", path.display()))
+    };
+    let Some(urls) = ep.get("base_urls") else {
+        return match ep.get("weights") {
+            Some(_) => Err(bad("weights", "goes with base_urls")),
+            None => Ok(None),
+        };
+    };
+    if ep.contains_key("base_url") {
+        return Err(bad("base_urls", "give base_url or base_urls, not both"));
+    }
+    let urls: Vec<String> = match urls {
+        toml::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("base_urls", "expected a list of URL strings"))?,
+        _ => return Err(bad("base_urls", "expected a non-empty list of URL strings")),
+    };
+    let weights: Vec<f64> = match ep.get("weights") {
+        None => vec![1.0; urls.len()],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+            .collect::<Option<_>>()
+            .filter(|w: &Vec<f64>| w.len() == urls.len())
+            .ok_or_else(|| bad("weights", "expected one number per base_urls entry"))?,
+        Some(_) => return Err(bad("weights", "expected a list of numbers")),
+    };
+    Ok(Some(
+        urls.iter()
+            .zip(&weights)
+            .map(|(u, w)| format!("{u}#weight={w}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    ))
+}
+
 /// Parses `cai.toml`; unknown keys are errors (a typo would otherwise be
 /// silently ignored).
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -252,7 +301,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                     )));
                 };
                 let mut def = EndpointDef::default();
+                if let Some(urls) = pool_urls(path, name, ep)? {
+                    def.values.insert("base_url".into(), urls);
+                }
                 for (k, v) in ep {
+                    if k == "base_urls" || k == "weights" {
+                        continue;
+                    }
                     if !ENDPOINT_KEYS.contains(&k.as_str()) {
                         return Err(ConfigError(format!(
                             "{}: endpoints.{name}.{k}: unknown key (known: {})",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub use constitution::{
     pick_principle, ComparisonFewShot, Constitution, ConstitutionFormat, Principle, Stage,
 };
-pub use prompts::{PromptReader, PromptRecord, PromptSpec, Shard};
+pub use prompts::{PromptReader, PromptRecord, PromptSpec, Shard, ShardArg};
 
 /// Where in a file a problem is.
 #[derive(Clone, Debug, PartialEq, Eq)]

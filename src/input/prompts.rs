@@ -58,6 +58,123 @@ impl FromStr for Shard {
     }
 }
 
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.count)
+    }
+}
+
+/// `--shard`: a fixed `K/N`, or `auto` (from the array job's environment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardArg {
+    Fixed(Shard),
+    Auto,
+}
+
+impl FromStr for ShardArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(ShardArg::Auto)
+        } else {
+            s.parse().map(ShardArg::Fixed)
+        }
+    }
+}
+
+impl Shard {
+    /// `--shard auto`: the shard of this array task, from Slurm
+    /// (`SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_COUNT` or
+    /// `SLURM_ARRAY_TASK_MIN`/`MAX`, and `SLURM_ARRAY_TASK_STEP`) or a
+    /// Kubernetes Indexed Job (`JOB_COMPLETION_INDEX`, 0-based, with the
+    /// count from `--shards N` or `CAI_SHARDS`). `var` reads a variable
+    /// (the environment, or a table in tests). Anything missing or
+    /// inconsistent is an error naming the variables, so a misconfigured
+    /// array never silently runs the whole input in every task.
+    pub fn auto(
+        var: impl Fn(&str) -> Option<String>,
+        shards: Option<u64>,
+    ) -> Result<Shard, String> {
+        let num = |name: &str| -> Result<Option<u64>, String> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
+                Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+                    format!("--shard auto: {name}=`{v}` is not a non-negative whole number")
+                }),
+            }
+        };
+        let from_flag = |count: Option<u64>, what: &str| -> Result<Option<u64>, String> {
+            match (shards, count) {
+                (Some(s), Some(c)) if s != c => Err(format!(
+                    "--shard auto: --shards/CAI_SHARDS says {s} shards but {what} says {c}"
+                )),
+                (Some(s), _) => Ok(Some(s)),
+                (None, c) => Ok(c),
+            }
+        };
+        let shard = if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+            let min = num("SLURM_ARRAY_TASK_MIN")?;
+            let max = num("SLURM_ARRAY_TASK_MAX")?;
+            let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+            let listed = num("SLURM_ARRAY_TASK_COUNT")?;
+            let first = min.unwrap_or(0);
+            let spanned = match max {
+                Some(max) if max < first => {
+                    return Err(format!(
+                        "--shard auto: SLURM_ARRAY_TASK_MAX={max} is below SLURM_ARRAY_TASK_MIN={first}"
+                    ))
+                }
+                Some(max) => Some((max - first) / step + 1),
+                None => None,
+            };
+            let count = match (listed, spanned) {
+                (Some(c), Some(s)) if c != s => {
+                    return Err(format!(
+                        "--shard auto: the Slurm array is not one evenly stepped range (SLURM_ARRAY_TASK_COUNT={c}, but MIN..MAX by STEP spans {s} tasks); submit it as --array=A-B or --array=A-B:S"
+                    ))
+                }
+                (Some(c), _) => Some(c),
+                (None, s) => s,
+            };
+            let count = from_flag(count, "the Slurm array")?.ok_or(
+                "--shard auto: SLURM_ARRAY_TASK_ID is set but not the array's size: SLURM_ARRAY_TASK_COUNT or SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_MAX (or give --shards N)",
+            )?;
+            if id < first || (id - first) % step != 0 {
+                return Err(format!(
+                    "--shard auto: SLURM_ARRAY_TASK_ID={id} is not in the array {first}..(step {step})"
+                ));
+            }
+            Shard {
+                index: (id - first) / step,
+                count,
+            }
+        } else if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+            let env_count = num("CAI_SHARDS")?;
+            let count = match (shards, env_count) {
+                (Some(s), _) => s,
+                (None, Some(c)) => c,
+                (None, None) => {
+                    return Err("--shard auto: JOB_COMPLETION_INDEX is set but not the number of shards: pass --shards N or set CAI_SHARDS (the Job's spec.completions)".into())
+                }
+            };
+            Shard { index, count }
+        } else {
+            return Err("--shard auto: neither SLURM_ARRAY_TASK_ID (Slurm --array) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; outside an array job use --shard K/N".into());
+        };
+        if shard.count == 0 {
+            return Err("--shard auto: the number of shards is 0".into());
+        }
+        if shard.index >= shard.count {
+            return Err(format!(
+                "--shard auto: task index {} (0-based) is not below the number of shards {}",
+                shard.index, shard.count
+            ));
+        }
+        Ok(shard)
+    }
+}
+
 /// Which prompts to read.
 #[derive(Clone, Debug)]
 pub struct PromptSpec {
@@ -86,6 +203,14 @@ pub struct PromptRecord {
     pub text: String,
     /// 1-based line where the record starts.
     pub line: u64,
+}
+
+/// A short hash of a prompt's text, recorded with each committed row so a
+/// later run can tell that the prompt under an id has changed (refresh).
+pub fn text_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(text.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum Source {
@@ -556,6 +681,75 @@ mod tests {
             msgs[2].ends_with(":5: expected 2 fields, found 3"),
             "{msgs:?}"
         );
+    }
+
+    fn vars<'a>(table: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            table
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn auto_shard_from_slurm_and_kubernetes() {
+        let s = |k, n| Shard { index: k, count: n };
+        // --array=0-3: COUNT, MIN, MAX all set.
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_MAX", "3"),
+        ];
+        assert_eq!(Shard::auto(vars(&slurm), None), Ok(s(2, 4)));
+        // --array=1-8:2 → tasks 1,3,5,7; task 5 is the third.
+        let stepped = [
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "7"),
+            ("SLURM_ARRAY_TASK_STEP", "2"),
+        ];
+        assert_eq!(Shard::auto(vars(&stepped), None), Ok(s(2, 4)));
+        assert_eq!(
+            Shard::auto(
+                vars(&[
+                    ("SLURM_ARRAY_TASK_ID", "0"),
+                    ("SLURM_ARRAY_TASK_COUNT", "3")
+                ]),
+                None
+            ),
+            Ok(s(0, 3))
+        );
+        let k8s = [("JOB_COMPLETION_INDEX", "3"), ("CAI_SHARDS", "5")];
+        assert_eq!(Shard::auto(vars(&k8s), None), Ok(s(3, 5)));
+        assert_eq!(Shard::auto(vars(&k8s), Some(4)), Ok(s(3, 4)));
+    }
+
+    #[test]
+    fn auto_shard_refuses_missing_or_inconsistent_variables() {
+        let err = |table: &[(&str, &str)], shards| Shard::auto(vars(table), shards).unwrap_err();
+        assert!(err(&[], None).contains("neither SLURM_ARRAY_TASK_ID"));
+        assert!(err(&[("SLURM_ARRAY_TASK_ID", "1")], None).contains("SLURM_ARRAY_TASK_COUNT"));
+        assert!(err(&[("JOB_COMPLETION_INDEX", "1")], None).contains("--shards N"));
+        assert!(
+            err(&[("JOB_COMPLETION_INDEX", "4"), ("CAI_SHARDS", "4")], None)
+                .contains("not below the number of shards 4")
+        );
+        // --array=1,3,9: three tasks, not one stepped range.
+        let listed = [
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "9"),
+        ];
+        assert!(err(&listed, None).contains("not one evenly stepped range"));
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert!(err(&slurm, Some(3)).contains("says 3 shards but the Slurm array says 4"));
+        assert!(err(&[("SLURM_ARRAY_TASK_ID", "x")], None).contains("SLURM_ARRAY_TASK_ID=`x`"));
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct Manifest {
     pub endpoint: String,
     pub prompts_file: String,
     pub prompts_sha256: String,
+    /// `--prompt-column`, `--limit` and the shard (`K/N`) this run read:
+    /// what `cai merge` needs to check that shards cover the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_column: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub constitution_file: String,
     pub constitution_sha256: String,
     pub constitution_format: String,
@@ -48,6 +56,9 @@ pub struct Manifest {
     pub price: Option<crate::cost::Price>,
     /// `--max-cost`, if set.
     pub max_cost: Option<f64>,
+    /// Requests, failures and latency per endpoint of a pool.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::provider::pool::EndpointStats>,
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and rename.

@@ -17,6 +17,7 @@
 
 pub mod labels;
 pub mod manifest;
+pub mod merge;
 pub mod report;
 
 use std::collections::HashSet;
@@ -87,10 +88,15 @@ pub enum PreferenceMode {
     None,
 }
 
+/// One line of the commit log: the item finished (none for the header
+/// commit), the hash of its prompt text (`generate`; see
+/// [`crate::input::prompts::text_hash`]) and every file's length after it.
 #[derive(Serialize, Deserialize)]
-struct Commit {
-    id: Option<String>,
-    len: Vec<u64>,
+pub(crate) struct Commit {
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h: Option<String>,
+    pub len: Vec<u64>,
 }
 
 struct Out {
@@ -195,9 +201,19 @@ impl AppendFiles {
 
     /// Records the current length of every file; `id` marks a finished item.
     pub fn commit(&mut self, id: Option<&str>) -> Result<(), OutputError> {
+        self.commit_hashed(id, None)
+    }
+
+    /// [`Self::commit`], also recording the hash of the item's input text.
+    pub fn commit_hashed(
+        &mut self,
+        id: Option<&str>,
+        hash: Option<&str>,
+    ) -> Result<(), OutputError> {
         let len: Vec<u64> = self.outs.iter().map(|o| o.len).collect();
         let mut line = serde_json::to_vec(&Commit {
             id: id.map(str::to_string),
+            h: hash.map(str::to_string),
             len,
         })
         .map_err(|e| io_err(&self.progress.path)(std::io::Error::other(e)))?;
@@ -336,11 +352,12 @@ impl Writer {
                 self.counts.rejected += 1;
             }
         }
-        let id = match outcome {
-            Outcome::Done(f) => &f.id,
-            Outcome::Rejected(r) => &r.id,
+        let (id, prompt) = match outcome {
+            Outcome::Done(f) => (&f.id, &f.prompt),
+            Outcome::Rejected(r) => (&r.id, &r.prompt),
         };
-        self.files.commit(Some(id))
+        let hash = crate::input::prompts::text_hash(prompt);
+        self.files.commit_hashed(Some(id), Some(&hash))
     }
 
     fn write_finished(&mut self, f: &Finished) -> Result<(), OutputError> {
@@ -471,6 +488,27 @@ impl Writer {
     pub fn sync(&mut self) -> Result<(), OutputError> {
         self.files.sync()
     }
+}
+
+/// Every complete commit of a commit log, read-only (a torn last line is
+/// ignored, not cut: `cai merge` never changes the directories it reads).
+pub(crate) fn read_log(path: &Path) -> Result<Vec<Commit>, OutputError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        match serde_json::from_slice::<Commit>(&line) {
+            Ok(c) => out.push(c),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the commit log: ids committed and the last commit. Cuts a torn

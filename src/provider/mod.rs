@@ -14,6 +14,7 @@ pub mod http;
 pub mod local;
 pub mod model_store;
 pub mod openai;
+pub mod pool;
 pub mod presets;
 
 use std::time::Duration;
@@ -284,6 +285,11 @@ pub trait Provider: Send + Sync {
         }
         events.push(Ok(StreamEvent::Finish(c.finish)));
         Ok(Box::pin(futures::stream::iter(events)))
+    }
+    /// Requests, failures and latency per endpoint, for a pool of several
+    /// (empty for one endpoint).
+    fn endpoint_stats(&self) -> Vec<pool::EndpointStats> {
+        Vec::new()
     }
     /// The request as it would be sent, for `cai render`.
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {

@@ -12,7 +12,7 @@ use super::support::*;
 fn endpoint(kind: ProviderKind) -> EndpointArgs {
     EndpointArgs {
         provider: Some(kind),
-        base_url: None,
+        base_urls: Vec::new(),
         model: Some("m".into()),
         api_key_env: None,
         chat_template: "chatml".into(),

@@ -1,0 +1,643 @@
+//! One dataset from the run directories of shards, and the current dataset
+//! of a run refreshed over an edited prompts file.
+//!
+//! Nothing is parsed row by row: every run directory's commit log
+//! (`.cai/progress.jsonl`) says, for each finished prompt, the id, the hash
+//! of the prompt text it was made from and every file's length after its
+//! rows. The rows of one prompt in one file are therefore the byte range
+//! between its commit and the one before, and [`merge`] copies ranges:
+//!
+//! - the header commit (no id) of the first directory gives every file's
+//!   header once (the CSV headers);
+//! - a prompt's rows are kept when its id is in the prompts file and its
+//!   hash matches the current text there; rows of a prompt edited since
+//!   (`superseded`) or no longer in the file (`removed`) are left out;
+//! - an id kept in two directories means the shards overlap: refused;
+//! - a prompt of the file with no row anywhere is missing: its shard is
+//!   named when no directory was given for it, else its id; refused unless
+//!   `--partial`.
+//!
+//! The shards must share one fingerprint (`.cai/run.json`) and have run on
+//! the same prompts file (the manifests' SHA-256, which is also checked
+//! against the file read now). The merged directory gets its own commit
+//! log, fingerprint and manifest (request counters summed over the shards),
+//! so it can be merged again.
+//!
+//! [`refresh_done`] is the other half of refresh: on a resumed `generate`,
+//! a committed prompt whose text has changed is not done any more.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{io_err, read_log, Commit, OutputError, FILES, STATE_DIR};
+use crate::engine::rundir::Fingerprint;
+use crate::error::RunError;
+use crate::input::prompts::text_hash;
+use crate::input::{InputErrors, PromptReader, PromptSpec, Shard};
+
+/// Problems listed per kind before "and N more".
+const LISTED: usize = 10;
+
+/// Why a merge did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// The directories do not make one dataset (exit 2; nothing written).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Input(#[from] InputErrors),
+}
+
+impl From<MergeError> for RunError {
+    fn from(e: MergeError) -> RunError {
+        match e {
+            MergeError::Refused(m) => RunError::Usage(m),
+            MergeError::Output(o) => RunError::Output(o),
+            MergeError::Input(i) => RunError::Input(i),
+        }
+    }
+}
+
+/// What `cai merge` was asked to do.
+pub struct MergeSpec {
+    pub dirs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub partial: bool,
+    /// The prompts file, when not at the path the manifests record.
+    pub prompts: Option<PathBuf>,
+}
+
+/// Rows in the merged dataset, and rows left out.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MergeCounts {
+    /// Prompts in the prompts file.
+    pub prompts: u64,
+    pub sft_rows: u64,
+    pub preference_rows: u64,
+    pub rejected: u64,
+    /// Rows of prompts whose text changed after they were written.
+    pub superseded: u64,
+    /// Rows of prompts no longer in the prompts file.
+    pub removed: u64,
+    /// Prompts of the file with no row in any directory (`--partial`).
+    pub missing: u64,
+}
+
+/// What a merge did.
+#[derive(Debug)]
+pub struct MergeReport {
+    pub out: PathBuf,
+    pub counts: MergeCounts,
+    /// What `--partial` let through.
+    pub gaps: Vec<String>,
+}
+
+/// The parts of a run's `manifest.json` a merge reads.
+#[derive(Deserialize)]
+struct RunManifest {
+    status: String,
+    prompts_file: String,
+    prompts_sha256: String,
+    #[serde(default)]
+    shard: Option<String>,
+    #[serde(default)]
+    prompt_column: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    requests: Value,
+    #[serde(default)]
+    cost_usd: Option<f64>,
+}
+
+/// One input directory, read.
+struct Part {
+    dir: PathBuf,
+    manifest: RunManifest,
+    shard: Option<Shard>,
+    log: Vec<Commit>,
+}
+
+/// The merged manifest.
+#[derive(Serialize)]
+struct MergedManifest<'a> {
+    cai_version: &'static str,
+    status: &'static str,
+    merged_from: Vec<MergedFrom<'a>>,
+    prompts_file: String,
+    prompts_sha256: &'a str,
+    prompt_column: Option<&'a str>,
+    limit: Option<u64>,
+    counts: MergeCounts,
+    /// `--partial`: what is not in the dataset.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    gaps: &'a [String],
+    /// Request counters summed over the directories.
+    requests: Value,
+    cost_usd: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct MergedFrom<'a> {
+    dir: String,
+    shard: Option<&'a str>,
+    status: &'a str,
+}
+
+fn refused(m: impl Into<String>) -> MergeError {
+    MergeError::Refused(m.into())
+}
+
+fn listed(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > LISTED {
+        s.push_str(&format!(" and {} more", items.len() - LISTED));
+    }
+    s
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, MergeError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| refused(format!("{}: {e}: {what}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| refused(format!("{}: not a cai file: {e}", path.display())))
+}
+
+fn read_part(dir: &Path) -> Result<Part, MergeError> {
+    let manifest: RunManifest = read_json(
+        &dir.join("manifest.json"),
+        "not the run directory of a cai generate that ran to its end (no manifest)",
+    )?;
+    let shard = match &manifest.shard {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Shard>()
+                .map_err(|e| refused(format!("{}: manifest.json: shard: {e}", dir.display())))?,
+        ),
+    };
+    let log_path = dir.join(STATE_DIR).join("progress.jsonl");
+    let log = read_log(&log_path).map_err(|_| {
+        refused(format!(
+            "{}: no commit log (.cai/progress.jsonl): not a cai generate run directory",
+            dir.display()
+        ))
+    })?;
+    if log.iter().any(|c| c.len.len() != FILES.len()) {
+        return Err(refused(format!(
+            "{}: its commit log is not a generate run's (a label run?): only generate runs are merged",
+            dir.display()
+        )));
+    }
+    Ok(Part {
+        dir: dir.to_path_buf(),
+        manifest,
+        shard,
+        log,
+    })
+}
+
+/// Adds the numbers of `b` into `a`, field by field.
+fn sum_into(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(k) {
+                    Some(x) => sum_into(x, v),
+                    None => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (a @ Value::Number(_), Value::Number(b)) => {
+            let sum = match (a.as_u64(), b.as_u64()) {
+                (Some(x), Some(y)) => Value::from(x.saturating_add(y)),
+                _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+            };
+            *a = sum;
+        }
+        _ => {}
+    }
+}
+
+/// The current prompts: id → (text hash, row index in the file).
+fn current_prompts(spec: &PromptSpec) -> Result<HashMap<String, (String, u64)>, MergeError> {
+    let mut map = HashMap::new();
+    for (row, rec) in PromptReader::open(spec)
+        .map_err(InputErrors::from)?
+        .enumerate()
+    {
+        let rec = rec.map_err(InputErrors::from)?;
+        map.insert(rec.id, (text_hash(&rec.text), row as u64));
+    }
+    Ok(map)
+}
+
+/// `cai merge`: checks the directories, then writes the merged dataset.
+pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
+    let mut parts = Vec::with_capacity(spec.dirs.len());
+    for dir in &spec.dirs {
+        if spec.out.exists() && same_dir(dir, &spec.out) {
+            return Err(refused(format!(
+                "--out {} is also an input: write the merged dataset to a new directory",
+                spec.out.display()
+            )));
+        }
+        parts.push(read_part(dir)?);
+    }
+    let Some(first) = parts.first() else {
+        return Err(refused("give at least one run directory to merge"));
+    };
+    let fp_path = |p: &Part| p.dir.join(STATE_DIR).join("run.json");
+    let fingerprint: Fingerprint = read_json(&fp_path(first), "no run fingerprint")?;
+    let mut problems: Vec<String> = Vec::new();
+    let mut gaps: Vec<String> = Vec::new();
+    for p in &parts[1..] {
+        let fp: Fingerprint = read_json(&fp_path(p), "no run fingerprint")?;
+        let changes = fp.changes_from(&fingerprint);
+        if !changes.is_empty() {
+            return Err(refused(format!(
+                "{} was made with other settings than {}: {}; shards of one dataset share one fingerprint",
+                p.dir.display(),
+                first.dir.display(),
+                changes.join("; ")
+            )));
+        }
+        let (a, b) = (&first.manifest, &p.manifest);
+        if a.prompts_sha256 != b.prompts_sha256 {
+            return Err(refused(format!(
+                "{} ran on another prompts file than {} ({} sha256:{:.12} vs {} sha256:{:.12}); run every shard on the same file",
+                p.dir.display(),
+                first.dir.display(),
+                b.prompts_file,
+                b.prompts_sha256,
+                a.prompts_file,
+                a.prompts_sha256
+            )));
+        }
+        if a.prompt_column != b.prompt_column || a.limit != b.limit {
+            return Err(refused(format!(
+                "{} read the prompts with another --prompt-column or --limit than {}",
+                p.dir.display(),
+                first.dir.display()
+            )));
+        }
+    }
+
+    // Which shards are here: one directory each, all of one N.
+    let count = parts.iter().find_map(|p| p.shard.map(|s| s.count));
+    let mut by_index: HashMap<u64, &Path> = HashMap::new();
+    for p in &parts {
+        match (p.shard, count) {
+            (Some(s), Some(n)) if s.count != n => {
+                return Err(refused(format!(
+                    "{} is shard {s} but another directory is a shard of {n}: all shards must split the input the same way",
+                    p.dir.display()
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(refused(format!(
+                    "{} is not a shard but the other directories are: a whole run and shards overlap",
+                    p.dir.display()
+                )))
+            }
+            (Some(s), _) => {
+                if let Some(other) = by_index.insert(s.index, &p.dir) {
+                    return Err(refused(format!(
+                        "{} and {} are both shard {s}",
+                        other.display(),
+                        p.dir.display()
+                    )));
+                }
+            }
+            (None, None) => {}
+        }
+        if !p.manifest.status.starts_with("done") {
+            problems.push(format!(
+                "{} did not finish (status: {}); run its command again to complete it",
+                p.dir.display(),
+                p.manifest.status
+            ));
+        }
+    }
+    let missing_shards: Vec<Shard> = match count {
+        Some(n) => (0..n)
+            .filter(|i| !by_index.contains_key(i))
+            .map(|index| Shard { index, count: n })
+            .collect(),
+        None => Vec::new(),
+    };
+    for s in &missing_shards {
+        problems.push(format!("shard {s} is missing (no directory given for it)"));
+    }
+
+    // The prompts file the shards ran on, checked to be that file.
+    let prompts_path = spec
+        .prompts
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&first.manifest.prompts_file));
+    let sha = super::manifest::file_sha256(&prompts_path).map_err(|e| {
+        refused(format!(
+            "cannot read the prompts file the shards ran on: {e}; pass --prompts FILE where it is now"
+        ))
+    })?;
+    if sha != first.manifest.prompts_sha256 {
+        return Err(refused(format!(
+            "{} has changed since the shards ran (sha256:{:.12} then, sha256:{sha:.12} now): run the shards again on it (only new and changed prompts are sent), or pass --prompts with the file they ran on",
+            prompts_path.display(),
+            first.manifest.prompts_sha256
+        )));
+    }
+    let input = PromptSpec {
+        path: prompts_path.clone(),
+        column: first.manifest.prompt_column.clone(),
+        limit: first.manifest.limit,
+        shard: None,
+    };
+    let current = current_prompts(&input)?;
+
+    // Pick every prompt's rows: current text, one directory.
+    let mut counts = MergeCounts {
+        prompts: current.len() as u64,
+        ..MergeCounts::default()
+    };
+    let mut owner: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut overlaps: Vec<String> = Vec::new();
+    for (pi, p) in parts.iter().enumerate() {
+        for (ci, c) in p.log.iter().enumerate() {
+            let Some(id) = c.id.as_deref() else { continue };
+            let Some((hash, _)) = current.get(id) else {
+                counts.removed += 1;
+                continue;
+            };
+            if c.h.as_ref().is_some_and(|h| h != hash) {
+                counts.superseded += 1;
+                continue;
+            }
+            match owner.insert(id, (pi, ci)) {
+                Some((other, _)) if other != pi => overlaps.push(format!(
+                    "`{id}` ({} and {})",
+                    parts[other].dir.display(),
+                    p.dir.display()
+                )),
+                // The same prompt twice in one directory (a run resumed
+                // with --force): the later rows win.
+                Some(_) => counts.superseded += 1,
+                None => {}
+            }
+        }
+    }
+    if !overlaps.is_empty() {
+        return Err(refused(format!(
+            "the directories overlap: {} prompts have rows in two of them: {}",
+            overlaps.len(),
+            listed(&overlaps)
+        )));
+    }
+    let missing_idx: HashSet<u64> = missing_shards.iter().map(|s| s.index).collect();
+    let mut missing_ids: Vec<(u64, String)> = current
+        .iter()
+        .filter(|(id, _)| !owner.contains_key(id.as_str()))
+        .map(|(id, (_, row))| (*row, id.clone()))
+        .collect();
+    counts.missing = missing_ids.len() as u64;
+    missing_ids.sort();
+    let unexplained: Vec<String> = missing_ids
+        .into_iter()
+        .filter(|(row, _)| count.is_none_or(|n| !missing_idx.contains(&(row % n))))
+        .map(|(_, id)| format!("`{id}`"))
+        .collect();
+    if !unexplained.is_empty() {
+        problems.push(format!(
+            "{} prompts of {} have no row: {}",
+            unexplained.len(),
+            prompts_path.display(),
+            listed(&unexplained)
+        ));
+    }
+    if !problems.is_empty() {
+        if !spec.partial {
+            return Err(refused(format!(
+                "the directories do not cover the input:\n  {}\nnothing written; pass --partial to merge what is there",
+                problems.join("\n  ")
+            )));
+        }
+        gaps = problems;
+    }
+    let keep: HashSet<(usize, usize)> = owner.into_values().collect();
+    write_merged(spec, &parts, &keep, &mut counts)?;
+    let mut requests = Value::Null;
+    let mut cost: Option<f64> = None;
+    for p in &parts {
+        if requests.is_null() {
+            requests = p.manifest.requests.clone();
+        } else {
+            sum_into(&mut requests, &p.manifest.requests);
+        }
+        if let Some(c) = p.manifest.cost_usd {
+            cost = Some(cost.unwrap_or(0.0) + c);
+        }
+    }
+    let m = MergedManifest {
+        cai_version: env!("CARGO_PKG_VERSION"),
+        status: if gaps.is_empty() { "done" } else { "partial" },
+        merged_from: parts
+            .iter()
+            .map(|p| MergedFrom {
+                dir: p.dir.display().to_string(),
+                shard: p.manifest.shard.as_deref(),
+                status: &p.manifest.status,
+            })
+            .collect(),
+        prompts_file: prompts_path.display().to_string(),
+        prompts_sha256: &first.manifest.prompts_sha256,
+        prompt_column: first.manifest.prompt_column.as_deref(),
+        limit: first.manifest.limit,
+        counts,
+        gaps: &gaps,
+        requests,
+        cost_usd: cost,
+    };
+    super::manifest::write_atomic(&spec.out.join("manifest.json"), &m)?;
+    crate::engine::rundir::write_atomic(&spec.out.join(STATE_DIR).join("run.json"), &fingerprint)
+        .map_err(OutputError::from)?;
+    Ok(MergeReport {
+        out: spec.out.clone(),
+        counts,
+        gaps,
+    })
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Refuses an `--out` holding anything but an earlier merge (which is
+/// replaced: a scheduled refresh merges into the same directory each time).
+fn prepare_out(out: &Path) -> Result<(), MergeError> {
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(refused(format!(
+                "--out {} is a file, not a directory",
+                out.display()
+            )));
+        }
+        let entries = std::fs::read_dir(out).map_err(io_err(out))?.count();
+        if entries > 0 {
+            let earlier: Option<Value> = std::fs::read(out.join("manifest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if earlier.is_none_or(|m| m.get("merged_from").is_none()) {
+                return Err(refused(format!(
+                    "--out {} is not empty and does not hold an earlier merge: give a new directory",
+                    out.display()
+                )));
+            }
+        }
+    }
+    let state = out.join(STATE_DIR);
+    std::fs::create_dir_all(&state).map_err(io_err(&state))?;
+    Ok(())
+}
+
+/// Copies the kept byte ranges of every file, writing the merged commit log
+/// as it goes.
+fn write_merged(
+    spec: &MergeSpec,
+    parts: &[Part],
+    keep: &HashSet<(usize, usize)>,
+    counts: &mut MergeCounts,
+) -> Result<(), MergeError> {
+    prepare_out(&spec.out)?;
+    let mut outs = Vec::with_capacity(FILES.len());
+    for name in FILES {
+        let path = spec.out.join(name);
+        let f = File::create(&path).map_err(io_err(&path))?;
+        outs.push((path, BufWriter::new(f), 0u64));
+    }
+    let log_path = spec.out.join(STATE_DIR).join("progress.jsonl");
+    let mut log = BufWriter::new(File::create(&log_path).map_err(io_err(&log_path))?);
+    for (pi, p) in parts.iter().enumerate() {
+        let mut ins = Vec::with_capacity(FILES.len());
+        for (fi, name) in FILES.iter().enumerate() {
+            let path = p.dir.join(name);
+            let f = File::open(&path).map_err(io_err(&path))?;
+            let actual = f.metadata().map_err(io_err(&path))?.len();
+            let expected = p.log.last().map_or(0, |c| c.len[fi]);
+            if actual < expected {
+                return Err(OutputError::Truncated {
+                    path,
+                    actual,
+                    expected,
+                }
+                .into());
+            }
+            ins.push((path, f));
+        }
+        let mut prev = vec![0u64; FILES.len()];
+        for (ci, c) in p.log.iter().enumerate() {
+            // The header commit of the first directory carries the headers.
+            let take = keep.contains(&(pi, ci)) || (pi == 0 && c.id.is_none());
+            if take {
+                for fi in 0..FILES.len() {
+                    let (from, to) = (prev[fi], c.len[fi]);
+                    if to > from {
+                        let (path, f) = &mut ins[fi];
+                        f.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+                        let (opath, o, olen) = &mut outs[fi];
+                        let n = std::io::copy(&mut (&mut *f).take(to - from), o)
+                            .map_err(io_err(opath))?;
+                        *olen += n;
+                    }
+                }
+                if c.id.is_some() {
+                    let has = |fi: usize| u64::from(c.len[fi] > prev[fi]);
+                    counts.sft_rows += has(0);
+                    counts.preference_rows += has(2);
+                    counts.rejected += has(5);
+                }
+                let line = Commit {
+                    id: c.id.clone(),
+                    h: c.h.clone(),
+                    len: outs.iter().map(|o| o.2).collect(),
+                };
+                let mut bytes = serde_json::to_vec(&line)
+                    .map_err(|e| io_err(&log_path)(std::io::Error::other(e)))?;
+                bytes.push(b'\n');
+                log.write_all(&bytes).map_err(io_err(&log_path))?;
+            }
+            prev.clone_from(&c.len);
+        }
+    }
+    for (path, o, _) in &mut outs {
+        o.flush().map_err(io_err(path))?;
+    }
+    log.flush().map_err(io_err(&log_path))?;
+    Ok(())
+}
+
+/// Refresh on resume: of the ids committed in `dir`, those still to skip —
+/// in the (limited, sharded) prompts of `spec`, with the same text as when
+/// their rows were written. An edited prompt is generated again; a removed
+/// one is no longer counted as done. Returns the ids and how many prompts
+/// changed.
+pub fn refresh_done(
+    dir: &Path,
+    spec: &PromptSpec,
+    done: HashSet<String>,
+) -> Result<(HashSet<String>, u64), MergeError> {
+    if done.is_empty() {
+        return Ok((done, 0));
+    }
+    let mut latest: HashMap<String, Option<String>> = HashMap::with_capacity(done.len());
+    for c in read_log(&dir.join(STATE_DIR).join("progress.jsonl"))? {
+        if let Some(id) = c.id {
+            latest.insert(id, c.h);
+        }
+    }
+    let mut keep = HashSet::with_capacity(done.len());
+    let mut changed = 0;
+    for rec in PromptReader::open(spec).map_err(InputErrors::from)? {
+        let rec = rec.map_err(InputErrors::from)?;
+        let Some(h) = latest.get(&rec.id) else {
+            continue;
+        };
+        if h.as_ref().is_some_and(|h| *h != text_hash(&rec.text)) {
+            changed += 1;
+        } else {
+            keep.insert(rec.id);
+        }
+    }
+    Ok((keep, changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_summed_field_by_field() {
+        let mut a = serde_json::json!({"requests": 3, "tokens": {"in": 10}, "cost": 0.5});
+        let b = serde_json::json!({"requests": 4, "tokens": {"in": 5, "out": 2}, "cost": 0.25});
+        sum_into(&mut a, &b);
+        assert_eq!(
+            a,
+            serde_json::json!({"requests": 7, "tokens": {"in": 15, "out": 2}, "cost": 0.75})
+        );
+    }
+}
