@@ -82,6 +82,13 @@ pub enum Command {
         after_help = "Examples:\n  cai merge shards/run-* --out dataset\n  cai merge shards/run-1 shards/run-3 --out partial --partial\n  cai merge run --out dataset   # one run refreshed over an edited prompts file: current rows only\n\nEvery output file of every shard is joined (CSV headers once) from its commit log. The shards must share one fingerprint (.cai/run.json), be disjoint, and together cover the prompts file their manifests name; what is missing is named. A row whose prompt text has changed since it was written, or whose prompt is no longer in the file, is left out."
     )]
     Merge(MergeArgs),
+    /// Search a system prompt (and in-context example answers) that aligns the base model, scored by an evaluator model (DRPO); `optimize eval` compares prompts.
+    #[command(
+        allow_negative_numbers = true,
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  cai optimize --queries prompts/optimize_sample.csv --out opt1 --depth 3\n  cai optimize --queries q.csv --out opt2 --provider openai --base-url http://127.0.0.1:8000/v1 --model base --evaluator openai:judge@http://127.0.0.1:8001/v1 --optimizer openai:judge@http://127.0.0.1:8001/v1\n  cai optimize eval --queries held_out.csv --out eval1 --prompt plain.txt --prompt opt1/system_prompt.txt\n\nRunning the same command again on the same --out resumes: finished requests are replayed from the journal, not sent again."
+    )]
+    Optimize(Box<OptimizeArgs>),
 }
 
 /// `cai report`.
@@ -171,6 +178,90 @@ pub struct MergeArgs {
     /// The prompts file, when it is no longer at the path the manifests record (it must be the same file: same SHA-256).
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
+}
+
+/// Shared by `cai optimize` and `cai optimize eval`.
+#[derive(Debug, Args, Clone)]
+pub struct OptimizeCommonArgs {
+    /// Queries: CSV with a header row (column `query`, else as --prompts), or JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub queries: Option<PathBuf>,
+    /// Run directory (created; reused to resume).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The evaluator (aspects and scores), `provider:model[@base_url]` (default: the base endpoint).
+    #[arg(long, value_name = "PROVIDER:MODEL[@URL]")]
+    pub evaluator: Option<String>,
+    /// Aspect list, a JSON array of {"name", "description"} (default: the 14 shipped aspects).
+    #[arg(long, value_name = "FILE")]
+    pub aspects: Option<PathBuf>,
+    /// In-context example bank: `query` and `answer` columns (CSV or JSONL).
+    #[arg(long, value_name = "FILE")]
+    pub examples: Option<PathBuf>,
+    /// Examples shown per query (the most similar ones).
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub k: usize,
+    /// Directory of template overrides (optimize_aspects.jinja, optimize_score.jinja, optimize_propose.jinja, optimize_answer.jinja, ...).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Count requests per step; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop cleanly (exit 3, resumable) before this invocation's spend could pass USD.
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
+    /// Price in USD per million input tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_in: Option<f64>,
+    /// Price in USD per million output tokens (default: the built-in table for known models).
+    #[arg(long, value_name = "USD")]
+    pub price_out: Option<f64>,
+}
+
+/// `cai optimize`.
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    #[command(subcommand)]
+    pub action: Option<OptimizeAction>,
+    #[command(flatten)]
+    pub common: OptimizeCommonArgs,
+    /// The optimizer (proposes prompts and answers), `provider:model[@base_url]` (default: the base endpoint).
+    #[arg(long, value_name = "PROVIDER:MODEL[@URL]")]
+    pub optimizer: Option<String>,
+    /// Prompts kept per step.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub beam: usize,
+    /// New prompts proposed per expanded node.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub actions: usize,
+    /// Search steps, one query each (default: the number of queries).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<usize>,
+    /// Start prompt file (default: "You are a helpful assistant.").
+    #[arg(long, value_name = "FILE")]
+    pub initial_prompt: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OptimizeAction {
+    /// Score system prompts on held-out queries: per-aspect means, overall mean, pairwise win rate with a 95% interval.
+    Eval(Box<OptimizeEvalArgs>),
+}
+
+/// `cai optimize eval`.
+#[derive(Debug, Args)]
+pub struct OptimizeEvalArgs {
+    #[command(flatten)]
+    pub common: OptimizeCommonArgs,
+    /// A system prompt file to score (repeat; at least one).
+    #[arg(long = "prompt", value_name = "FILE")]
+    pub prompts: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -535,6 +626,9 @@ pub struct GenerateArgs {
     pub judge: JudgeArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    /// System prompt file: replaces the constitution's system message (e.g. `cai optimize`'s system_prompt.txt).
+    #[arg(long, value_name = "FILE")]
+    pub system_prompt: Option<PathBuf>,
     /// Count requests per stage and estimate tokens and cost; send nothing.
     #[arg(long)]
     pub dry_run: bool,

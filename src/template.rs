@@ -16,6 +16,10 @@
 //! | `revision.jinja` | `prompt`, `answer`, `critique`, `principle`, `round` |
 //! | `sft_text.jinja` | `prompt`, `initial`, `final`, `system` |
 //! | `judge.jinja` | `prompt`, `response_a`, `response_b`, `principle` (a string), `few_shots` (`task`, `chain_of_thought`, `selected_answer`), `chain_of_thought` (bool) |
+//! | `optimize_aspects.jinja` | `query`, `aspects` (`name`, `description`) |
+//! | `optimize_score.jinja` | `query`, `answer`, `aspects` (`name`, `description`; never empty) |
+//! | `optimize_propose.jinja` | `prompt`, `query`, `answer`, `evaluation` (`aspect`, `score`, `rationale`), `reward`, `history` (earlier prompts, oldest first), `variant`, `variants`, `max_new_bullets`, `max_chars` |
+//! | `optimize_answer.jinja` | `query`, `answer`, `evaluation`, `reward` |
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +43,22 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/sft_text.jinja"),
     ),
     ("judge.jinja", include_str!("../templates/judge.jinja")),
+    (
+        "optimize_aspects.jinja",
+        include_str!("../templates/optimize_aspects.jinja"),
+    ),
+    (
+        "optimize_score.jinja",
+        include_str!("../templates/optimize_score.jinja"),
+    ),
+    (
+        "optimize_propose.jinja",
+        include_str!("../templates/optimize_propose.jinja"),
+    ),
+    (
+        "optimize_answer.jinja",
+        include_str!("../templates/optimize_answer.jinja"),
+    ),
 ];
 
 /// A template that does not compile or render.
@@ -163,7 +183,11 @@ impl Templates {
             critique: "Identify problems.",
             revision: "Rewrite it.",
         };
-        let samples: [(&str, Value); 5] = [
+        let aspects =
+            vec![minijinja::context! { name => "Clarity", description => "Easy to follow." }];
+        let evaluation =
+            vec![minijinja::context! { aspect => "Clarity", score => 3, rationale => "Dense." }];
+        let samples: [(&str, Value); 9] = [
             ("initial.jinja", minijinja::context! { prompt => "p" }),
             (
                 "critique.jinja",
@@ -180,6 +204,22 @@ impl Templates {
             (
                 "judge.jinja",
                 minijinja::context! { prompt => "p", response_a => "a", response_b => "b", principle => "Which is better?", few_shots => vec![minijinja::context! { task => "t", chain_of_thought => "c", selected_answer => "(A)" }], chain_of_thought => true },
+            ),
+            (
+                "optimize_aspects.jinja",
+                minijinja::context! { query => "q", aspects => &aspects },
+            ),
+            (
+                "optimize_score.jinja",
+                minijinja::context! { query => "q", answer => "a", aspects => &aspects },
+            ),
+            (
+                "optimize_propose.jinja",
+                minijinja::context! { prompt => "p", query => "q", answer => "a", evaluation => &evaluation, reward => 3.0, history => vec!["h"], variant => 1, variants => 3, max_new_bullets => 2, max_chars => 4000 },
+            ),
+            (
+                "optimize_answer.jinja",
+                minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0 },
             ),
         ];
         samples

@@ -7,6 +7,7 @@ pub mod label;
 pub mod merge;
 pub mod model;
 pub mod models;
+pub mod optimize;
 pub mod render;
 pub mod validate;
 
@@ -22,6 +23,7 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = match &cli.command {
         Command::Generate(a) => a.run.log_format == cli::LogFormat::Json,
         Command::Label(a) => a.run.log_format == cli::LogFormat::Json,
+        Command::Optimize(a) => a.common.run.log_format == cli::LogFormat::Json,
         _ => false,
     };
     let result = match cli.command {
@@ -97,6 +99,22 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             report_label(&s, json);
             Ok(u8::from(s.report.rejected > 0))
         }),
+        Command::Optimize(args) => {
+            let cfg = match &args.action {
+                Some(cli::OptimizeAction::Eval(e)) => {
+                    crate::config::optimize::OptimizeConfig::eval(e)
+                }
+                None => crate::config::optimize::OptimizeConfig::search(&args),
+            };
+            cfg.and_then(|cfg| {
+                let out = runtime()?.block_on(optimize::optimize(cfg))?;
+                print!("{}", out.table);
+                if !out.summary.is_empty() {
+                    eprintln!("{}", out.summary);
+                }
+                Ok(0)
+            })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -135,6 +135,22 @@ pub struct GenerateConfig {
     pub max_cost: Option<f64>,
     pub run: RunSettings,
     pub out: PathBuf,
+    /// `--system-prompt FILE`: replaces the constitution's system message.
+    pub system_prompt: Option<String>,
+}
+
+/// A `--system-prompt` file: readable, UTF-8, not blank; trimmed.
+pub fn read_system_prompt(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--system-prompt {}: {e}", path.display())))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ConfigError(format!(
+            "--system-prompt {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(text.to_string())
 }
 
 impl GenerateConfig {
@@ -143,7 +159,14 @@ impl GenerateConfig {
         let run = RunSettings::from_args(&args.run)?;
         let selection = selection(args)?;
         let params = super::gen_params(&args.sampling)?;
-        let inputs = Inputs::load(&args.input)?;
+        let mut inputs = Inputs::load(&args.input)?;
+        let system_prompt = match &args.system_prompt {
+            Some(path) => Some(read_system_prompt(path)?),
+            None => None,
+        };
+        if let Some(s) = &system_prompt {
+            inputs.constitution.system_message = Some(s.clone());
+        }
         let seed = args.sampling.seed.unwrap_or(DEFAULT_SEED);
         let judge = super::judge::options(&args.judge, seed, args.sampling.max_tokens)?;
         for spec in &args.judge.judges {
@@ -197,6 +220,7 @@ impl GenerateConfig {
             max_cost: args.max_cost,
             run,
             out: args.out.clone(),
+            system_prompt,
         })
     }
 
@@ -207,7 +231,15 @@ impl GenerateConfig {
             model: self.provider.model().to_string(),
             constitution_sha256: manifest::file_sha256(&self.inputs.constitution_path)?,
             templates_sha256: self.inputs.templates.digest().to_string(),
-            params: serde_json::to_value(&self.params).unwrap_or_default(),
+            params: {
+                let mut p = serde_json::to_value(&self.params).unwrap_or_default();
+                if let (Some(s), Some(obj)) = (&self.system_prompt, p.as_object_mut()) {
+                    use sha2::Digest;
+                    let h = crate::engine::journal::hex(&sha2::Sha256::digest(s.as_bytes()));
+                    obj.insert("system_prompt_sha256".into(), h.into());
+                }
+                p
+            },
             rounds: self.rounds,
             preference: self.preference_desc.clone(),
             seed: self.seed,

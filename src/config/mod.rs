@@ -8,6 +8,7 @@
 pub mod generate;
 pub mod judge;
 pub mod label;
+pub mod optimize;
 pub mod settings;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! ([`judge`]), picking a prompt's preference pair among its candidates
 //! ([`select`]), and measuring a judge against human labels ([`metrics`]).
 
+pub mod drpo;
 pub mod judge;
 pub mod metrics;
 pub mod select;

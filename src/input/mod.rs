@@ -9,6 +9,7 @@
 pub mod constitution;
 pub mod pairs;
 pub mod prompts;
+pub mod queries;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@
 pub mod labels;
 pub mod manifest;
 pub mod merge;
+pub mod optimize;
 pub mod report;
 
 use std::collections::HashSet;

@@ -11,6 +11,7 @@ mod label;
 mod local;
 mod local_engine;
 mod local_families;
+mod optimize;
 mod pool;
 mod refresh;
 mod report;
