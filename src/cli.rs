@@ -641,6 +641,25 @@ pub struct GenerateArgs {
     /// Price in USD per million output tokens (default: the built-in table for known models).
     #[arg(long, value_name = "USD")]
     pub price_out: Option<f64>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+}
+
+/// The provider's batch API, or a stage as a file (`generate`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct BatchArgs {
+    /// Send through the provider's batch API (openai, anthropic) at the batch price, stage by stage.
+    #[arg(long)]
+    pub batch: bool,
+    /// Seconds between polls of a submitted batch.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub batch_poll: f64,
+    /// Write the pending stage's requests to FILE (OpenAI batch JSONL, as `vllm run_batch` reads) and stop.
+    #[arg(long, value_name = "FILE")]
+    pub batch_export: Option<PathBuf>,
+    /// Read a stage's results from FILE (OpenAI batch output JSONL) and continue.
+    #[arg(long, value_name = "FILE")]
+    pub batch_import: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

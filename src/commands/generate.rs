@@ -13,6 +13,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use crate::config::generate::{GenerateConfig, Selection};
+use crate::engine::batch::{BatchMode, BatchProvider, BatchRun, Next};
 use crate::engine::rundir::RunDir;
 use crate::engine::scheduler::{self, Item, Job, Loop, Sink};
 use crate::engine::{Engine, ItemError, Journal, StatsSnapshot, StopSignal};
@@ -74,6 +75,31 @@ impl Sink<Outcome> for Writer {
     }
 }
 
+/// The writer, noting which ids a pass wrote (a batch run skips them in
+/// the next pass).
+struct Tracked<'a> {
+    writer: &'a mut Writer,
+    ids: Vec<String>,
+}
+
+impl Sink<Outcome> for Tracked<'_> {
+    type Error = OutputError;
+
+    fn write(&mut self, outcome: Outcome) -> Result<Option<String>, OutputError> {
+        let id = match &outcome {
+            Outcome::Done(f) => f.id.clone(),
+            Outcome::Rejected(r) => r.id.clone(),
+        };
+        let note = <Writer as Sink<Outcome>>::write(self.writer, outcome)?;
+        self.ids.push(id);
+        Ok(note)
+    }
+
+    fn sync(&mut self) -> Result<(), OutputError> {
+        <Writer as Sink<Outcome>>::sync(self.writer)
+    }
+}
+
 /// `cai generate`.
 pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSummary, RunError> {
     let started = Instant::now();
@@ -98,14 +124,47 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     })?;
     let cached = journal.cached_len();
     let stop = StopSignal::default();
-    let engine_cfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
+    // A batch run checks --max-cost per stage, before it submits; the
+    // engine must not refuse results that are already paid for.
+    let engine_max_cost = if cfg.batch.is_some() { None } else { cfg.max_cost };
+    let engine_cfg = cfg.run.engine(cfg.price.clone(), engine_max_cost);
+    let batch_provider = match (&cfg.batch, cfg.provider.batch_api()) {
+        (Some(_), Some(api)) => Some(Arc::new(BatchProvider::new(
+            cfg.provider.clone(),
+            api,
+            cfg.price.clone(),
+        ))),
+        _ => None,
+    };
     let engine = Arc::new(Engine::new(
-        cfg.provider.clone(),
+        match &batch_provider {
+            Some(b) => b.clone(),
+            None => cfg.provider.clone(),
+        },
         journal,
         engine_cfg.clone(),
         stop.clone(),
     ));
     let stats = engine.stats();
+    let display = cfg.run.display;
+    let say = move |m: &str| {
+        if display == crate::engine::progress::Display::Json {
+            eprintln!("{}", serde_json::json!({ "event": "batch", "message": m }));
+        } else if display != crate::engine::progress::Display::Quiet {
+            eprintln!("cai: {m}");
+        }
+    };
+    let mut batch = match (&cfg.batch, batch_provider) {
+        (Some(mode), Some(p)) => {
+            let mut b = BatchRun::open(&dir.state_dir(), p, mode.clone(), cfg.max_cost, stats.clone())?;
+            if let BatchMode::Files { import: Some(path), .. } = mode {
+                let n = b.import(path)?;
+                say(&format!("imported {n} batch results from {}", path.display()));
+            }
+            Some(b)
+        }
+        _ => None,
+    };
     let selector = match cfg.selection {
         None => None,
         Some(Selection::Heuristic) => Some(Selector::Heuristic),
@@ -151,7 +210,8 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         ));
     }
     let total = cfg.inputs.count;
-    let reader = PromptReader::open(&cfg.inputs.spec).map_err(InputErrors::from)?;
+    let spec = cfg.inputs.spec.clone();
+    let cfg_batch_submit = matches!(cfg.batch, Some(BatchMode::Submit { .. }));
     let GenerateConfig {
         inputs,
         params,
@@ -185,29 +245,95 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         },
         selector,
     });
-    let end = scheduler::run(
-        job,
-        reader,
-        &mut writer,
-        Loop {
-            concurrency: run.concurrency,
-            stop,
-            display: run.display,
-            stats: stats.clone(),
-            total,
-            done,
-            notes,
-            noun: "prompt",
-        },
-    )
-    .await;
+    // One pass of the run loop; a batch run makes one per stage.
+    let mut done = done;
+    let mut notes = notes;
+    let mut end: Option<scheduler::RunEnd<OutputError>> = None;
+    let mut batch_note: Option<String> = None;
+    let end = loop {
+        if let Some(b) = &mut batch {
+            b.collect(&say).await?;
+            b.begin_pass()?;
+        }
+        let reader = PromptReader::open(&spec).map_err(InputErrors::from)?;
+        let mut sink = Tracked {
+            writer: &mut writer,
+            ids: Vec::new(),
+        };
+        let pass = scheduler::run(
+            job.clone(),
+            reader,
+            &mut sink,
+            Loop {
+                concurrency: run.concurrency,
+                stop: stop.clone(),
+                display: run.display,
+                stats: stats.clone(),
+                total,
+                done: done.clone(),
+                notes: std::mem::take(&mut notes),
+                noun: "prompt",
+            },
+        )
+        .await;
+        done.extend(sink.ids);
+        let pass = match end.take() {
+            None => pass,
+            Some(mut acc) => {
+                acc.first_row_s = acc.first_row_s.or(pass.first_row_s);
+                acc.written += pass.written;
+                acc.rejected += pass.rejected;
+                acc.fatal = pass.fatal;
+                acc.aborted = pass.aborted;
+                acc
+            }
+        };
+        let Some(b) = &mut batch else { break pass };
+        if pass.fatal.is_some() || pass.aborted.is_some() {
+            break pass;
+        }
+        match b.after_pass().await? {
+            Next::Submitted => end = Some(pass),
+            Next::Finished => break pass,
+            Next::Exported { requests, path } => {
+                batch_note = Some(format!(
+                    "waiting for batch results: {requests} requests written to {}; run them (e.g. `vllm run_batch -i {} -o results.jsonl --model MODEL`), then run this command again with --batch-import results.jsonl",
+                    path.display(),
+                    path.display()
+                ));
+                break pass;
+            }
+            Next::Waiting { requests } => {
+                batch_note = Some(format!(
+                    "waiting for batch results: {requests} requests are pending; write them with --batch-export FILE"
+                ));
+                break pass;
+            }
+            Next::OverBudget => {
+                let mut pass = pass;
+                pass.aborted = Some(crate::engine::AbortReason::MaxCost);
+                break pass;
+            }
+        }
+    };
+    // The run's outcome, so shown even with --quiet.
+    if let Some(n) = &batch_note {
+        if display == crate::engine::progress::Display::Json {
+            eprintln!("{}", serde_json::json!({ "event": "batch", "message": n }));
+        } else {
+            eprintln!("cai: {n}");
+        }
+    }
 
     let snapshot = stats.snapshot();
     let counts = writer.counts;
     let wall = started.elapsed().as_secs_f64();
     let m = Manifest {
         cai_version: env!("CARGO_PKG_VERSION"),
-        status: end.status(counts.rejected),
+        status: match &batch_note {
+            Some(n) if end.fatal.is_none() && end.aborted.is_none() => n.clone(),
+            _ => end.status(counts.rejected),
+        },
         arguments: argv,
         provider: provider.name().to_string(),
         model: provider.model().to_string(),
@@ -239,6 +365,12 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         price,
         max_cost,
         endpoints: provider.endpoint_stats(),
+        batch: batch.as_ref().map(|b| {
+            b.summary(match cfg_batch_submit {
+                true => crate::config::generate::BATCH_PRICE_FACTOR,
+                false => 1.0,
+            })
+        }),
     };
     manifest::write_atomic(&out.join("manifest.json"), &m)?;
     crate::config::write_run_report(&run, &out);

@@ -137,6 +137,8 @@ pub struct GenerateConfig {
     pub out: PathBuf,
     /// `--system-prompt FILE`: replaces the constitution's system message.
     pub system_prompt: Option<String>,
+    /// `--batch`, `--batch-export`, `--batch-import`: staged through a batch.
+    pub batch: Option<crate::engine::batch::BatchMode>,
 }
 
 /// A `--system-prompt` file: readable, UTF-8, not blank; trimmed.
@@ -178,7 +180,15 @@ impl GenerateConfig {
             let (p, n) = super::build_provider(&args.endpoint, run.concurrency)?;
             (p, n, None)
         };
-        let price = budget_price(args, provider.model())?;
+        let batch = batch_mode(&args.batch, &args.endpoint, provider.as_ref())?;
+        let mut price = budget_price(args, provider.model())?;
+        if matches!(batch, Some(crate::engine::batch::BatchMode::Submit { .. })) {
+            price = price.map(|p| Price {
+                input_per_m: p.input_per_m * BATCH_PRICE_FACTOR,
+                output_per_m: p.output_per_m * BATCH_PRICE_FACTOR,
+                source: format!("{}, at the batch price (x{BATCH_PRICE_FACTOR})", p.source),
+            });
+        }
         let mode = match (args.preference, selection) {
             (_, Some(_)) | (PreferenceArg::Judge, None) => PreferenceMode::Judge,
             (PreferenceArg::Revision, None) => PreferenceMode::Revision,
@@ -221,6 +231,7 @@ impl GenerateConfig {
             run,
             out: args.out.clone(),
             system_prompt,
+            batch,
         })
     }
 
@@ -245,6 +256,77 @@ impl GenerateConfig {
             seed: self.seed,
         })
     }
+}
+
+/// What the batch APIs charge, as a fraction of the standard price (both
+/// OpenAI and Anthropic bill batches at half price).
+pub const BATCH_PRICE_FACTOR: f64 = 0.5;
+
+/// `--batch`, `--batch-poll`, `--batch-export`, `--batch-import`, checked
+/// against each other and the provider before anything is sent.
+fn batch_mode(
+    args: &crate::cli::BatchArgs,
+    endpoint: &EndpointArgs,
+    provider: &dyn Provider,
+) -> Result<Option<crate::engine::batch::BatchMode>, ConfigError> {
+    use crate::engine::batch::BatchMode;
+    let files = args.batch_export.is_some() || args.batch_import.is_some();
+    if !(args.batch_poll.is_finite() && args.batch_poll > 0.0) {
+        return Err(ConfigError(
+            "--batch-poll must be a positive number of seconds".into(),
+        ));
+    }
+    if args.batch && files {
+        return Err(ConfigError(
+            "--batch submits to the provider's batch API; --batch-export/--batch-import hand a stage to you as files: use one or the other".into(),
+        ));
+    }
+    if !args.batch && !files {
+        return Ok(None);
+    }
+    let flag = if args.batch {
+        "--batch"
+    } else if args.batch_export.is_some() {
+        "--batch-export"
+    } else {
+        "--batch-import"
+    };
+    if endpoint.base_urls.len() > 1 {
+        return Err(ConfigError(format!(
+            "{flag} sends a stage to one service: give one --base-url, not a pool"
+        )));
+    }
+    let api = provider.batch_api();
+    if args.batch {
+        let supported = matches!(provider.name(), "openai" | "anthropic") && api.is_some();
+        if !supported {
+            return Err(ConfigError(format!(
+                "--batch: provider `{}` has no batch API that cai can use (it drives the OpenAI and Anthropic ones: --provider openai or anthropic); for a vLLM server, use --batch-export FILE and `vllm run_batch`",
+                provider.name()
+            )));
+        }
+        return Ok(Some(BatchMode::Submit {
+            poll: std::time::Duration::from_secs_f64(args.batch_poll),
+        }));
+    }
+    if api.is_none_or(|a| a.name() != "openai") {
+        return Err(ConfigError(format!(
+            "{flag} reads and writes the OpenAI batch format, which provider `{}` does not speak: use an OpenAI-compatible provider (openai, vllm, ...)",
+            provider.name()
+        )));
+    }
+    if let Some(p) = &args.batch_import {
+        if !p.is_file() {
+            return Err(ConfigError(format!(
+                "--batch-import {}: no such file",
+                p.display()
+            )));
+        }
+    }
+    Ok(Some(BatchMode::Files {
+        import: args.batch_import.clone(),
+        export: args.batch_export.clone(),
+    }))
 }
 
 /// How `generate` picks pairs among candidates, from `--preference`,

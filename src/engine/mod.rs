@@ -8,6 +8,7 @@
 //! pipeline above it only sees a finished [`Completion`] or a [`ItemError`]
 //! saying whether the prompt or the whole run must stop.
 
+pub mod batch;
 pub mod journal;
 pub mod limit;
 pub mod progress;
@@ -42,6 +43,10 @@ pub enum AbortReason {
     ErrorRate,
     /// `--max-cost` reached: the next request could pass the cap.
     MaxCost,
+    /// Not a stop of the run: this prompt's next request was queued for a
+    /// batch API ([`batch`]), and the prompt continues in the next stage.
+    /// Like any aborted prompt it is neither written nor rejected now.
+    Batched,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -55,6 +60,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::MaxCost => {
                 "the --max-cost budget was reached (the next request could have passed it)"
             }
+            AbortReason::Batched => "waiting for a batch",
         })
     }
 }
@@ -381,6 +387,14 @@ impl Engine {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let result = self.provider.complete(&req).await;
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Err(ProviderError::Queued) = result {
+                // Nothing was sent or spent: the batch driver submits it.
+                self.stats.sent.fetch_sub(1, Ordering::Relaxed);
+                if let Some(b) = &self.budget {
+                    b.settle(reserved, 0);
+                }
+                return Err(ItemError::Aborted(AbortReason::Batched));
+            }
             // A failed attempt is not billed; a reply is, by its usage.
             let spent = match (&result, &self.cfg.price) {
                 (Ok(reply), Some(p)) => {

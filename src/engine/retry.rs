@@ -55,7 +55,9 @@ pub fn classify(err: &ProviderError) -> Verdict {
             after: None,
             throttled: false,
         },
-        ProviderError::Unprocessable(_) => Verdict::GiveUp,
+        // The engine answers a queued request before classifying; no
+        // retry can send it now anyway.
+        ProviderError::Unprocessable(_) | ProviderError::Queued => Verdict::GiveUp,
         ProviderError::Fatal(_) => Verdict::StopRun,
     }
 }

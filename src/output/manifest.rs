@@ -59,6 +59,9 @@ pub struct Manifest {
     /// Requests, failures and latency per endpoint of a pool.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<crate::provider::pool::EndpointStats>,
+    /// Stages, batches and submissions of a batch run (`--batch`, `--batch-export`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::engine::batch::BatchSummary>,
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and rename.

@@ -30,6 +30,7 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub const ANTHROPIC_DEFAULT_MODEL: &str = "claude-haiku-4-5";
 
 /// An Anthropic Messages endpoint.
+#[derive(Clone)]
 pub struct Anthropic {
     client: reqwest::Client,
     url: String,
@@ -183,6 +184,12 @@ impl Provider for Anthropic {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
     }
 
+    fn batch_api(&self) -> Option<std::sync::Arc<dyn super::batch::BatchApi>> {
+        Some(std::sync::Arc::new(
+            super::batch::anthropic::AnthropicBatch::new(self.clone()),
+        ))
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
         let mut http = self
@@ -196,31 +203,50 @@ impl Provider for Anthropic {
         let bound = self.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
             post_json(http, &self.url, self.key.as_ref(), &bound).await?;
-        let text: String = resp
-            .content
-            .iter()
-            .filter(|b| b.kind == "text")
-            .map(|b| b.text.as_str())
-            .collect();
-        let usage = resp.usage.map(|u| Usage {
-            prompt_tokens: u.input_tokens,
-            completion_tokens: u.output_tokens,
-        });
+        let completion = completion(resp);
         check_reply(
             &self.url,
             req,
-            [text.as_str()],
-            usage.map(|u| u.completion_tokens),
+            [completion.text.as_str()],
+            completion.usage.map(|u| u.completion_tokens),
         )?;
-        Ok(Reply {
-            completion: Completion {
-                text,
-                finish: finish_reason(resp.stop_reason.as_deref()),
-                usage,
-                ..Completion::default()
-            },
-            rate,
-        })
+        Ok(Reply { completion, rate })
+    }
+}
+
+fn completion(resp: Response) -> Completion {
+    let text: String = resp
+        .content
+        .iter()
+        .filter(|b| b.kind == "text")
+        .map(|b| b.text.as_str())
+        .collect();
+    Completion {
+        text,
+        finish: finish_reason(resp.stop_reason.as_deref()),
+        usage: resp.usage.map(|u| Usage {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+        }),
+        ..Completion::default()
+    }
+}
+
+impl Anthropic {
+    /// The body `complete` would post for `req`: a batch request's `params`.
+    pub(crate) fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
+        serde_json::to_value(self.body(req)).unwrap_or_default()
+    }
+
+    /// Reads a Message from a batch result.
+    pub(crate) fn batch_completion(&self, message: serde_json::Value) -> Result<Completion, String> {
+        let resp: Response = serde_json::from_value(message).map_err(|e| e.to_string())?;
+        Ok(completion(resp))
+    }
+
+    /// Client, API root (without `/v1`) and key, for the batch endpoints.
+    pub(crate) fn http_parts(&self) -> (&reqwest::Client, &str, Option<&SecretString>) {
+        (&self.client, &self.base_url, self.key.as_ref())
     }
 }
 

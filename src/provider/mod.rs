@@ -7,6 +7,7 @@
 //! can decide what to retry without parsing strings.
 
 pub mod anthropic;
+pub mod batch;
 pub mod chat_template;
 pub mod gemini;
 pub mod hf;
@@ -222,6 +223,10 @@ pub enum ProviderError {
     /// A failure that no retry can fix (bad local model, unsupported request).
     #[error("{0}")]
     Fatal(String),
+    /// Not sent now: queued for the next batch of a batch API
+    /// ([`crate::engine::batch`]); the prompt continues in the next stage.
+    #[error("queued for the next batch")]
+    Queued,
 }
 
 impl ProviderError {
@@ -290,6 +295,10 @@ pub trait Provider: Send + Sync {
     /// (empty for one endpoint).
     fn endpoint_stats(&self) -> Vec<pool::EndpointStats> {
         Vec::new()
+    }
+    /// This backend's batch API (`--batch`, `--batch-export`), when it has one.
+    fn batch_api(&self) -> Option<std::sync::Arc<dyn batch::BatchApi>> {
+        None
     }
     /// The request as it would be sent, for `cai render`.
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {

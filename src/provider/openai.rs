@@ -17,6 +17,7 @@ use super::{
 };
 
 /// An OpenAI-compatible endpoint.
+#[derive(Clone)]
 pub struct OpenAi {
     /// `openai`, or the preset's name (journal keys, manifest, messages).
     name: &'static str,
@@ -81,6 +82,49 @@ impl OpenAi {
             stream: false,
             stream_options: None,
         }
+    }
+}
+
+impl OpenAi {
+    fn completion(&self, resp: Response) -> Result<Completion, ProviderError> {
+        let mut choices = resp.choices.into_iter();
+        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
+            url: self.url.clone(),
+            reason: "no choices in the reply".into(),
+        })?;
+        let first_token_logprobs = choice
+            .logprobs
+            .and_then(|l| l.content)
+            .and_then(|c| c.into_iter().next())
+            .map(|t| t.top_logprobs);
+        Ok(Completion {
+            text: choice.message.content.unwrap_or_default(),
+            finish: finish_reason(choice.finish_reason.as_deref()),
+            usage: resp.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+            first_token_logprobs,
+            more: choices
+                .map(|c| c.message.content.unwrap_or_default())
+                .collect(),
+        })
+    }
+
+    /// The body `complete` would post for `req`: a batch line's `body`.
+    pub(crate) fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
+        serde_json::to_value(self.body(req)).unwrap_or_default()
+    }
+
+    /// Reads a chat-completion body from a batch result.
+    pub(crate) fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, String> {
+        let resp: Response = serde_json::from_value(body).map_err(|e| e.to_string())?;
+        self.completion(resp).map_err(|e| e.to_string())
+    }
+
+    /// Client, API root and key, for the batch endpoints of the same service.
+    pub(crate) fn http_parts(&self) -> (&reqwest::Client, &str, Option<&SecretString>) {
+        (&self.client, &self.base_url, self.key.as_ref())
     }
 }
 
@@ -321,6 +365,12 @@ impl Provider for OpenAi {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
     }
 
+    fn batch_api(&self) -> Option<std::sync::Arc<dyn super::batch::BatchApi>> {
+        Some(std::sync::Arc::new(super::batch::openai::OpenAiBatch::new(
+            self.clone(),
+        )))
+    }
+
     async fn stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
         let mut body = self.body(req);
         body.n = None;
@@ -376,28 +426,7 @@ impl Provider for OpenAi {
         let bound = self.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
             post_json(http, &self.url, self.key.as_ref(), &bound).await?;
-        let mut choices = resp.choices.into_iter();
-        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
-            url: self.url.clone(),
-            reason: "no choices in the reply".into(),
-        })?;
-        let first_token_logprobs = choice
-            .logprobs
-            .and_then(|l| l.content)
-            .and_then(|c| c.into_iter().next())
-            .map(|t| t.top_logprobs);
-        let completion = Completion {
-            text: choice.message.content.unwrap_or_default(),
-            finish: finish_reason(choice.finish_reason.as_deref()),
-            usage: resp.usage.map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            }),
-            first_token_logprobs,
-            more: choices
-                .map(|c| c.message.content.unwrap_or_default())
-                .collect(),
-        };
+        let completion = self.completion(resp)?;
         check_reply(
             &self.url,
             req,

@@ -98,7 +98,7 @@ fn try_elsewhere(e: &ProviderError) -> bool {
         | ProviderError::Timeout { .. }
         | ProviderError::Malformed { .. }
         | ProviderError::Oversized { .. } => true,
-        ProviderError::Unprocessable(_) | ProviderError::Fatal(_) => false,
+        ProviderError::Unprocessable(_) | ProviderError::Fatal(_) | ProviderError::Queued => false,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the `cai` binary against local fake servers.
 
+mod batch;
 mod bounds;
 mod common;
 mod datasets;

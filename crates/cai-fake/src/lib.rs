@@ -12,6 +12,8 @@
 //! client actually did. With every knob at its default it is a plain server
 //! whose own overhead is small next to the client under measurement.
 
+mod batch;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -86,6 +88,17 @@ pub struct FakeConfig {
     pub model: String,
     /// Keep the last N completion request bodies for [`FakeServer::recent_requests`].
     pub record_last: usize,
+    /// Time from a batch's creation until it ends (OpenAI Batches and
+    /// Anthropic Message Batches).
+    pub batch_delay: Duration,
+    /// Batch items whose `custom_id` hash is a multiple of N come back
+    /// errored (for their first `batch_fault_times` submissions).
+    pub batch_fail_every: Option<u64>,
+    /// Batch items whose `custom_id` hash is a multiple of N are left
+    /// unprocessed: the batch ends `expired` (OpenAI) or the item `expired`.
+    pub batch_expire_every: Option<u64>,
+    /// Submissions of a faulty item that fail before it is answered.
+    pub batch_fault_times: u32,
 }
 
 impl Default for FakeConfig {
@@ -112,6 +125,10 @@ impl Default for FakeConfig {
             tgi_list: false,
             model: "fake-model".to_owned(),
             record_last: 0,
+            batch_delay: Duration::ZERO,
+            batch_fail_every: None,
+            batch_expire_every: None,
+            batch_fault_times: 1,
         }
     }
 }
@@ -199,6 +216,14 @@ counters! {
     prompt_tokens,
     /// Completion tokens of answered completions.
     completion_tokens,
+    /// Batches created (`POST /v1/batches`, `POST /v1/messages/batches`).
+    batches_created,
+    /// Requests submitted in batches (resubmissions included).
+    batch_items,
+    /// Files uploaded for batches (`POST /v1/files`).
+    batch_files,
+    /// Polls of a batch's status.
+    batch_polls,
 }
 
 /// A completion request as received, kept when `record_last > 0`.
@@ -302,6 +327,11 @@ fn validate(c: &FakeConfig) -> Result<(), FakeError> {
             "fault rates add up to {sum}, more than 1"
         )));
     }
+    if c.batch_fail_every == Some(0) || c.batch_expire_every == Some(0) {
+        return Err(FakeError::Config(
+            "batch_fail_every and batch_expire_every must be at least 1".into(),
+        ));
+    }
     if c.capacity == Some(0) || c.rpm_limit == Some(0) || c.rpm_burst == Some(0) {
         return Err(FakeError::Config(
             "capacity, rpm_limit and rpm_burst must be at least 1".into(),
@@ -322,6 +352,7 @@ struct State {
     recent: Option<Mutex<VecDeque<RecordedRequest>>>,
     expected_auth: Option<String>,
     shutdown: watch::Receiver<bool>,
+    batches: batch::Store,
 }
 
 impl State {
@@ -351,6 +382,7 @@ impl State {
             recent,
             counters: Counters::default(),
             shutdown,
+            batches: batch::Store::default(),
             config,
         }
     }
@@ -583,6 +615,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
             c.models_requests.fetch_add(1, Relaxed);
             return Ok(json(StatusCode::OK, models_body(&state.config.model)));
         }
+        (_, p) if batch::is_batch_route(p) => return batch::handle(&state, req).await,
         (&Method::GET, "/stats") => {
             c.stats_requests.fetch_add(1, Relaxed);
             let body = serde_json::to_vec(&c.snapshot()).unwrap_or_default();

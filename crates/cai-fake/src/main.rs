@@ -75,6 +75,18 @@ struct Args {
     /// Model id listed by /v1/models.
     #[arg(long, default_value = "fake-model")]
     model: String,
+    /// Time from a batch's creation until it ends (OpenAI and Anthropic batch APIs).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    batch_delay: Duration,
+    /// Batch items whose custom_id hash is a multiple of N come back errored.
+    #[arg(long)]
+    batch_fail_every: Option<u64>,
+    /// Batch items whose custom_id hash is a multiple of N expire.
+    #[arg(long)]
+    batch_expire_every: Option<u64>,
+    /// Submissions of a faulty batch item that fail before it is answered.
+    #[arg(long, default_value_t = 1)]
+    batch_fault_times: u32,
 }
 
 /// Accepts `250ms`, `1.5s`, `2m`, or a bare number of milliseconds.
@@ -130,6 +142,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         tgi_list: a.tgi_list,
         model: a.model,
         record_last: 0,
+        batch_delay: a.batch_delay,
+        batch_fail_every: a.batch_fail_every,
+        batch_expire_every: a.batch_expire_every,
+        batch_fault_times: a.batch_fault_times,
     };
     let server = FakeServer::start(config).await?;
     // Scripts read the port from this line, so it goes out before anything else.

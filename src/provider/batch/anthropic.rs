@@ -1,0 +1,203 @@
+//! Anthropic's Message Batches API.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{decode, send, BatchApi, ItemResult, Limits, Poll};
+use crate::provider::anthropic::{Anthropic, ANTHROPIC_VERSION};
+use crate::provider::{ChatRequest, ProviderError};
+
+/// 100,000 requests and 256 MB per batch.
+pub const LIMITS: Limits = Limits {
+    max_requests: 100_000,
+    max_bytes: 256 * 1000 * 1000,
+};
+
+/// The Message Batches endpoints of an Anthropic service.
+pub struct AnthropicBatch {
+    api: Anthropic,
+}
+
+impl AnthropicBatch {
+    pub fn new(api: Anthropic) -> Self {
+        Self { api }
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let (client, _, key) = self.api.http_parts();
+        let mut r = client
+            .request(method, url)
+            .header("anthropic-version", ANTHROPIC_VERSION);
+        if let Some(k) = key {
+            r = r.header("x-api-key", k.expose_secret());
+        }
+        r
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/messages/batches{path}", self.api.http_parts().1)
+    }
+
+    async fn batch(&self, id: &str) -> Result<Batch, ProviderError> {
+        let url = self.url(&format!("/{id}"));
+        let bytes = send(
+            self.request(reqwest::Method::GET, &url),
+            &url,
+            self.api.http_parts().2,
+        )
+        .await?;
+        decode(&url, &bytes)
+    }
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    id: String,
+    processing_status: String,
+    #[serde(default)]
+    results_url: Option<String>,
+    #[serde(default)]
+    request_counts: Option<Counts>,
+}
+
+#[derive(Deserialize, Default)]
+struct Counts {
+    #[serde(default)]
+    processing: u64,
+    #[serde(default)]
+    succeeded: u64,
+    #[serde(default)]
+    errored: u64,
+    #[serde(default)]
+    canceled: u64,
+    #[serde(default)]
+    expired: u64,
+}
+
+#[derive(Deserialize)]
+struct ResultLine {
+    custom_id: String,
+    result: ResultBody,
+}
+
+#[derive(Deserialize)]
+struct ResultBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[async_trait]
+impl BatchApi for AnthropicBatch {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    fn line(&self, custom_id: &str, req: &ChatRequest) -> Result<String, ProviderError> {
+        Ok(serde_json::json!({
+            "custom_id": custom_id,
+            "params": self.api.batch_body(req),
+        })
+        .to_string())
+    }
+
+    fn parse_body(&self, body: serde_json::Value) -> Result<crate::provider::Completion, String> {
+        self.api.batch_completion(body)
+    }
+
+    async fn submit(&self, path: &Path, count: usize) -> Result<String, ProviderError> {
+        let content = std::fs::read_to_string(path).map_err(|e| {
+            ProviderError::Fatal(format!("cannot read batch input {}: {e}", path.display()))
+        })?;
+        // The lines are already `{custom_id, params}` objects: join them
+        // into the `requests` array without parsing them again.
+        let mut body = String::with_capacity(content.len() + count + 16);
+        body.push_str("{\"requests\":[");
+        for (i, line) in content.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(line);
+        }
+        body.push_str("]}");
+        let url = self.url("");
+        let bytes = send(
+            self.request(reqwest::Method::POST, &url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+            &url,
+            self.api.http_parts().2,
+        )
+        .await?;
+        let b: Batch = decode(&url, &bytes)?;
+        Ok(b.id)
+    }
+
+    async fn poll(&self, id: &str) -> Result<Poll, ProviderError> {
+        let b = self.batch(id).await?;
+        if b.processing_status == "ended" {
+            return Ok(Poll::Ended {
+                status: b.processing_status,
+            });
+        }
+        let c = b.request_counts.unwrap_or_default();
+        let done = c.succeeded + c.errored + c.canceled + c.expired;
+        Ok(Poll::Running {
+            done,
+            total: done + c.processing,
+        })
+    }
+
+    async fn results(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
+        let b = self.batch(id).await?;
+        let Some(url) = b.results_url else {
+            return Err(ProviderError::Malformed {
+                url: self.url(&format!("/{}", b.id)),
+                reason: "the batch ended without a results_url".into(),
+            });
+        };
+        let bytes = send(
+            self.request(reqwest::Method::GET, &url),
+            &url,
+            self.api.http_parts().2,
+        )
+        .await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: ResultLine = serde_json::from_str(line).map_err(|e| ProviderError::Malformed {
+                url: url.clone(),
+                reason: format!("line {}: {e}", i + 1),
+            })?;
+            let r = match (l.result.kind.as_str(), l.result.message) {
+                ("succeeded", Some(m)) => match self.api.batch_completion(m) {
+                    Ok(c) => ItemResult::Done(c),
+                    Err(e) => ItemResult::Failed(format!("unreadable result: {e}")),
+                },
+                ("errored", _) => ItemResult::Failed(format!(
+                    "errored: {}",
+                    l.result
+                        .error
+                        .as_ref()
+                        .map_or("no detail".into(), super::describe_error)
+                )),
+                (kind, _) => ItemResult::Failed(kind.to_string()),
+            };
+            out.push((l.custom_id, r));
+        }
+        Ok(out)
+    }
+}
