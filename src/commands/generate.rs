@@ -123,10 +123,19 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         source,
     })?;
     let cached = journal.cached_len();
+    let journal = if cfg.batch.is_some() {
+        journal.keep_recorded()
+    } else {
+        journal
+    };
     let stop = StopSignal::default();
     // A batch run checks --max-cost per stage, before it submits; the
     // engine must not refuse results that are already paid for.
-    let engine_max_cost = if cfg.batch.is_some() { None } else { cfg.max_cost };
+    let engine_max_cost = if cfg.batch.is_some() {
+        None
+    } else {
+        cfg.max_cost
+    };
     let engine_cfg = cfg.run.engine(cfg.price.clone(), engine_max_cost);
     let batch_provider = match (&cfg.batch, cfg.provider.batch_api()) {
         (Some(_), Some(api)) => Some(Arc::new(BatchProvider::new(
@@ -156,10 +165,22 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     };
     let mut batch = match (&cfg.batch, batch_provider) {
         (Some(mode), Some(p)) => {
-            let mut b = BatchRun::open(&dir.state_dir(), p, mode.clone(), cfg.max_cost, stats.clone())?;
-            if let BatchMode::Files { import: Some(path), .. } = mode {
+            let mut b = BatchRun::open(
+                &dir.state_dir(),
+                p,
+                mode.clone(),
+                cfg.max_cost,
+                stats.clone(),
+            )?;
+            if let BatchMode::Files {
+                import: Some(path), ..
+            } = mode
+            {
                 let n = b.import(path)?;
-                say(&format!("imported {n} batch results from {}", path.display()));
+                say(&format!(
+                    "imported {n} batch results from {}",
+                    path.display()
+                ));
             }
             Some(b)
         }

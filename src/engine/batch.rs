@@ -418,14 +418,12 @@ impl BatchRun {
     /// Reads a results file in the OpenAI batch output format (`--batch-import`).
     pub fn import(&mut self, path: &Path) -> Result<usize, RunError> {
         let api = self.provider.api.clone();
-        let f = File::open(path).map_err(|e| {
-            RunError::Usage(format!("--batch-import {}: {e}", path.display()))
-        })?;
+        let f = File::open(path)
+            .map_err(|e| RunError::Usage(format!("--batch-import {}: {e}", path.display())))?;
         let mut items = Vec::new();
         for (i, line) in BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(|e| {
-                RunError::Usage(format!("--batch-import {}: {e}", path.display()))
-            })?;
+            let line = line
+                .map_err(|e| RunError::Usage(format!("--batch-import {}: {e}", path.display())))?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -458,7 +456,11 @@ impl BatchRun {
     pub fn begin_pass(&self) -> Result<(), RunError> {
         let path = self.dir.join("pending.jsonl");
         let file = File::create(&path).map_err(io_err(&path))?;
-        *self.provider.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending {
+        *self
+            .provider
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Pending {
             file: BufWriter::new(file),
             seen: HashSet::new(),
             worst_micros: 0,
@@ -478,10 +480,12 @@ impl BatchRun {
         for i in open {
             let rec = self.state.batches[i].clone();
             let status = self.wait(&rec, poll, note).await?;
-            let results = self.retrying(|api| {
-                let id = rec.id.clone();
-                async move { api.results(&id).await }
-            }).await?;
+            let results = self
+                .retrying(|api| {
+                    let id = rec.id.clone();
+                    async move { api.results(&id).await }
+                })
+                .await?;
             let input = self.dir.join(&rec.input);
             let mut missing = input_ids(&input).map_err(io_err(&input))?;
             for (id, r) in results {
@@ -490,7 +494,10 @@ impl BatchRun {
                 }
             }
             for id in missing {
-                self.store(id, ItemResult::Failed(format!("no result (the batch ended `{status}`)")))?;
+                self.store(
+                    id,
+                    ItemResult::Failed(format!("no result (the batch ended `{status}`)")),
+                )?;
             }
             self.sync_results()?;
             self.state.batches[i].collected = true;
@@ -500,14 +507,22 @@ impl BatchRun {
     }
 
     /// Polls one batch until it ends; returns its final status.
-    async fn wait(&self, rec: &BatchRecord, every: Duration, note: &dyn Fn(&str)) -> Result<String, RunError> {
+    async fn wait(
+        &self,
+        rec: &BatchRecord,
+        every: Duration,
+        note: &dyn Fn(&str),
+    ) -> Result<String, RunError> {
         let mut last = None;
         loop {
             let id = rec.id.clone();
-            match self.retrying(|api| {
-                let id = id.clone();
-                async move { api.poll(&id).await }
-            }).await? {
+            match self
+                .retrying(|api| {
+                    let id = id.clone();
+                    async move { api.poll(&id).await }
+                })
+                .await?
+            {
                 Poll::Ended { status } => return Ok(status),
                 Poll::Running { done, total } => {
                     if last != Some(done) {
@@ -541,7 +556,9 @@ impl BatchRun {
             failures += 1;
             match super::retry::classify(&err) {
                 super::retry::Verdict::Retry { after, .. } if failures < MAX_POLL_FAILURES => {
-                    let wait = after.unwrap_or(super::retry::Backoff::default().delay(failures.min(6), &mut rand::rng()));
+                    let wait = after.unwrap_or(
+                        super::retry::Backoff::default().delay(failures.min(6), &mut rand::rng()),
+                    );
                     sleep_or_signal(wait).await?;
                 }
                 _ => return Err(RunError::Endpoint(format!("batch API: {err}"))),
@@ -551,7 +568,12 @@ impl BatchRun {
 
     /// After a pass: submits, exports or reports the queued stage.
     pub async fn after_pass(&mut self) -> Result<Next, RunError> {
-        let pending = self.provider.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pending = self
+            .provider
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let Some(mut pending) = pending else {
             return Ok(Next::Finished);
         };
@@ -563,13 +585,18 @@ impl BatchRun {
             return Ok(Next::Finished);
         }
         if let Some(cap) = self.max_cost {
-            let spent = self.stats.cost_micro_usd.load(std::sync::atomic::Ordering::Relaxed);
+            let spent = self
+                .stats
+                .cost_micro_usd
+                .load(std::sync::atomic::Ordering::Relaxed);
             if spent.saturating_add(pending.worst_micros) > crate::cost::to_micros(cap) {
                 return Ok(Next::OverBudget);
             }
         }
         match self.mode.clone() {
-            BatchMode::Files { export: Some(to), .. } => {
+            BatchMode::Files {
+                export: Some(to), ..
+            } => {
                 std::fs::copy(&path, &to).map_err(|e| {
                     RunError::Usage(format!("--batch-export {}: {e}", to.display()))
                 })?;
@@ -581,13 +608,16 @@ impl BatchRun {
             BatchMode::Submit { .. } => {
                 self.state.stages += 1;
                 let stage = self.state.stages;
-                let chunks = split(&path, &self.dir, stage, self.provider.api.limits()).map_err(io_err(&path))?;
+                let chunks = split(&path, &self.dir, stage, self.provider.api.limits())
+                    .map_err(io_err(&path))?;
                 for (input, count) in chunks {
                     let file = self.dir.join(&input);
-                    let id = self.retrying(|api| {
-                        let file = file.clone();
-                        async move { api.submit(&file, count).await }
-                    }).await?;
+                    let id = self
+                        .retrying(|api| {
+                            let file = file.clone();
+                            async move { api.submit(&file, count).await }
+                        })
+                        .await?;
                     self.state.batches.push(BatchRecord {
                         id,
                         stage,
@@ -622,7 +652,12 @@ fn input_ids(path: &Path) -> std::io::Result<HashSet<String>> {
 
 /// Splits the pending lines into batch input files within `limits`:
 /// `(file name, lines)` per batch.
-fn split(pending: &Path, dir: &Path, stage: u32, limits: Limits) -> std::io::Result<Vec<(String, usize)>> {
+fn split(
+    pending: &Path,
+    dir: &Path,
+    stage: u32,
+    limits: Limits,
+) -> std::io::Result<Vec<(String, usize)>> {
     let mut out = Vec::new();
     let mut current: Option<(String, BufWriter<File>, usize, u64)> = None;
     for line in BufReader::new(File::open(pending)?).lines() {
@@ -631,9 +666,9 @@ fn split(pending: &Path, dir: &Path, stage: u32, limits: Limits) -> std::io::Res
             continue;
         }
         let size = line.len() as u64 + 1;
-        let full = current
-            .as_ref()
-            .is_some_and(|(_, _, n, bytes)| *n >= limits.max_requests || bytes + size > limits.max_bytes);
+        let full = current.as_ref().is_some_and(|(_, _, n, bytes)| {
+            *n >= limits.max_requests || bytes + size > limits.max_bytes
+        });
         if full {
             if let Some((name, mut f, n, _)) = current.take() {
                 f.flush()?;
@@ -690,13 +725,33 @@ mod tests {
     fn pending_lines_split_at_count_and_size() {
         let dir = tempfile::tempdir().unwrap();
         let pending = dir.path().join("pending.jsonl");
-        let lines: String = (0..7).map(|i| format!("{{\"custom_id\":\"c{i}\"}}\n")).collect();
+        let lines: String = (0..7)
+            .map(|i| format!("{{\"custom_id\":\"c{i}\"}}\n"))
+            .collect();
         std::fs::write(&pending, lines).unwrap();
-        let by_count = split(&pending, dir.path(), 1, Limits { max_requests: 3, max_bytes: 1 << 20 }).unwrap();
+        let by_count = split(
+            &pending,
+            dir.path(),
+            1,
+            Limits {
+                max_requests: 3,
+                max_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
         let counts: Vec<usize> = by_count.iter().map(|c| c.1).collect();
         assert_eq!(counts, [3, 3, 1]);
         // Each line is 17 bytes with its newline: two fit in 40.
-        let by_size = split(&pending, dir.path(), 2, Limits { max_requests: 100, max_bytes: 40 }).unwrap();
+        let by_size = split(
+            &pending,
+            dir.path(),
+            2,
+            Limits {
+                max_requests: 100,
+                max_bytes: 40,
+            },
+        )
+        .unwrap();
         let counts: Vec<usize> = by_size.iter().map(|c| c.1).collect();
         assert_eq!(counts, [2, 2, 2, 1]);
         let ids = input_ids(&dir.path().join(&by_size[3].0)).unwrap();

@@ -67,6 +67,9 @@ pub struct Journal {
     /// `None`: a [`Journal::disabled`] one, which records nothing.
     file: Option<Mutex<File>>,
     cached: HashMap<String, Completion>,
+    /// Replies recorded by this process, kept when a run asks for the same
+    /// requests again in later passes (a batch run's stages).
+    recorded: Option<Mutex<HashMap<String, Completion>>>,
 }
 
 impl Journal {
@@ -109,6 +112,7 @@ impl Journal {
             path: path.to_path_buf(),
             file: Some(Mutex::new(file)),
             cached,
+            recorded: None,
         })
     }
 
@@ -119,7 +123,25 @@ impl Journal {
             path: PathBuf::new(),
             file: None,
             cached: HashMap::new(),
+            recorded: None,
         }
+    }
+
+    /// Also keeps every reply recorded from now on in memory, for
+    /// [`Journal::recorded`]: a batch run replays its prompts once per stage
+    /// and must not count a reply twice.
+    pub fn keep_recorded(mut self) -> Self {
+        self.recorded = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    /// A reply recorded by this process (with [`Journal::keep_recorded`]).
+    pub fn recorded(&self, key: &str) -> Option<Completion> {
+        let map = self.recorded.as_ref()?;
+        map.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     pub fn path(&self) -> &Path {
@@ -138,6 +160,11 @@ impl Journal {
 
     /// Appends one finished request.
     pub fn record(&self, key: &str, prompt_id: &str, c: &Completion) -> std::io::Result<()> {
+        if let Some(map) = &self.recorded {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_string(), c.clone());
+        }
         let Some(file) = &self.file else {
             return Ok(());
         };

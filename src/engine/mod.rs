@@ -351,6 +351,10 @@ impl Engine {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);
             return Ok(c.clone());
         }
+        // Answered in an earlier pass of this process (a batch run's stage).
+        if let Some(c) = self.journal.recorded(&key) {
+            return Ok(c);
+        }
         let mut req = std::borrow::Cow::Borrowed(req);
         let mut attempt = 0u32;
         let mut widened = false;

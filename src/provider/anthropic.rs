@@ -239,7 +239,10 @@ impl Anthropic {
     }
 
     /// Reads a Message from a batch result.
-    pub(crate) fn batch_completion(&self, message: serde_json::Value) -> Result<Completion, String> {
+    pub(crate) fn batch_completion(
+        &self,
+        message: serde_json::Value,
+    ) -> Result<Completion, String> {
         let resp: Response = serde_json::from_value(message).map_err(|e| e.to_string())?;
         Ok(completion(resp))
     }

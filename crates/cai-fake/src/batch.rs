@@ -78,7 +78,9 @@ impl Inner {
 
 /// Is `path` a batch route?
 pub(crate) fn is_batch_route(path: &str) -> bool {
-    path.starts_with("/v1/files") || path.starts_with("/v1/batches") || path.starts_with("/v1/messages/batches")
+    path.starts_with("/v1/files")
+        || path.starts_with("/v1/batches")
+        || path.starts_with("/v1/messages/batches")
 }
 
 pub(crate) async fn handle(
@@ -91,11 +93,22 @@ pub(crate) async fn handle(
         Err(_) => return Err(super::DropConnection),
     };
     if let Some(expected) = &state.expected_auth {
-        let bearer = parts.headers.get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let key = parts.headers.get("x-api-key").map(|v| format!("Bearer {}", String::from_utf8_lossy(v.as_bytes())));
+        let bearer = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let key = parts
+            .headers
+            .get("x-api-key")
+            .map(|v| format!("Bearer {}", String::from_utf8_lossy(v.as_bytes())));
         if bearer != Some(expected.as_bytes()) && key.as_deref() != Some(expected.as_str()) {
             state.counters.unauthorized.fetch_add(1, Relaxed);
-            return Ok(error(Api::Chat, StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided."));
+            return Ok(error(
+                Api::Chat,
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "Incorrect API key provided.",
+            ));
         }
     }
     let path = parts.uri.path().to_string();
@@ -106,11 +119,29 @@ pub(crate) async fn handle(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1")
         .to_string();
-    let bad = |m: &str| Ok(error(Api::Chat, StatusCode::BAD_REQUEST, "invalid_request_error", m));
-    let missing = || Ok(error(Api::Chat, StatusCode::NOT_FOUND, "not_found", "no such batch or file"));
+    let bad = |m: &str| {
+        Ok(error(
+            Api::Chat,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            m,
+        ))
+    };
+    let missing = || {
+        Ok(error(
+            Api::Chat,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such batch or file",
+        ))
+    };
     match (&parts.method, segs.as_slice()) {
         (&Method::POST, ["v1", "files"]) => {
-            let ctype = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ctype = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             match upload(state, ctype, &body) {
                 Ok(v) => Ok(json(StatusCode::OK, v.to_string().into_bytes())),
                 Err(m) => bad(&m),
@@ -121,7 +152,10 @@ pub(crate) async fn handle(
             match inner.files.get(*id) {
                 Some(content) => {
                     let mut r = Response::new(Full::new(Bytes::from(content.clone())));
-                    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/jsonl"));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/jsonl"),
+                    );
                     Ok(r)
                 }
                 None => missing(),
@@ -176,7 +210,9 @@ fn upload(state: &State, ctype: &str, body: &[u8]) -> Result<Value, String> {
     let mut file = None;
     let mut filename = String::from("input.jsonl");
     for part in split_bytes(text, delim.as_bytes()) {
-        let Some(head_end) = find(part, b"\r\n\r\n") else { continue };
+        let Some(head_end) = find(part, b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&part[..head_end]);
         let mut content = &part[head_end + 4..];
         if content.ends_with(b"\r\n") {
@@ -185,7 +221,11 @@ fn upload(state: &State, ctype: &str, body: &[u8]) -> Result<Value, String> {
         if head.contains("name=\"purpose\"") {
             purpose = Some(String::from_utf8_lossy(content).trim().to_string());
         } else if head.contains("name=\"file\"") {
-            if let Some(f) = head.split("filename=\"").nth(1).and_then(|r| r.split('"').next()) {
+            if let Some(f) = head
+                .split("filename=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
                 filename = f.to_string();
             }
             file = Some(content.to_vec());
@@ -194,7 +234,9 @@ fn upload(state: &State, ctype: &str, body: &[u8]) -> Result<Value, String> {
     let purpose = purpose.ok_or("missing the `purpose` field")?;
     let file = file.ok_or("missing the `file` field")?;
     if purpose != "batch" {
-        return Err(format!("this fake keeps files of purpose `batch` only, not `{purpose}`"));
+        return Err(format!(
+            "this fake keeps files of purpose `batch` only, not `{purpose}`"
+        ));
     }
     state.counters.batch_files.fetch_add(1, Relaxed);
     let mut inner = lock(&state.batches.inner);
@@ -229,7 +271,10 @@ fn create_openai(state: &State, body: &[u8]) -> Result<Value, String> {
     if req["completion_window"] != "24h" {
         return Err("completion_window must be `24h`".into());
     }
-    let file_id = req["input_file_id"].as_str().ok_or("missing input_file_id")?.to_string();
+    let file_id = req["input_file_id"]
+        .as_str()
+        .ok_or("missing input_file_id")?
+        .to_string();
     let content = lock(&state.batches.inner)
         .files
         .get(&file_id)
@@ -241,9 +286,14 @@ fn create_openai(state: &State, body: &[u8]) -> Result<Value, String> {
             continue;
         }
         let v: Value = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
-        let id = v["custom_id"].as_str().ok_or(format!("line {}: no custom_id", i + 1))?;
+        let id = v["custom_id"]
+            .as_str()
+            .ok_or(format!("line {}: no custom_id", i + 1))?;
         if v["url"] != "/v1/chat/completions" || v["method"] != "POST" {
-            return Err(format!("line {}: method/url must be POST /v1/chat/completions", i + 1));
+            return Err(format!(
+                "line {}: method/url must be POST /v1/chat/completions",
+                i + 1
+            ));
         }
         items.push((id.to_string(), v["body"].clone()));
     }
@@ -256,10 +306,18 @@ fn create_anthropic(state: &State, body: &[u8]) -> Result<Value, String> {
     let requests = req["requests"].as_array().ok_or("missing `requests`")?;
     let mut items = Vec::new();
     for (i, r) in requests.iter().enumerate() {
-        let id = r["custom_id"].as_str().ok_or(format!("requests[{i}]: no custom_id"))?;
-        let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let id = r["custom_id"]
+            .as_str()
+            .ok_or(format!("requests[{i}]: no custom_id"))?;
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid {
-            return Err(format!("requests[{i}].custom_id must match ^[a-zA-Z0-9_-]{{1,64}}$"));
+            return Err(format!(
+                "requests[{i}].custom_id must match ^[a-zA-Z0-9_-]{{1,64}}$"
+            ));
         }
         if !r["params"]["max_tokens"].is_u64() {
             return Err(format!("requests[{i}].params.max_tokens: required"));
@@ -270,7 +328,12 @@ fn create_anthropic(state: &State, body: &[u8]) -> Result<Value, String> {
     Ok(object(state, &id, "").unwrap_or_default())
 }
 
-fn insert(state: &State, kind: Kind, input_file_id: Option<String>, items: Vec<(String, Value)>) -> Result<String, String> {
+fn insert(
+    state: &State,
+    kind: Kind,
+    input_file_id: Option<String>,
+    items: Vec<(String, Value)>,
+) -> Result<String, String> {
     if items.is_empty() {
         return Err("a batch needs at least one request".into());
     }
@@ -290,7 +353,11 @@ fn insert(state: &State, kind: Kind, input_file_id: Option<String>, items: Vec<(
             *n
         })
         .collect();
-    let id = inner.id(if kind == Kind::OpenAi { "batch_" } else { "msgbatch_" });
+    let id = inner.id(if kind == Kind::OpenAi {
+        "batch_"
+    } else {
+        "msgbatch_"
+    });
     inner.batches.insert(
         id.clone(),
         Batch {
@@ -357,8 +424,14 @@ fn openai_body(params: &Value) -> Value {
 }
 
 fn message(chat: &Value) -> Value {
-    let text = chat["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-    let stop = if chat["choices"][0]["finish_reason"] == "length" { "max_tokens" } else { "end_turn" };
+    let text = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let stop = if chat["choices"][0]["finish_reason"] == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
     json!({
         "id": format!("msg_{}", chat["id"].as_str().unwrap_or_default()),
         "type": "message", "role": "assistant", "model": chat["model"],
@@ -373,7 +446,9 @@ fn message(chat: &Value) -> Value {
 
 /// Ends a batch whose delay has passed: answers every item.
 fn finish(state: &State, inner: &mut Inner, id: &str) {
-    let Some(b) = inner.batches.get(id) else { return };
+    let Some(b) = inner.batches.get(id) else {
+        return;
+    };
     if b.ended.is_some() || b.created.elapsed() < state.config.batch_delay {
         return;
     }
@@ -387,7 +462,9 @@ fn finish(state: &State, inner: &mut Inner, id: &str) {
         let req_id = format!("{id}_req_{n}");
         let reply = match (&fate, kind) {
             (Fate::Answer, Kind::OpenAi) => answer(state, body),
-            (Fate::Answer, Kind::Anthropic) => answer(state, &openai_body(body)).map(|c| message(&c)),
+            (Fate::Answer, Kind::Anthropic) => {
+                answer(state, &openai_body(body)).map(|c| message(&c))
+            }
             _ => Err(String::new()),
         };
         match (fate, reply, kind) {
@@ -397,7 +474,9 @@ fn finish(state: &State, inner: &mut Inner, id: &str) {
             }
             (Fate::Answer, Ok(v), Kind::Anthropic) => {
                 succeeded += 1;
-                results.push(json!({"custom_id": custom_id, "result": {"type": "succeeded", "message": v}}));
+                results.push(
+                    json!({"custom_id": custom_id, "result": {"type": "succeeded", "message": v}}),
+                );
             }
             (Fate::Expire, _, Kind::OpenAi) => {
                 expired += 1;
@@ -409,22 +488,29 @@ fn finish(state: &State, inner: &mut Inner, id: &str) {
             }
             (_, reply, Kind::OpenAi) => {
                 errored += 1;
-                let msg = reply.err().filter(|e| !e.is_empty()).unwrap_or("The server had an error processing your request (injected).".into());
+                let msg = reply.err().filter(|e| !e.is_empty()).unwrap_or(
+                    "The server had an error processing your request (injected).".into(),
+                );
                 errors.push(json!({"id": req_id, "custom_id": custom_id, "response": {"status_code": 500, "request_id": req_id, "body": {"error": {"message": msg, "type": "server_error"}}}, "error": null}));
             }
             (_, reply, Kind::Anthropic) => {
                 errored += 1;
-                let msg = reply.err().filter(|e| !e.is_empty()).unwrap_or("Internal server error (injected).".into());
+                let msg = reply
+                    .err()
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or("Internal server error (injected).".into());
                 results.push(json!({"custom_id": custom_id, "result": {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": msg}}}}));
             }
         }
     }
     let jsonl = |v: Vec<Value>| -> Vec<u8> {
-        v.iter().flat_map(|l| {
-            let mut s = l.to_string().into_bytes();
-            s.push(b'\n');
-            s
-        }).collect()
+        v.iter()
+            .flat_map(|l| {
+                let mut s = l.to_string().into_bytes();
+                s.push(b'\n');
+                s
+            })
+            .collect()
     };
     let output_file_id = (!out.is_empty()).then(|| {
         let fid = inner.id("file-");
@@ -463,7 +549,13 @@ fn object(state: &State, id: &str, host: &str) -> Option<Value> {
     Some(match b.kind {
         Kind::OpenAi => {
             let (status, out, err, completed, failed) = match &b.ended {
-                Some(e) => (e.status, e.output_file_id.clone(), e.error_file_id.clone(), e.succeeded, e.errored + e.expired),
+                Some(e) => (
+                    e.status,
+                    e.output_file_id.clone(),
+                    e.error_file_id.clone(),
+                    e.succeeded,
+                    e.errored + e.expired,
+                ),
                 None => ("in_progress", None, None, 0, 0),
             };
             json!({

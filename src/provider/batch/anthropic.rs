@@ -178,10 +178,11 @@ impl BatchApi for AnthropicBatch {
             if line.trim().is_empty() {
                 continue;
             }
-            let l: ResultLine = serde_json::from_str(line).map_err(|e| ProviderError::Malformed {
-                url: url.clone(),
-                reason: format!("line {}: {e}", i + 1),
-            })?;
+            let l: ResultLine =
+                serde_json::from_str(line).map_err(|e| ProviderError::Malformed {
+                    url: url.clone(),
+                    reason: format!("line {}: {e}", i + 1),
+                })?;
             let r = match (l.result.kind.as_str(), l.result.message) {
                 ("succeeded", Some(m)) => match self.api.batch_completion(m) {
                     Ok(c) => ItemResult::Done(c),

@@ -213,13 +213,19 @@ mod tests {
     fn result_lines_of_every_shape_are_read() {
         let ok = r#"{"id":"r1","custom_id":"a","response":{"status_code":200,"body":{"x":1}},"error":null}"#;
         let (id, r) = openai_result_line(ok, |_| Ok(Completion::default())).unwrap();
-        assert_eq!((id.as_str(), r), ("a", ItemResult::Done(Completion::default())));
+        assert_eq!(
+            (id.as_str(), r),
+            ("a", ItemResult::Done(Completion::default()))
+        );
         let bad = r#"{"custom_id":"b","response":{"status_code":500,"body":{"error":{"message":"boom","type":"server_error"}}},"error":null}"#;
         let (_, r) = openai_result_line(bad, |_| Ok(Completion::default())).unwrap();
         assert_eq!(r, ItemResult::Failed("HTTP 500: server_error: boom".into()));
         let expired = r#"{"custom_id":"c","response":null,"error":{"code":"batch_expired","message":"not done in time"}}"#;
         let (_, r) = openai_result_line(expired, |_| Ok(Completion::default())).unwrap();
-        assert_eq!(r, ItemResult::Failed("batch_expired: not done in time".into()));
+        assert_eq!(
+            r,
+            ItemResult::Failed("batch_expired: not done in time".into())
+        );
         assert!(openai_result_line("{", |_| Ok(Completion::default())).is_err());
     }
 }

@@ -56,12 +56,13 @@ impl OpenAiBatch {
             if line.trim().is_empty() {
                 continue;
             }
-            let item = super::openai_result_line(line, |b| self.api.batch_completion(b)).map_err(
-                |e| ProviderError::Malformed {
-                    url: url.clone(),
-                    reason: format!("line {}: {e}", i + 1),
-                },
-            )?;
+            let item =
+                super::openai_result_line(line, |b| self.api.batch_completion(b)).map_err(|e| {
+                    ProviderError::Malformed {
+                        url: url.clone(),
+                        reason: format!("line {}: {e}", i + 1),
+                    }
+                })?;
             out.push(item);
         }
         Ok(out)
