@@ -268,7 +268,6 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     });
     // One pass of the run loop; a batch run makes one per stage.
     let mut done = done;
-    let mut notes = notes;
     let mut end: Option<scheduler::RunEnd<OutputError>> = None;
     let mut batch_note: Option<String> = None;
     let end = loop {

@@ -57,8 +57,8 @@ fn lines(out: &Path, file: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn fake(cfg: FakeConfig) -> impl std::future::Future<Output = FakeServer> {
-    async move { FakeServer::start(cfg).await.expect("fake starts") }
+async fn fake(cfg: FakeConfig) -> FakeServer {
+    FakeServer::start(cfg).await.expect("fake starts")
 }
 
 fn same_rows(a: &Path, b: &Path) {

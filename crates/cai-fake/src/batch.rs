@@ -387,9 +387,12 @@ fn fate(state: &State, custom_id: &str, submission: u32) -> Fate {
         return Fate::Answer;
     }
     let h = Fnv::new().add(custom_id.as_bytes()).0;
-    if c.batch_expire_every.is_some_and(|n| h % n == 0) {
+    if c.batch_expire_every.is_some_and(|n| h.is_multiple_of(n)) {
         Fate::Expire
-    } else if c.batch_fail_every.is_some_and(|n| (h / 7) % n == 0) {
+    } else if c
+        .batch_fail_every
+        .is_some_and(|n| (h / 7).is_multiple_of(n))
+    {
         Fate::Fail
     } else {
         Fate::Answer
