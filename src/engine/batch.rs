@@ -582,6 +582,15 @@ impl BatchRun {
         drop(pending.file);
         let requests = pending.seen.len();
         if requests == 0 {
+            // An empty export file tells a script's loop that the run is done.
+            if let BatchMode::Files {
+                export: Some(to), ..
+            } = &self.mode
+            {
+                std::fs::write(to, b"").map_err(|e| {
+                    RunError::Usage(format!("--batch-export {}: {e}", to.display()))
+                })?;
+            }
             return Ok(Next::Finished);
         }
         if let Some(cap) = self.max_cost {

@@ -465,5 +465,10 @@ async fn export_and_import_carry_a_run_through_files_like_vllm_run_batch() {
     }
     assert_eq!(sizes, [5, 5, 5], "initial, critique, revision");
     assert_eq!(manifest(&out)["status"], "done");
+    assert_eq!(
+        std::fs::read(&stage).unwrap(),
+        b"",
+        "an empty export ends a loop"
+    );
     same_rows(&normal, &out);
 }
