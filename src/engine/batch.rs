@@ -40,7 +40,16 @@
 //!   all; then the prompt is rejected with the last reason.
 //!
 //! Replies consumed by the pipeline go to the journal like live ones, so a
-//! batch run can also be resumed without `--batch` and the reverse.
+//! batch run can also be resumed without `--batch` and the reverse (batches
+//! still in progress are then not waited for). Within one process the
+//! journal also keeps them in memory ([`super::Journal::keep_recorded`]),
+//! so a later pass replays a prompt's earlier stages without counting
+//! their tokens and cost again; a batch run therefore holds the replies of
+//! its unfinished prompts in memory, unlike a normal run.
+//!
+//! Ctrl-C or SIGTERM while polling stops the process (exit 3) and leaves the
+//! batches running at the service; the same command picks them up. The
+//! manifest is written when a pass ends, not when polling is interrupted.
 //!
 //! # Cost
 //!
