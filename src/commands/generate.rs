@@ -198,6 +198,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
             done,
             notes,
             noun: "prompt",
+            provider: Some(provider.clone()),
         },
     )
     .await;
