@@ -405,7 +405,12 @@ pub fn parse_marked_prompt(text: &str, max_chars: usize) -> Usable<Proposal> {
     const CLOSE: &str = "</prompt>";
     // The instruction names the markers mid-sentence; the reply's own
     // opening marker starts a line.
-    let starts_line = |i: usize| text[..i].rsplit('\n').next().is_none_or(|l| l.trim().is_empty());
+    let starts_line = |i: usize| {
+        text[..i]
+            .rsplit('\n')
+            .next()
+            .is_none_or(|l| l.trim().is_empty())
+    };
     let start = text
         .match_indices(OPEN)
         .map(|(i, _)| i)
@@ -756,9 +761,13 @@ impl Critic {
             },
         )?;
         let plain = self
-            .ask(&self.optimizer, "optimize-propose-text", &q.id, &text, |t| {
-                parse_marked_prompt(t, MAX_PROMPT_CHARS)
-            })
+            .ask(
+                &self.optimizer,
+                "optimize-propose-text",
+                &q.id,
+                &text,
+                |t| parse_marked_prompt(t, MAX_PROMPT_CHARS),
+            )
             .await?;
         Ok(plain.map_err(|plain| format!("optimizer: {why}; plain-text fallback: {plain}")))
     }
@@ -1388,9 +1397,11 @@ mod tests {
         assert!(parse_marked_prompt("You are a careful assistant.", 100)
             .unwrap_err()
             .contains("no line starting with `<prompt>`"));
-        assert!(parse_marked_prompt("<prompt>\nYou are a careful assistant.", 100)
-            .unwrap_err()
-            .contains("no `</prompt>`"));
+        assert!(
+            parse_marked_prompt("<prompt>\nYou are a careful assistant.", 100)
+                .unwrap_err()
+                .contains("no `</prompt>`")
+        );
         // An echo of the instruction names the markers mid-sentence.
         assert!(parse_marked_prompt(
             "Sure, starting with a line <prompt> and ending with a line </prompt>.",
@@ -1401,9 +1412,11 @@ mod tests {
         assert!(parse_marked_prompt("<prompt>\nBe nice.\n</prompt>", 100)
             .unwrap_err()
             .contains("at least 20"));
-        assert!(parse_marked_prompt("<prompt>You are a careful assistant.</prompt>", 25)
-            .unwrap_err()
-            .contains("at most 25"));
+        assert!(
+            parse_marked_prompt("<prompt>You are a careful assistant.</prompt>", 25)
+                .unwrap_err()
+                .contains("at most 25")
+        );
     }
 
     #[test]

@@ -425,7 +425,10 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                     content: a.text,
                 },
                 finish_reason: api::finish_str(&a.finish),
-                logprobs: a.logprobs.and_then(api::ChoiceLogprobs::first_token),
+                logprobs: a
+                    .logprobs
+                    .filter(|_| prepared.params.top_logprobs.is_some())
+                    .and_then(api::ChoiceLogprobs::first_token),
             }),
             Err(e) => {
                 failure = Some(e);

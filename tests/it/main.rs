@@ -18,6 +18,6 @@ mod refresh;
 mod report;
 mod rundir;
 mod serve;
-mod serve_support;
 mod serve_for_optimize;
+mod serve_support;
 mod shards;

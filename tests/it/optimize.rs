@@ -371,7 +371,9 @@ async fn malformed_evaluator_and_optimizer_replies_are_asked_again_then_dropped(
     assert!(
         why.contains("3 replies unusable")
             && why.contains("no `new_system_prompt` string")
-            && why.contains("plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"),
+            && why.contains(
+                "plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"
+            ),
         "{why}"
     );
     let r = report(&out);

@@ -336,7 +336,9 @@ async fn proposals_without_markers_are_dropped_with_both_reasons() {
     let why = dropped[0]["reason"].as_str().unwrap();
     assert!(
         why.contains("optimizer: 3 replies unusable; last: not JSON")
-            && why.contains("plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"),
+            && why.contains(
+                "plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"
+            ),
         "{why}"
     );
     let r = report(&out);

@@ -77,7 +77,10 @@ async fn serve_puts_the_system_prompt_file_first_in_every_upstream_call() {
         .iter()
         .map(|s| (s.kind.as_str(), &s.body["messages"][0]["content"]))
         .collect();
-    assert_eq!(firsts[0], ("answer", &json!("OPTIMISED PROMPT\n- Be concise.")));
+    assert_eq!(
+        firsts[0],
+        ("answer", &json!("OPTIMISED PROMPT\n- Be concise."))
+    );
     assert_eq!(firsts[1].0, "critique");
     assert_eq!(firsts[1].1, "SYS-CRITIQUE");
     assert_eq!(firsts[2].0, "revision");
@@ -154,12 +157,16 @@ async fn the_pass_through_returns_the_first_tokens_top_logprobs_when_asked() {
         .await
         .unwrap();
     assert_eq!(r["choices"][0]["logprobs"], Value::Null);
-    let bad = post(json!({"model": "up-model", "messages": q, "logprobs": true, "top_logprobs": 21}))
-        .await
-        .unwrap();
+    let bad =
+        post(json!({"model": "up-model", "messages": q, "logprobs": true, "top_logprobs": 21}))
+            .await
+            .unwrap();
     assert_eq!(bad.status(), 400);
     let sent = crate::common::bodies(&up).await;
     assert_eq!(sent.len(), 2);
-    assert_eq!((&sent[0]["logprobs"], &sent[0]["top_logprobs"]), (&json!(true), &json!(5)));
+    assert_eq!(
+        (&sent[0]["logprobs"], &sent[0]["top_logprobs"]),
+        (&json!(true), &json!(5))
+    );
     assert_eq!(sent[1].get("top_logprobs"), None);
 }
