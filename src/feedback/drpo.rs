@@ -68,12 +68,14 @@
 //!   "logprobs"`, the digits' share of the probability (`p_digits`) and no
 //!   rationale. A score needs `p_digits` ≥ [`MIN_DIGIT_MASS`]: below it the
 //!   model was not answering with a digit, and renormalising noise would
-//!   invent a score. Small local models (SmolLM2-135M) never write the JSON
-//!   but do put probability on digits, so this keeps a local search
-//!   informative; a model that writes JSON never reaches it, so the JSON
-//!   path is unchanged. When the endpoint returns no log-probabilities
-//!   (Anthropic, Gemini, HF) or an aspect has too little digit mass, the
-//!   candidate is dropped with both reasons.
+//!   invent a score. Small local models (SmolLM2-135M) never write the
+//!   JSON but do put some probability on digits, so a local search runs
+//!   end to end; how much the scores say depends on the model (135M's
+//!   barely depend on the answer: README, `cai optimize`). A model that
+//!   writes JSON never reaches this, so the JSON path is unchanged. When
+//!   the endpoint returns no log-probabilities (Anthropic, Gemini, HF) or
+//!   an aspect has too little digit mass, the candidate is dropped with
+//!   both reasons.
 //! * **Proposals** fall back to plain text: `optimize_propose_text.jinja`
 //!   asks for the new prompt alone between a `<prompt>` and a `</prompt>`
 //!   line, up to [`MAX_ASKS`] times. The text between the last `<prompt>`
@@ -82,15 +84,17 @@
 //!   after it is the proposal (`"format": "markers"`, no analysis or
 //!   thought) if it has at least [`MIN_PROMPT_CHARS`] and at most
 //!   [`MAX_PROMPT_CHARS`] characters; otherwise the candidate is dropped
-//!   with the reason. The
-//!   text is the model's own answer to "write the new prompt", so nothing
-//!   is made up for it; only the JSON wrapper is gone. Example answers
+//!   with the reason. The text is the model's own answer to "write the new
+//!   prompt", so nothing is made up for it; only the JSON wrapper is gone.
+//!   A reply without markers is not taken as a prompt. Example answers
 //!   (`optimize_answer.jinja`) have no such fallback: an unusable rewrite
 //!   keeps the old answer.
 //!
 //! Every request's seed is fixed by (`--seed`, attempt), and the order of
 //! requests by the search itself, so a re-run replays every finished
-//! request from the journal and sends only what is missing. The
+//! request from the journal and sends only what is missing (a request
+//! whose reply was rejected, e.g. cut off twice by the token limit, is not
+//! journaled and is sent again). The
 //! log-probability requests go through their own engine
 //! (`journal-evaluator-logprobs.jsonl`) that keeps a reply cut off at
 //! [`DIGIT_MAX_TOKENS`] instead of retrying it: only its first token
