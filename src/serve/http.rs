@@ -283,13 +283,25 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
             Some("top_p".into()),
         ));
     }
+    if req.top_logprobs.is_some_and(|k| k > 20) {
+        return Err(ApiError::invalid(
+            "top_logprobs must be at most 20",
+            Some("top_logprobs".into()),
+        ));
+    }
+    // First-token candidates (what the providers report) for the plain
+    // pass-through; other approaches' answers come from several calls.
+    let top_logprobs = (req.logprobs == Some(true) && plan.is_passthrough() && !req.stream)
+        .then_some(req.top_logprobs)
+        .flatten()
+        .filter(|&k| k > 0);
     let params = GenParams {
         max_tokens,
         temperature,
         top_p,
         seed: req.seed.or(d.seed),
         stop: req.stop.map(api::Stop::into_vec).unwrap_or_default(),
-        top_logprobs: None,
+        top_logprobs,
         n: None,
     };
     let mut messages = req
@@ -368,7 +380,10 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                     content: a.text,
                 },
                 finish_reason: api::finish_str(&a.finish),
-                logprobs: None,
+                logprobs: a
+                    .logprobs
+                    .filter(|_| prepared.params.top_logprobs.is_some())
+                    .and_then(api::ChoiceLogprobs::first_token),
             }),
             Err(e) => {
                 failure = Some(e);
