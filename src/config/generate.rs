@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{ConfigError, RunSettings};
+use super::{budget_price, ConfigError, RunSettings};
 use crate::cli::{EndpointArgs, GenerateArgs, InputArgs, PreferenceArg, SelectArg, TiesArg};
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
@@ -178,7 +178,12 @@ impl GenerateConfig {
             let (p, n) = super::build_provider(&args.endpoint, run.concurrency)?;
             (p, n, None)
         };
-        let price = budget_price(args, provider.model())?;
+        let price = budget_price(
+            args.price_in,
+            args.price_out,
+            args.max_cost,
+            provider.model(),
+        )?;
         let mode = match (args.preference, selection) {
             (_, Some(_)) | (PreferenceArg::Judge, None) => PreferenceMode::Judge,
             (PreferenceArg::Revision, None) => PreferenceMode::Revision,
@@ -272,33 +277,4 @@ fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
         )),
         _ => Ok(None),
     }
-}
-
-/// The price of `model` for this run, checking `--max-cost` and the
-/// `--price-*` overrides: a cap needs a known price.
-fn budget_price(args: &GenerateArgs, model: &str) -> Result<Option<Price>, ConfigError> {
-    for (flag, v) in [
-        ("--price-in", args.price_in),
-        ("--price-out", args.price_out),
-    ] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(ConfigError(format!(
-                "{flag} must be a non-negative number of USD per million tokens"
-            )));
-        }
-    }
-    let price = crate::cost::resolve(model, args.price_in, args.price_out);
-    if let Some(cap) = args.max_cost {
-        if !(cap.is_finite() && cap > 0.0) {
-            return Err(ConfigError(
-                "--max-cost must be a positive amount of USD".into(),
-            ));
-        }
-        if price.is_none() {
-            return Err(ConfigError(format!(
-                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
-            )));
-        }
-    }
-    Ok(price)
 }
