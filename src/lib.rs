@@ -9,15 +9,15 @@
 //!
 //! | room | what lives there |
 //! |---|---|
-//! | [`commands`] | one file per command: generate, label, validate, render, dry run, model(s) |
+//! | [`commands`] | one file per command: generate, label, optimize, merge, report, validate, render, dry run, model(s) |
+//! | [`serve`] | `cai serve`: the OpenAI-compatible HTTP layer and the approaches (cai, bon, moa, …) |
 //! | [`config`] | files, `.env`, environment and flags → one checked config per command |
-//! | [`output`] | the run directory's files: writers, commit log, manifest |
+//! | [`output`] | the run directory's files: writers, commit log, manifest, merge, the HTML report |
 //! | [`pipeline`] | the critique→revision chain of one prompt |
-//! | [`feedback`] | AI feedback: the judge, pair selection, label metrics |
+//! | [`feedback`] | AI feedback: the judge, pair selection, label metrics, prompt optimisation (DRPO) |
 //! | [`engine`] | the one run loop, requests (limits, retries, journal, budgets), run-directory lock, progress |
 //! | [`input`] | prompts, constitution, answer pairs |
-//! | [`serve`] | `cai serve`: the OpenAI-compatible HTTP layer and the approaches (cai, bon, moa, …) |
-//! | [`provider`] | the `Provider` trait and every backend, the local model |
+//! | [`provider`] | the `Provider` trait and every backend, endpoint pools, the local model |
 //! | [`template`], [`cost`], [`error`] | templates, prices, error types |
 
 pub mod cli;

@@ -20,6 +20,8 @@
 //! | `optimize_score.jinja` | `query`, `answer`, `aspects` (`name`, `description`; never empty) |
 //! | `optimize_propose.jinja` | `prompt`, `query`, `answer`, `evaluation` (`aspect`, `score`, `rationale`), `reward`, `history` (earlier prompts, oldest first), `variant`, `variants`, `max_new_bullets`, `max_chars` |
 //! | `optimize_answer.jinja` | `query`, `answer`, `evaluation`, `reward` |
+//! | `optimize_score_digit.jinja` | `query`, `answer`, `aspect` (`name`, `description`) |
+//! | `optimize_propose_text.jinja` | as `optimize_propose.jinja` |
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +60,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "optimize_answer.jinja",
         include_str!("../templates/optimize_answer.jinja"),
+    ),
+    (
+        "optimize_score_digit.jinja",
+        include_str!("../templates/optimize_score_digit.jinja"),
+    ),
+    (
+        "optimize_propose_text.jinja",
+        include_str!("../templates/optimize_propose_text.jinja"),
     ),
 ];
 
@@ -187,7 +197,7 @@ impl Templates {
             vec![minijinja::context! { name => "Clarity", description => "Easy to follow." }];
         let evaluation =
             vec![minijinja::context! { aspect => "Clarity", score => 3, rationale => "Dense." }];
-        let samples: [(&str, Value); 9] = [
+        let samples: [(&str, Value); 11] = [
             ("initial.jinja", minijinja::context! { prompt => "p" }),
             (
                 "critique.jinja",
@@ -220,6 +230,14 @@ impl Templates {
             (
                 "optimize_answer.jinja",
                 minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0 },
+            ),
+            (
+                "optimize_score_digit.jinja",
+                minijinja::context! { query => "q", answer => "a", aspect => &aspects[0] },
+            ),
+            (
+                "optimize_propose_text.jinja",
+                minijinja::context! { prompt => "p", query => "q", answer => "a", evaluation => &evaluation, reward => 3.0, history => vec!["h"], variant => 1, variants => 3, max_new_bullets => 2, max_chars => 4000 },
             ),
         ];
         samples

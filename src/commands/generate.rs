@@ -293,6 +293,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
                 done: done.clone(),
                 notes: std::mem::take(&mut notes),
                 noun: "prompt",
+                provider: Some(provider.clone()),
             },
         )
         .await;

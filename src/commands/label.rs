@@ -167,6 +167,7 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
             done,
             notes,
             noun: "pair",
+            provider: None,
         },
     )
     .await;

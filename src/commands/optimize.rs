@@ -5,7 +5,8 @@
 //! directory is locked and fingerprinted ([`RunDir`]), and every request of
 //! the three roles goes through an [`Engine`] with its own journal
 //! (`journal.jsonl` base, `journal-evaluator.jsonl`,
-//! `journal-optimizer.jsonl`) and shared counters, so `--max-requests`
+//! `journal-evaluator-logprobs.jsonl` for the evaluator's log-probability
+//! scores, `journal-optimizer.jsonl`) and shared counters, so `--max-requests`
 //! covers all of them and a re-run replays every finished request. The
 //! algorithm and its request counts are in [`crate::feedback::drpo`].
 
@@ -37,6 +38,7 @@ fn item_error(e: ItemError) -> RunError {
 struct Engines {
     base: Arc<Engine>,
     evaluator: Arc<Engine>,
+    scorer: Arc<Engine>,
     optimizer: Arc<Engine>,
     stats: Arc<Stats>,
 }
@@ -49,7 +51,7 @@ fn open_engines(
     let stats = Arc::new(Stats::default());
     let stop = StopSignal::default();
     let ecfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
-    let open = |role: &Role, file: &str| -> Result<Arc<Engine>, RunError> {
+    let open = |role: &Role, file: &str, keep_truncated: bool| -> Result<Arc<Engine>, RunError> {
         let path = dir.state_dir().join(file);
         let journal = Journal::open(&path, &HashSet::new())
             .map_err(|source| OutputError::Io { path, source })?;
@@ -57,19 +59,27 @@ fn open_engines(
             .provider
             .clone()
             .ok_or_else(|| RunError::Internal("no provider for a live run".into()))?;
+        let ecfg = crate::engine::EngineConfig {
+            keep_truncated,
+            ..ecfg.clone()
+        };
         Ok(Arc::new(
-            Engine::new(provider, journal, ecfg.clone(), stop.clone()).with_stats(stats.clone()),
+            Engine::new(provider, journal, ecfg, stop.clone()).with_stats(stats.clone()),
         ))
     };
-    let base = open(&cfg.base, "journal.jsonl")?;
-    let evaluator = open(&cfg.evaluator, "journal-evaluator.jsonl")?;
+    let base = open(&cfg.base, "journal.jsonl", false)?;
+    let evaluator = open(&cfg.evaluator, "journal-evaluator.jsonl", false)?;
+    // Only the first token of a log-probability score is read, so a reply
+    // cut off at its few tokens is complete.
+    let scorer = open(&cfg.evaluator, "journal-evaluator-logprobs.jsonl", true)?;
     let optimizer = match optimizer {
-        Some(r) => open(r, "journal-optimizer.jsonl")?,
+        Some(r) => open(r, "journal-optimizer.jsonl", false)?,
         None => evaluator.clone(),
     };
     Ok(Engines {
         base,
         evaluator,
+        scorer,
         optimizer,
         stats,
     })
@@ -104,8 +114,8 @@ fn dry_run(cfg: &OptimizeConfig) -> Outcome {
         Task::Search { opts, .. } => {
             let (rows, ex) = drpo::plan(n, *opts, cfg.examples.len());
             s.push_str(&format!(
-                "{n} queries, depth {}, beam {}, actions {}, {} examples (k {})\nupper bound with no early stop, duplicate or re-ask (each re-ask adds 1, at most {} per evaluator/optimizer request):\n step  beam  base  evaluator  optimizer\n",
-                opts.depth, opts.beam, opts.actions, cfg.examples.len(), cfg.k, drpo::MAX_ASKS - 1
+                "{n} queries, depth {}, beam {}, actions {}, {} examples (k {})\nupper bound with no early stop, duplicate or re-ask (each re-ask adds 1, at most {} per evaluator/optimizer request; a scoring that falls back to log-probabilities adds 1 per aspect, a proposal that falls back to plain text up to {}):\n step  beam  base  evaluator  optimizer\n",
+                opts.depth, opts.beam, opts.actions, cfg.examples.len(), cfg.k, drpo::MAX_ASKS - 1, drpo::MAX_ASKS
             ));
             let (mut b, mut e, mut o) = (0, ex.evaluator, ex.optimizer);
             if !cfg.examples.is_empty() {
@@ -163,6 +173,7 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let mut critic = Critic::new(
         engines.base.clone(),
         engines.evaluator.clone(),
+        engines.scorer.clone(),
         engines.optimizer.clone(),
         cfg.templates.clone(),
         cfg.aspects.clone(),
@@ -281,6 +292,7 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let mut critic = Critic::new(
         engines.base.clone(),
         engines.evaluator.clone(),
+        engines.scorer.clone(),
         engines.optimizer.clone(),
         cfg.templates.clone(),
         cfg.aspects.clone(),
@@ -327,13 +339,14 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         "prompts": per, "pairwise": pairs, "requests": snap,
     });
     files::write_json(&cfg.out.join("eval.json"), &report)?;
-    let mut t = String::from("prompt  scored  mean  per aspect\n");
+    let mut t = String::from("prompt  scored (by logprobs)  mean  per aspect\n");
     for p in &per {
         t.push_str(&format!(
-            "{}  {}/{}  {}  {}\n",
+            "{}  {}/{} ({})  {}  {}\n",
             p.file,
             p.scored,
             p.scored + p.dropped,
+            p.scored_by_logprobs,
             p.mean.map_or("-".into(), |m| format!("{m:.2}")),
             p.aspects
                 .iter()

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{ConfigError, RunSettings};
+use super::{budget_price, ConfigError, RunSettings};
 use crate::cli::{EndpointArgs, GenerateArgs, InputArgs, PreferenceArg, SelectArg, TiesArg};
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
@@ -181,7 +181,12 @@ impl GenerateConfig {
             (p, n, None)
         };
         let batch = batch_mode(&args.batch, &args.endpoint, provider.as_ref())?;
-        let mut price = budget_price(args, provider.model())?;
+        let mut price = budget_price(
+            args.price_in,
+            args.price_out,
+            args.max_cost,
+            provider.model(),
+        )?;
         if matches!(batch, Some(crate::engine::batch::BatchMode::Submit { .. })) {
             price = price.map(|p| Price {
                 input_per_m: p.input_per_m * BATCH_PRICE_FACTOR,
@@ -354,33 +359,4 @@ fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
         )),
         _ => Ok(None),
     }
-}
-
-/// The price of `model` for this run, checking `--max-cost` and the
-/// `--price-*` overrides: a cap needs a known price.
-fn budget_price(args: &GenerateArgs, model: &str) -> Result<Option<Price>, ConfigError> {
-    for (flag, v) in [
-        ("--price-in", args.price_in),
-        ("--price-out", args.price_out),
-    ] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(ConfigError(format!(
-                "{flag} must be a non-negative number of USD per million tokens"
-            )));
-        }
-    }
-    let price = crate::cost::resolve(model, args.price_in, args.price_out);
-    if let Some(cap) = args.max_cost {
-        if !(cap.is_finite() && cap > 0.0) {
-            return Err(ConfigError(
-                "--max-cost must be a positive amount of USD".into(),
-            ));
-        }
-        if price.is_none() {
-            return Err(ConfigError(format!(
-                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
-            )));
-        }
-    }
-    Ok(price)
 }

@@ -562,3 +562,34 @@ pub fn write_run_report(settings: &RunSettings, out: &std::path::Path) {
         eprintln!("cai: warning: report.html not written: {e}");
     }
 }
+
+/// The price of `model` with the `--price-in`/`--price-out` overrides; a
+/// `--max-cost` cap needs a known price.
+pub(crate) fn budget_price(
+    price_in: Option<f64>,
+    price_out: Option<f64>,
+    max_cost: Option<f64>,
+    model: &str,
+) -> Result<Option<crate::cost::Price>, ConfigError> {
+    for (flag, v) in [("--price-in", price_in), ("--price-out", price_out)] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(ConfigError(format!(
+                "{flag} must be a non-negative number of USD per million tokens"
+            )));
+        }
+    }
+    let price = crate::cost::resolve(model, price_in, price_out);
+    if let Some(cap) = max_cost {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(ConfigError(
+                "--max-cost must be a positive amount of USD".into(),
+            ));
+        }
+        if price.is_none() {
+            return Err(ConfigError(format!(
+                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
+            )));
+        }
+    }
+    Ok(price)
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{ConfigError, RunSettings};
+use super::{budget_price, ConfigError, RunSettings};
 use crate::cli::{EndpointArgs, OptimizeArgs, OptimizeCommonArgs, OptimizeEvalArgs};
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
@@ -168,7 +168,7 @@ impl OptimizeConfig {
             .map(|p| format!("{}:{}", p.name(), p.model()))
             .unwrap_or_default();
         let price = match &base_provider {
-            Some(p) => budget_price(c, p.model())?,
+            Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, p.model())?,
             None => None,
         };
         Ok(OptimizeConfig {
@@ -315,29 +315,4 @@ impl OptimizeConfig {
             seed: self.seed,
         }
     }
-}
-
-/// The price of the base model, checking `--max-cost` as `generate` does.
-fn budget_price(c: &OptimizeCommonArgs, model: &str) -> Result<Option<Price>, ConfigError> {
-    for (flag, v) in [("--price-in", c.price_in), ("--price-out", c.price_out)] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(ConfigError(format!(
-                "{flag} must be a non-negative number of USD per million tokens"
-            )));
-        }
-    }
-    let price = crate::cost::resolve(model, c.price_in, c.price_out);
-    if let Some(cap) = c.max_cost {
-        if !(cap.is_finite() && cap > 0.0) {
-            return Err(ConfigError(
-                "--max-cost must be a positive amount of USD".into(),
-            ));
-        }
-        if price.is_none() {
-            return Err(ConfigError(format!(
-                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
-            )));
-        }
-    }
-    Ok(price)
 }

@@ -8,7 +8,8 @@
 //!    `provider`, `model`, `base_url`, `api_key_env`, `chat_template`,
 //!    `timeout`, `max_tokens`, `temperature`, `top_p`, `seed`,
 //!    `concurrency`, `rpm`, `tpm`, `max_retries`, `rounds`, `price_in`,
-//!    `price_out`, `max_cost`. Tables `[endpoints.NAME]` (keys `provider`,
+//!    `price_out`, `max_cost`, `max_reply_bytes`, `local_parallel`,
+//!    `local_cache_mb`. Tables `[endpoints.NAME]` (keys `provider`,
 //!    `model`, `base_url`, `api_key_env`) define named endpoints, used as
 //!    `--provider NAME` (or `provider = "NAME"`): the endpoint's values
 //!    replace those of the file and the environment, and only flags given
@@ -58,6 +59,9 @@ pub const KEYS: &[&str] = &[
     "price_in",
     "price_out",
     "max_cost",
+    "max_reply_bytes",
+    "local_parallel",
+    "local_cache_mb",
 ];
 
 /// Keys an `[endpoints.NAME]` table may set.
@@ -683,5 +687,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.values["max_tokens"], "64");
         assert_eq!(c.endpoints["judge"].values["model"], "j");
+    }
+
+    #[test]
+    fn every_key_is_an_option_of_generate() {
+        let cmd = Cli::command();
+        let generate = cmd
+            .find_subcommand("generate")
+            .expect("generate subcommand");
+        for &key in KEYS {
+            assert!(
+                generate.get_arguments().any(|a| a.get_id() == key),
+                "{key} is not a generate option"
+            );
+        }
     }
 }

@@ -472,34 +472,41 @@ impl Engine {
                 }
                 Err(e) => e,
             };
-            match retry::classify(&err) {
-                Verdict::StopRun => return Err(ItemError::Stop(self.stop_message(&err))),
-                Verdict::GiveUp => {
+            self.retry_or_fail(&err, &mut attempt).await?;
+        }
+    }
+
+    /// After failed attempt number `attempt` (0-based): stop the run, give
+    /// up on the item, or wait out the backoff (or `Retry-After`) and count
+    /// the retry, so the caller tries again.
+    async fn retry_or_fail(&self, err: &ProviderError, attempt: &mut u32) -> Result<(), ItemError> {
+        match retry::classify(err) {
+            Verdict::StopRun => Err(ItemError::Stop(self.stop_message(err))),
+            Verdict::GiveUp => {
+                self.settle(false);
+                Err(ItemError::Reject(err.to_string()))
+            }
+            Verdict::Retry { after, throttled } => {
+                if let ProviderError::Status { rate, .. } = err {
+                    self.limiter.learn(rate);
+                }
+                if *attempt >= self.cfg.max_retries {
                     self.settle(false);
-                    return Err(ItemError::Reject(err.to_string()));
+                    return Err(ItemError::Reject(format!(
+                        "gave up after {} attempts: {err}",
+                        *attempt + 1
+                    )));
                 }
-                Verdict::Retry { after, throttled } => {
-                    if let ProviderError::Status { rate, .. } = &err {
-                        self.limiter.learn(rate);
-                    }
-                    if attempt >= self.cfg.max_retries {
-                        self.settle(false);
-                        return Err(ItemError::Reject(format!(
-                            "gave up after {} attempts: {err}",
-                            attempt + 1
-                        )));
-                    }
-                    let backoff = self.cfg.backoff.delay(attempt, &mut rand::rng());
-                    let wait = after.unwrap_or(backoff);
-                    if throttled {
-                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        // Everyone waits, not just this request.
-                        self.limiter.pause(wait);
-                    }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    attempt += 1;
-                    self.sleep(wait).await?;
+                let backoff = self.cfg.backoff.delay(*attempt, &mut rand::rng());
+                let wait = after.unwrap_or(backoff);
+                if throttled {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    // Everyone waits, not just this request.
+                    self.limiter.pause(wait);
                 }
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                *attempt += 1;
+                self.sleep(wait).await
             }
         }
     }

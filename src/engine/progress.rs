@@ -1,6 +1,7 @@
 //! What the user sees while a run goes: a progress bar on a terminal, a
 //! one-line summary every few seconds elsewhere (CI logs), or JSON events
-//! (`--log-format json`), or nothing (`--quiet`).
+//! (`--log-format json`), or nothing (`--quiet`). With an endpoint pool,
+//! each shows requests, failures, latency and state per endpoint.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::Stats;
+use crate::provider::pool::EndpointStats;
+use crate::provider::Provider;
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +51,44 @@ pub struct Reporter {
 
 const LINE_EVERY: Duration = Duration::from_secs(10);
 
-fn line(stats: &Stats, rows: &Rows, total: u64, start: Instant) -> (String, serde_json::Value) {
+/// The endpoints of a pool in a few words each: `host:port 120 req, 3 failed,
+/// 210 ms` (and `ejected`/`probing` when not healthy). `None` for one endpoint.
+fn endpoints_text(eps: &[EndpointStats]) -> Option<String> {
+    if eps.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = eps
+        .iter()
+        .map(|e| {
+            let host = e
+                .url
+                .split("://")
+                .nth(1)
+                .unwrap_or(&e.url)
+                .split('/')
+                .next()
+                .unwrap_or(&e.url);
+            let mut t = format!(
+                "{host} {} req, {} failed, {:.0} ms",
+                e.requests, e.failures, e.mean_latency_ms
+            );
+            if e.state != "healthy" {
+                t.push_str(", ");
+                t.push_str(e.state);
+            }
+            t
+        })
+        .collect();
+    Some(format!("endpoints: {}", parts.join("; ")))
+}
+
+fn line(
+    stats: &Stats,
+    rows: &Rows,
+    total: u64,
+    start: Instant,
+    eps: &[EndpointStats],
+) -> (String, serde_json::Value) {
     let s = stats.snapshot();
     let done = rows.done.load(Ordering::Relaxed);
     let rejected = rows.rejected.load(Ordering::Relaxed);
@@ -69,7 +109,7 @@ fn line(stats: &Stats, rows: &Rows, total: u64, start: Instant) -> (String, serd
             crate::cost::from_micros(s.cost_micro_usd)
         ));
     }
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "event": "progress",
         "rows": done,
         "total": total,
@@ -78,11 +118,30 @@ fn line(stats: &Stats, rows: &Rows, total: u64, start: Instant) -> (String, serd
         "elapsed_s": secs,
         "stats": s,
     });
+    if let Some(t) = endpoints_text(eps) {
+        text.push_str(" · ");
+        text.push_str(&t);
+        json["endpoints"] = serde_json::to_value(eps).unwrap_or_default();
+    }
     (text, json)
 }
 
 impl Reporter {
-    pub fn start(display: Display, stats: Arc<Stats>, rows: Arc<Rows>, total: u64) -> Self {
+    /// Starts reporting; `provider` is asked for its per-endpoint figures
+    /// (a pool has some, one endpoint none).
+    pub fn start(
+        display: Display,
+        stats: Arc<Stats>,
+        rows: Arc<Rows>,
+        total: u64,
+        provider: Option<Arc<dyn Provider>>,
+    ) -> Self {
+        let endpoints = move || {
+            provider
+                .as_ref()
+                .map(|p| p.endpoint_stats())
+                .unwrap_or_default()
+        };
         let start = Instant::now();
         match display {
             Display::Quiet => Self {
@@ -120,6 +179,10 @@ impl Reporter {
                                 crate::cost::from_micros(s.cost_micro_usd)
                             ));
                         }
+                        if let Some(t) = endpoints_text(&endpoints()) {
+                            msg.push_str(" · ");
+                            msg.push_str(&t);
+                        }
                         b.set_message(msg);
                     }
                 });
@@ -135,7 +198,7 @@ impl Reporter {
                     tick.tick().await;
                     loop {
                         tick.tick().await;
-                        let (text, json) = line(&stats, &rows, total, start);
+                        let (text, json) = line(&stats, &rows, total, start, &endpoints());
                         if display == Display::Json {
                             eprintln!("{json}");
                         } else {
@@ -185,5 +248,49 @@ impl Drop for Reporter {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(url: &str, requests: u64, failures: u64, state: &'static str) -> EndpointStats {
+        EndpointStats {
+            url: url.into(),
+            weight: 1.0,
+            requests,
+            failures,
+            ejections: u64::from(state == "ejected"),
+            mean_latency_ms: 212.4,
+            state,
+        }
+    }
+
+    #[test]
+    fn a_pool_shows_each_endpoint_and_one_endpoint_nothing() {
+        assert_eq!(endpoints_text(&[]), None);
+        let t = endpoints_text(&[
+            ep("http://10.0.0.1:8000/v1", 120, 0, "healthy"),
+            ep("http://10.0.0.2:8000/v1", 7, 3, "ejected"),
+        ])
+        .unwrap();
+        assert_eq!(
+            t,
+            "endpoints: 10.0.0.1:8000 120 req, 0 failed, 212 ms; 10.0.0.2:8000 7 req, 3 failed, 212 ms, ejected"
+        );
+        let rows = Rows::default();
+        let (text, json) = line(
+            &Stats::default(),
+            &rows,
+            10,
+            Instant::now(),
+            &[ep("http://a:1/v1", 1, 0, "healthy")],
+        );
+        assert!(
+            text.ends_with("endpoints: a:1 1 req, 0 failed, 212 ms"),
+            "{text}"
+        );
+        assert_eq!(json["endpoints"][0]["requests"], 1);
     }
 }

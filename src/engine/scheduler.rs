@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use super::progress::{Display, Reporter, Rows};
 use super::{AbortReason, ItemError, Stats, StopSignal};
 use crate::input::InputError;
+use crate::provider::Provider;
 
 /// How long in-flight items may take to finish after a stop.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -102,6 +103,8 @@ pub struct Loop {
     pub notes: Vec<String>,
     /// What an item is called in messages ("prompt", "pair").
     pub noun: &'static str,
+    /// The endpoint, for per-endpoint progress when it is a pool.
+    pub provider: Option<Arc<dyn Provider>>,
 }
 
 /// How a run ended.
@@ -148,12 +151,13 @@ where
         done,
         notes,
         noun,
+        provider,
     } = cfg;
     let concurrency = concurrency.max(1);
     let already_done = (done.len() as u64).min(total);
     let rows = Arc::new(Rows::default());
     rows.done.store(already_done, Ordering::Relaxed);
-    let reporter = Reporter::start(display, stats, rows.clone(), total);
+    let reporter = Reporter::start(display, stats, rows.clone(), total, provider);
     for n in &notes {
         reporter.note(n);
     }

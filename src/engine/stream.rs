@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 
-use super::retry::{self, Verdict};
 use super::{estimate_tokens, Engine, ItemError};
 use crate::provider::{ChatRequest, EventStream, StreamEvent};
 
@@ -43,33 +42,7 @@ impl Engine {
                 }
                 Err(e) => e,
             };
-            match retry::classify(&err) {
-                Verdict::StopRun => return Err(ItemError::Stop(self.stop_message(&err))),
-                Verdict::GiveUp => {
-                    self.settle(false);
-                    return Err(ItemError::Reject(err.to_string()));
-                }
-                Verdict::Retry { after, throttled } => {
-                    if let crate::provider::ProviderError::Status { rate, .. } = &err {
-                        self.limiter.learn(rate);
-                    }
-                    if attempt >= self.cfg.max_retries {
-                        self.settle(false);
-                        return Err(ItemError::Reject(format!(
-                            "gave up after {} attempts: {err}",
-                            attempt + 1
-                        )));
-                    }
-                    let wait = after.unwrap_or(self.cfg.backoff.delay(attempt, &mut rand::rng()));
-                    if throttled {
-                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        self.limiter.pause(wait);
-                    }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    attempt += 1;
-                    self.sleep(wait).await?;
-                }
-            }
+            self.retry_or_fail(&err, &mut attempt).await?;
         }
     }
 }

@@ -46,18 +46,59 @@
 //!
 //! with `b_0 = 1` and `b_{d+1} ≤ min(beam, evaluated candidates of step d)`.
 //! Each duplicate proposal removes 2 requests (its answer and score); each
-//! re-ask adds 1. The example bank costs, per example, 1 aspect request (if
+//! re-ask adds 1; a scoring that falls back to log-probabilities adds one
+//! request per aspect; a proposal that falls back to plain text adds 1 to
+//! [`MAX_ASKS`]. The example bank costs, per example, 1 aspect request (if
 //! its query is new) + 1 score + (if not satisfied) 1 rewrite + 1 score.
 //!
 //! ## Model output is never trusted
 //!
 //! An evaluator or optimizer reply that is not JSON, or misses a field, is
-//! asked again with the next seed, up to [`MAX_ASKS`] times in all; then the
-//! candidate is dropped with the reason (in `search.jsonl`), and aspect
-//! selection falls back to a default set. Every request's seed is fixed by
-//! (`--seed`, attempt), and the order of requests by the search itself, so a
-//! re-run replays every finished request from the journal and sends only
-//! what is missing.
+//! asked again with the next seed, up to [`MAX_ASKS`] times in all. What
+//! happens then depends on the role:
+//!
+//! * **Aspect choice** falls back to a default set (Helpfulness, Clarity,
+//!   Factuality), recorded as `fallback` in `search.jsonl`.
+//! * **Scoring** falls back to first-token log-probabilities: one request
+//!   per aspect (`optimize_score_digit.jinja`, ending "Rating (1-5):",
+//!   temperature 0, at most [`DIGIT_MAX_TOKENS`] tokens, the top
+//!   [`TOP_LOGPROBS`] first-token candidates asked for). The candidates
+//!   that are a digit 1–5 (spaces trimmed) are renormalised and the score
+//!   is the expected value Σ p(k)·k — a fraction, recorded with `"method":
+//!   "logprobs"`, the digits' share of the probability (`p_digits`) and no
+//!   rationale. A score needs `p_digits` ≥ [`MIN_DIGIT_MASS`]: below it the
+//!   model was not answering with a digit, and renormalising noise would
+//!   invent a score. Small local models (SmolLM2-135M) never write the
+//!   JSON but do put some probability on digits, so a local search runs
+//!   end to end; how much the scores say depends on the model (135M's
+//!   barely depend on the answer: README, `cai optimize`). A model that
+//!   writes JSON never reaches this, so the JSON path is unchanged. When
+//!   the endpoint returns no log-probabilities (Anthropic, Gemini, HF) or
+//!   an aspect has too little digit mass, the candidate is dropped with
+//!   both reasons.
+//! * **Proposals** fall back to plain text: `optimize_propose_text.jinja`
+//!   asks for the new prompt alone between a `<prompt>` and a `</prompt>`
+//!   line, up to [`MAX_ASKS`] times. The text between the last `<prompt>`
+//!   that starts a line (the instruction's own mention of the markers is
+//!   mid-sentence, so an echo of it does not count) and the `</prompt>`
+//!   after it is the proposal (`"format": "markers"`, no analysis or
+//!   thought) if it has at least [`MIN_PROMPT_CHARS`] and at most
+//!   [`MAX_PROMPT_CHARS`] characters; otherwise the candidate is dropped
+//!   with the reason. The text is the model's own answer to "write the new
+//!   prompt", so nothing is made up for it; only the JSON wrapper is gone.
+//!   A reply without markers is not taken as a prompt. Example answers
+//!   (`optimize_answer.jinja`) have no such fallback: an unusable rewrite
+//!   keeps the old answer.
+//!
+//! Every request's seed is fixed by (`--seed`, attempt), and the order of
+//! requests by the search itself, so a re-run replays every finished
+//! request from the journal and sends only what is missing (a request
+//! whose reply was rejected, e.g. cut off twice by the token limit, is not
+//! journaled and is sent again). The
+//! log-probability requests go through their own engine
+//! (`journal-evaluator-logprobs.jsonl`) that keeps a reply cut off at
+//! [`DIGIT_MAX_TOKENS`] instead of retrying it: only its first token
+//! matters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -68,7 +109,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::{Engine, ItemError};
 use crate::input::queries::Example;
 use crate::input::PromptRecord;
-use crate::provider::{ChatRequest, GenParams, Message};
+use crate::provider::{ChatRequest, GenParams, Message, TokenLogprob};
 use crate::template::Templates;
 
 /// The start of every search (the paper's).
@@ -83,6 +124,16 @@ pub const MAX_PROMPT_CHARS: usize = 4000;
 pub const MAX_NEW_BULLETS: usize = 2;
 /// Aspects kept per query.
 pub const MAX_ASPECTS: usize = 5;
+/// First-token candidates asked for by a log-probability score.
+pub const TOP_LOGPROBS: u8 = 20;
+/// Tokens a log-probability score request may generate (only the first is
+/// read; a few more keep the reply from being blank).
+pub const DIGIT_MAX_TOKENS: u32 = 4;
+/// Least total probability of the digit tokens 1–5 for a log-probability
+/// score to count.
+pub const MIN_DIGIT_MASS: f64 = 0.05;
+/// Shortest system prompt the plain-text proposal fallback accepts.
+pub const MIN_PROMPT_CHARS: usize = 20;
 /// Used when the evaluator never names aspects usably.
 const FALLBACK_ASPECTS: [&str; 3] = ["Helpfulness", "Clarity", "Factuality"];
 
@@ -98,12 +149,40 @@ pub fn default_aspects() -> Vec<Aspect> {
     serde_json::from_str(include_str!("../../principles/aspects.json")).unwrap_or_default()
 }
 
+/// How a score was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMethod {
+    /// The evaluator's JSON reply: an integer with a rationale.
+    Json,
+    /// Expected digit under the first-token log-probabilities.
+    Logprobs,
+}
+
 /// One aspect's score.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AspectScore {
     pub aspect: String,
-    pub score: u8,
+    /// 1–5: an integer from JSON, a fraction from log-probabilities.
+    #[serde(serialize_with = "ser_score")]
+    pub score: f64,
+    /// Empty for log-probability scores.
     pub rationale: String,
+    pub method: ScoreMethod,
+    /// Log-probability scores: the share of the first-token probability on
+    /// the digits 1–5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_digits: Option<f64>,
+}
+
+/// Whole scores as integers (as the evaluator wrote them), others to four
+/// decimals.
+fn ser_score<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && (0.0..=255.0).contains(v) {
+        s.serialize_u8(*v as u8)
+    } else {
+        s.serialize_f64((v * 10_000.0).round() / 10_000.0)
+    }
 }
 
 /// A scored answer.
@@ -117,7 +196,7 @@ pub struct Evaluation {
 impl Evaluation {
     /// Every score 5, or the mean above 4.5: nothing left to optimise.
     pub fn satisfied(&self) -> bool {
-        self.scores.iter().all(|s| s.score == 5) || self.reward > 4.5
+        self.scores.iter().all(|s| s.score == 5.0) || self.reward > 4.5
     }
 }
 
@@ -127,6 +206,8 @@ pub struct Proposal {
     pub analysis: String,
     pub thought: String,
     pub text: String,
+    /// `json`, or `markers` for the plain-text fallback.
+    pub format: &'static str,
 }
 
 /// Either a value, or why the model never gave a usable one.
@@ -136,6 +217,8 @@ pub type Usable<T> = Result<T, String>;
 pub struct Critic {
     pub base: Arc<Engine>,
     pub evaluator: Arc<Engine>,
+    /// The evaluator's log-probability scores (keeps truncated replies).
+    pub scorer: Arc<Engine>,
     pub optimizer: Arc<Engine>,
     pub templates: Templates,
     pub aspects: Vec<Aspect>,
@@ -288,8 +371,10 @@ pub fn parse_scores(text: &str, aspects: &[Aspect]) -> Usable<Vec<AspectScore>> 
             score.ok_or_else(|| format!("`{}`: the score is not an integer 1–5", a.name))?;
         out.push(AspectScore {
             aspect: a.name.clone(),
-            score,
+            score: f64::from(score),
             rationale,
+            method: ScoreMethod::Json,
+            p_digits: None,
         });
     }
     Ok(out)
@@ -313,14 +398,87 @@ pub fn parse_proposal(text: &str, field: &str, max_chars: usize) -> Usable<Propo
         analysis: s("analysis").unwrap_or_default().to_string(),
         thought: s("thought").unwrap_or_default().to_string(),
         text: new.to_string(),
+        format: "json",
     })
+}
+
+/// The plain-text fallback's proposal: the text between the last
+/// `<prompt>` and the `</prompt>` after it (see the module docs).
+pub fn parse_marked_prompt(text: &str, max_chars: usize) -> Usable<Proposal> {
+    const OPEN: &str = "<prompt>";
+    const CLOSE: &str = "</prompt>";
+    // The instruction names the markers mid-sentence; the reply's own
+    // opening marker starts a line.
+    let starts_line = |i: usize| {
+        text[..i]
+            .rsplit('\n')
+            .next()
+            .is_none_or(|l| l.trim().is_empty())
+    };
+    let start = text
+        .match_indices(OPEN)
+        .map(|(i, _)| i)
+        .filter(|&i| starts_line(i))
+        .last()
+        .ok_or("no line starting with `<prompt>` in a plain-text reply")?
+        + OPEN.len();
+    let end = text[start..]
+        .find(CLOSE)
+        .ok_or("no `</prompt>` after the last `<prompt>`")?;
+    let new = text[start..start + end].trim();
+    let chars = new.chars().count();
+    if chars < MIN_PROMPT_CHARS {
+        return Err(format!(
+            "the prompt between the markers has {chars} characters (at least {MIN_PROMPT_CHARS})"
+        ));
+    }
+    if chars > max_chars {
+        return Err(format!(
+            "the prompt between the markers has {chars} characters (at most {max_chars})"
+        ));
+    }
+    Ok(Proposal {
+        analysis: String::new(),
+        thought: String::new(),
+        text: new.to_string(),
+        format: "markers",
+    })
+}
+
+/// The digit a first-token candidate is (`"3"`, `" 3"`), if it is 1–5.
+fn digit_token(token: &str) -> Option<u8> {
+    match token.trim() {
+        "1" => Some(1),
+        "2" => Some(2),
+        "3" => Some(3),
+        "4" => Some(4),
+        "5" => Some(5),
+        _ => None,
+    }
+}
+
+/// The expected score Σ p(k)·k over the digit candidates (renormalised),
+/// and their total probability; `None` when no candidate is a digit 1–5.
+pub fn expected_digit(tops: &[TokenLogprob]) -> Option<(f64, f64)> {
+    let (mut mass, mut sum) = (0.0f64, 0.0f64);
+    for t in tops {
+        if !t.logprob.is_finite() {
+            continue;
+        }
+        if let Some(k) = digit_token(&t.token) {
+            let p = t.logprob.exp();
+            mass += p;
+            sum += p * f64::from(k);
+        }
+    }
+    (mass > 0.0).then(|| (sum / mass, mass.min(1.0)))
 }
 
 fn mean(scores: &[AspectScore]) -> f64 {
     if scores.is_empty() {
         return 0.0;
     }
-    scores.iter().map(|s| f64::from(s.score)).sum::<f64>() / scores.len() as f64
+    scores.iter().map(|s| s.score).sum::<f64>() / scores.len() as f64
 }
 
 impl Critic {
@@ -328,6 +486,7 @@ impl Critic {
     pub fn new(
         base: Arc<Engine>,
         evaluator: Arc<Engine>,
+        scorer: Arc<Engine>,
         optimizer: Arc<Engine>,
         templates: Templates,
         aspects: Vec<Aspect>,
@@ -339,6 +498,7 @@ impl Critic {
         Self {
             base,
             evaluator,
+            scorer,
             optimizer,
             templates,
             aspects,
@@ -475,6 +635,13 @@ impl Critic {
                 parse_scores(t, aspects)
             })
             .await?;
+        let got = match got {
+            Ok(scores) => Ok(scores),
+            Err(why) => self
+                .score_by_logprobs(q, aspects, answer)
+                .await?
+                .map_err(|lp| format!("{why}; log-probability fallback: {lp}")),
+        };
         Ok(got
             .map(|scores| Evaluation {
                 answer: answer.to_string(),
@@ -482,6 +649,68 @@ impl Critic {
                 scores,
             })
             .map_err(|why| format!("evaluator: {why}")))
+    }
+
+    /// The scoring fallback (module docs): one first-token request per
+    /// aspect; unusable as soon as one aspect is.
+    async fn score_by_logprobs(
+        &self,
+        q: &PromptRecord,
+        aspects: &[Aspect],
+        answer: &str,
+    ) -> Result<Usable<Vec<AspectScore>>, ItemError> {
+        let mut out = Vec::with_capacity(aspects.len());
+        for a in aspects {
+            let text = self.render(
+                "optimize_score_digit.jinja",
+                minijinja::context! { query => &q.text, answer => answer, aspect => a },
+            )?;
+            let req = ChatRequest {
+                messages: vec![Message::user(text)],
+                params: GenParams {
+                    max_tokens: DIGIT_MAX_TOKENS,
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    seed: Some(self.seed),
+                    stop: Vec::new(),
+                    top_logprobs: Some(TOP_LOGPROBS),
+                    n: None,
+                },
+            };
+            let c = match self
+                .scorer
+                .complete("optimize-score-logprobs", &q.id, &req)
+                .await
+            {
+                Ok(c) => c,
+                Err(ItemError::Reject(why)) => return Ok(Err(format!("`{}`: {why}", a.name))),
+                Err(e) => return Err(e),
+            };
+            let Some(tops) = c.first_token_logprobs.as_deref() else {
+                return Ok(Err("the endpoint returned no log-probabilities".into()));
+            };
+            let Some((score, mass)) = expected_digit(tops) else {
+                return Ok(Err(format!(
+                    "`{}`: no digit 1–5 among the top {} first tokens",
+                    a.name,
+                    tops.len()
+                )));
+            };
+            if mass < MIN_DIGIT_MASS {
+                return Ok(Err(format!(
+                    "`{}`: the digits 1–5 hold {mass:.3} of the first-token probability (at least {MIN_DIGIT_MASS})",
+                    a.name
+                )));
+            }
+            out.push(AspectScore {
+                aspect: a.name.clone(),
+                score,
+                rationale: String::new(),
+                method: ScoreMethod::Logprobs,
+                p_digits: Some((mass * 10_000.0).round() / 10_000.0),
+            });
+        }
+        Ok(Ok(out))
     }
 
     /// Answers `q` under `prompt` with the base model, then scores it.
@@ -523,7 +752,28 @@ impl Critic {
                 parse_proposal(t, "new_system_prompt", MAX_PROMPT_CHARS)
             })
             .await?;
-        Ok(got.map_err(|why| format!("optimizer: {why}")))
+        let why = match got {
+            Ok(p) => return Ok(Ok(p)),
+            Err(why) => why,
+        };
+        let text = self.render(
+            "optimize_propose_text.jinja",
+            minijinja::context! {
+                prompt => prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
+                reward => format!("{:.2}", ev.reward), history => history, variant => variant, variants => variants,
+                max_new_bullets => MAX_NEW_BULLETS, max_chars => MAX_PROMPT_CHARS,
+            },
+        )?;
+        let plain = self
+            .ask(
+                &self.optimizer,
+                "optimize-propose-text",
+                &q.id,
+                &text,
+                |t| parse_marked_prompt(t, MAX_PROMPT_CHARS),
+            )
+            .await?;
+        Ok(plain.map_err(|plain| format!("optimizer: {why}; plain-text fallback: {plain}")))
     }
 
     /// A rewritten example answer.
@@ -891,6 +1141,7 @@ impl Search {
         if let Some(p) = proposal {
             v["analysis"] = json!(p.analysis);
             v["thought"] = json!(p.thought);
+            v["proposal_format"] = json!(p.format);
         }
         v
     }
@@ -943,6 +1194,8 @@ pub fn plan(queries: usize, opts: SearchOptions, examples: usize) -> (Vec<PlanRo
 pub struct PromptFigures {
     pub file: String,
     pub scored: usize,
+    /// Of `scored`: those scored by first-token log-probabilities.
+    pub scored_by_logprobs: usize,
     pub dropped: usize,
     pub mean: Option<f64>,
     /// Mean score per aspect, over the queries that chose it.
@@ -984,18 +1237,23 @@ pub fn figures(
         let mut by: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         let mut sum = 0.0;
         let mut scored = 0;
+        let mut by_logprobs = 0;
         for ev in rs.iter().flatten() {
             scored += 1;
+            if ev.scores.iter().any(|s| s.method == ScoreMethod::Logprobs) {
+                by_logprobs += 1;
+            }
             sum += ev.reward;
             for s in &ev.scores {
                 let e = by.entry(s.aspect.clone()).or_default();
-                e.0 += f64::from(s.score);
+                e.0 += s.score;
                 e.1 += 1;
             }
         }
         per.push(PromptFigures {
             file: f.clone(),
             scored,
+            scored_by_logprobs: by_logprobs,
             dropped: rs.len() - scored,
             mean: (scored > 0).then(|| sum / scored as f64),
             aspects: by
@@ -1058,9 +1316,10 @@ mod tests {
             &a,
         )
         .unwrap();
-        assert_eq!(s[0].score, 4);
+        assert_eq!(s[0].score, 4.0);
         assert_eq!(s[0].rationale, "ok");
-        assert_eq!(s[1].score, 2);
+        assert_eq!(s[0].method, ScoreMethod::Json);
+        assert_eq!(s[1].score, 2.0);
         let s = parse_scores(
             r#"{"scores": [{"aspect": "Clarity", "score": 5}, {"aspect": "Depth", "score": 5}]}"#,
             &a,
@@ -1085,6 +1344,82 @@ mod tests {
             parse_proposal(r#"{"analysis": "a"}"#, "new_system_prompt", 10)
                 .unwrap_err()
                 .contains("no `new_system_prompt`")
+        );
+    }
+
+    fn lp(token: &str, p: f64) -> TokenLogprob {
+        TokenLogprob {
+            token: token.into(),
+            logprob: p.ln(),
+        }
+    }
+
+    #[test]
+    fn the_logprob_score_is_the_expected_digit_over_the_digit_candidates() {
+        let (e, mass) = expected_digit(&[
+            lp("4", 0.3),
+            lp(" 5", 0.1),
+            lp("The", 0.5),
+            lp("2", 0.1),
+            lp("7", 0.05),
+        ])
+        .unwrap();
+        // (0.3·4 + 0.1·5 + 0.1·2) / 0.5
+        assert!((e - 3.8).abs() < 1e-9, "{e}");
+        assert!((mass - 0.5).abs() < 1e-9, "{mass}");
+        assert_eq!(expected_digit(&[lp("The", 0.9), lp("0", 0.1)]), None);
+        let whole = AspectScore {
+            aspect: "Clarity".into(),
+            score: 4.0,
+            rationale: "ok".into(),
+            method: ScoreMethod::Json,
+            p_digits: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&whole).unwrap(),
+            json!({"aspect": "Clarity", "score": 4, "rationale": "ok", "method": "json"})
+        );
+        let frac = AspectScore {
+            score: 3.456_789,
+            rationale: String::new(),
+            method: ScoreMethod::Logprobs,
+            p_digits: Some(0.25),
+            ..whole
+        };
+        assert_eq!(serde_json::to_value(&frac).unwrap()["score"], 3.4568);
+    }
+
+    #[test]
+    fn the_plain_text_proposal_is_the_text_between_the_last_markers() {
+        let p = parse_marked_prompt(
+            "Reply between <prompt> and </prompt>.\n<prompt>\nYou are a careful assistant.\n- Be concise.\n</prompt>\nDone.",
+            100,
+        )
+        .unwrap();
+        assert_eq!(p.text, "You are a careful assistant.\n- Be concise.");
+        assert_eq!(p.format, "markers");
+        assert!(parse_marked_prompt("You are a careful assistant.", 100)
+            .unwrap_err()
+            .contains("no line starting with `<prompt>`"));
+        assert!(
+            parse_marked_prompt("<prompt>\nYou are a careful assistant.", 100)
+                .unwrap_err()
+                .contains("no `</prompt>`")
+        );
+        // An echo of the instruction names the markers mid-sentence.
+        assert!(parse_marked_prompt(
+            "Sure, starting with a line <prompt> and ending with a line </prompt>.",
+            100
+        )
+        .unwrap_err()
+        .contains("no line starting with `<prompt>`"));
+        assert!(parse_marked_prompt("<prompt>\nBe nice.\n</prompt>", 100)
+            .unwrap_err()
+            .contains("at least 20"));
+        assert!(
+            parse_marked_prompt("<prompt>You are a careful assistant.</prompt>", 25)
+                .unwrap_err()
+                .contains("at most 25")
         );
     }
 

@@ -392,10 +392,7 @@ impl Provider for OpenAi {
         if !status.is_success() {
             let rate = super::rate_hints(resp.headers());
             let retry_after = super::retry_after(resp.headers());
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
+            let bytes = super::http::read_prefix(resp, super::http::ERROR_BODY_BYTES).await;
             return Err(ProviderError::Status {
                 status: status.as_u16(),
                 url: self.url.clone(),

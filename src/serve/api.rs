@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::provider::{FinishReason, Message, Role};
+use crate::provider::{FinishReason, Message, Role, TokenLogprob};
 
 use super::error::ApiError;
 
@@ -22,6 +22,10 @@ pub struct ChatCompletionRequest {
     pub stop: Option<Stop>,
     pub seed: Option<u64>,
     pub n: Option<u32>,
+    /// With `top_logprobs` ≥ 1: return the first generated token's top
+    /// candidates (only for the pass-through `none`, not streamed).
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u8>,
     /// The approach (or pipeline `a&b`), instead of a model-name prefix.
     pub approach: Option<String>,
     /// optillm's name for the same field.
@@ -145,7 +149,52 @@ pub struct Choice {
     pub index: u32,
     pub message: OutMessage,
     pub finish_reason: &'static str,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// `choices[i].logprobs`: OpenAI's shape, holding the first token only
+/// (what the providers report).
+#[derive(Debug, Serialize)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<ContentLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContentLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+impl ChoiceLogprobs {
+    /// The first token's candidates; the most likely stands for the token.
+    pub fn first_token(tops: Vec<TokenLogprob>) -> Option<Self> {
+        let head = tops.iter().max_by(|a, b| a.logprob.total_cmp(&b.logprob))?;
+        let (token, logprob) = (head.token.clone(), head.logprob);
+        Some(Self {
+            content: vec![ContentLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob,
+                top_logprobs: tops
+                    .into_iter()
+                    .map(|t| TopLogprob {
+                        bytes: t.token.as_bytes().to_vec(),
+                        token: t.token,
+                        logprob: t.logprob,
+                    })
+                    .collect(),
+            }],
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]

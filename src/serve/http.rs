@@ -17,13 +17,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::join_all;
 use http_body_util::BodyExt;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::api::{self, ChatCompletionRequest};
-use super::approach::{self, Ctx, Plan};
+use super::approach::{self, Plan};
 use super::error::ApiError;
-use super::record::{CallRecord, Recorder};
+use super::record::Recorder;
+use super::request::{write_log, Prepared};
 use super::Shared;
 use crate::provider::{GenParams, Message, Role};
 
@@ -190,19 +190,6 @@ async fn read_body(
     }
 }
 
-/// A request, checked and turned into what the approaches take.
-pub struct Prepared {
-    pub id: String,
-    pub model: String,
-    pub plan: Plan,
-    pub messages: Vec<Message>,
-    pub params: GenParams,
-    pub n: u32,
-    pub stream: bool,
-    pub include_usage: bool,
-    pub best_of_n: u32,
-}
-
 fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError> {
     let req: ChatCompletionRequest = serde_json::from_slice(raw).map_err(|e| {
         ApiError::invalid(
@@ -296,13 +283,25 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
             Some("top_p".into()),
         ));
     }
+    if req.top_logprobs.is_some_and(|k| k > 20) {
+        return Err(ApiError::invalid(
+            "top_logprobs must be at most 20",
+            Some("top_logprobs".into()),
+        ));
+    }
+    // First-token candidates (what the providers report) for the plain
+    // pass-through; other approaches' answers come from several calls.
+    let top_logprobs = (req.logprobs == Some(true) && plan.is_passthrough() && !req.stream)
+        .then_some(req.top_logprobs)
+        .flatten()
+        .filter(|&k| k > 0);
     let params = GenParams {
         max_tokens,
         temperature,
         top_p,
         seed: req.seed.or(d.seed),
         stop: req.stop.map(api::Stop::into_vec).unwrap_or_default(),
-        top_logprobs: None,
+        top_logprobs,
         n: None,
     };
     let mut messages = req
@@ -330,38 +329,6 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         best_of_n,
     })
-}
-
-impl Prepared {
-    /// The context of choice `i` (its own seed, so n choices differ).
-    pub fn ctx(&self, shared: &Arc<Shared>, engine: &Arc<crate::engine::Engine>, i: u32) -> Ctx {
-        let mut params = self.params.clone();
-        params.seed = params.seed.map(|s| s.wrapping_add(u64::from(i)));
-        Ctx {
-            engine: engine.clone(),
-            shared: shared.clone(),
-            params,
-            seed: self
-                .params
-                .seed
-                .unwrap_or(shared.seed)
-                .wrapping_add(u64::from(i)),
-            key: conversation_key(&self.messages),
-            best_of_n: self.best_of_n,
-        }
-    }
-}
-
-/// Names a conversation for principle choices: the same conversation gets
-/// the same principles (for a given seed), whoever sends it.
-fn conversation_key(messages: &[Message]) -> String {
-    let mut h = Sha256::new();
-    for m in messages {
-        h.update(m.role.as_str().as_bytes());
-        h.update((m.content.len() as u64).to_le_bytes());
-        h.update(m.content.as_bytes());
-    }
-    crate::engine::journal::hex(&h.finalize()[..8])
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -413,7 +380,10 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                     content: a.text,
                 },
                 finish_reason: api::finish_str(&a.finish),
-                logprobs: None,
+                logprobs: a
+                    .logprobs
+                    .filter(|_| prepared.params.top_logprobs.is_some())
+                    .and_then(api::ChoiceLogprobs::first_token),
             }),
             Err(e) => {
                 failure = Some(e);
@@ -447,58 +417,4 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         },
     })
     .into_response()
-}
-
-#[derive(Serialize)]
-struct LogLine<'a> {
-    request_id: &'a str,
-    time: u64,
-    model: &'a str,
-    approach: String,
-    stream: bool,
-    n: u32,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    latency_ms: f64,
-    usage: api::ApiUsage,
-    upstream_calls: u64,
-    messages: &'a [Message],
-    calls: Vec<CallRecord>,
-}
-
-/// Appends the request's line to `--log-requests` (never a header, so
-/// never a key).
-pub fn write_log(
-    shared: &Shared,
-    p: &Prepared,
-    recorder: &Recorder,
-    status: StatusCode,
-    error: Option<&ApiError>,
-    started: std::time::Instant,
-) {
-    let Some(log) = &shared.log else { return };
-    let line = LogLine {
-        request_id: &p.id,
-        time: api::now_secs(),
-        model: &p.model,
-        approach: p.plan.slug(),
-        stream: p.stream,
-        n: p.n,
-        status: status.as_u16(),
-        error: error.map(|e| e.message.as_str()),
-        latency_ms: (started.elapsed().as_secs_f64() * 1e5).round() / 100.0,
-        usage: recorder.usage(),
-        upstream_calls: recorder.count(),
-        messages: &p.messages,
-        calls: recorder.calls(),
-    };
-    let Ok(mut bytes) = serde_json::to_vec(&line) else {
-        return;
-    };
-    bytes.push(b'\n');
-    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = std::io::Write::write_all(&mut *f, &bytes) {
-        eprintln!("cai serve: cannot write the request log: {e}");
-    }
 }

@@ -22,6 +22,7 @@ pub mod approach;
 pub mod error;
 mod http;
 pub mod record;
+mod request;
 mod stream;
 
 use std::future::IntoFuture;

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use super::api::{self, ChatCompletionChunk, ChunkChoice, Delta};
 use super::approach;
 use super::error::ApiError;
-use super::http::{write_log, Prepared};
 use super::record::Recorder;
+use super::request::{write_log, Prepared};
 use super::Shared;
 use crate::provider::{ChatRequest, GenParams, StreamEvent};
 

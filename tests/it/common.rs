@@ -174,6 +174,29 @@ pub fn generate_openai(
     c
 }
 
+/// `cai generate` against the in-repo fake at `base` (model `fake-model`,
+/// the shipped harmless constitution), quiet, as a plain process so a test
+/// can spawn, signal or kill it; stdout and stderr piped.
+pub fn fake_generate(base: &str, prompts: &Path, out: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"));
+    c.env_remove("OPENAI_API_KEY")
+        .env_remove("HF_TOKEN")
+        .args(["generate", "--provider", "openai", "--quiet"])
+        .args(["--model", "fake-model"])
+        .arg("--base-url")
+        .arg(format!("{base}/v1"))
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(repo("principles/harmless.json"))
+        .arg("--out")
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
 /// `cai generate --provider hf` against a TGI base URL, quiet.
 pub fn generate_hf(
     base: &str,

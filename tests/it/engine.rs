@@ -3,38 +3,13 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
 use crate::common::*;
-
-fn cmd(base: &str, prompts: &Path, out: &Path) -> std::process::Command {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"));
-    c.env_remove("OPENAI_API_KEY")
-        .args([
-            "generate",
-            "--provider",
-            "openai",
-            "--quiet",
-            "--model",
-            "fake-model",
-        ])
-        .arg("--base-url")
-        .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c
-}
 
 fn run(c: &mut std::process::Command) -> (i32, String) {
     let out = c.output().expect("cai runs");
@@ -93,8 +68,12 @@ async fn every_prompt_ends_as_a_row_or_a_reject_under_faults() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 300);
     let out = dir.path().join("out");
-    let (code, stderr) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--timeout", "1", "--concurrency", "32"]));
+    let (code, stderr) = run(fake_generate(&fake.url(), &prompts, &out).args([
+        "--timeout",
+        "1",
+        "--concurrency",
+        "32",
+    ]));
     assert!(code == 0 || code == 1, "exit {code}: {stderr}");
     let done: Vec<String> = read_csv(&out.join("sft.csv"))
         .into_iter()
@@ -138,7 +117,8 @@ async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
     let prompts = prompts_csv(dir.path(), 200);
 
     let reference = dir.path().join("reference");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &reference).args(["--concurrency", "8"]));
+    let (code, err) =
+        run(fake_generate(&fake.url(), &prompts, &reference).args(["--concurrency", "8"]));
     assert_eq!(code, 0, "{err}");
     let want = sft_rows(&reference);
     let reference_requests = fake.stats().chat_requests;
@@ -146,7 +126,7 @@ async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
 
     let out = dir.path().join("out");
     for kill_at in [10, 70, 150] {
-        let mut child = cmd(&fake.url(), &prompts, &out)
+        let mut child = fake_generate(&fake.url(), &prompts, &out)
             .args(["--concurrency", "8"])
             .spawn()
             .unwrap();
@@ -154,7 +134,7 @@ async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--concurrency", "8"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args(["--concurrency", "8"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(sft_rows(&out), want);
     assert_eq!(read_jsonl(&out.join("sft.jsonl")).len(), 200);
@@ -177,11 +157,11 @@ async fn sigint_stops_cleanly_with_exit_3_and_resumes() {
     let prompts = prompts_csv(dir.path(), 150);
     let reference = dir.path().join("reference");
     assert_eq!(
-        run(cmd(&fake.url(), &prompts, &reference).args(["--concurrency", "4"])).0,
+        run(fake_generate(&fake.url(), &prompts, &reference).args(["--concurrency", "4"])).0,
         0
     );
     let out = dir.path().join("out");
-    let mut child = cmd(&fake.url(), &prompts, &out)
+    let mut child = fake_generate(&fake.url(), &prompts, &out)
         .args(["--concurrency", "4"])
         .spawn()
         .unwrap();
@@ -207,7 +187,7 @@ async fn sigint_stops_cleanly_with_exit_3_and_resumes() {
     );
     let partial = sft_rows(&out).len();
     assert!(partial < 150);
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--concurrency", "4"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args(["--concurrency", "4"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(sft_rows(&out), sft_rows(&reference));
 }
@@ -218,9 +198,13 @@ async fn changed_settings_are_refused_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 5);
     let out = dir.path().join("out");
-    assert_eq!(run(&mut cmd(&fake.url(), &prompts, &out)).0, 0);
-    let (code, err) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--rounds", "2"]));
+    assert_eq!(run(&mut fake_generate(&fake.url(), &prompts, &out)).0, 0);
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args([
+        "--temperature",
+        "0.2",
+        "--rounds",
+        "2",
+    ]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("Changed: parameters"), "{err}");
     assert!(err.contains("rounds: 1 → 2"), "{err}");
@@ -228,7 +212,7 @@ async fn changed_settings_are_refused_unless_forced() {
     let before = fake.stats().chat_requests;
     assert_eq!(before, 15, "the refused run sent nothing");
     let (code, err) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--force"]));
+        run(fake_generate(&fake.url(), &prompts, &out).args(["--temperature", "0.2", "--force"]));
     assert_eq!(code, 0, "{err}");
     // Every prompt was already done: nothing to send.
     assert_eq!(fake.stats().chat_requests, before);
@@ -240,12 +224,16 @@ async fn request_budget_stops_and_the_resume_pays_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 30);
     let out = dir.path().join("out");
-    let (code, err) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--max-requests", "25", "--concurrency", "4"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args([
+        "--max-requests",
+        "25",
+        "--concurrency",
+        "4",
+    ]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("--max-requests"), "{err}");
     assert_eq!(fake.stats().chat_requests, 25);
-    let (code, err) = run(&mut cmd(&fake.url(), &prompts, &out));
+    let (code, err) = run(&mut fake_generate(&fake.url(), &prompts, &out));
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         fake.stats().chat_requests,
@@ -266,8 +254,12 @@ async fn error_rate_breaker_stops_a_broken_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 500);
     let out = dir.path().join("out");
-    let (code, err) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--max-retries", "0", "--concurrency", "4"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args([
+        "--max-retries",
+        "0",
+        "--concurrency",
+        "4",
+    ]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("error-rate breaker"), "{err}");
     let sent = fake.stats().chat_requests;
@@ -288,8 +280,12 @@ async fn client_rpm_keeps_a_rate_limited_server_free_of_429s() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 14);
     let out = dir.path().join("out");
-    let (code, err) =
-        run(cmd(&fake.url(), &prompts, &out).args(["--rpm", "600", "--concurrency", "16"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args([
+        "--rpm",
+        "600",
+        "--concurrency",
+        "16",
+    ]));
     assert_eq!(code, 0, "{err}");
     let s = fake.stats();
     assert_eq!(s.chat_requests, 42);
@@ -313,7 +309,7 @@ async fn advertised_limits_and_429s_slow_the_whole_client() {
     // under it. Without learning, 8 in flight at latency 0 would far
     // exceed 20/s and most requests would get 429s.
     let start = Instant::now();
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--concurrency", "8"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args(["--concurrency", "8"]));
     assert_eq!(code, 0, "{err}");
     let s = fake.stats();
     let ok = 120;
@@ -338,7 +334,7 @@ async fn replies_cut_off_are_widened_once_then_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 5);
     let out = dir.path().join("out");
-    let (code, err) = run(cmd(&fake.url(), &prompts, &out).args(["--max-tokens", "100"]));
+    let (code, err) = run(fake_generate(&fake.url(), &prompts, &out).args(["--max-tokens", "100"]));
     assert_eq!(code, 1, "{err}");
     let rejects = read_jsonl(&out.join("rejects.jsonl"));
     assert_eq!(rejects.len(), 5);

@@ -359,16 +359,21 @@ async fn malformed_evaluator_and_optimizer_replies_are_asked_again_then_dropped(
         .assert()
         .code(0);
     // 1 aspects; root: answer + 2 scores (the first not JSON); proposals 1
-    // and 2: 1 + answer + 2 scores each; proposal 3: 3 asks, then dropped.
+    // and 2: 1 + answer + 2 scores each; proposal 3: 3 JSON asks and 3
+    // plain-text asks (no `<prompt>` markers either), then dropped.
     let [aspects, answers, scores, proposals] = counts(&server).await;
-    assert_eq!((aspects, answers, scores, proposals), (1, 3, 6, 5));
+    assert_eq!((aspects, answers, scores, proposals), (1, 3, 6, 8));
     let events = read_jsonl(&out.join("search.jsonl"));
     let dropped: Vec<&Value> = events.iter().filter(|e| e["kind"] == "dropped").collect();
     assert_eq!(dropped.len(), 1, "{events:?}");
     assert_eq!(dropped[0]["variant"], 3);
     let why = dropped[0]["reason"].as_str().unwrap();
     assert!(
-        why.contains("3 replies unusable") && why.contains("no `new_system_prompt` string"),
+        why.contains("3 replies unusable")
+            && why.contains("no `new_system_prompt` string")
+            && why.contains(
+                "plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"
+            ),
         "{why}"
     );
     let r = report(&out);

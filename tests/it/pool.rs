@@ -94,4 +94,12 @@ async fn a_pool_ejects_the_failing_endpoint_and_gives_the_slow_one_less_work() {
     assert!(n(1, "requests") < n(0, "requests"), "{eps:?}");
     assert!(2 * n(2, "requests") < n(0, "requests"), "slow one: {eps:?}");
     assert_eq!(n(0, "failures") + n(2, "failures"), 0);
+
+    // The run's HTML report shows the same counters per endpoint.
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.contains("Endpoints of the pool"), "no pool table");
+    for (i, url) in urls.iter().enumerate() {
+        let row = format!("<tr><td>{url}</td><td>1</td><td>{}</td>", n(i, "requests"));
+        assert!(page.contains(&row), "report row for {url}: {row}");
+    }
 }

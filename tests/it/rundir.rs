@@ -2,32 +2,12 @@
 //! and a dry run that counts what a real run sends.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
 use crate::common::*;
-
-fn generate(base: &str, prompts: &Path, out: &Path) -> std::process::Command {
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"));
-    c.env_remove("OPENAI_API_KEY")
-        .args(["generate", "--provider", "openai", "--quiet"])
-        .args(["--model", "fake-model"])
-        .arg("--base-url")
-        .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
 
 fn output(c: &mut std::process::Command) -> (i32, String, String) {
     let o = c.output().expect("cai runs");
@@ -55,7 +35,7 @@ async fn a_second_run_on_the_same_directory_is_refused_and_the_first_finishes_al
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 120);
     let out = dir.path().join("out");
-    let mut first = generate(&fake.url(), &prompts, &out)
+    let mut first = fake_generate(&fake.url(), &prompts, &out)
         .args(["--concurrency", "4"])
         .spawn()
         .unwrap();
@@ -65,7 +45,8 @@ async fn a_second_run_on_the_same_directory_is_refused_and_the_first_finishes_al
         std::thread::sleep(Duration::from_millis(5));
     }
     let sent_before = fake.stats().chat_requests;
-    let (code, _, err) = output(generate(&fake.url(), &prompts, &out).args(["--concurrency", "4"]));
+    let (code, _, err) =
+        output(fake_generate(&fake.url(), &prompts, &out).args(["--concurrency", "4"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&out.display().to_string()), "{err}");
     assert!(err.contains("in use by another cai run"), "{err}");
@@ -92,7 +73,7 @@ async fn a_run_killed_with_sigkill_leaves_no_lock_behind() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 60);
     let out = dir.path().join("out");
-    let mut child = generate(&fake.url(), &prompts, &out)
+    let mut child = fake_generate(&fake.url(), &prompts, &out)
         .args(["--concurrency", "2"])
         .spawn()
         .unwrap();
@@ -103,7 +84,7 @@ async fn a_run_killed_with_sigkill_leaves_no_lock_behind() {
     }
     child.kill().unwrap(); // SIGKILL: no chance to unlock
     child.wait().unwrap();
-    let (code, _, err) = output(&mut generate(&fake.url(), &prompts, &out));
+    let (code, _, err) = output(&mut fake_generate(&fake.url(), &prompts, &out));
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("in use"), "{err}");
     assert_eq!(read_csv(&out.join("sft.csv")).len(), 60);
@@ -116,7 +97,7 @@ fn out_naming_a_file_is_bad_usage() {
     let file = dir.path().join("taken.txt");
     std::fs::write(&file, "keep me").unwrap();
     // No server listens here: a request would fail differently.
-    let (code, _, err) = output(&mut generate("http://127.0.0.1:9", &prompts, &file));
+    let (code, _, err) = output(&mut fake_generate("http://127.0.0.1:9", &prompts, &file));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is a file, not a directory"), "{err}");
     assert!(err.contains("taken.txt"), "{err}");
@@ -129,7 +110,7 @@ fn an_unterminated_quote_is_refused_with_its_line() {
     let prompts = dir.path().join("p.csv");
     std::fs::write(&prompts, "id,prompt\n1,fine\n2,\"never closed\n3,lost\n").unwrap();
     let out = dir.path().join("out");
-    let (code, _, err) = output(&mut generate("http://127.0.0.1:9", &prompts, &out));
+    let (code, _, err) = output(&mut fake_generate("http://127.0.0.1:9", &prompts, &out));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("p.csv:3"), "{err}");
     assert!(err.contains("never closed"), "{err}");
@@ -148,7 +129,7 @@ fn negative_counts_name_the_option() {
     ] {
         let out = dir.path().join("out");
         let (code, _, err) =
-            output(generate("http://127.0.0.1:9", &prompts, &out).args([flag, value]));
+            output(fake_generate("http://127.0.0.1:9", &prompts, &out).args([flag, value]));
         assert_eq!(code, 2, "{flag}: {err}");
         assert!(err.contains(flag), "{flag}: {err}");
         assert!(err.contains(value), "{flag}: {err}");
@@ -186,7 +167,7 @@ async fn dry_run_counts_exactly_what_a_run_sends() {
         let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
         let out = dir.path().join(format!("out{i}"));
         let (code, stdout, err) = output(
-            generate(&fake.url(), &prompts, &out)
+            fake_generate(&fake.url(), &prompts, &out)
                 .args(*extra)
                 .arg("--dry-run"),
         );
@@ -194,7 +175,7 @@ async fn dry_run_counts_exactly_what_a_run_sends() {
         assert!(!out.exists(), "a dry run writes nothing");
         assert_eq!(fake.stats().chat_requests, 0, "a dry run sends nothing");
         let predicted = dry_run_requests(&stdout);
-        let (code, _, err) = output(generate(&fake.url(), &prompts, &out).args(*extra));
+        let (code, _, err) = output(fake_generate(&fake.url(), &prompts, &out).args(*extra));
         assert!(code == 0 || code == 1, "{extra:?}: {err}");
         let manifest: Value =
             serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();

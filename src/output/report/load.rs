@@ -67,6 +67,20 @@ pub struct ManifestView {
     pub requests_per_s: Option<f64>,
     pub cost_usd: Option<f64>,
     pub max_cost: Option<f64>,
+    /// Per endpoint of a pool (absent for one endpoint).
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// One endpoint of a pool, from the manifest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EndpointView {
+    pub url: String,
+    pub weight: f64,
+    pub requests: u64,
+    pub failures: u64,
+    pub ejections: u64,
+    pub mean_latency_ms: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]

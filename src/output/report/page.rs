@@ -208,6 +208,22 @@ fn summary(p: &mut Page, data: &RunData) {
         kv(o, "started", m.started_at_unix.map(utc));
         kv(o, "cai version", m.cai_version.clone());
         o.push_str("</dl>");
+        if !m.endpoints.is_empty() {
+            o.push_str("<table><caption>Endpoints of the pool</caption><thead><tr><th>endpoint</th><th>weight</th><th>requests</th><th>failures</th><th>ejections</th><th>mean latency</th></tr></thead><tbody>");
+            for e in &m.endpoints {
+                let _ = write!(
+                    o,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0} ms</td></tr>",
+                    text(&e.url),
+                    num(e.weight),
+                    int(e.requests),
+                    int(e.failures),
+                    int(e.ejections),
+                    e.mean_latency_ms
+                );
+            }
+            o.push_str("</tbody></table>");
+        }
     }
     if let Some(l) = &data.label {
         label_summary(&mut p.out, l);

@@ -35,6 +35,7 @@ pub async fn run(
     Ok(Answer {
         text: output_of(&c.text),
         finish: c.finish,
+        logprobs: None,
     })
 }
 

@@ -36,5 +36,6 @@ pub async fn run(
     Ok(Answer {
         text: fin.text.trim().to_string(),
         finish: fin.finish,
+        logprobs: None,
     })
 }

@@ -154,6 +154,9 @@ pub fn split_model(model: &str) -> Result<Option<(Plan, &str)>, String> {
 pub struct Answer {
     pub text: String,
     pub finish: FinishReason,
+    /// First-token candidates of the call that wrote `text`, when the
+    /// client asked for them (`none` only).
+    pub logprobs: Option<Vec<crate::provider::TokenLogprob>>,
 }
 
 impl Answer {
@@ -161,6 +164,7 @@ impl Answer {
         Self {
             text,
             finish: FinishReason::Stop,
+            logprobs: None,
         }
     }
 }

@@ -19,7 +19,6 @@ pub async fn run(
         messages: messages.to_vec(),
         params: crate::provider::GenParams {
             n: None,
-            top_logprobs: None,
             ..ctx.params.clone()
         },
     };
@@ -27,5 +26,6 @@ pub async fn run(
     Ok(Answer {
         text: c.text,
         finish: c.finish,
+        logprobs: c.first_token_logprobs,
     })
 }
