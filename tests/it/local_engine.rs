@@ -170,6 +170,56 @@ async fn batched_and_sequential_greedy_outputs_are_identical() {
     assert!(s4.steps * 3 < s1.steps * 2, "{s4:?} vs {s1:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_arriving_together_compute_their_shared_prefix_once() {
+    // Cache off: the shared block can only come from a running sequence.
+    let (Some(one), Some(four)) = (load(1, 0), load(4, 0)) else {
+        return;
+    };
+    let four = Arc::new(four);
+    // A long shared system message, like a constitution's few-shot block.
+    let system = SYSTEM.repeat(12);
+    let questions = [
+        "What is an atom?",
+        "Why is ice slippery?",
+        "What do bees make?",
+        "How far is the Moon?",
+    ];
+    let reqs: Vec<ChatRequest> = questions
+        .iter()
+        .map(|q| greedy(vec![Message::system(&system), Message::user(*q)], 12))
+        .collect();
+    let ids = |r: &ChatRequest| {
+        four.tokenizer()
+            .encode(&four.render_prompt(&r.messages).expect("renders"))
+    };
+    let (a, b) = (ids(&reqs[0]), ids(&reqs[1]));
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    assert!(shared > 150, "shared prefix of {shared} tokens");
+    let tasks: Vec<_> = reqs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let p = Arc::clone(&four);
+            tokio::spawn(async move { p.complete(&r).await })
+        })
+        .collect();
+    let mut batched = Vec::new();
+    for t in tasks {
+        batched.push(t.await.expect("task").expect("generates").completion);
+    }
+    for (r, b) in reqs.iter().zip(&batched) {
+        let s = one.complete(r).await.expect("generates").completion;
+        assert_eq!(b.text, s.text);
+    }
+    let s = four.engine_stats();
+    // Three of the four took the block from the first instead of running it.
+    assert!(
+        s.reused_tokens >= 3 * (shared as u64 - 1),
+        "{s:?}, shared {shared}"
+    );
+}
+
 /// Rows spent generating: every completion token but the last is fed back.
 fn decode_rows(cs: &[cai::provider::Completion]) -> u64 {
     cs.iter()

@@ -26,6 +26,9 @@ use crate::provider::{Completion, FinishReason, GenParams, TokenLogprob, Usage};
 
 /// Most rows (tokens of all sequences) in one step.
 pub const STEP_TOKENS: usize = PREFILL_CHUNK;
+/// Fewest prompt tokens worth waiting for a running sequence to compute
+/// (a step is up to [`STEP_TOKENS`] rows, so this is a fraction of one).
+const SHARE_MIN: usize = 32;
 /// Generated positions whose candidates may be reported as log-probabilities
 /// when the tokens before them carry no letter or digit (`(` before `A`).
 const LOGPROB_POSITIONS: usize = 3;
@@ -120,8 +123,13 @@ pub fn run(
         }
         running.retain(|r| !r.job.reply.is_closed());
         waiting.retain(|j| !j.reply.is_closed());
-        while running.len() < max_batch {
-            let Some(job) = waiting.pop_front() else {
+        let mut next = 0;
+        while running.len() < max_batch && next < waiting.len() {
+            if waits_for_shared_prefix(&waiting[next], &running, &cache) {
+                next += 1;
+                continue;
+            }
+            let Some(job) = waiting.remove(next) else {
                 break;
             };
             if let Some(r) = admit(&inner, job, &mut cache, &running, &stats) {
@@ -150,6 +158,33 @@ pub fn run(
         // Keep admission order (oldest first) for fair prefill scheduling.
         running.sort_by_key(|r| r.admitted);
     }
+}
+
+/// Whether `job` should stay queued until a sequence still reading its
+/// prompt has computed the prefix they share: true when that sequence will
+/// hold at least [`SHARE_MIN`] more of `job`'s tokens than any sequence or
+/// cache entry holds now. The prompts of a run arrive together and share
+/// the system message and few-shot block; admitting them at once would
+/// compute that block once per prompt. The wait ends as soon as the prefix
+/// is there (or its sequence is gone), so no request waits for long.
+fn waits_for_shared_prefix(job: &Job, running: &[Running], cache: &PrefixCache) -> bool {
+    let max_reuse = job.ids.len().saturating_sub(1);
+    let coming = running
+        .iter()
+        .filter(|r| r.prefilling())
+        .map(|r| common_prefix(&r.job.ids, &job.ids).min(max_reuse))
+        .max()
+        .unwrap_or(0);
+    if coming < SHARE_MIN {
+        return false;
+    }
+    let held = running
+        .iter()
+        .map(|r| common_prefix(r.sess.tokens(), &job.ids).min(max_reuse))
+        .max()
+        .unwrap_or(0)
+        .max(cache.longest_len(&job.ids, max_reuse));
+    coming >= held + SHARE_MIN
 }
 
 /// Starts a request from the longest prefix held anywhere; `None` when it

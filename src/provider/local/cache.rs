@@ -50,6 +50,16 @@ impl PrefixCache {
         self.entries.len()
     }
 
+    /// The longest prefix of `tokens` some entry holds (at most `max_len`),
+    /// without marking anything as used.
+    pub fn longest_len(&self, tokens: &[u32], max_len: usize) -> usize {
+        self.entries
+            .iter()
+            .map(|e| common_prefix(e.sess.tokens(), tokens).min(max_len))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The entry sharing the longest prefix with `tokens`, and that length
     /// (at most `max_len`). Marks the entry as used.
     pub fn longest(&mut self, tokens: &[u32], max_len: usize) -> Option<(&Session, usize)> {
