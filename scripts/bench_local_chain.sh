@@ -87,7 +87,9 @@ run() {
         return 1
     fi
     local wall rss_kib m=$out/manifest.json
-    read -r wall rss_kib <"$out.time"
+    # The last line: GNU time puts "Command exited with non-zero status"
+    # first when cai exits 1 (some prompts rejected).
+    read -r wall rss_kib < <(tail -n 1 "$out.time")
     local requests tokens_out rows rejects
     requests=$(jq '.requests.requests // 0' "$m")
     tokens_out=$(jq '.requests.tokens_out // 0' "$m")
