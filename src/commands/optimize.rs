@@ -43,6 +43,24 @@ struct Engines {
     stats: Arc<Stats>,
 }
 
+impl Engines {
+    /// The scorer and proposer of this run over its engines.
+    fn critic(&self, cfg: &OptimizeConfig) -> Critic {
+        Critic::new(
+            self.base.clone(),
+            self.evaluator.clone(),
+            self.scorer.clone(),
+            self.optimizer.clone(),
+            cfg.templates.clone(),
+            cfg.aspects.clone(),
+            cfg.params.clone(),
+            cfg.seed,
+            cfg.examples.clone(),
+            cfg.k,
+        )
+    }
+}
+
 fn open_engines(
     cfg: &OptimizeConfig,
     dir: &RunDir,
@@ -170,18 +188,7 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     };
     let dir = prepare(&cfg).await?;
     let engines = open_engines(&cfg, &dir, Some(optimizer))?;
-    let mut critic = Critic::new(
-        engines.base.clone(),
-        engines.evaluator.clone(),
-        engines.scorer.clone(),
-        engines.optimizer.clone(),
-        cfg.templates.clone(),
-        cfg.aspects.clone(),
-        cfg.params.clone(),
-        cfg.seed,
-        cfg.examples.clone(),
-        cfg.k,
-    );
+    let mut critic = engines.critic(&cfg);
     let mut events = Events::create(&cfg.out.join("search.jsonl"))?;
     let mut sink = |v: serde_json::Value| events.write(&v);
     let mut state = Search::new(initial_prompt);
@@ -289,18 +296,7 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     };
     let dir = prepare(&cfg).await?;
     let engines = open_engines(&cfg, &dir, None)?;
-    let mut critic = Critic::new(
-        engines.base.clone(),
-        engines.evaluator.clone(),
-        engines.scorer.clone(),
-        engines.optimizer.clone(),
-        cfg.templates.clone(),
-        cfg.aspects.clone(),
-        cfg.params.clone(),
-        cfg.seed,
-        cfg.examples.clone(),
-        cfg.k,
-    );
+    let mut critic = engines.critic(&cfg);
     let mut lines = Events::create(&cfg.out.join("eval.jsonl"))?;
     let mut results: Vec<Vec<Option<Evaluation>>> = vec![Vec::new(); prompts.len()];
     for q in &cfg.queries {
