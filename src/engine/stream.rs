@@ -2,6 +2,8 @@
 //! budgets and breaker as [`Engine::complete`], applied to opening the
 //! stream. Once the first byte of a reply has been handed on it cannot be
 //! taken back, so a failure inside a stream ends it instead of being retried.
+//! Nothing is reserved against `--max-cost` and streamed tokens are counted
+//! but not priced: `cai serve`, the only caller, sets no cost cap.
 
 use std::sync::atomic::Ordering;
 
