@@ -4,6 +4,7 @@
 //! schemes exactly.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::support::*;
@@ -30,6 +31,23 @@ fn arena_rows(n: usize) -> Vec<(String, String, String, String, String, String)>
             )
         })
         .collect()
+}
+
+/// `cai generate` of model `gen-m` against the judge-aware mock at `base`,
+/// with the native test constitution, quiet.
+fn generate(base: &str, prompts: &Path, out: &Path) -> assert_cmd::Command {
+    let mut c = cai();
+    c.args(["generate", "--quiet", "--provider", "openai"])
+        .args(["--model", "gen-m"])
+        .arg("--base-url")
+        .arg(format!("{base}/v1"))
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(repo("tests/fixtures/native.json"))
+        .arg("--out")
+        .arg(out);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,23 +137,7 @@ async fn generate_best_of_4_by_judge_tournament_on_50_prompts() {
     }
     std::fs::write(&prompts, text).unwrap();
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--quiet",
-            "--provider",
-            "openai",
-            "--model",
-            "gen-m",
-        ])
-        .arg("--base-url")
-        .arg(format!("{}/v1", s.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("tests/fixtures/native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate(&s.uri(), &prompts, &out)
         .args(["--samples", "4", "--preference", "judge"])
         .assert()
         .code(0);
@@ -190,23 +192,7 @@ async fn samples_without_n_support_are_topped_up_with_seeded_requests() {
     let prompts = dir.path().join("prompts.csv");
     std::fs::write(&prompts, "id,prompt\na,One?\nb,Two?\n").unwrap();
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--quiet",
-            "--provider",
-            "openai",
-            "--model",
-            "gen-m",
-        ])
-        .arg("--base-url")
-        .arg(format!("{}/v1", s.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("tests/fixtures/native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate(&s.uri(), &prompts, &out)
         .args(["--samples", "3", "--preference", "judge", "--seed", "7"])
         .assert()
         .code(0);
@@ -231,23 +217,7 @@ async fn heuristic_selection_sends_no_judge_requests() {
     let prompts = dir.path().join("prompts.csv");
     std::fs::write(&prompts, "id,prompt\na,One?\nb,Two?\n").unwrap();
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--quiet",
-            "--provider",
-            "openai",
-            "--model",
-            "gen-m",
-        ])
-        .arg("--base-url")
-        .arg(format!("{}/v1", s.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("tests/fixtures/native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate(&s.uri(), &prompts, &out)
         .args(["--samples", "4", "--select", "heuristic"])
         .assert()
         .code(0);
@@ -265,23 +235,7 @@ async fn preference_judge_compares_final_revision_with_initial_answer() {
     let prompts = dir.path().join("prompts.csv");
     std::fs::write(&prompts, "id,prompt\na,One?\nb,Two?\nc,Three?\n").unwrap();
     let out = dir.path().join("out");
-    cai()
-        .args([
-            "generate",
-            "--quiet",
-            "--provider",
-            "openai",
-            "--model",
-            "gen-m",
-        ])
-        .arg("--base-url")
-        .arg(format!("{}/v1", s.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("tests/fixtures/native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate(&s.uri(), &prompts, &out)
         .args(["--preference", "judge"])
         .assert()
         .code(0);
@@ -298,23 +252,7 @@ async fn preference_judge_compares_final_revision_with_initial_answer() {
     }
     // A resume with everything done sends nothing more.
     let before = s.received_requests().await.unwrap().len();
-    cai()
-        .args([
-            "generate",
-            "--quiet",
-            "--provider",
-            "openai",
-            "--model",
-            "gen-m",
-        ])
-        .arg("--base-url")
-        .arg(format!("{}/v1", s.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("tests/fixtures/native.json"))
-        .arg("--out")
-        .arg(&out)
+    generate(&s.uri(), &prompts, &out)
         .args(["--preference", "judge"])
         .assert()
         .code(0);
