@@ -62,8 +62,9 @@ fn keys_in(text: &str) -> usize {
     KEYS.iter().filter(|k| text.contains(*k)).count()
 }
 
-/// The current prompt quoted in a proposal request.
-fn current_prompt(req: &str) -> String {
+/// The current prompt quoted in a proposal request (shared with
+/// `optimize_fallback`).
+pub(crate) fn current_prompt(req: &str) -> String {
     let start = req
         .find("Current system prompt:\n")
         .expect("prompt section")

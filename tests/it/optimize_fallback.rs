@@ -16,6 +16,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::common::*;
+use crate::optimize::current_prompt;
 
 const KEYS: [&str; 2] = ["- Cite your sources.", "- State your limitations."];
 const USELESS: [&str; 2] = ["- Mention the weather.", "- Write in capital letters."];
@@ -60,20 +61,6 @@ fn kind(body: &Value) -> Kind {
 
 fn keys_in(text: &str) -> usize {
     KEYS.iter().filter(|k| text.contains(*k)).count()
-}
-
-fn current_prompt(req: &str) -> String {
-    let start = req
-        .find("Current system prompt:\n")
-        .expect("prompt section")
-        + 23;
-    let rest = &req[start..];
-    let end = ["\n\nEarlier versions", "\n\nQuery:"]
-        .iter()
-        .filter_map(|m| rest.find(m))
-        .min()
-        .expect("end of prompt");
-    rest[..end].to_string()
 }
 
 /// The `n` of "Answer with n good bullets." in a scoring request.
