@@ -210,6 +210,50 @@ fn max_tokens_is_honoured() {
     assert!(!c.text.is_empty());
 }
 
+/// The engine retries a reply cut off by its token limit with twice the
+/// limit; the local model goes on from where the first reply stopped
+/// (nothing is generated twice) and the text is exactly what a fresh
+/// generation with the larger limit gives, sampled with a seed.
+#[test]
+fn a_cut_off_reply_retried_with_a_larger_limit_goes_on_where_it_stopped() {
+    let Some(path) = model_path() else { return };
+    let first = LocalProvider::load(&path).unwrap();
+    let fresh = LocalProvider::load(&path).unwrap();
+    let short = request(
+        "Write a long essay about the history of the sea.",
+        12,
+        0.8,
+        Some(3),
+    );
+    let mut long = short.clone();
+    long.params.max_tokens = 24;
+    let (cut, _) = first.generate(&short).unwrap();
+    assert_eq!(cut.finish, FinishReason::Length);
+    let before = first.engine_stats();
+    let (resumed, stats) = first.generate(&long).unwrap();
+    let after = first.engine_stats();
+    let (want, _) = fresh.generate(&long).unwrap();
+    assert_eq!(resumed, want);
+    assert!(
+        resumed.text.starts_with(&cut.text),
+        "{:?} / {:?}",
+        cut.text,
+        resumed.text
+    );
+    assert_eq!(after.resumed, before.resumed + 1);
+    // No prompt token computed again, and only the new tokens' steps run.
+    assert_eq!(after.prefilled_tokens, before.prefilled_tokens);
+    let new_tokens = want.usage.unwrap().completion_tokens - 12;
+    assert!(
+        after.steps - before.steps <= new_tokens,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        stats.completion_tokens as u64,
+        want.usage.unwrap().completion_tokens
+    );
+}
+
 #[test]
 fn stop_strings_end_the_reply_before_the_stop() {
     let Some(p) = provider() else { return };

@@ -11,10 +11,12 @@ use cai::provider::local::LocalProvider;
 use serde_json::Value;
 
 /// Largest allowed |ours − llama.cpp| per logit, relative to the row's
-/// largest magnitude. Both sides compute in f32 (llama.cpp with an f32 KV
-/// cache); what is left is summation order: the fixtures differ by at most
-/// 1.5e-6 (llama-cpp-python 0.3.36).
-const TOLERANCE: f64 = 1e-4;
+/// largest magnitude. The references are llama.cpp's exact f32 path (an
+/// f32 KV cache); the embedded model keeps keys and values in f16, like
+/// llama.cpp's default cache, and that rounding alone moves these random
+/// weights' logits by up to 1.3e-3 (1.5e-6 with an f32 cache: summation
+/// order). A wrong architecture detail moves them by whole units.
+const TOLERANCE: f64 = 2.5e-3;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/local/{name}"))

@@ -9,6 +9,14 @@
 //! [`PrefixCache`] or by a running sequence; a finished sequence's KV state
 //! goes into the cache. A request whose caller went away is dropped at the
 //! next step.
+//!
+//! A reply cut off by its token limit is remembered ([`Suspended`]: the
+//! sampler's state and the text so far; its KV state is in the cache). The
+//! engine retries such a reply with a doubled limit; when that request
+//! arrives (same prompt, same sampling parameters, a larger limit) it
+//! resumes where the first one stopped instead of generating the same
+//! tokens again. Sampling is seeded, so the result is exactly what a fresh
+//! generation with the larger limit gives.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,12 +61,19 @@ pub struct Stats {
     pub reused_tokens: AtomicU64,
     /// Prompt tokens run through the model.
     pub prefilled_tokens: AtomicU64,
+    /// Cut-off replies continued by a retry with a larger token limit.
+    pub resumed: AtomicU64,
     /// Steps run and rows in them (rows / steps is the mean batch).
     pub steps: AtomicU64,
     pub rows: AtomicU64,
 }
 
+/// Replies cut off by the token limit kept for a retry with a larger
+/// limit; the oldest goes first.
+const SUSPENDED_MAX: usize = 16;
+
 /// First-token log-probabilities being collected.
+#[derive(Clone)]
 struct Logprobs {
     k: usize,
     /// Text and log-probability of the generated tokens so far.
@@ -92,6 +107,31 @@ impl Running {
     }
 }
 
+/// A reply stopped by its token limit, ready to go on: everything a
+/// [`Running`] needs except its KV state, which is in the cache under
+/// `prompt` followed by the tokens already fed.
+struct Suspended {
+    ids: Vec<u32>,
+    params: GenParams,
+    /// The tokens after the prompt whose KV state was computed.
+    fed: Vec<u32>,
+    sampler: Sampler,
+    next: u32,
+    out: Vec<u8>,
+    completion_tokens: usize,
+    logprobs: Option<Logprobs>,
+}
+
+/// Whether two requests sample alike apart from their token limits.
+fn same_sampling(a: &GenParams, b: &GenParams) -> bool {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    a.max_tokens = 0;
+    b.max_tokens = 0;
+    a.seed = Some(a.seed.unwrap_or(DEFAULT_SEED));
+    b.seed = Some(b.seed.unwrap_or(DEFAULT_SEED));
+    a == b
+}
+
 /// Runs until every sender is gone and no sequence is left.
 pub fn run(
     inner: Arc<Inner>,
@@ -103,6 +143,7 @@ pub fn run(
     let mut running: Vec<Running> = Vec::new();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut scratch = Scratch::default();
+    let mut suspended: VecDeque<Suspended> = VecDeque::new();
     let mut open = true;
     loop {
         if running.is_empty() && waiting.is_empty() {
@@ -132,6 +173,13 @@ pub fn run(
             let Some(job) = waiting.remove(next) else {
                 break;
             };
+            let job = match resume(&inner, job, &mut cache, &mut suspended, &stats) {
+                Ok(r) => {
+                    running.push(r);
+                    continue;
+                }
+                Err(job) => job,
+            };
             if let Some(r) = admit(&inner, job, &mut cache, &running, &stats) {
                 running.push(r);
             }
@@ -150,7 +198,7 @@ pub fn run(
         while i < running.len() {
             if let Some(finish) = finished(&running[i]) {
                 let r = running.swap_remove(i);
-                complete(&inner, r, finish, &mut cache, &stats);
+                complete(&inner, r, finish, &mut cache, &mut suspended, &stats);
             } else {
                 i += 1;
             }
@@ -185,6 +233,68 @@ fn waits_for_shared_prefix(job: &Job, running: &[Running], cache: &PrefixCache) 
         .unwrap_or(0)
         .max(cache.longest_len(&job.ids, max_reuse));
     coming >= held + SHARE_MIN
+}
+
+/// Continues a suspended reply when `job` is its retry with a larger
+/// token limit and the cache still holds its whole KV state; gives the job
+/// back otherwise.
+fn resume(
+    inner: &Inner,
+    job: Job,
+    cache: &mut PrefixCache,
+    suspended: &mut VecDeque<Suspended>,
+    stats: &Stats,
+) -> Result<Running, Job> {
+    let Some(at) = suspended.iter().position(|s| {
+        s.ids == job.ids
+            && same_sampling(&s.params, &job.params)
+            && job.params.max_tokens as usize > s.completion_tokens
+    }) else {
+        return Err(job);
+    };
+    let s = suspended.remove(at).expect("found above");
+    let mut tokens = s.ids.clone();
+    tokens.extend_from_slice(&s.fed);
+    let sess = match cache.longest(&tokens, tokens.len()) {
+        Some((sess, n)) if n == tokens.len() => sess.prefix(n),
+        // Evicted: generate from the start (the same reply, just slower).
+        _ => return Err(job),
+    };
+    let context = inner.model.cfg.context;
+    let budget = (job.params.max_tokens as usize).min(context.saturating_sub(job.ids.len()));
+    stats
+        .reused_tokens
+        .fetch_add(sess.len() as u64, Ordering::Relaxed);
+    stats.resumed.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let stops = stop_bytes(&job.params);
+    Ok(Running {
+        stats: GenStats {
+            prompt_tokens: job.ids.len(),
+            completion_tokens: s.completion_tokens,
+            cached_tokens: sess.len(),
+            ..GenStats::default()
+        },
+        sess,
+        sampler: s.sampler,
+        budget,
+        next: Some(s.next),
+        out: s.out,
+        admitted: now,
+        first_token: Some(now),
+        logprobs: s.logprobs,
+        stops,
+        ended: false,
+        job,
+    })
+}
+
+fn stop_bytes(p: &GenParams) -> Vec<Vec<u8>> {
+    p.stop
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect()
 }
 
 /// Starts a request from the longest prefix held anywhere; `None` when it
@@ -240,12 +350,7 @@ fn admit(
         found: Vec::new(),
         done: false,
     });
-    let stops = p
-        .stop
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.as_bytes().to_vec())
-        .collect();
+    let stops = stop_bytes(p);
     Some(Running {
         sampler: Sampler::new(p.temperature, p.top_p, p.seed.unwrap_or(DEFAULT_SEED)),
         sess,
@@ -369,10 +474,26 @@ fn complete(
     mut r: Running,
     finish: FinishReason,
     cache: &mut PrefixCache,
+    suspended: &mut VecDeque<Suspended>,
     stats: &Stats,
 ) {
     if let Some(first) = r.first_token {
         r.stats.decode = first.elapsed();
+    }
+    if let (FinishReason::Length, Some(next)) = (&finish, r.next) {
+        if suspended.len() == SUSPENDED_MAX {
+            suspended.pop_front();
+        }
+        suspended.push_back(Suspended {
+            ids: r.job.ids.clone(),
+            params: r.job.params.clone(),
+            fed: r.sess.tokens()[r.job.ids.len()..].to_vec(),
+            sampler: r.sampler.clone(),
+            next,
+            out: r.out.clone(),
+            completion_tokens: r.stats.completion_tokens,
+            logprobs: r.logprobs.clone(),
+        });
     }
     let first_token_logprobs = r.logprobs.take().map(|mut lp| {
         if !lp.done && !lp.prefix.is_empty() {

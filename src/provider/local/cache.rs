@@ -134,7 +134,7 @@ mod tests {
 
     /// A session of `tokens` with one layer of `width` floats per position.
     fn sess(tokens: &[u32], width: usize) -> Session {
-        let fill = |t: &u32| vec![*t as f32; width];
+        let fill = |t: &u32| vec![*t as u16; width];
         Session {
             k: vec![tokens.iter().flat_map(fill).collect()],
             v: vec![tokens.iter().flat_map(fill).collect()],
@@ -157,10 +157,7 @@ mod tests {
         let (s, n) = c.longest(&[1, 2, 3, 4], 3).unwrap();
         let p = s.prefix(n);
         assert_eq!(p.tokens(), &[1, 2, 3]);
-        assert_eq!(
-            p.k[0],
-            vec![1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0]
-        );
+        assert_eq!(p.k[0], vec![1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
     }
 
     #[test]

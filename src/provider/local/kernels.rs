@@ -56,12 +56,17 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
-/// Which dot-product implementation this CPU gets.
+/// Which dot-product implementation this CPU gets. Results are
+/// deterministic for a given ISA; different ISAs may differ in the last
+/// bits (summation order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 with AVX-VNNI's fused `u8 × i8` dot product.
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
 }
 
 impl Isa {
@@ -72,10 +77,18 @@ impl Isa {
                 && std::is_x86_feature_detected!("fma")
                 && std::is_x86_feature_detected!("f16c")
             {
+                if std::is_x86_feature_detected!("avxvnni") {
+                    return Isa::AvxVnni;
+                }
                 return Isa::Avx2;
             }
         }
         Isa::Scalar
+    }
+
+    /// Whether AVX2, FMA and F16C may be used.
+    pub fn avx2(self) -> bool {
+        self != Isa::Scalar
     }
 }
 
@@ -102,6 +115,9 @@ pub fn dotn_q4_1<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
         Isa::Avx2 => unsafe { avx2::dotn_q4_1(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-VNNI too.
+        Isa::AvxVnni => unsafe { avx2::dotn_q4_1_vnni(w, x, b0s) },
         Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
@@ -129,6 +145,9 @@ pub fn dotn_q4_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
         Isa::Avx2 => unsafe { avx2::dotn_q4_0(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-VNNI too.
+        Isa::AvxVnni => unsafe { avx2::dotn_q4_0_vnni(w, x, b0s) },
         Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
@@ -155,6 +174,9 @@ pub fn dotn_q8_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
         Isa::Avx2 => unsafe { avx2::dotn_q8_0(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-VNNI too.
+        Isa::AvxVnni => unsafe { avx2::dotn_q8_0_vnni(w, x, b0s) },
         Isa::Scalar => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
@@ -203,28 +225,6 @@ pub fn dequant_q4_0(w: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `f32` dot product, with AVX2 code when the CPU has it.
-#[inline]
-pub fn dot_f32_isa(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA were detected at run time.
-        Isa::Avx2 => unsafe { avx2::dot_f32(a, b) },
-        Isa::Scalar => dot_f32(a, b),
-    }
-}
-
-/// `y += a * x`, with AVX2 code when the CPU has it.
-#[inline]
-pub fn axpy_isa(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA were detected at run time.
-        Isa::Avx2 => unsafe { avx2::axpy(y, a, x) },
-        Isa::Scalar => axpy(y, a, x),
-    }
-}
-
 /// `f32` dot product written so the compiler vectorizes it.
 #[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -243,11 +243,109 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a * x`, vectorizable.
-#[inline(always)]
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
+/// Appends `src` to `dst` as IEEE half-precision bits (the KV cache's
+/// storage: half the memory and memory traffic of `f32`, as llama.cpp
+/// keeps it).
+pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
+    let at = dst.len();
+    dst.resize(at + src.len(), 0);
+    let out = &mut dst[at..];
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: F16C was detected at run time; lengths are equal.
+        Isa::Avx2 | Isa::AvxVnni => unsafe { avx2::to_f16(src, out) },
+        Isa::Scalar => {
+            for (o, v) in out.iter_mut().zip(src) {
+                *o = f16::from_f32(*v).to_bits();
+            }
+        }
+    }
+}
+
+/// One part of one row's attention for the `group` query heads sharing a
+/// key/value head: positions `j0..j1` of the cache `k`/`v` (f16 rows of
+/// `stride` values, this head's `hd` values at `off`). Every key and value
+/// is read once for all the heads. For head `h`, `out[h * (hd + 2)..]`
+/// receives the un-normalised weighted sum of values (`hd` values), then
+/// the largest score and the sum of `exp(score - largest)`, so parts are
+/// merged exactly like one long softmax. `scores` is scratch of at least
+/// `group * (j1 - j0)` values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    isa: Isa,
+    qs: &[f32],
+    (k, v): (&[u16], &[u16]),
+    (stride, off, hd): (usize, usize, usize),
+    (j0, j1): (usize, usize),
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = qs.len() / hd;
+    let n = j1 - j0;
+    assert!(scores.len() >= group * n && out.len() >= group * (hd + 2));
+    assert!(k.len() >= (j1 - 1) * stride + off + hd && v.len() >= (j1 - 1) * stride + off + hd);
+    let fast = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            isa.avx2() && hd.is_multiple_of(8) && group <= 8
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            false
+        }
+    };
+    // Scores, head-major: scores[h * n + j].
+    if fast {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C detected; bounds asserted above.
+        unsafe {
+            avx2::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
+        }
+    } else {
+        for j in 0..n {
+            let row = &k[(j0 + j) * stride + off..(j0 + j) * stride + off + hd];
+            for h in 0..group {
+                let q = &qs[h * hd..(h + 1) * hd];
+                let dot: f32 = q
+                    .iter()
+                    .zip(row)
+                    .map(|(a, b)| a * f16::from_bits(*b).to_f32())
+                    .sum();
+                scores[h * n + j] = dot * scale;
+            }
+        }
+    }
+    for h in 0..group {
+        let s = &mut scores[h * n..(h + 1) * n];
+        let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        out[h * (hd + 2) + hd] = max;
+        out[h * (hd + 2) + hd + 1] = sum;
+    }
+    if fast {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        unsafe {
+            avx2::weigh(scores, v, stride, off, hd, j0, j1, group, out);
+        }
+    } else {
+        for h in 0..group {
+            let o = &mut out[h * (hd + 2)..h * (hd + 2) + hd];
+            o.fill(0.0);
+            for j in 0..n {
+                let p = scores[h * n + j];
+                let row = &v[(j0 + j) * stride + off..(j0 + j) * stride + off + hd];
+                for (x, b) in o.iter_mut().zip(row) {
+                    *x += p * f16::from_bits(*b).to_f32();
+                }
+            }
+        }
     }
 }
 
@@ -256,11 +354,14 @@ mod avx2 {
     use super::{QVec, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
+    /// The half-precision value at `p` in all eight lanes. (A scalar
+    /// conversion here made the compiler merge into a register that the
+    /// next block's addition depends on, chaining the blocks.)
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half(p: *const u8) -> f32 {
-        let bits = u16::from_le_bytes([*p, *p.add(1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    unsafe fn half8(p: *const u8) -> __m256 {
+        let bits = (p as *const i16).read_unaligned();
+        _mm256_cvtph_ps(_mm_set1_epi16(bits))
     }
 
     #[inline]
@@ -285,96 +386,287 @@ mod avx2 {
         _mm256_set_m128i(hi, lo)
     }
 
+    /// Sums of `u8 × i8` products in groups of four, as `i32` lanes: two
+    /// instructions on AVX2 (exact here: the products never saturate the
+    /// `i16` pairs), one with AVX-VNNI.
+    macro_rules! idot_avx2 {
+        ($u:expr, $i:expr) => {
+            _mm256_madd_epi16(_mm256_maddubs_epi16($u, $i), _mm256_set1_epi16(1))
+        };
+    }
+    macro_rules! idot_vnni {
+        ($u:expr, $i:expr) => {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), $u, $i)
+        };
+    }
+
+    /// The block loop shared by the three formats. `$block!(blk)` gives
+    /// the weight block's scale, its minimum (Q4_1 only) and the unsigned
+    /// operand of the integer dot product; for signed formats (`$signed`)
+    /// the weights' signs move onto the activations. Each weight block is
+    /// unpacked once for all `N` rows, and every row is computed with the
+    /// same operations whatever `N` is. (Two accumulators per row, to break
+    /// the addition chain, measured slower: the loop is bound by
+    /// instruction throughput, not latency.)
+    macro_rules! dotn_kernel {
+        ($name:ident, $features:literal, $bytes:expr, $idot:ident, $block:ident, $signed:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
+                let nb = w.len() / $bytes;
+                let mut acc = [_mm256_setzero_ps(); N];
+                // The Q4_1 minimum term, the same in every lane.
+                let mut acc_m = [_mm256_setzero_ps(); N];
+                let wp = w.as_ptr();
+                let qs = x.qs.as_ptr();
+                for b in 0..nb {
+                    let blk = wp.add(b * $bytes);
+                    let (dw, mw, u, q) = $block!(blk);
+                    for i in 0..N {
+                        let bi = b0s[i] + b;
+                        let y = _mm256_loadu_si256(qs.add(bi * QK) as *const __m256i);
+                        let y = if $signed { _mm256_sign_epi8(y, q) } else { y };
+                        let p = $idot!(u, y);
+                        let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(x.d.get_unchecked(bi)));
+                        acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+                        if !$signed {
+                            acc_m[i] = _mm256_fmadd_ps(
+                                mw,
+                                _mm256_broadcast_ss(x.s.get_unchecked(bi)),
+                                acc_m[i],
+                            );
+                        }
+                    }
+                }
+                let mut out = [0f32; N];
+                for i in 0..N {
+                    out[i] = hsum(acc[i]) + _mm256_cvtss_f32(acc_m[i]);
+                }
+                out
+            }
+        };
+    }
+
+    /// Q4_1: scale, minimum, unsigned nibbles (the minimum is added through
+    /// the activation blocks' sums).
+    macro_rules! block_q4_1 {
+        ($blk:expr) => {
+            (
+                half8($blk),
+                half8($blk.add(2)),
+                nibbles($blk.add(4)),
+                _mm256_setzero_si256(),
+            )
+        };
+    }
+
+    /// Q4_0 and Q8_0: signed weights; their magnitudes are the unsigned
+    /// operand and the weights themselves carry the signs.
+    macro_rules! block_q4_0 {
+        ($blk:expr) => {{
+            let q = _mm256_sub_epi8(nibbles($blk.add(2)), _mm256_set1_epi8(8));
+            (half8($blk), _mm256_setzero_ps(), _mm256_sign_epi8(q, q), q)
+        }};
+    }
+    macro_rules! block_q8_0 {
+        ($blk:expr) => {{
+            let q = _mm256_loadu_si256($blk.add(2) as *const __m256i);
+            (half8($blk), _mm256_setzero_ps(), _mm256_sign_epi8(q, q), q)
+        }};
+    }
+
+    dotn_kernel!(
+        dotn_q4_1,
+        "avx2,fma,f16c",
+        Q4_1_BYTES,
+        idot_avx2,
+        block_q4_1,
+        false
+    );
+    dotn_kernel!(
+        dotn_q4_0,
+        "avx2,fma,f16c",
+        Q4_0_BYTES,
+        idot_avx2,
+        block_q4_0,
+        true
+    );
+    dotn_kernel!(
+        dotn_q8_0,
+        "avx2,fma,f16c",
+        Q8_0_BYTES,
+        idot_avx2,
+        block_q8_0,
+        true
+    );
+    dotn_kernel!(
+        dotn_q4_1_vnni,
+        "avx2,fma,f16c,avxvnni",
+        Q4_1_BYTES,
+        idot_vnni,
+        block_q4_1,
+        false
+    );
+    dotn_kernel!(
+        dotn_q4_0_vnni,
+        "avx2,fma,f16c,avxvnni",
+        Q4_0_BYTES,
+        idot_vnni,
+        block_q4_0,
+        true
+    );
+    dotn_kernel!(
+        dotn_q8_0_vnni,
+        "avx2,fma,f16c,avxvnni",
+        Q8_0_BYTES,
+        idot_vnni,
+        block_q8_0,
+        true
+    );
+
+    /// `f32` → IEEE half bits, round to nearest even.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dotn_q4_1<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-        let nb = w.len() / Q4_1_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut acc_m = [0f32; N];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            let blk = wp.add(b * Q4_1_BYTES);
-            let (dw, mw) = (half(blk), half(blk.add(2)));
-            let q = nibbles(blk.add(4));
-            for i in 0..N {
-                let bi = b0s[i] + b;
-                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
-                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
-                acc_m[i] += mw * *x.s.get_unchecked(bi);
+    pub unsafe fn to_f16(src: &[f32], out: &mut [u16]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(src.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        while i < n {
+            out[i] = half::f16::from_f32(src[i]).to_bits();
+            i += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// Calls `$f::<G>` with the group size as a constant (so the per-head
+    /// accumulators live in registers), for groups of 1 to 8 heads.
+    macro_rules! by_group {
+        ($group:expr, $f:ident ( $($arg:expr),* )) => {
+            match $group {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                8 => $f::<8>($($arg),*),
+                _ => return false,
+            }
+        };
+    }
+
+    /// `scores[h * n + j] = scale * q_h · k_(j0 + j)` for every head of
+    /// the group; each key row is converted once for all heads. False
+    /// (nothing done) for groups of more than 8 heads.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(
+        qs: &[f32],
+        k: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) -> bool {
+        by_group!(
+            qs.len() / hd,
+            scores_g(qs, k, stride, off, hd, j0, j1, scale, scores)
+        );
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_g<const G: usize>(
+        qs: &[f32],
+        k: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let n = j1 - j0;
+        for j in 0..n {
+            let kp = k.as_ptr().add((j0 + j) * stride + off);
+            let mut acc = [_mm256_setzero_ps(); G];
+            let mut c = 0;
+            while c < hd {
+                let kv = load_f16(kp.add(c));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let q = _mm256_loadu_ps(qs.as_ptr().add(h * hd + c));
+                    *a = _mm256_fmadd_ps(q, kv, *a);
+                }
+                c += 8;
+            }
+            for (h, a) in acc.iter().enumerate() {
+                *scores.get_unchecked_mut(h * n + j) = hsum(*a) * scale;
             }
         }
-        let mut out = [0f32; N];
-        for i in 0..N {
-            out[i] = hsum(acc[i]) + acc_m[i];
-        }
-        out
     }
 
+    /// `out[h * (hd + 2) + i] = sum_j p[h * n + j] * v_(j0 + j)[i]`; each
+    /// value row is converted once for all heads. False (nothing done) for
+    /// groups of more than 8 heads.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dotn_q8_0<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-        let nb = w.len() / Q8_0_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            let blk = wp.add(b * Q8_0_BYTES);
-            let dw = half(blk);
-            let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-            let ax = _mm256_sign_epi8(q, q);
-            for i in 0..N {
-                let bi = b0s[i] + b;
-                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
-                let sy = _mm256_sign_epi8(y, q);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
-                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
-            }
-        }
-        let mut out = [0f32; N];
-        for i in 0..N {
-            out[i] = hsum(acc[i]);
-        }
-        out
+    pub unsafe fn weigh(
+        p: &[f32],
+        v: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        group: usize,
+        out: &mut [f32],
+    ) -> bool {
+        by_group!(group, weigh_g(p, v, stride, off, hd, j0, j1, out));
+        true
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dotn_q4_0<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-        let nb = w.len() / Q4_0_BYTES;
-        let ones = _mm256_set1_epi16(1);
-        let eight = _mm256_set1_epi8(8);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let wp = w.as_ptr();
-        for b in 0..nb {
-            let blk = wp.add(b * Q4_0_BYTES);
-            let dw = half(blk);
-            let q = _mm256_sub_epi8(nibbles(blk.add(2)), eight);
-            let ax = _mm256_sign_epi8(q, q);
-            for i in 0..N {
-                let bi = b0s[i] + b;
-                let y = _mm256_loadu_si256(x.qs.as_ptr().add(bi * QK) as *const __m256i);
-                let sy = _mm256_sign_epi8(y, q);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                let scale = _mm256_set1_ps(dw * *x.d.get_unchecked(bi));
-                acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
+    unsafe fn weigh_g<const G: usize>(
+        p: &[f32],
+        v: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        out: &mut [f32],
+    ) {
+        let n = j1 - j0;
+        let mut c = 0;
+        while c < hd {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for j in 0..n {
+                let vv = load_f16(v.as_ptr().add((j0 + j) * stride + off + c));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(*p.get_unchecked(h * n + j));
+                    *a = _mm256_fmadd_ps(w, vv, *a);
+                }
             }
+            for (h, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * (hd + 2) + c), *a);
+            }
+            c += 8;
         }
-        let mut out = [0f32; N];
-        for i in 0..N {
-            out[i] = hsum(acc[i]);
-        }
-        out
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_f32(a, b)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        super::axpy(y, a, x)
     }
 }
 
@@ -407,13 +699,22 @@ mod tests {
         w
     }
 
+    /// Every implementation this CPU can run.
+    fn isas() -> Vec<Isa> {
+        match Isa::detect() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni],
+            best => vec![Isa::Scalar, best],
+        }
+    }
+
     /// Every dot product agrees with dequantize-then-multiply on every ISA,
     /// and a row's result is bit-identical whether it is computed alone or
     /// in a group (batched and sequential decoding must agree exactly).
     #[test]
     fn dot_products_match_dequantized_reference() {
         let mut seed = 7;
-        let nb = 18;
+        let nb = 19;
         let xs: Vec<f32> = (0..3 * nb * QK).map(|_| lcg(&mut seed)).collect();
         let mut q = QVec::default();
         q.quantize_rows(&xs, nb * QK);
@@ -429,7 +730,7 @@ mod tests {
             let w = blocks(kind, nb, &mut seed);
             let mut wf = vec![0f32; nb * QK];
             deq(&w, &mut wf);
-            for isa in [Isa::Scalar, Isa::detect()] {
+            for isa in isas() {
                 let three = dot3(isa, &w, &q, [0, nb, 2 * nb]);
                 for (row, got3) in three.iter().enumerate() {
                     let xq: Vec<f32> = (row * nb * QK..(row + 1) * nb * QK)
@@ -443,6 +744,104 @@ mod tests {
                         "kind {kind} {isa:?}: {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Grouped attention over f16 keys and values agrees with a plain
+    /// softmax over the same (rounded) values, for every ISA and for groups
+    /// the fast path takes (3) and leaves to the portable code (9).
+    #[test]
+    fn attend_matches_a_plain_softmax() {
+        let mut seed = 11;
+        let (hd, kv_heads, n) = (16, 2, 37);
+        let stride = kv_heads * hd;
+        let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 2.0).collect();
+        let vals: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+        let isa = Isa::detect();
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        extend_f16(isa, &mut k, &keys);
+        extend_f16(isa, &mut v, &vals);
+        let round = |x: u16| f16::from_bits(x).to_f32();
+        for group in [3, 9] {
+            let qs: Vec<f32> = (0..group * hd).map(|_| lcg(&mut seed)).collect();
+            let scale = 0.25;
+            let g = 1;
+            for chosen in isas() {
+                let mut scores = vec![0f32; group * n];
+                let mut out = vec![0f32; group * (hd + 2)];
+                attend(
+                    chosen,
+                    &qs,
+                    (&k, &v),
+                    (stride, g * hd, hd),
+                    (0, n),
+                    scale,
+                    &mut scores,
+                    &mut out,
+                );
+                for h in 0..group {
+                    let q = &qs[h * hd..(h + 1) * hd];
+                    let s: Vec<f32> = (0..n)
+                        .map(|j| {
+                            let kr = &k[j * stride + g * hd..j * stride + (g + 1) * hd];
+                            q.iter().zip(kr).map(|(a, b)| a * round(*b)).sum::<f32>() * scale
+                        })
+                        .collect();
+                    let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let p: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f32 = p.iter().sum();
+                    let o = &out[h * (hd + 2)..(h + 1) * (hd + 2)];
+                    assert!((o[hd] - max).abs() < 1e-5, "{chosen:?} group {group}: max");
+                    assert!(
+                        (o[hd + 1] - sum).abs() < 1e-4 * sum,
+                        "{chosen:?} group {group}: sum"
+                    );
+                    for i in 0..hd {
+                        let want: f32 = (0..n)
+                            .map(|j| p[j] * round(v[j * stride + g * hd + i]))
+                            .sum();
+                        assert!(
+                            (o[i] - want).abs() < 1e-4 * sum,
+                            "{chosen:?} group {group} head {h}: {} vs {want}",
+                            o[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Nanoseconds per weight block and activation row of each kernel, for
+    /// tuning: `cargo test --release --lib kernel_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let mut seed = 3;
+        let (nb, rows) = (
+            18,
+            std::env::var("ROWS").map_or(1536, |v| v.parse().unwrap()),
+        );
+        let w = blocks(Q4_1_BYTES, nb * rows, &mut seed);
+        let xs: Vec<f32> = (0..4 * nb * QK).map(|_| lcg(&mut seed)).collect();
+        let mut q = QVec::default();
+        q.quantize_rows(&xs, nb * QK);
+        for isa in isas() {
+            for n in [1usize, 2, 4] {
+                let iters = if isa == Isa::Scalar { 5 } else { 200 };
+                let start = std::time::Instant::now();
+                let mut sink = 0f32;
+                for _ in 0..iters {
+                    for wr in w.chunks_exact(nb * Q4_1_BYTES) {
+                        sink += match n {
+                            1 => dotn_q4_1(isa, wr, &q, [0])[0],
+                            2 => dotn_q4_1(isa, wr, &q, [0, nb])[1],
+                            _ => dotn_q4_1(isa, wr, &q, [0, nb, 2 * nb, 3 * nb])[3],
+                        };
+                    }
+                }
+                let per = start.elapsed().as_nanos() as f64 / (iters * rows * nb * n) as f64;
+                println!("{isa:?} N={n}: {per:.2} ns per block-row ({sink:.0})");
             }
         }
     }

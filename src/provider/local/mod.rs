@@ -130,6 +130,9 @@ pub struct EngineStats {
     /// Prompt tokens reused from earlier sequences, and computed.
     pub reused_tokens: u64,
     pub prefilled_tokens: u64,
+    /// Replies cut off by their token limit that a retry with a larger
+    /// limit continued instead of starting again.
+    pub resumed: u64,
     /// Forward passes, and token rows processed in them.
     pub steps: u64,
     pub rows: u64,
@@ -249,6 +252,7 @@ impl LocalProvider {
             cache_limit: self.cache_bytes,
             reused_tokens: s.reused_tokens.load(Relaxed),
             prefilled_tokens: s.prefilled_tokens.load(Relaxed),
+            resumed: s.resumed.load(Relaxed),
             steps: s.steps.load(Relaxed),
             rows: s.rows.load(Relaxed),
         }

@@ -427,11 +427,12 @@ pub struct Model {
 }
 
 /// One sequence's KV cache: for each layer, the keys and values of every
-/// position so far, row after row, and the tokens they were computed from.
+/// position so far, row after row, as IEEE half-precision bits (like
+/// llama.cpp's default cache type), and the tokens they were computed from.
 #[derive(Clone, Default)]
 pub struct Session {
-    pub(crate) k: Vec<Vec<f32>>,
-    pub(crate) v: Vec<Vec<f32>>,
+    pub(crate) k: Vec<Vec<u16>>,
+    pub(crate) v: Vec<Vec<u16>>,
     pub(crate) tokens: Vec<u32>,
 }
 
@@ -452,13 +453,13 @@ impl Session {
 
     /// Bytes of key/value data held.
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+        self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
     }
 
     /// A new session holding the first `n` positions of this one.
     pub fn prefix(&self, n: usize) -> Session {
         let n = n.min(self.len());
-        let per = |l: &Vec<f32>| {
+        let per = |l: &Vec<u16>| {
             let row = l.len() / self.len().max(1);
             l[..n * row].to_vec()
         };
@@ -493,6 +494,8 @@ pub struct Scratch {
     g: Vec<f32>,
     u: Vec<f32>,
     tmp: Vec<f32>,
+    /// Attention parts before they are merged.
+    parts: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// For each row: its sequence and position.
@@ -796,15 +799,23 @@ impl Model {
             let mut r = 0;
             for q in seqs.iter_mut() {
                 let n = q.tokens.len();
-                q.sess.k[li].extend_from_slice(&s.k[r * kv_dim..(r + n) * kv_dim]);
-                q.sess.v[li].extend_from_slice(&s.v[r * kv_dim..(r + n) * kv_dim]);
+                kernels::extend_f16(
+                    ctx.isa,
+                    &mut q.sess.k[li],
+                    &s.k[r * kv_dim..(r + n) * kv_dim],
+                );
+                kernels::extend_f16(
+                    ctx.isa,
+                    &mut q.sess.v[li],
+                    &s.v[r * kv_dim..(r + n) * kv_dim],
+                );
                 r += n;
             }
-            let caches: Vec<(&[f32], &[f32])> = seqs
+            let caches: Vec<(&[u16], &[u16])> = seqs
                 .iter()
                 .map(|q| (q.sess.k[li].as_slice(), q.sess.v[li].as_slice()))
                 .collect();
-            attention(cfg, ctx.isa, &s.q, &caches, &s.rows, &mut s.att);
+            attention(cfg, &ctx, &s.q, &caches, &s.rows, &mut s.att, &mut s.parts);
             s.hq.quantize_rows(&s.att, q_dim);
             layer
                 .wo
@@ -913,58 +924,179 @@ fn rope(x: &mut [f32], m: usize, cfg: &Config, half: usize, cos: &[f32], sin: &[
     }
 }
 
+/// Positions of one part of a row's attention: a row attending to more
+/// is split into parts of this many positions, computed in parallel and
+/// merged in order. The split depends only on the row's position, so a
+/// sequence's output does not depend on what it was batched with.
+const ATT_PART: usize = 256;
+
 /// Causal grouped-query attention of each row over its own sequence's
-/// cache, up to and including its position.
+/// cache, up to and including its position. The work is cut into one item
+/// per row, key/value head and part of [`ATT_PART`] positions; an item
+/// reads each key and value once for all the query heads sharing it.
 fn attention(
     cfg: &Config,
-    isa: Isa,
+    ctx: &Ctx<'_>,
     q: &[f32],
-    caches: &[(&[f32], &[f32])],
+    caches: &[(&[u16], &[u16])],
     rows: &[(usize, usize)],
     out: &mut Vec<f32>,
+    parts: &mut Vec<f32>,
 ) {
     let hd = cfg.head_dim;
-    let q_dim = cfg.q_dim();
-    let kv_dim = cfg.kv_dim();
+    let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
     let group = cfg.heads / cfg.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.resize(rows.len() * q_dim, 0.0);
-    let one = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / cfg.heads, idx % cfg.heads);
-        let (seq, pos) = rows[t];
-        let (kc, vc) = caches[seq];
-        let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-        let off = (h / group) * hd;
+    let width = group * (hd + 2);
+    // Items in order: row, then key/value head, then part.
+    let mut items: Vec<(usize, usize, usize)> = Vec::new();
+    let mut work = 0;
+    for (t, &(_, pos)) in rows.iter().enumerate() {
         let n = pos + 1;
-        let mut scores: Vec<f32> = (0..n)
-            .map(|j| {
-                kernels::dot_f32_isa(isa, qh, &kc[j * kv_dim + off..j * kv_dim + off + hd]) * scale
-            })
-            .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        work += n;
+        for g in 0..cfg.kv_heads {
+            for j0 in (0..n).step_by(ATT_PART) {
+                items.push((t, g, j0));
+            }
         }
-        o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            kernels::axpy_isa(
-                isa,
-                o,
-                s / sum,
-                &vc[j * kv_dim + off..j * kv_dim + off + hd],
-            );
-        }
+    }
+    parts.resize(items.len() * width, 0.0);
+    let one = |&(t, g, j0): &(usize, usize, usize), o: &mut [f32], scores: &mut Vec<f32>| {
+        let (seq, pos) = rows[t];
+        let j1 = (pos + 1).min(j0 + ATT_PART);
+        scores.resize(group * ATT_PART, 0.0);
+        let qs = &q[t * q_dim + g * group * hd..t * q_dim + (g + 1) * group * hd];
+        kernels::attend(
+            ctx.isa,
+            qs,
+            caches[seq],
+            (kv_dim, g * hd, hd),
+            (j0, j1),
+            scale,
+            scores,
+            o,
+        );
     };
-    let work: usize = rows.iter().map(|r| r.1 + 1).sum::<usize>() * cfg.heads * hd;
-    if work < 100_000 {
-        out.chunks_exact_mut(hd)
-            .enumerate()
-            .for_each(|(i, o)| one(i, o));
+    if work * cfg.heads * hd < 100_000 || ctx.threads <= 1 {
+        let mut scores = Vec::new();
+        for (it, o) in items.iter().zip(parts.chunks_exact_mut(width)) {
+            one(it, o, &mut scores);
+        }
     } else {
-        out.par_chunks_exact_mut(hd)
-            .enumerate()
-            .for_each(|(i, o)| one(i, o));
+        items
+            .par_iter()
+            .zip(parts.par_chunks_exact_mut(width))
+            .for_each_init(Vec::new, |scores, (it, o)| one(it, o, scores));
+    }
+    // Merge each row's parts per head: rescale to the largest maximum.
+    out.resize(rows.len() * q_dim, 0.0);
+    let mut i = 0;
+    while i < items.len() {
+        let (t, g, _) = items[i];
+        let mut end = i + 1;
+        while end < items.len() && items[end].0 == t && items[end].1 == g {
+            end += 1;
+        }
+        for h in 0..group {
+            let at = |p: usize| &parts[p * width + h * (hd + 2)..p * width + (h + 1) * (hd + 2)];
+            let max = (i..end).fold(f32::NEG_INFINITY, |m, p| m.max(at(p)[hd]));
+            let o =
+                &mut out[t * q_dim + (g * group + h) * hd..t * q_dim + (g * group + h + 1) * hd];
+            o.fill(0.0);
+            let mut sum = 0f32;
+            for p in i..end {
+                let part = at(p);
+                let w = (part[hd] - max).exp();
+                sum += w * part[hd + 1];
+                for (x, v) in o.iter_mut().zip(&part[..hd]) {
+                    *x += w * v;
+                }
+            }
+            let inv = 1.0 / sum;
+            for x in o.iter_mut() {
+                *x *= inv;
+            }
+        }
+        i = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    /// A row attending to more than [`ATT_PART`] positions is computed in
+    /// parts and merged; the result is one softmax over all positions,
+    /// whether the parts ran on one thread or several.
+    #[test]
+    fn attention_parts_merge_into_one_softmax() {
+        let cfg = Config {
+            dim: 96,
+            layers: 1,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 16,
+            ffn_dim: 32,
+            context: 4096,
+            rms_eps: 1e-5,
+            rope_base: 10_000.0,
+            rope_dims: 16,
+            rope_neox: false,
+            vocab: 8,
+        };
+        let n = 4 * ATT_PART + 77;
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let kv: Vec<u16> = (0..2 * n * cfg.kv_dim())
+            .map(|_| f16::from_f32(rnd()).to_bits())
+            .collect();
+        let (k, v) = kv.split_at(n * cfg.kv_dim());
+        // Two rows of one sequence: the last position and one inside part 0.
+        let rows = [(0, n - 1), (0, 100)];
+        let q: Vec<f32> = (0..rows.len() * cfg.q_dim()).map(|_| rnd()).collect();
+        let f = |x: u16| f16::from_bits(x).to_f32();
+        let (hd, kvd, group) = (cfg.head_dim, cfg.kv_dim(), cfg.heads / cfg.kv_heads);
+        for threads in [1, 2] {
+            let ctx = Ctx {
+                mmap: &[],
+                isa: Isa::detect(),
+                threads,
+            };
+            let (mut out, mut parts) = (Vec::new(), Vec::new());
+            attention(&cfg, &ctx, &q, &[(k, v)], &rows, &mut out, &mut parts);
+            for (t, &(_, pos)) in rows.iter().enumerate() {
+                for h in 0..cfg.heads {
+                    let qh = &q[t * cfg.q_dim() + h * hd..][..hd];
+                    let off = (h / group) * hd;
+                    let s: Vec<f32> = (0..=pos)
+                        .map(|j| {
+                            let kr = &k[j * kvd + off..][..hd];
+                            qh.iter().zip(kr).map(|(a, b)| a * f(*b)).sum::<f32>()
+                                / (hd as f32).sqrt()
+                        })
+                        .collect();
+                    let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let p: Vec<f32> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f32 = p.iter().sum();
+                    for i in 0..hd {
+                        let want: f32 = (0..=pos)
+                            .map(|j| p[j] * f(v[j * kvd + off + i]))
+                            .sum::<f32>()
+                            / sum;
+                        let got = out[t * cfg.q_dim() + h * hd + i];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "threads {threads} row {t} head {h}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
