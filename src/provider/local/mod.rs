@@ -272,13 +272,28 @@ impl LocalProvider {
             let inner = Arc::clone(&self.inner);
             let (max_batch, cache) = (self.max_batch, PrefixCache::new(self.cache_bytes));
             let stats = Arc::clone(&self.stats);
-            // Detached: it ends when the provider (the only sender) is dropped
-            // and its last sequence is done.
-            std::thread::Builder::new()
-                .name("cai-local".into())
-                .spawn(move || batch::run(inner, jobs, max_batch, cache, stats))
-                .map(|_| ())
-                .unwrap_or_else(|e| tracing::error!("cannot start the local model thread: {e}"));
+            // The loop runs on one of the model's own pool threads, so each
+            // step's parallel products are forked from inside the pool (the
+            // loop's thread works on them too) rather than handed over and
+            // waited for from outside, a sleep and a wake-up each, hundreds
+            // of times per step. Detached: it ends when the provider (the
+            // only sender) is dropped and its last sequence is done.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("cai-local-{i}"))
+                .build();
+            match pool {
+                Ok(pool) => {
+                    // The loop keeps its pool: dropping the last handle lets
+                    // the idle threads exit.
+                    let pool = Arc::new(pool);
+                    let keep = Arc::clone(&pool);
+                    pool.spawn(move || {
+                        batch::run(inner, jobs, max_batch, cache, stats);
+                        drop(keep);
+                    });
+                }
+                Err(e) => tracing::error!("cannot start the local model threads: {e}"),
+            }
             tx
         });
         queue

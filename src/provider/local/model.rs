@@ -335,7 +335,7 @@ impl Linear {
                 let target: &mut Vec<f32> = if m == 1 { out } else { tmp };
                 target.resize(m * self.rows, 0.0);
                 let work = self.rows * self.cols * m;
-                if work < 200_000 || ctx.threads <= 1 {
+                if work < 50_000 || ctx.threads <= 1 {
                     fill(0, target);
                 } else {
                     let chunk_rows = (self.rows / (ctx.threads * 8)).max(16);
