@@ -22,7 +22,13 @@
 #   CAI_AFTER     the `cai` binary to measure (default: built here, release)
 #   CAI_BEFORE    the pre-issue-14 `cai` (default: built from 525afda^1 in a
 #                 git worktree at $BEFORE_TREE, target dir $BEFORE_TARGET)
-#   LLAMA_PYTHON  a Python with llama-cpp-python[server] (default python3)
+#   LLAMA_PYTHON  a Python with llama-cpp-python[server] (default python3).
+#                 In a VM that hides AMX state (Firecracker), a native build
+#                 dies with "Illegal instruction" on the first request; build
+#                 it with CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON
+#                 -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+#                 -DGGML_AVX512_VNNI=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF
+#                 -DGGML_AMX_INT8=OFF" pip install llama-cpp-python[server]
 #   BENCH_DIR     where run directories and logs go (default: a temp dir)
 # Needs: the default model in the cache (`cai model fetch`), /usr/bin/time,
 # jq. Talks only to 127.0.0.1.
@@ -141,9 +147,11 @@ trap stop_server EXIT
 if want stem; then
     port=$("$LLAMA_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     # The server's defaults except the context (SmolLM2 has 8192; the
-    # default 2048 cannot hold a critique/revision request of this chain).
+    # default 2048 cannot hold a critique/revision request of this chain)
+    # and the threads: every core, as cai uses (the default is half).
     "$LLAMA_PYTHON" -m llama_cpp.server --model "$model" --model_alias smollm2 \
         --host 127.0.0.1 --port "$port" --n_ctx 8192 --verbose false \
+        --n_threads "$(nproc)" --n_threads_batch "$(nproc)" \
         >"$BENCH_DIR/llama-server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 120); do
@@ -152,12 +160,20 @@ if want stem; then
         sleep 0.5
     done
     server=(--provider openai --base-url "http://127.0.0.1:$port/v1" --model smollm2)
+    alive() {
+        kill -0 "$server_pid" 2>/dev/null && return
+        say "llama.cpp's server died during the run (see $BENCH_DIR/llama-server.log):"
+        tail -3 "$BENCH_DIR/llama-server.log" >&2
+        exit 1
+    }
     for r in $(seq 1 "$ROUNDS"); do
         if ((r % 2)); then
             run stem cai "$r" "$CAI_AFTER" "${stem[@]}"
             run stem llama.cpp "$r" "$CAI_AFTER" "${server[@]}" "${stem[@]}"
+            alive
         else
             run stem llama.cpp "$r" "$CAI_AFTER" "${server[@]}" "${stem[@]}"
+            alive
             run stem cai "$r" "$CAI_AFTER" "${stem[@]}"
         fi
     done
@@ -181,7 +197,8 @@ echo "summary (best and median wall time over $ROUNDS rounds; load average $(loa
 summary() {
     local workload=$1 slow=$2 fast=$3
     awk -F'\t' -v w="$workload" -v a="$slow" -v b="$fast" '
-        $1 == w { t[$2] = t[$2] " " $4; n[$2]++; rss[$2] = ($9 > rss[$2] ? $9 : rss[$2]); tok[$2] = tok[$2] " " $6 }
+        $1 == w { t[$2] = t[$2] " " $4; n[$2]++; rss[$2] = ($9 > rss[$2] ? $9 : rss[$2]); tok[$2] = tok[$2] " " $6
+                  sum_t[$2] += $4; sum_tok[$2] += $6 }
         function best(s,   x, i, m) { split(s, x, " "); m = x[1]; for (i in x) if (x[i] + 0 < m + 0) m = x[i]; return m }
         function med(s,   x, k, i, j, tmp) { k = split(s, x, " ");
             for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (x[j] + 0 < x[i] + 0) { tmp = x[i]; x[i] = x[j]; x[j] = tmp }
@@ -191,6 +208,7 @@ summary() {
             printf "  %-7s %-10s best %7.1f s, median %7.1f s, tokens out:%s, peak RSS %s MiB\n", w, a, best(t[a]), med(t[a]), tok[a], rss[a]
             printf "  %-7s %-10s best %7.1f s, median %7.1f s, tokens out:%s, peak RSS %s MiB\n", w, b, best(t[b]), med(t[b]), tok[b], rss[b]
             printf "  %-7s %s is %.2fx faster than %s (median wall time)\n", w, b, med(t[a]) / med(t[b]), a
+            printf "  %-7s generated tokens per second: %s %.1f, %s %.1f (the two sides sample different text, so compare both)\n", w, a, sum_tok[a] / sum_t[a], b, sum_tok[b] / sum_t[b]
         }' "$results"
 }
 summary readme before after

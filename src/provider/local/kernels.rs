@@ -101,98 +101,6 @@ fn check<const N: usize>(x: &QVec, nb: usize, b0s: &[usize; N]) {
     }
 }
 
-/// Dot products of one Q4_1 row (`w`, whole blocks) with `N` activation
-/// rows, the `i`-th starting at block `b0s[i]` of `x`. Each weight block is
-/// read and unpacked once for all `N` rows, which is what makes batched
-/// decoding and prompt processing cheaper per token. Every row's result is
-/// computed with the same operations whatever `N` is, so a sequence's
-/// output does not depend on what it was batched with.
-#[inline]
-pub fn dotn_q4_1<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-    let nb = w.len() / Q4_1_BYTES;
-    check(x, nb, &b0s);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
-        Isa::Avx2 => unsafe { avx2::dotn_q4_1(w, x, b0s) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-VNNI too.
-        Isa::AvxVnni => unsafe { avx2::dotn_q4_1_vnni(w, x, b0s) },
-        Isa::Scalar => b0s.map(|b0| {
-            let mut acc = 0f32;
-            for b in 0..nb {
-                let blk = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
-                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
-                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
-                let mut sum = 0i32;
-                for j in 0..QK / 2 {
-                    sum += i32::from(blk[4 + j] & 0x0F) * i32::from(ys[j]);
-                    sum += i32::from(blk[4 + j] >> 4) * i32::from(ys[j + QK / 2]);
-                }
-                acc += d * x.d[b0 + b] * sum as f32 + m * x.s[b0 + b];
-            }
-            acc
-        }),
-    }
-}
-
-/// [`dotn_q4_1`] for Q4_0 rows.
-#[inline]
-pub fn dotn_q4_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-    let nb = w.len() / Q4_0_BYTES;
-    check(x, nb, &b0s);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
-        Isa::Avx2 => unsafe { avx2::dotn_q4_0(w, x, b0s) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-VNNI too.
-        Isa::AvxVnni => unsafe { avx2::dotn_q4_0_vnni(w, x, b0s) },
-        Isa::Scalar => b0s.map(|b0| {
-            let mut acc = 0f32;
-            for b in 0..nb {
-                let blk = &w[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
-                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
-                let mut sum = 0i32;
-                for j in 0..QK / 2 {
-                    sum += (i32::from(blk[2 + j] & 0x0F) - 8) * i32::from(ys[j]);
-                    sum += (i32::from(blk[2 + j] >> 4) - 8) * i32::from(ys[j + QK / 2]);
-                }
-                acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
-            }
-            acc
-        }),
-    }
-}
-
-/// [`dotn_q4_1`] for Q8_0 rows.
-#[inline]
-pub fn dotn_q8_0<const N: usize>(isa: Isa, w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-    let nb = w.len() / Q8_0_BYTES;
-    check(x, nb, &b0s);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
-        Isa::Avx2 => unsafe { avx2::dotn_q8_0(w, x, b0s) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-VNNI too.
-        Isa::AvxVnni => unsafe { avx2::dotn_q8_0_vnni(w, x, b0s) },
-        Isa::Scalar => b0s.map(|b0| {
-            let mut acc = 0f32;
-            for b in 0..nb {
-                let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
-                let mut sum = 0i32;
-                for j in 0..QK {
-                    sum += i32::from(blk[2 + j] as i8) * i32::from(ys[j]);
-                }
-                acc += f16_at(blk, 0) * x.d[b0 + b] * sum as f32;
-            }
-            acc
-        }),
-    }
-}
-
 /// Dequantizes one Q8_0 row into `out`.
 pub fn dequant_q8_0(w: &[u8], out: &mut [f32]) {
     for (blk, o) in w.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(QK)) {
@@ -241,6 +149,134 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// A quantized matrix repacked at load for the kernels: each row's blocks'
+/// quants back to back (16 bytes of nibbles or 32 signed bytes), their
+/// scales as `f32`, and for 4-bit formats each block's minimum as `f32`
+/// (Q4_0's fixed offset of -8 becomes the minimum `-8 × scale`, so both
+/// 4-bit formats share one kernel). No half-precision conversion is left
+/// in the inner loop, and the minimum term is a short `f32` dot product
+/// over blocks instead of two instructions per block.
+pub struct Packed {
+    /// 4 or 8.
+    pub bits: u8,
+    /// Blocks per row.
+    pub nb: usize,
+    pub q: Vec<u8>,
+    pub d: Vec<f32>,
+    pub m: Vec<f32>,
+}
+
+/// One row of a [`Packed`] matrix.
+#[derive(Clone, Copy)]
+pub struct PackedRow<'a> {
+    pub q: &'a [u8],
+    pub d: &'a [f32],
+    pub m: &'a [f32],
+}
+
+impl Packed {
+    /// Repacks `rows` rows of `nb` GGUF blocks of `block_bytes` bytes each
+    /// ([`Q4_0_BYTES`], [`Q4_1_BYTES`] or [`Q8_0_BYTES`]).
+    pub fn from_blocks(block_bytes: usize, data: &[u8], rows: usize, nb: usize) -> Self {
+        let bits = if block_bytes == Q8_0_BYTES { 8 } else { 4 };
+        let qb = usize::from(bits) * QK / 8;
+        let blocks = rows * nb;
+        let mut p = Packed {
+            bits,
+            nb,
+            q: Vec::with_capacity(blocks * qb),
+            d: Vec::with_capacity(blocks),
+            m: Vec::with_capacity(if bits == 4 { blocks } else { 0 }),
+        };
+        for blk in data[..blocks * block_bytes].chunks_exact(block_bytes) {
+            let d = f16_at(blk, 0);
+            p.d.push(d);
+            match block_bytes {
+                Q4_1_BYTES => {
+                    p.m.push(f16_at(blk, 2));
+                    p.q.extend_from_slice(&blk[4..20]);
+                }
+                Q4_0_BYTES => {
+                    p.m.push(-8.0 * d);
+                    p.q.extend_from_slice(&blk[2..18]);
+                }
+                _ => p.q.extend_from_slice(&blk[2..34]),
+            }
+        }
+        p
+    }
+
+    pub fn row(&self, r: usize) -> PackedRow<'_> {
+        let qb = usize::from(self.bits) * QK / 8;
+        let m = if self.bits == 4 {
+            &self.m[r * self.nb..(r + 1) * self.nb]
+        } else {
+            &[][..]
+        };
+        PackedRow {
+            q: &self.q[r * self.nb * qb..(r + 1) * self.nb * qb],
+            d: &self.d[r * self.nb..(r + 1) * self.nb],
+            m,
+        }
+    }
+}
+
+/// Dot products of one packed row with `N` activation rows, the `i`-th
+/// starting at block `b0s[i]` of `x`. Each weight block is read once for
+/// all `N` rows, which is what makes batched decoding and prompt
+/// processing cheaper per token. Every row's result is computed with the
+/// same operations whatever `N` is, so a sequence's output does not depend
+/// on what it was batched with.
+#[inline]
+pub fn dotn_packed<const N: usize>(
+    isa: Isa,
+    w: PackedRow<'_>,
+    x: &QVec,
+    b0s: [usize; N],
+) -> [f32; N] {
+    let nb = w.d.len();
+    check(x, nb, &b0s);
+    let four = !w.m.is_empty();
+    assert_eq!(w.q.len(), nb * if four { 16 } else { 32 });
+    match (isa, four) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2/FMA/F16C were detected at run time; lengths checked above.
+        (Isa::Avx2, true) => unsafe { avx2::packed4(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, false) => unsafe { avx2::packed8(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-VNNI too.
+        (Isa::AvxVnni, true) => unsafe { avx2::packed4_vnni(w, x, b0s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::AvxVnni, false) => unsafe { avx2::packed8_vnni(w, x, b0s) },
+        (Isa::Scalar, _) => b0s.map(|b0| {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let ys = &x.qs[(b0 + b) * QK..(b0 + b + 1) * QK];
+                let mut sum = 0i32;
+                if four {
+                    let qs = &w.q[b * 16..(b + 1) * 16];
+                    for j in 0..QK / 2 {
+                        sum += i32::from(qs[j] & 0x0F) * i32::from(ys[j]);
+                        sum += i32::from(qs[j] >> 4) * i32::from(ys[j + QK / 2]);
+                    }
+                } else {
+                    for (q, y) in w.q[b * 32..(b + 1) * 32].iter().zip(ys) {
+                        sum += i32::from(*q as i8) * i32::from(*y);
+                    }
+                }
+                acc += w.d[b] * (sum as f32 * x.d[b0 + b]);
+            }
+            for (b, m) in w.m.iter().enumerate() {
+                acc += m * x.s[b0 + b];
+            }
+            acc
+        }),
+    }
 }
 
 /// Appends `src` to `dst` as IEEE half-precision bits (the KV cache's
@@ -362,18 +398,8 @@ pub fn attend(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{QVec, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use super::{QVec, QK};
     use std::arch::x86_64::*;
-
-    /// The half-precision value at `p` in all eight lanes. (A scalar
-    /// conversion here made the compiler merge into a register that the
-    /// next block's addition depends on, chaining the blocks.)
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half8(p: *const u8) -> __m256 {
-        let bits = (p as *const i16).read_unaligned();
-        _mm256_cvtph_ps(_mm_set1_epi16(bits))
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -411,128 +437,73 @@ mod avx2 {
         };
     }
 
-    /// The block loop shared by the three formats. `$block!(blk)` gives
-    /// the weight block's scale, its minimum (Q4_1 only) and the unsigned
-    /// operand of the integer dot product; for signed formats (`$signed`)
-    /// the weights' signs move onto the activations. Each weight block is
-    /// unpacked once for all `N` rows, and every row is computed with the
-    /// same operations whatever `N` is. (Two accumulators per row, to break
-    /// the addition chain, measured slower: the loop is bound by
-    /// instruction throughput, not latency.)
-    macro_rules! dotn_kernel {
-        ($name:ident, $features:literal, $bytes:expr, $idot:ident, $block:ident, $signed:expr) => {
+    /// [`super::dotn_packed`]'s loop: per block, the weights' scale is
+    /// broadcast once and their quants unpacked once for all `N` rows; the
+    /// 4-bit minimum term is summed eight blocks at a time afterwards.
+    macro_rules! packed_kernel {
+        ($name:ident, $features:literal, $idot:ident, $four:expr) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name<const N: usize>(w: &[u8], x: &QVec, b0s: [usize; N]) -> [f32; N] {
-                let nb = w.len() / $bytes;
+            pub unsafe fn $name<const N: usize>(
+                w: super::PackedRow<'_>,
+                x: &QVec,
+                b0s: [usize; N],
+            ) -> [f32; N] {
+                let nb = w.d.len();
+                let qp = w.q.as_ptr();
+                let xq = x.qs.as_ptr();
                 let mut acc = [_mm256_setzero_ps(); N];
-                // The Q4_1 minimum term, the same in every lane.
-                let mut acc_m = [_mm256_setzero_ps(); N];
-                let wp = w.as_ptr();
-                let qs = x.qs.as_ptr();
                 for b in 0..nb {
-                    let blk = wp.add(b * $bytes);
-                    let (dw, mw, u, q) = $block!(blk);
+                    let dw = _mm256_broadcast_ss(w.d.get_unchecked(b));
+                    let (u, sign) = if $four {
+                        (nibbles(qp.add(b * 16)), _mm256_setzero_si256())
+                    } else {
+                        let q = _mm256_loadu_si256(qp.add(b * 32) as *const __m256i);
+                        (_mm256_sign_epi8(q, q), q)
+                    };
                     for i in 0..N {
                         let bi = b0s[i] + b;
-                        let y = _mm256_loadu_si256(qs.add(bi * QK) as *const __m256i);
-                        let y = if $signed { _mm256_sign_epi8(y, q) } else { y };
-                        let p = $idot!(u, y);
-                        let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(x.d.get_unchecked(bi)));
-                        acc[i] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(p), acc[i]);
-                        if !$signed {
-                            acc_m[i] = _mm256_fmadd_ps(
-                                mw,
-                                _mm256_broadcast_ss(x.s.get_unchecked(bi)),
-                                acc_m[i],
-                            );
-                        }
+                        let y = _mm256_loadu_si256(xq.add(bi * QK) as *const __m256i);
+                        let y = if $four { y } else { _mm256_sign_epi8(y, sign) };
+                        let t = _mm256_mul_ps(
+                            _mm256_cvtepi32_ps($idot!(u, y)),
+                            _mm256_broadcast_ss(x.d.get_unchecked(bi)),
+                        );
+                        acc[i] = _mm256_fmadd_ps(dw, t, acc[i]);
                     }
                 }
                 let mut out = [0f32; N];
                 for i in 0..N {
-                    out[i] = hsum(acc[i]) + _mm256_cvtss_f32(acc_m[i]);
+                    out[i] = hsum(acc[i]);
+                }
+                if $four {
+                    let mp = w.m.as_ptr();
+                    let sp = x.s.as_ptr();
+                    let mut am = [_mm256_setzero_ps(); N];
+                    let mut b = 0;
+                    while b + 8 <= nb {
+                        let mv = _mm256_loadu_ps(mp.add(b));
+                        for i in 0..N {
+                            am[i] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sp.add(b0s[i] + b)), am[i]);
+                        }
+                        b += 8;
+                    }
+                    for i in 0..N {
+                        let mut tail = hsum(am[i]);
+                        for bb in b..nb {
+                            tail += *mp.add(bb) * *sp.add(b0s[i] + bb);
+                        }
+                        out[i] += tail;
+                    }
                 }
                 out
             }
         };
     }
 
-    /// Q4_1: scale, minimum, unsigned nibbles (the minimum is added through
-    /// the activation blocks' sums).
-    macro_rules! block_q4_1 {
-        ($blk:expr) => {
-            (
-                half8($blk),
-                half8($blk.add(2)),
-                nibbles($blk.add(4)),
-                _mm256_setzero_si256(),
-            )
-        };
-    }
-
-    /// Q4_0 and Q8_0: signed weights; their magnitudes are the unsigned
-    /// operand and the weights themselves carry the signs.
-    macro_rules! block_q4_0 {
-        ($blk:expr) => {{
-            let q = _mm256_sub_epi8(nibbles($blk.add(2)), _mm256_set1_epi8(8));
-            (half8($blk), _mm256_setzero_ps(), _mm256_sign_epi8(q, q), q)
-        }};
-    }
-    macro_rules! block_q8_0 {
-        ($blk:expr) => {{
-            let q = _mm256_loadu_si256($blk.add(2) as *const __m256i);
-            (half8($blk), _mm256_setzero_ps(), _mm256_sign_epi8(q, q), q)
-        }};
-    }
-
-    dotn_kernel!(
-        dotn_q4_1,
-        "avx2,fma,f16c",
-        Q4_1_BYTES,
-        idot_avx2,
-        block_q4_1,
-        false
-    );
-    dotn_kernel!(
-        dotn_q4_0,
-        "avx2,fma,f16c",
-        Q4_0_BYTES,
-        idot_avx2,
-        block_q4_0,
-        true
-    );
-    dotn_kernel!(
-        dotn_q8_0,
-        "avx2,fma,f16c",
-        Q8_0_BYTES,
-        idot_avx2,
-        block_q8_0,
-        true
-    );
-    dotn_kernel!(
-        dotn_q4_1_vnni,
-        "avx2,fma,f16c,avxvnni",
-        Q4_1_BYTES,
-        idot_vnni,
-        block_q4_1,
-        false
-    );
-    dotn_kernel!(
-        dotn_q4_0_vnni,
-        "avx2,fma,f16c,avxvnni",
-        Q4_0_BYTES,
-        idot_vnni,
-        block_q4_0,
-        true
-    );
-    dotn_kernel!(
-        dotn_q8_0_vnni,
-        "avx2,fma,f16c,avxvnni",
-        Q8_0_BYTES,
-        idot_vnni,
-        block_q8_0,
-        true
-    );
+    packed_kernel!(packed4, "avx2,fma,f16c", idot_avx2, true);
+    packed_kernel!(packed8, "avx2,fma,f16c", idot_avx2, false);
+    packed_kernel!(packed4_vnni, "avx2,fma,f16c,avxvnni", idot_vnni, true);
+    packed_kernel!(packed8_vnni, "avx2,fma,f16c,avxvnni", idot_vnni, false);
 
     /// `f32` → IEEE half bits, round to nearest even.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -796,25 +767,25 @@ mod tests {
         let mut q = QVec::default();
         q.quantize_rows(&xs, nb * QK);
         type Deq = fn(&[u8], &mut [f32]);
-        type Dot1 = fn(Isa, &[u8], &QVec, [usize; 1]) -> [f32; 1];
-        type Dot3 = fn(Isa, &[u8], &QVec, [usize; 3]) -> [f32; 3];
-        let cases: [(usize, Dot1, Dot3, Deq); 3] = [
-            (Q4_1_BYTES, dotn_q4_1::<1>, dotn_q4_1::<3>, dequant_q4_1),
-            (Q4_0_BYTES, dotn_q4_0::<1>, dotn_q4_0::<3>, dequant_q4_0),
-            (Q8_0_BYTES, dotn_q8_0::<1>, dotn_q8_0::<3>, dequant_q8_0),
+        let cases: [(usize, Deq); 3] = [
+            (Q4_1_BYTES, dequant_q4_1),
+            (Q4_0_BYTES, dequant_q4_0),
+            (Q8_0_BYTES, dequant_q8_0),
         ];
-        for (kind, dot1, dot3, deq) in cases {
+        for (kind, deq) in cases {
             let w = blocks(kind, nb, &mut seed);
             let mut wf = vec![0f32; nb * QK];
             deq(&w, &mut wf);
+            let packed = Packed::from_blocks(kind, &w, 1, nb);
+            let row = packed.row(0);
             for isa in isas() {
-                let three = dot3(isa, &w, &q, [0, nb, 2 * nb]);
-                for (row, got3) in three.iter().enumerate() {
-                    let xq: Vec<f32> = (row * nb * QK..(row + 1) * nb * QK)
+                let three = dotn_packed(isa, row, &q, [0, nb, 2 * nb]);
+                for (r, got3) in three.iter().enumerate() {
+                    let xq: Vec<f32> = (r * nb * QK..(r + 1) * nb * QK)
                         .map(|i| q.d[i / QK] * f32::from(q.qs[i]))
                         .collect();
                     let want = dot_f32(&wf, &xq);
-                    let [got] = dot1(isa, &w, &q, [row * nb]);
+                    let [got] = dotn_packed(isa, row, &q, [r * nb]);
                     assert_eq!(got.to_bits(), got3.to_bits(), "kind {kind} {isa:?}");
                     assert!(
                         (got - want).abs() <= 1e-3 * want.abs().max(1.0),
@@ -928,6 +899,7 @@ mod tests {
             std::env::var("ROWS").map_or(1536, |v| v.parse().unwrap()),
         );
         let w = blocks(Q4_1_BYTES, nb * rows, &mut seed);
+        let w = Packed::from_blocks(Q4_1_BYTES, &w, rows, nb);
         let xs: Vec<f32> = (0..4 * nb * QK).map(|_| lcg(&mut seed)).collect();
         let mut q = QVec::default();
         q.quantize_rows(&xs, nb * QK);
@@ -937,11 +909,12 @@ mod tests {
                 let start = std::time::Instant::now();
                 let mut sink = 0f32;
                 for _ in 0..iters {
-                    for wr in w.chunks_exact(nb * Q4_1_BYTES) {
+                    for r in 0..rows {
+                        let wr = w.row(r);
                         sink += match n {
-                            1 => dotn_q4_1(isa, wr, &q, [0])[0],
-                            2 => dotn_q4_1(isa, wr, &q, [0, nb])[1],
-                            _ => dotn_q4_1(isa, wr, &q, [0, nb, 2 * nb, 3 * nb])[3],
+                            1 => dotn_packed(isa, wr, &q, [0])[0],
+                            2 => dotn_packed(isa, wr, &q, [0, nb])[1],
+                            _ => dotn_packed(isa, wr, &q, [0, nb, 2 * nb, 3 * nb])[3],
                         };
                     }
                 }

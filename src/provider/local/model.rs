@@ -7,9 +7,9 @@
 //! many sequences at once: their new tokens (one each while decoding, a
 //! chunk while reading a prompt) are stacked into one matrix, so every
 //! weight row is read once per step for all of them; only attention is per
-//! sequence. Q4_0, Q4_1 and Q8_0 matrices are used in place from the memory
-//! map with the kernels in [`super::kernels`]; other quantizations fall back
-//! to candle's `QMatMul`. Products are split across rayon's pool by rows.
+//! sequence. Q4_0, Q4_1 and Q8_0 matrices are repacked at load for the
+//! kernels in [`super::kernels`] (token embeddings are read from the memory
+//! map); other quantizations fall back to candle's `QMatMul`. Products are split across rayon's pool by rows.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -222,12 +222,8 @@ impl GgufFile {
 
 /// How a matrix is stored.
 enum Store {
-    /// Rows of blocks in the memory map, used by this crate's kernels.
-    Blocks {
-        dtype: GgmlDType,
-        start: usize,
-        row_bytes: usize,
-    },
+    /// Q4_0, Q4_1 and Q8_0, repacked for this crate's kernels.
+    Packed(kernels::Packed),
     Candle(QMatMul),
 }
 
@@ -249,18 +245,26 @@ impl Linear {
                 "tensor {name} has shape {dims:?}, expected [{rows}, {cols}]"
             )));
         }
-        let own = matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0);
-        let store = if own && cols.is_multiple_of(QK) {
-            Store::Blocks {
-                dtype,
-                start,
-                row_bytes: bytes / rows,
+        let block_bytes = match dtype {
+            GgmlDType::Q4_0 => Some(kernels::Q4_0_BYTES),
+            GgmlDType::Q4_1 => Some(kernels::Q4_1_BYTES),
+            GgmlDType::Q8_0 => Some(kernels::Q8_0_BYTES),
+            _ => None,
+        };
+        let store = match block_bytes {
+            Some(bb) if cols.is_multiple_of(QK) => Store::Packed(kernels::Packed::from_blocks(
+                bb,
+                &g.mmap[start..start + bytes],
+                rows,
+                cols / QK,
+            )),
+            _ => {
+                let t = g.qtensor(name)?;
+                Store::Candle(
+                    QMatMul::from_qtensor(t)
+                        .map_err(|e| g.corrupt(format!("tensor {name}: {e}")))?,
+                )
             }
-        } else {
-            let t = g.qtensor(name)?;
-            Store::Candle(
-                QMatMul::from_qtensor(t).map_err(|e| g.corrupt(format!("tensor {name}: {e}")))?,
-            )
         };
         Ok(Self { store, rows, cols })
     }
@@ -292,41 +296,37 @@ impl Linear {
                     out[t * self.rows..(t + 1) * self.rows].copy_from_slice(&y);
                 }
             }
-            Store::Blocks {
-                dtype,
-                start,
-                row_bytes,
-            } => {
-                let data = &ctx.mmap[*start..*start + row_bytes * self.rows];
+            Store::Packed(packed) => {
                 let nb = self.cols / QK;
                 let isa = ctx.isa;
-                let dtype = *dtype;
-                let rb = *row_bytes;
                 let fill = |r0: usize, dst: &mut [f32]| {
                     for (i, row_out) in dst.chunks_mut(m).enumerate() {
-                        let w = &data[(r0 + i) * rb..(r0 + i + 1) * rb];
+                        let w = packed.row(r0 + i);
                         let mut t = 0;
                         while t < m {
                             let n = (m - t).min(GROUP);
                             let b = t * nb;
                             let o = &mut row_out[t..t + n];
                             match n {
-                                4 => o.copy_from_slice(&dotn(
-                                    dtype,
+                                4 => o.copy_from_slice(&kernels::dotn_packed(
                                     isa,
                                     w,
                                     xq,
                                     [b, b + nb, b + 2 * nb, b + 3 * nb],
                                 )),
-                                3 => o.copy_from_slice(&dotn(
-                                    dtype,
+                                3 => o.copy_from_slice(&kernels::dotn_packed(
                                     isa,
                                     w,
                                     xq,
                                     [b, b + nb, b + 2 * nb],
                                 )),
-                                2 => o.copy_from_slice(&dotn(dtype, isa, w, xq, [b, b + nb])),
-                                _ => o.copy_from_slice(&dotn(dtype, isa, w, xq, [b])),
+                                2 => o.copy_from_slice(&kernels::dotn_packed(
+                                    isa,
+                                    w,
+                                    xq,
+                                    [b, b + nb],
+                                )),
+                                _ => o.copy_from_slice(&kernels::dotn_packed(isa, w, xq, [b])),
                             }
                             t += n;
                         }
@@ -358,22 +358,7 @@ impl Linear {
     }
 
     fn needs_quantized_input(&self) -> bool {
-        matches!(self.store, Store::Blocks { .. })
-    }
-}
-
-#[inline]
-fn dotn<const N: usize>(
-    dtype: GgmlDType,
-    isa: Isa,
-    w: &[u8],
-    x: &QVec,
-    b0s: [usize; N],
-) -> [f32; N] {
-    match dtype {
-        GgmlDType::Q4_1 => kernels::dotn_q4_1(isa, w, x, b0s),
-        GgmlDType::Q4_0 => kernels::dotn_q4_0(isa, w, x, b0s),
-        _ => kernels::dotn_q8_0(isa, w, x, b0s),
+        matches!(self.store, Store::Packed(_))
     }
 }
 
