@@ -67,6 +67,9 @@ pub enum Isa {
     /// AVX2 with AVX-VNNI's fused `u8 × i8` dot product.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
+    /// AVX-VNNI, and AVX-512 for attention (16 lanes, 32 registers).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
@@ -78,6 +81,9 @@ impl Isa {
                 && std::is_x86_feature_detected!("f16c")
             {
                 if std::is_x86_feature_detected!("avxvnni") {
+                    if std::is_x86_feature_detected!("avx512f") {
+                        return Isa::Avx512;
+                    }
                     return Isa::AvxVnni;
                 }
                 return Isa::Avx2;
@@ -249,10 +255,10 @@ pub fn dotn_packed<const N: usize>(
         (Isa::Avx2, false) => unsafe { avx2::packed8(w, x, b0s) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-VNNI too.
-        (Isa::AvxVnni, true) => unsafe { avx2::packed4_vnni(w, x, b0s) },
+        (Isa::AvxVnni | Isa::Avx512, true) => unsafe { avx2::packed4_vnni(w, x, b0s) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::AvxVnni, false) => unsafe { avx2::packed8_vnni(w, x, b0s) },
+        (Isa::AvxVnni | Isa::Avx512, false) => unsafe { avx2::packed8_vnni(w, x, b0s) },
         (Isa::Scalar, _) => b0s.map(|b0| {
             let mut acc = 0f32;
             for b in 0..nb {
@@ -289,7 +295,7 @@ pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: F16C was detected at run time; lengths are equal.
-        Isa::Avx2 | Isa::AvxVnni => unsafe { avx2::to_f16(src, out) },
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 => unsafe { avx2::to_f16(src, out) },
         Isa::Scalar => {
             for (o, v) in out.iter_mut().zip(src) {
                 *o = f16::from_f32(*v).to_bits();
@@ -332,12 +338,19 @@ pub fn attend(
             false
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    let wide = fast && isa == Isa::Avx512 && hd.is_multiple_of(16);
     // Scores, head-major: scores[h * n + j].
     if fast {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C detected; bounds asserted above.
+        // SAFETY: AVX2/FMA/F16C (and AVX-512F when wide) detected; bounds
+        // asserted above.
         unsafe {
-            avx2::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
+            if wide {
+                avx512::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
+            } else {
+                avx2::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
+            }
         }
     } else {
         for j in 0..n {
@@ -379,7 +392,11 @@ pub fn attend(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         unsafe {
-            avx2::weigh(scores, v, stride, off, hd, j0, j1, group, out);
+            if wide {
+                avx512::weigh(scores, v, stride, off, hd, j0, j1, group, out);
+            } else {
+                avx2::weigh(scores, v, stride, off, hd, j0, j1, group, out);
+            }
         }
     } else {
         for h in 0..group {
@@ -718,6 +735,144 @@ mod avx2 {
     }
 }
 
+/// Attention with AVX-512: a head of 64 values is four registers, and the
+/// 32 registers hold every head's accumulators of a group at once.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Calls `$f::<G>` for groups of 1 to 8 heads (the caller checked).
+    macro_rules! by_group {
+        ($group:expr, $f:ident ( $($arg:expr),* )) => {
+            match $group {
+                1 => $f::<1>($($arg),*),
+                2 => $f::<2>($($arg),*),
+                3 => $f::<3>($($arg),*),
+                4 => $f::<4>($($arg),*),
+                5 => $f::<5>($($arg),*),
+                6 => $f::<6>($($arg),*),
+                7 => $f::<7>($($arg),*),
+                _ => $f::<8>($($arg),*),
+            }
+        };
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
+    /// As `avx2::scores`, sixteen values at a time; `hd` is a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(
+        qs: &[f32],
+        k: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        by_group!(
+            qs.len() / hd,
+            scores_g(qs, k, stride, off, hd, j0, j1, scale, scores)
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_g<const G: usize>(
+        qs: &[f32],
+        k: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let n = j1 - j0;
+        for j in 0..n {
+            let kp = k.as_ptr().add((j0 + j) * stride + off);
+            let mut acc = [_mm512_setzero_ps(); G];
+            let mut c = 0;
+            while c < hd {
+                let kv = load_f16(kp.add(c));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let q = _mm512_loadu_ps(qs.as_ptr().add(h * hd + c));
+                    *a = _mm512_fmadd_ps(q, kv, *a);
+                }
+                c += 16;
+            }
+            for (h, a) in acc.iter().enumerate() {
+                *scores.get_unchecked_mut(h * n + j) = _mm512_reduce_add_ps(*a) * scale;
+            }
+        }
+    }
+
+    /// As `avx2::weigh`, sixteen values at a time; `hd` is a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weigh(
+        p: &[f32],
+        v: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        group: usize,
+        out: &mut [f32],
+    ) {
+        by_group!(group, weigh_g(p, v, stride, off, hd, j0, j1, out));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weigh_g<const G: usize>(
+        p: &[f32],
+        v: &[u16],
+        stride: usize,
+        off: usize,
+        hd: usize,
+        j0: usize,
+        j1: usize,
+        out: &mut [f32],
+    ) {
+        const CHUNKS: usize = 4;
+        let n = j1 - j0;
+        let mut c0 = 0;
+        while c0 < hd {
+            let width = ((hd - c0) / 16).min(CHUNKS);
+            let mut acc = [[_mm512_setzero_ps(); CHUNKS]; G];
+            for j in 0..n {
+                let row = v.as_ptr().add((j0 + j) * stride + off + c0);
+                let mut vv = [_mm512_setzero_ps(); CHUNKS];
+                for (c, x) in vv.iter_mut().enumerate().take(width) {
+                    *x = load_f16(row.add(16 * c));
+                }
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*p.get_unchecked(h * n + j));
+                    for c in 0..width {
+                        a[c] = _mm512_fmadd_ps(w, vv[c], a[c]);
+                    }
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                for (c, x) in a.iter().enumerate().take(width) {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(h * (hd + 2) + c0 + 16 * c), *x);
+                }
+            }
+            c0 += 16 * width;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +907,8 @@ mod tests {
         match Isa::detect() {
             #[cfg(target_arch = "x86_64")]
             Isa::AvxVnni => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni],
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512],
             best => vec![Isa::Scalar, best],
         }
     }
