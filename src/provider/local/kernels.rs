@@ -413,6 +413,145 @@ pub fn attend(
     }
 }
 
+/// Calls `$f::<G>` with the group size as a constant (so the per-head
+/// accumulators live in registers), for groups of 1 to 8 heads (the caller
+/// checked).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_group {
+    ($group:expr, $f:ident ( $($arg:expr),* )) => {
+        match $group {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
+/// The attention kernels for one vector width: `scores` (each key row
+/// converted once for all the heads of a group) and `weigh` (each value row
+/// converted once, four vectors of a head at a time, every head's
+/// accumulators in registers). The module invoking it provides `load_f16`
+/// (`$lanes` halves to floats) and the reduction `$sum`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! attention_kernels {
+    ($features:literal, $vec:ty, $lanes:expr, $zero:path, $loadu:path, $fma:path,
+     $set1:path, $storeu:path, $sum:path) => {
+        /// `scores[h * n + j] = scale * q_h · k_(j0 + j)` for every head of
+        /// the group; `hd` is a multiple of the vector width.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub unsafe fn scores(
+            qs: &[f32],
+            k: &[u16],
+            stride: usize,
+            off: usize,
+            hd: usize,
+            j0: usize,
+            j1: usize,
+            scale: f32,
+            scores: &mut [f32],
+        ) {
+            by_group!(
+                qs.len() / hd,
+                scores_g(qs, k, stride, off, hd, j0, j1, scale, scores)
+            );
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        unsafe fn scores_g<const G: usize>(
+            qs: &[f32],
+            k: &[u16],
+            stride: usize,
+            off: usize,
+            hd: usize,
+            j0: usize,
+            j1: usize,
+            scale: f32,
+            scores: &mut [f32],
+        ) {
+            let n = j1 - j0;
+            for j in 0..n {
+                let kp = k.as_ptr().add((j0 + j) * stride + off);
+                let mut acc: [$vec; G] = [$zero(); G];
+                let mut c = 0;
+                while c < hd {
+                    let kv = load_f16(kp.add(c));
+                    for (h, a) in acc.iter_mut().enumerate() {
+                        *a = $fma($loadu(qs.as_ptr().add(h * hd + c)), kv, *a);
+                    }
+                    c += $lanes;
+                }
+                for (h, a) in acc.iter().enumerate() {
+                    *scores.get_unchecked_mut(h * n + j) = $sum(*a) * scale;
+                }
+            }
+        }
+
+        /// `out[h * (hd + 2) + i] = sum_j p[h * n + j] * v_(j0 + j)[i]`.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub unsafe fn weigh(
+            p: &[f32],
+            v: &[u16],
+            stride: usize,
+            off: usize,
+            hd: usize,
+            j0: usize,
+            j1: usize,
+            group: usize,
+            out: &mut [f32],
+        ) {
+            by_group!(group, weigh_g(p, v, stride, off, hd, j0, j1, out));
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        unsafe fn weigh_g<const G: usize>(
+            p: &[f32],
+            v: &[u16],
+            stride: usize,
+            off: usize,
+            hd: usize,
+            j0: usize,
+            j1: usize,
+            out: &mut [f32],
+        ) {
+            const CHUNKS: usize = 4;
+            let n = j1 - j0;
+            let mut c0 = 0;
+            while c0 < hd {
+                let width = ((hd - c0) / $lanes).min(CHUNKS);
+                let mut acc: [[$vec; CHUNKS]; G] = [[$zero(); CHUNKS]; G];
+                for j in 0..n {
+                    let row = v.as_ptr().add((j0 + j) * stride + off + c0);
+                    let mut vv: [$vec; CHUNKS] = [$zero(); CHUNKS];
+                    for (c, x) in vv.iter_mut().enumerate().take(width) {
+                        *x = load_f16(row.add($lanes * c));
+                    }
+                    for (h, a) in acc.iter_mut().enumerate() {
+                        let w = $set1(*p.get_unchecked(h * n + j));
+                        for c in 0..width {
+                            a[c] = $fma(w, vv[c], a[c]);
+                        }
+                    }
+                }
+                for (h, a) in acc.iter().enumerate() {
+                    for (c, x) in a.iter().enumerate().take(width) {
+                        $storeu(out.as_mut_ptr().add(h * (hd + 2) + c0 + $lanes * c), *x);
+                    }
+                }
+                c0 += $lanes * width;
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{QVec, QK};
@@ -545,141 +684,17 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
-    /// Calls `$f::<G>` with the group size as a constant (so the per-head
-    /// accumulators live in registers), for groups of 1 to 8 heads.
-    macro_rules! by_group {
-        ($group:expr, $f:ident ( $($arg:expr),* )) => {
-            match $group {
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                8 => $f::<8>($($arg),*),
-                _ => return false,
-            }
-        };
-    }
-
-    /// `scores[h * n + j] = scale * q_h · k_(j0 + j)` for every head of
-    /// the group; each key row is converted once for all heads. False
-    /// (nothing done) for groups of more than 8 heads.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(
-        qs: &[f32],
-        k: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        scale: f32,
-        scores: &mut [f32],
-    ) -> bool {
-        by_group!(
-            qs.len() / hd,
-            scores_g(qs, k, stride, off, hd, j0, j1, scale, scores)
-        );
-        true
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_g<const G: usize>(
-        qs: &[f32],
-        k: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        scale: f32,
-        scores: &mut [f32],
-    ) {
-        let n = j1 - j0;
-        for j in 0..n {
-            let kp = k.as_ptr().add((j0 + j) * stride + off);
-            let mut acc = [_mm256_setzero_ps(); G];
-            let mut c = 0;
-            while c < hd {
-                let kv = load_f16(kp.add(c));
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let q = _mm256_loadu_ps(qs.as_ptr().add(h * hd + c));
-                    *a = _mm256_fmadd_ps(q, kv, *a);
-                }
-                c += 8;
-            }
-            for (h, a) in acc.iter().enumerate() {
-                *scores.get_unchecked_mut(h * n + j) = hsum(*a) * scale;
-            }
-        }
-    }
-
-    /// `out[h * (hd + 2) + i] = sum_j p[h * n + j] * v_(j0 + j)[i]`; each
-    /// value row is converted once for all heads. False (nothing done) for
-    /// groups of more than 8 heads.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weigh(
-        p: &[f32],
-        v: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        group: usize,
-        out: &mut [f32],
-    ) -> bool {
-        by_group!(group, weigh_g(p, v, stride, off, hd, j0, j1, out));
-        true
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weigh_g<const G: usize>(
-        p: &[f32],
-        v: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        out: &mut [f32],
-    ) {
-        // Four 8-value chunks of the head at a time, every head's
-        // accumulators in registers: each weight is broadcast once per
-        // chunk group instead of once per chunk.
-        const CHUNKS: usize = 4;
-        let n = j1 - j0;
-        let mut c0 = 0;
-        while c0 < hd {
-            let width = ((hd - c0) / 8).min(CHUNKS);
-            let mut acc = [[_mm256_setzero_ps(); CHUNKS]; G];
-            for j in 0..n {
-                let row = v.as_ptr().add((j0 + j) * stride + off + c0);
-                let mut vv = [_mm256_setzero_ps(); CHUNKS];
-                for (c, x) in vv.iter_mut().enumerate().take(width) {
-                    *x = load_f16(row.add(8 * c));
-                }
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let w = _mm256_broadcast_ss(p.get_unchecked(h * n + j));
-                    for c in 0..width {
-                        a[c] = _mm256_fmadd_ps(w, vv[c], a[c]);
-                    }
-                }
-            }
-            for (h, a) in acc.iter().enumerate() {
-                for (c, x) in a.iter().enumerate().take(width) {
-                    _mm256_storeu_ps(out.as_mut_ptr().add(h * (hd + 2) + c0 + 8 * c), *x);
-                }
-            }
-            c0 += 8 * width;
-        }
-    }
+    attention_kernels!(
+        "avx2,fma,f16c",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        _mm256_set1_ps,
+        _mm256_storeu_ps,
+        hsum
+    );
 
     /// `x = exp(x - max)` for every value, returning their sum: a
     /// degree-6 polynomial on the reduced argument (within 2 ulp of `exp`
@@ -741,136 +756,23 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Calls `$f::<G>` for groups of 1 to 8 heads (the caller checked).
-    macro_rules! by_group {
-        ($group:expr, $f:ident ( $($arg:expr),* )) => {
-            match $group {
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                4 => $f::<4>($($arg),*),
-                5 => $f::<5>($($arg),*),
-                6 => $f::<6>($($arg),*),
-                7 => $f::<7>($($arg),*),
-                _ => $f::<8>($($arg),*),
-            }
-        };
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load_f16(p: *const u16) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 
-    /// As `avx2::scores`, sixteen values at a time; `hd` is a multiple of 16.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(
-        qs: &[f32],
-        k: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        scale: f32,
-        scores: &mut [f32],
-    ) {
-        by_group!(
-            qs.len() / hd,
-            scores_g(qs, k, stride, off, hd, j0, j1, scale, scores)
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scores_g<const G: usize>(
-        qs: &[f32],
-        k: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        scale: f32,
-        scores: &mut [f32],
-    ) {
-        let n = j1 - j0;
-        for j in 0..n {
-            let kp = k.as_ptr().add((j0 + j) * stride + off);
-            let mut acc = [_mm512_setzero_ps(); G];
-            let mut c = 0;
-            while c < hd {
-                let kv = load_f16(kp.add(c));
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let q = _mm512_loadu_ps(qs.as_ptr().add(h * hd + c));
-                    *a = _mm512_fmadd_ps(q, kv, *a);
-                }
-                c += 16;
-            }
-            for (h, a) in acc.iter().enumerate() {
-                *scores.get_unchecked_mut(h * n + j) = _mm512_reduce_add_ps(*a) * scale;
-            }
-        }
-    }
-
-    /// As `avx2::weigh`, sixteen values at a time; `hd` is a multiple of 16.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn weigh(
-        p: &[f32],
-        v: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        group: usize,
-        out: &mut [f32],
-    ) {
-        by_group!(group, weigh_g(p, v, stride, off, hd, j0, j1, out));
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh_g<const G: usize>(
-        p: &[f32],
-        v: &[u16],
-        stride: usize,
-        off: usize,
-        hd: usize,
-        j0: usize,
-        j1: usize,
-        out: &mut [f32],
-    ) {
-        const CHUNKS: usize = 4;
-        let n = j1 - j0;
-        let mut c0 = 0;
-        while c0 < hd {
-            let width = ((hd - c0) / 16).min(CHUNKS);
-            let mut acc = [[_mm512_setzero_ps(); CHUNKS]; G];
-            for j in 0..n {
-                let row = v.as_ptr().add((j0 + j) * stride + off + c0);
-                let mut vv = [_mm512_setzero_ps(); CHUNKS];
-                for (c, x) in vv.iter_mut().enumerate().take(width) {
-                    *x = load_f16(row.add(16 * c));
-                }
-                for (h, a) in acc.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*p.get_unchecked(h * n + j));
-                    for c in 0..width {
-                        a[c] = _mm512_fmadd_ps(w, vv[c], a[c]);
-                    }
-                }
-            }
-            for (h, a) in acc.iter().enumerate() {
-                for (c, x) in a.iter().enumerate().take(width) {
-                    _mm512_storeu_ps(out.as_mut_ptr().add(h * (hd + 2) + c0 + 16 * c), *x);
-                }
-            }
-            c0 += 16 * width;
-        }
-    }
+    attention_kernels!(
+        "avx512f",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_set1_ps,
+        _mm512_storeu_ps,
+        _mm512_reduce_add_ps
+    );
 }
 
 #[cfg(test)]
