@@ -109,12 +109,12 @@ impl Running {
 
 /// A reply stopped by its token limit, ready to go on: everything a
 /// [`Running`] needs except its KV state, which is in the cache under
-/// `prompt` followed by the tokens already fed.
+/// `tokens`.
 struct Suspended {
-    ids: Vec<u32>,
+    /// The prompt and the generated tokens whose KV state was computed.
+    tokens: Vec<u32>,
+    prompt_len: usize,
     params: GenParams,
-    /// The tokens after the prompt whose KV state was computed.
-    fed: Vec<u32>,
     sampler: Sampler,
     next: u32,
     out: Vec<u8>,
@@ -246,22 +246,20 @@ fn resume(
     stats: &Stats,
 ) -> Result<Running, Job> {
     let Some(at) = suspended.iter().position(|s| {
-        s.ids == job.ids
+        s.tokens[..s.prompt_len] == job.ids[..]
             && same_sampling(&s.params, &job.params)
             && job.params.max_tokens as usize > s.completion_tokens
     }) else {
         return Err(job);
     };
     let s = suspended.remove(at).expect("found above");
-    let mut tokens = s.ids.clone();
-    tokens.extend_from_slice(&s.fed);
-    let sess = match cache.longest(&tokens, tokens.len()) {
-        Some((sess, n)) if n == tokens.len() => sess.prefix(n),
+    let held = s.tokens.len();
+    let sess = match cache.longest(&s.tokens, held) {
+        Some((sess, n)) if n == held => sess.prefix(n),
         // Evicted: generate from the start (the same reply, just slower).
         _ => return Err(job),
     };
-    let context = inner.model.cfg.context;
-    let budget = (job.params.max_tokens as usize).min(context.saturating_sub(job.ids.len()));
+    let budget = budget(inner, &job);
     stats
         .reused_tokens
         .fetch_add(sess.len() as u64, Ordering::Relaxed);
@@ -289,6 +287,12 @@ fn resume(
     })
 }
 
+/// Tokens `job`'s reply may have: its `max_tokens`, within the context.
+fn budget(inner: &Inner, job: &Job) -> usize {
+    let context = inner.model.cfg.context;
+    (job.params.max_tokens as usize).min(context.saturating_sub(job.ids.len()))
+}
+
 fn stop_bytes(p: &GenParams) -> Vec<Vec<u8>> {
     p.stop
         .iter()
@@ -307,9 +311,8 @@ fn admit(
     stats: &Stats,
 ) -> Option<Running> {
     let admitted = Instant::now();
-    let context = inner.model.cfg.context;
     let p = &job.params;
-    let budget = (p.max_tokens as usize).min(context.saturating_sub(job.ids.len()));
+    let budget = budget(inner, &job);
     let mut stats_one = GenStats {
         prompt_tokens: job.ids.len(),
         ..GenStats::default()
@@ -485,10 +488,10 @@ fn complete(
             suspended.pop_front();
         }
         suspended.push_back(Suspended {
-            ids: r.job.ids.clone(),
+            tokens: r.sess.tokens().to_vec(),
+            prompt_len: r.job.ids.len(),
             params: r.job.params.clone(),
-            fed: r.sess.tokens()[r.job.ids.len()..].to_vec(),
-            sampler: r.sampler.clone(),
+            sampler: r.sampler,
             next,
             out: r.out.clone(),
             completion_tokens: r.stats.completion_tokens,

@@ -165,12 +165,11 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// in the inner loop, and the minimum term is a short `f32` dot product
 /// over blocks instead of two instructions per block.
 pub struct Packed {
-    /// 4 or 8.
-    pub bits: u8,
     /// Blocks per row.
     pub nb: usize,
     pub q: Vec<u8>,
     pub d: Vec<f32>,
+    /// Empty for 8-bit weights.
     pub m: Vec<f32>,
 }
 
@@ -186,15 +185,13 @@ impl Packed {
     /// Repacks `rows` rows of `nb` GGUF blocks of `block_bytes` bytes each
     /// ([`Q4_0_BYTES`], [`Q4_1_BYTES`] or [`Q8_0_BYTES`]).
     pub fn from_blocks(block_bytes: usize, data: &[u8], rows: usize, nb: usize) -> Self {
-        let bits = if block_bytes == Q8_0_BYTES { 8 } else { 4 };
-        let qb = usize::from(bits) * QK / 8;
+        let four = block_bytes != Q8_0_BYTES;
         let blocks = rows * nb;
         let mut p = Packed {
-            bits,
             nb,
-            q: Vec::with_capacity(blocks * qb),
+            q: Vec::with_capacity(blocks * if four { 16 } else { 32 }),
             d: Vec::with_capacity(blocks),
-            m: Vec::with_capacity(if bits == 4 { blocks } else { 0 }),
+            m: Vec::with_capacity(if four { blocks } else { 0 }),
         };
         for blk in data[..blocks * block_bytes].chunks_exact(block_bytes) {
             let d = f16_at(blk, 0);
@@ -215,8 +212,9 @@ impl Packed {
     }
 
     pub fn row(&self, r: usize) -> PackedRow<'_> {
-        let qb = usize::from(self.bits) * QK / 8;
-        let m = if self.bits == 4 {
+        let four = !self.m.is_empty();
+        let qb = if four { 16 } else { 32 };
+        let m = if four {
             &self.m[r * self.nb..(r + 1) * self.nb]
         } else {
             &[][..]
@@ -304,6 +302,36 @@ pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
     }
 }
 
+type ScoresFn = unsafe fn(&[f32], &[u16], usize, usize, usize, usize, usize, f32, &mut [f32]);
+type WeighFn = unsafe fn(&[f32], &[u16], usize, usize, usize, usize, usize, usize, &mut [f32]);
+
+/// The vector kernels [`attend`] runs: scores, the softmax's `exp` and sum,
+/// and the weighting of values.
+#[derive(Clone, Copy)]
+struct AttendKernels {
+    scores: ScoresFn,
+    exp_shifted: unsafe fn(&mut [f32], f32) -> f32,
+    weigh: WeighFn,
+}
+
+/// The kernels for this ISA and head shape (at most 8 query heads per
+/// key/value head, heads a multiple of 8 values; AVX-512 for multiples of
+/// 16); `None` leaves [`attend`] to its portable loops. Only kernels whose
+/// features `isa` guarantees are returned.
+fn attend_kernels(isa: Isa, hd: usize, group: usize) -> Option<AttendKernels> {
+    #[cfg(target_arch = "x86_64")]
+    if isa.avx2() && hd.is_multiple_of(8) && group <= 8 {
+        let wide = isa == Isa::Avx512 && hd.is_multiple_of(16);
+        return Some(AttendKernels {
+            scores: if wide { avx512::scores } else { avx2::scores },
+            exp_shifted: avx2::exp_shifted,
+            weigh: if wide { avx512::weigh } else { avx2::weigh },
+        });
+    }
+    let _ = (isa, hd, group);
+    None
+}
+
 /// One part of one row's attention for the `group` query heads sharing a
 /// key/value head: positions `j0..j1` of the cache `k`/`v` (f16 rows of
 /// `stride` values, this head's `hd` values at `off`). Every key and value
@@ -327,31 +355,12 @@ pub fn attend(
     let n = j1 - j0;
     assert!(scores.len() >= group * n && out.len() >= group * (hd + 2));
     assert!(k.len() >= (j1 - 1) * stride + off + hd && v.len() >= (j1 - 1) * stride + off + hd);
-    let fast = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            isa.avx2() && hd.is_multiple_of(8) && group <= 8
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = isa;
-            false
-        }
-    };
-    #[cfg(target_arch = "x86_64")]
-    let wide = fast && isa == Isa::Avx512 && hd.is_multiple_of(16);
+    let fast = attend_kernels(isa, hd, group);
     // Scores, head-major: scores[h * n + j].
-    if fast {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2/FMA/F16C (and AVX-512F when wide) detected; bounds
-        // asserted above.
-        unsafe {
-            if wide {
-                avx512::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
-            } else {
-                avx2::scores(qs, k, stride, off, hd, j0, j1, scale, scores);
-            }
-        }
+    if let Some(f) = fast {
+        // SAFETY: the CPU has the kernels' features (`attend_kernels`);
+        // bounds asserted above.
+        unsafe { (f.scores)(qs, k, stride, off, hd, j0, j1, scale, scores) }
     } else {
         for j in 0..n {
             let row = &k[(j0 + j) * stride + off..(j0 + j) * stride + off + hd];
@@ -369,35 +378,24 @@ pub fn attend(
     for h in 0..group {
         let s = &mut scores[h * n..(h + 1) * n];
         let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum = if fast {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2/FMA detected.
-            unsafe {
-                avx2::exp_shifted(s, max)
+        let sum = match fast {
+            // SAFETY: as above.
+            Some(f) => unsafe { (f.exp_shifted)(s, max) },
+            None => {
+                let mut sum = 0f32;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                sum
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!()
-        } else {
-            let mut sum = 0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            sum
         };
         out[h * (hd + 2) + hd] = max;
         out[h * (hd + 2) + hd + 1] = sum;
     }
-    if fast {
-        #[cfg(target_arch = "x86_64")]
+    if let Some(f) = fast {
         // SAFETY: as above.
-        unsafe {
-            if wide {
-                avx512::weigh(scores, v, stride, off, hd, j0, j1, group, out);
-            } else {
-                avx2::weigh(scores, v, stride, off, hd, j0, j1, group, out);
-            }
-        }
+        unsafe { (f.weigh)(scores, v, stride, off, hd, j0, j1, group, out) }
     } else {
         for h in 0..group {
             let o = &mut out[h * (hd + 2)..h * (hd + 2) + hd];

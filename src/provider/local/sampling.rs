@@ -18,7 +18,6 @@ pub const REPEAT_WINDOW: usize = 64;
 /// The repetition penalty applied to them.
 pub const REPEAT_PENALTY: f32 = 1.1;
 
-#[derive(Clone)]
 pub struct Sampler {
     temperature: f32,
     top_p: f32,
