@@ -17,22 +17,10 @@ use crate::common::*;
 /// `cai generate` against the fake's OpenAI routes, with the price-table
 /// model `gpt-4o-mini` (so costs are known) and a fixed seed.
 fn cmd(base: &str, prompts: &Path, out: &Path) -> Command {
-    let mut c = Command::new(assert_cmd::cargo::cargo_bin("cai"));
-    c.env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .args(["generate", "--provider", "openai", "--quiet"])
-        .args(["--model", "gpt-4o-mini", "--seed", "7"])
-        .arg("--base-url")
-        .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = fake_generate_model(base, "gpt-4o-mini", prompts, out);
+    c.env_remove("ANTHROPIC_API_KEY")
+        .args(["--seed", "7"])
+        .stdout(Stdio::null());
     c
 }
 

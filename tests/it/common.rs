@@ -178,11 +178,21 @@ pub fn generate_openai(
 /// the shipped harmless constitution), quiet, as a plain process so a test
 /// can spawn, signal or kill it; stdout and stderr piped.
 pub fn fake_generate(base: &str, prompts: &Path, out: &Path) -> std::process::Command {
+    fake_generate_model(base, "fake-model", prompts, out)
+}
+
+/// [`fake_generate`] with another model name.
+pub fn fake_generate_model(
+    base: &str,
+    model: &str,
+    prompts: &Path,
+    out: &Path,
+) -> std::process::Command {
     let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"));
     c.env_remove("OPENAI_API_KEY")
         .env_remove("HF_TOKEN")
         .args(["generate", "--provider", "openai", "--quiet"])
-        .args(["--model", "fake-model"])
+        .args(["--model", model])
         .arg("--base-url")
         .arg(format!("{base}/v1"))
         .arg("--prompts")

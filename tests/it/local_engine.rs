@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cai::provider::local::LocalProvider;
-use cai::provider::{ChatRequest, GenParams, Message, Provider};
+use cai::provider::{ChatRequest, Completion, GenParams, Message, Provider};
 
 use crate::common::*;
 
@@ -146,18 +146,7 @@ async fn batched_and_sequential_greedy_outputs_are_identical() {
     for r in &reqs {
         sequential.push(one.complete(r).await.expect("generates").completion);
     }
-    let tasks: Vec<_> = reqs
-        .iter()
-        .cloned()
-        .map(|r| {
-            let p = Arc::clone(&four);
-            tokio::spawn(async move { p.complete(&r).await })
-        })
-        .collect();
-    let mut batched = Vec::new();
-    for t in tasks {
-        batched.push(t.await.expect("task").expect("generates").completion);
-    }
+    let batched = complete_together(&four, &reqs).await;
     for ((q, s), b) in questions.iter().zip(&sequential).zip(&batched) {
         assert_eq!(b.text, s.text, "{q}");
         assert_eq!(b.usage, s.usage, "{q}");
@@ -168,6 +157,23 @@ async fn batched_and_sequential_greedy_outputs_are_identical() {
     // prompt prefix shared with a running sequence is copied, not run).
     assert_eq!(s4.rows + s4.reused_tokens, s1.rows, "{s4:?} vs {s1:?}");
     assert!(s4.steps * 3 < s1.steps * 2, "{s4:?} vs {s1:?}");
+}
+
+/// Sends every request at once and returns the replies in order.
+async fn complete_together(p: &Arc<LocalProvider>, reqs: &[ChatRequest]) -> Vec<Completion> {
+    let tasks: Vec<_> = reqs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let p = Arc::clone(p);
+            tokio::spawn(async move { p.complete(&r).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.expect("task").expect("generates").completion);
+    }
+    replies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,18 +202,7 @@ async fn prompts_arriving_together_compute_their_shared_prefix_once() {
     let (a, b) = (ids(&reqs[0]), ids(&reqs[1]));
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert!(shared > 150, "shared prefix of {shared} tokens");
-    let tasks: Vec<_> = reqs
-        .iter()
-        .cloned()
-        .map(|r| {
-            let p = Arc::clone(&four);
-            tokio::spawn(async move { p.complete(&r).await })
-        })
-        .collect();
-    let mut batched = Vec::new();
-    for t in tasks {
-        batched.push(t.await.expect("task").expect("generates").completion);
-    }
+    let batched = complete_together(&four, &reqs).await;
     for (r, b) in reqs.iter().zip(&batched) {
         let s = one.complete(r).await.expect("generates").completion;
         assert_eq!(b.text, s.text);

@@ -34,7 +34,7 @@ enum Kind {
     Answer,
 }
 
-fn last_user(body: &Value) -> String {
+pub(crate) fn last_user(body: &Value) -> String {
     body["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -173,7 +173,7 @@ async fn script_server(bad_first_score: bool, bad_third_proposal: bool) -> MockS
     server
 }
 
-fn queries(dir: &Path, n: usize) -> PathBuf {
+pub(crate) fn queries(dir: &Path, n: usize) -> PathBuf {
     let p = dir.join("queries.csv");
     let mut s = String::from("id,query\n");
     for i in 0..n {
@@ -184,7 +184,7 @@ fn queries(dir: &Path, n: usize) -> PathBuf {
 }
 
 /// `cai optimize` with base, evaluator and optimizer on `server`.
-fn optimize(server: &MockServer, queries: &Path, out: &Path) -> assert_cmd::Command {
+pub(crate) fn optimize(server: &MockServer, queries: &Path, out: &Path) -> assert_cmd::Command {
     let url = format!("{}/v1", server.uri());
     let mut c = cai();
     c.args([
@@ -220,7 +220,7 @@ async fn counts(server: &MockServer) -> [usize; 4] {
     c
 }
 
-fn report(out: &Path) -> Value {
+pub(crate) fn report(out: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
 

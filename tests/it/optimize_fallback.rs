@@ -11,12 +11,12 @@
 //! missing KEY bullet, else a useless one.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::common::*;
-use crate::optimize::current_prompt;
+use crate::optimize::{current_prompt, last_user, queries, report};
 
 const KEYS: [&str; 2] = ["- Cite your sources.", "- State your limitations."];
 const USELESS: [&str; 2] = ["- Mention the weather.", "- Write in capital letters."];
@@ -29,15 +29,6 @@ enum Kind {
     Propose,
     ProposeText,
     Answer,
-}
-
-fn last_user(body: &Value) -> String {
-    body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn kind(body: &Value) -> Kind {
@@ -178,30 +169,10 @@ async fn server(logprobs: Logprobs, markers: bool) -> MockServer {
     server
 }
 
-fn queries(dir: &Path, n: usize) -> PathBuf {
-    let p = dir.join("queries.csv");
-    let mut s = String::from("id,query\n");
-    for i in 0..n {
-        s.push_str(&format!("q{i},Question number {i}?\n"));
-    }
-    std::fs::write(&p, s).unwrap();
-    p
-}
-
+/// `optimize`'s command with the search depth.
 fn optimize(server: &MockServer, queries: &Path, out: &Path, depth: u32) -> assert_cmd::Command {
-    let url = format!("{}/v1", server.uri());
-    let mut c = cai();
-    c.args(["optimize", "--provider", "openai", "--model", "base"])
-        .args(["--quiet", "--base-url", &url, "--seed", "7"])
-        .args(["--depth", &depth.to_string()])
-        .arg("--evaluator")
-        .arg(format!("openai:evaluator@{url}"))
-        .arg("--optimizer")
-        .arg(format!("openai:optimizer@{url}"))
-        .arg("--queries")
-        .arg(queries)
-        .arg("--out")
-        .arg(out);
+    let mut c = crate::optimize::optimize(server, queries, out);
+    c.args(["--depth", &depth.to_string()]);
     c
 }
 
@@ -211,10 +182,6 @@ async fn kinds(server: &MockServer) -> Vec<Kind> {
 
 fn count(k: &[Kind], which: Kind) -> usize {
     k.iter().filter(|x| **x == which).count()
-}
-
-fn report(out: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
