@@ -739,14 +739,13 @@ impl Critic {
         variant: usize,
         variants: usize,
     ) -> Result<Usable<Proposal>, ItemError> {
-        let text = self.render(
-            "optimize_propose.jinja",
-            minijinja::context! {
-                prompt => prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
-                reward => format!("{:.2}", ev.reward), history => history, variant => variant, variants => variants,
-                max_new_bullets => MAX_NEW_BULLETS, max_chars => MAX_PROMPT_CHARS,
-            },
-        )?;
+        // One context for the JSON ask and its plain-text fallback.
+        let ctx = minijinja::context! {
+            prompt => prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
+            reward => format!("{:.2}", ev.reward), history => history, variant => variant, variants => variants,
+            max_new_bullets => MAX_NEW_BULLETS, max_chars => MAX_PROMPT_CHARS,
+        };
+        let text = self.render("optimize_propose.jinja", &ctx)?;
         let got = self
             .ask(&self.optimizer, "optimize-propose", &q.id, &text, |t| {
                 parse_proposal(t, "new_system_prompt", MAX_PROMPT_CHARS)
@@ -756,14 +755,7 @@ impl Critic {
             Ok(p) => return Ok(Ok(p)),
             Err(why) => why,
         };
-        let text = self.render(
-            "optimize_propose_text.jinja",
-            minijinja::context! {
-                prompt => prompt, query => &q.text, answer => &ev.answer, evaluation => &ev.scores,
-                reward => format!("{:.2}", ev.reward), history => history, variant => variant, variants => variants,
-                max_new_bullets => MAX_NEW_BULLETS, max_chars => MAX_PROMPT_CHARS,
-            },
-        )?;
+        let text = self.render("optimize_propose_text.jinja", &ctx)?;
         let plain = self
             .ask(
                 &self.optimizer,
