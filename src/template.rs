@@ -170,7 +170,7 @@ impl Templates {
             }
             origins.push((name.to_string(), origin));
         }
-        let digest = crate::engine::journal::hex(&hasher.finalize());
+        let digest = crate::digest::hex(&hasher.finalize());
         let this = Self {
             env,
             origins,

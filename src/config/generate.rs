@@ -251,7 +251,7 @@ impl GenerateConfig {
                 let mut p = serde_json::to_value(&self.params).unwrap_or_default();
                 if let (Some(s), Some(obj)) = (&self.system_prompt, p.as_object_mut()) {
                     use sha2::Digest;
-                    let h = crate::engine::journal::hex(&sha2::Sha256::digest(s.as_bytes()));
+                    let h = crate::digest::hex(&sha2::Sha256::digest(s.as_bytes()));
                     obj.insert("system_prompt_sha256".into(), h.into());
                 }
                 p

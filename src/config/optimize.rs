@@ -290,7 +290,7 @@ impl OptimizeConfig {
                 ("optimize-eval", serde_json::json!({}))
             }
         };
-        let inputs = crate::engine::journal::hex(&h.finalize());
+        let inputs = crate::digest::hex(&h.finalize());
         Fingerprint {
             provider: self
                 .base

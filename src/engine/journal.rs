@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digest::hex;
 use crate::provider::{ChatRequest, Completion};
 
 /// The hash that identifies a request. Fields are fed to SHA-256 with
@@ -43,15 +44,6 @@ pub fn request_key(provider: &str, model: &str, stage: &str, req: &ChatRequest) 
     // ones added later.
     field(&serde_json::to_vec(&req.params).unwrap_or_default());
     hex(&h.finalize())
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 #[derive(Serialize, Deserialize)]

@@ -83,5 +83,5 @@ pub fn file_sha256(path: &Path) -> Result<String, OutputError> {
         }
         h.update(&buf[..n]);
     }
-    Ok(crate::engine::journal::hex(&h.finalize()))
+    Ok(crate::digest::hex(&h.finalize()))
 }

@@ -266,7 +266,7 @@ async fn download(source: &Source, to: &Path, show_progress: bool) -> Result<(),
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let actual = hex(&hasher.finalize());
+    let actual = crate::digest::hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(&source.sha256) {
         return Err(ModelError::Checksum {
             url: url.to_string(),
@@ -332,18 +332,9 @@ fn extract(source: &Source, archive: &Path, to: &Path) -> Result<(), ModelError>
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_is_lowercase_and_padded() {
-        assert_eq!(hex(&[0x00, 0xab, 0x0f]), "00ab0f");
-    }
 
     #[test]
     fn listing_skips_temporary_and_other_files() {

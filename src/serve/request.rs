@@ -57,7 +57,7 @@ fn conversation_key(messages: &[Message]) -> String {
         h.update((m.content.len() as u64).to_le_bytes());
         h.update(m.content.as_bytes());
     }
-    crate::engine::journal::hex(&h.finalize()[..8])
+    crate::digest::hex(&h.finalize()[..8])
 }
 
 #[derive(Serialize)]

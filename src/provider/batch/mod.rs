@@ -144,7 +144,7 @@ pub(crate) fn multipart(
     use sha2::Digest;
     // A boundary derived from the content cannot occur inside it by chance.
     let digest = sha2::Sha256::digest(content);
-    let boundary = format!("cai-{}", crate::engine::journal::hex(&digest[..12]));
+    let boundary = format!("cai-{}", crate::digest::hex(&digest[..12]));
     let mut body = Vec::with_capacity(content.len() + 512);
     for (name, value) in fields {
         body.extend_from_slice(
