@@ -4,6 +4,7 @@ mod batch;
 mod bounds;
 mod common;
 mod datasets;
+mod docs;
 mod endpoints;
 mod engine;
 mod errors;
