@@ -65,16 +65,12 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
         }),
         Command::Model(cmd) => model::model(cmd),
         Command::Serve(args) => crate::serve::run(&args),
-        Command::Report(args) => match crate::output::report::command(&args) {
-            Ok(path) => {
+        Command::Report(args) => crate::output::report::command(&args)
+            .map(|path| {
                 println!("{}", path.display());
-                Ok(0)
-            }
-            Err(e) => {
-                eprintln!("cai: error: {e}");
-                return ExitCode::from(e.exit_code());
-            }
-        },
+                0
+            })
+            .map_err(RunError::from),
         Command::Render(args) => render::render(&args).map(|out| {
             print!("{out}");
             0

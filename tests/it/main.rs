@@ -2,6 +2,7 @@
 
 mod batch;
 mod bounds;
+mod code_shape;
 mod common;
 mod datasets;
 mod endpoints;
