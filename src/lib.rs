@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod feedback;
 pub mod input;
+pub mod logging;
 pub mod output;
 pub mod pipeline;
 pub mod provider;

@@ -18,14 +18,19 @@ use crate::config::generate::GenerateConfig;
 use crate::config::label::LabelConfig;
 use crate::error::RunError;
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
-    let json = match &cli.command {
+/// Whether the command writes its stderr as JSON lines (`--log-format json`).
+pub fn json_output(command: &Command) -> bool {
+    match command {
         Command::Generate(a) => a.run.log_format == cli::LogFormat::Json,
         Command::Label(a) => a.run.log_format == cli::LogFormat::Json,
         Command::Optimize(a) => a.common.run.log_format == cli::LogFormat::Json,
         _ => false,
-    };
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
+    let json = json_output(&cli.command);
     let result = match cli.command {
         Command::Config(args) => match args.action {
             cli::ConfigAction::Show(_) => {

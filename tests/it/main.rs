@@ -13,6 +13,7 @@ mod label;
 mod local;
 mod local_engine;
 mod local_families;
+mod logging;
 mod optimize;
 mod optimize_fallback;
 mod pool;
