@@ -2,6 +2,7 @@
 
 mod batch;
 mod bounds;
+mod code_shape;
 mod common;
 mod datasets;
 mod docs;
@@ -13,6 +14,7 @@ mod label;
 mod local;
 mod local_engine;
 mod local_families;
+mod logging;
 mod optimize;
 mod optimize_fallback;
 mod pool;
