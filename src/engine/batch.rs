@@ -731,7 +731,7 @@ where
     let display = lp.display;
     let say = |m: &str| tell(display, m, false);
     let mut earlier: Option<RunEnd<S::Error>> = None;
-    let waiting = loop {
+    let passes = loop {
         if let Some(b) = batch.as_deref_mut() {
             b.collect(&say).await?;
             b.begin_pass()?;
@@ -791,10 +791,10 @@ where
             waiting: note,
         };
     };
-    if let Some(n) = &waiting.waiting {
+    if let Some(n) = &passes.waiting {
         tell(display, n, true);
     }
-    Ok(waiting)
+    Ok(passes)
 }
 
 /// The end of the passes so far (`acc`) followed by `pass`.

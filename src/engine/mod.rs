@@ -251,8 +251,8 @@ enum Fate {
     Keep,
     /// Cut off by the token limit: once more with room to finish.
     Widen,
-    /// Not a usable reply: retried as this failure.
-    Retry(ProviderError),
+    /// An empty reply: retried like a malformed one.
+    Empty,
 }
 
 /// One attempt's hold on the run's budgets: a `--max-requests` slot and
@@ -502,8 +502,12 @@ impl Engine {
                     req = std::borrow::Cow::Owned(wider);
                     continue;
                 }
-                Fate::Retry(err) => {
-                    self.retry_or_fail(&err, &mut attempt).await?;
+                Fate::Empty => {
+                    let empty = ProviderError::Malformed {
+                        url: self.provider.endpoint(),
+                        reason: "empty reply".into(),
+                    };
+                    self.retry_or_fail(&empty, &mut attempt).await?;
                     continue;
                 }
             }
@@ -559,13 +563,11 @@ impl Engine {
             }
             _ => {}
         }
-        if c.text.trim().is_empty() {
-            return Ok(Fate::Retry(ProviderError::Malformed {
-                url: self.provider.endpoint(),
-                reason: "empty reply".into(),
-            }));
-        }
-        Ok(Fate::Keep)
+        Ok(if c.text.trim().is_empty() {
+            Fate::Empty
+        } else {
+            Fate::Keep
+        })
     }
 
     /// A reply recorded for `key`: by an earlier run (counted as cached) or
