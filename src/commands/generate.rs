@@ -104,12 +104,22 @@ impl Sink<Outcome> for Tracked<'_> {
 pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let started_unix = scheduler::now_unix();
-    crate::config::ensure_local_model(
-        &cfg.endpoint,
-        cfg.run.display == crate::engine::progress::Display::Bar,
-        |m| eprintln!("cai: {m}"),
-    )
-    .await?;
+    let judges = match cfg.selection {
+        Some(Selection::Judge { .. }) => {
+            crate::config::judge::plans(&cfg.judges, &cfg.endpoint, true, cfg.run.concurrency)?
+        }
+        _ => Vec::new(),
+    };
+    let progress = cfg.run.display == crate::engine::progress::Display::Bar;
+    crate::provider::build::prepare(judges.iter().chain([&cfg.provider]), progress, |m| {
+        eprintln!("cai: {m}")
+    })
+    .await
+    .map_err(crate::config::ConfigError::from)?;
+    let provider = cfg
+        .provider
+        .build()
+        .map_err(crate::config::ConfigError::from)?;
     let fingerprint = cfg.fingerprint()?;
     let dir = RunDir::open(&cfg.out)?;
     dir.guard(&fingerprint, cfg.run.force, "two datasets")?;
@@ -137,9 +147,9 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         cfg.max_cost
     };
     let engine_cfg = cfg.run.engine(cfg.price.clone(), engine_max_cost);
-    let batch_provider = match (&cfg.batch, cfg.provider.batch_api()) {
+    let batch_provider = match (&cfg.batch, provider.batch_api()) {
         (Some(_), Some(api)) => Some(Arc::new(BatchProvider::new(
-            cfg.provider.clone(),
+            provider.clone(),
             api,
             cfg.price.clone(),
         ))),
@@ -148,7 +158,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     let engine = Arc::new(Engine::new(
         match &batch_provider {
             Some(b) => b.clone(),
-            None => cfg.provider.clone(),
+            None => provider.clone(),
         },
         journal,
         engine_cfg.clone(),
@@ -240,7 +250,6 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         seed,
         samples,
         run,
-        provider,
         price,
         max_cost,
         preference_desc,
