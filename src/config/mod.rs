@@ -489,11 +489,14 @@ fn build(
             let parallel = args
                 .local_parallel
                 .unwrap_or(crate::provider::local::DEFAULT_MAX_BATCH);
-            let local = LocalProvider::load(&path).map_err(|e| ConfigError(e.to_string()))?;
-            let mb = args
-                .local_cache_mb
-                .unwrap_or_else(crate::provider::local::default_cache_mb);
-            Arc::new(local.with_max_concurrent(parallel.max(1)).with_cache_mb(mb))
+            let options = crate::provider::local::LoadOptions {
+                max_batch: parallel.max(1),
+                cache_bytes: args.local_cache_mb.map(|mb| mb << 20),
+                isa: None,
+            };
+            let local =
+                LocalProvider::load(&path, options).map_err(|e| ConfigError(e.to_string()))?;
+            Arc::new(local)
         }
     };
     Ok((provider, note))

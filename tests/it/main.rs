@@ -11,7 +11,6 @@ mod generate;
 mod label;
 mod local;
 mod local_engine;
-mod local_families;
 mod optimize;
 mod optimize_fallback;
 mod pool;
