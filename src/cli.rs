@@ -485,7 +485,7 @@ pub struct EndpointArgs {
     /// local: sequences generated together in one batch (default 8).
     #[arg(long, value_name = "N")]
     pub local_parallel: Option<usize>,
-    /// local: prefix KV cache size in MiB (default: 1/8 of available memory, 256..2048; 0: off).
+    /// local: prefix KV cache size in MiB (default: what the running sequences can reuse, about 1024 tokens of KV state each; 0: off).
     #[arg(long, value_name = "MB")]
     pub local_cache_mb: Option<usize>,
 }

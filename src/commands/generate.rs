@@ -147,7 +147,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
 /// it (for the run or a judge) is selected and missing, in one place.
 async fn open_provider(cfg: &GenerateConfig) -> Result<Arc<dyn Provider>, RunError> {
     let judges = match cfg.selection {
-        Some(Selection::Judge { .. }) => {
+        Some(crate::config::judge::Selection::Judge { .. }) => {
             crate::config::judge::plans(&cfg.judges, &cfg.endpoint, true, cfg.run.concurrency)?
         }
         _ => Vec::new(),

@@ -542,13 +542,16 @@ impl Plan {
                 },
             });
         }
-        let local = LocalProvider::load(&m.path).map_err(|e| BuildError::LocalLoad {
+        let options = super::local::LoadOptions {
+            max_batch: m.parallel,
+            cache_bytes: m.cache_mb.map(|mb| mb << 20),
+            isa: None,
+        };
+        let local = LocalProvider::load(&m.path, options).map_err(|e| BuildError::LocalLoad {
             path: m.path.clone(),
             reason: e.to_string(),
         })?;
-        let mb = m.cache_mb.unwrap_or_else(super::local::default_cache_mb);
-        let p: Arc<dyn Provider> =
-            Arc::new(local.with_max_concurrent(m.parallel).with_cache_mb(mb));
+        let p: Arc<dyn Provider> = Arc::new(local);
         *slot = Some(p.clone());
         Ok(p)
     }
