@@ -14,10 +14,14 @@ use crate::cli::{EndpointArgs, OptimizeArgs, OptimizeCommonArgs, OptimizeEvalArg
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
 use crate::error::RunError;
-use crate::feedback::drpo::{self, Aspect, SearchOptions};
+use crate::feedback::drpo::examples::ExampleOptions;
+use crate::feedback::drpo::{self, Aspect, Sampling, SearchOptions};
 use crate::input::queries::{self, Example};
 use crate::input::PromptRecord;
 use crate::provider::{GenParams, Provider};
+
+/// The paper's depth: 20 prompts on a path, the start prompt's included.
+pub const PAPER_STEPS: usize = 19;
 use crate::template::Templates;
 
 /// One role's endpoint: its arguments and (unless a dry run) its provider.
@@ -32,6 +36,7 @@ pub struct Role {
 pub enum Task {
     Search {
         opts: SearchOptions,
+        examples: ExampleOptions,
         initial_prompt: String,
         optimizer: Box<Role>,
     },
@@ -47,13 +52,15 @@ pub struct OptimizeConfig {
     pub queries_path: PathBuf,
     pub aspects: Vec<Aspect>,
     pub examples: Vec<Example>,
+    /// Examples placed before each query.
     pub k: usize,
     pub templates: Templates,
     pub base: Role,
     pub evaluator: Role,
     pub task: Task,
-    pub params: GenParams,
+    pub sampling: Sampling,
     pub seed: u64,
+    pub retry_dropped: bool,
     pub price: Option<Price>,
     pub max_cost: Option<f64>,
     pub run: RunSettings,
@@ -88,6 +95,36 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
         }
     }
     Ok(list)
+}
+
+/// One role's sampling parameters, checked (the seed is set per ask).
+fn role_params(
+    role: &str,
+    temperature: f32,
+    top_p: f32,
+    max_tokens: u32,
+) -> Result<GenParams, ConfigError> {
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ConfigError(format!(
+            "--{role}-temperature {temperature} is outside 0..=2"
+        )));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ConfigError(format!(
+            "--{role}-top-p {top_p} is outside (0, 1]"
+        )));
+    }
+    if max_tokens == 0 {
+        return Err(ConfigError(format!(
+            "--{role}-max-tokens must be at least 1"
+        )));
+    }
+    Ok(GenParams {
+        max_tokens,
+        temperature,
+        top_p,
+        ..GenParams::default()
+    })
 }
 
 /// Builds a role's provider; `spec` (`provider:model[@url]`) or the base.
@@ -130,7 +167,13 @@ fn role(
 impl OptimizeConfig {
     fn common(c: &OptimizeCommonArgs, dry: bool) -> Result<OptimizeConfig, RunError> {
         let run = RunSettings::from_args(&c.run)?;
-        let params = super::gen_params(&c.sampling)?;
+        let base_params = role_params("base", c.base_temperature, 1.0, c.base_max_tokens)?;
+        let evaluator_params = role_params(
+            "evaluator",
+            c.evaluator_temperature,
+            1.0,
+            c.evaluator_max_tokens,
+        )?;
         let (Some(qpath), Some(out)) = (&c.queries, &c.out) else {
             return Err(RunError::Usage(
                 "--queries FILE and --out DIR are both required".into(),
@@ -142,8 +185,10 @@ impl OptimizeConfig {
             Some(p) => queries::read_examples(p)?,
             None => Vec::new(),
         };
-        if c.examples.is_some() && c.k == 0 {
-            return Err(ConfigError("--k must be at least 1 with --examples".into()).into());
+        if c.examples.is_some() && c.num_examples == 0 {
+            return Err(
+                ConfigError("--num-examples must be at least 1 with --examples".into()).into(),
+            );
         }
         let templates = Templates::load(c.templates.as_deref()).map_err(RunError::Template)?;
         let (base_provider, missing_key) = if dry {
@@ -176,7 +221,7 @@ impl OptimizeConfig {
             queries_path: qpath.clone(),
             aspects,
             examples,
-            k: c.k,
+            k: c.num_examples,
             templates,
             base: Role {
                 endpoint: c.endpoint.clone(),
@@ -187,8 +232,13 @@ impl OptimizeConfig {
             task: Task::Eval {
                 prompts: Vec::new(),
             },
-            params,
-            seed: c.sampling.seed.unwrap_or(super::generate::DEFAULT_SEED),
+            sampling: Sampling {
+                optimizer: evaluator_params.clone(),
+                base: base_params,
+                evaluator: evaluator_params,
+            },
+            seed: c.seed.unwrap_or(super::generate::DEFAULT_SEED),
+            retry_dropped: c.retry_dropped,
             price,
             max_cost: c.max_cost,
             run,
@@ -208,6 +258,19 @@ impl OptimizeConfig {
             return Err(ConfigError("--depth must be at least 1".into()).into());
         }
         let mut cfg = Self::common(c, c.dry_run)?;
+        cfg.sampling.optimizer = role_params(
+            "optimizer",
+            args.optimizer_temperature,
+            args.optimizer_top_p,
+            args.optimizer_max_tokens,
+        )?;
+        if c.examples.is_some() && (args.example_rounds == 0 || args.example_candidates == 0) {
+            return Err(ConfigError(
+                "--example-rounds and --example-candidates must be at least 1 with --examples"
+                    .into(),
+            )
+            .into());
+        }
         let initial_prompt = match &args.initial_prompt {
             Some(p) => super::generate::read_system_prompt(p)
                 .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--initial-prompt", 1)))?,
@@ -225,7 +288,14 @@ impl OptimizeConfig {
             opts: SearchOptions {
                 beam: args.beam,
                 actions: args.actions,
-                depth: args.depth.unwrap_or(cfg.queries.len()),
+                depth: args
+                    .depth
+                    .unwrap_or_else(|| cfg.queries.len().saturating_sub(1).clamp(1, PAPER_STEPS)),
+                max_depth_increase: args.max_depth_increase,
+            },
+            examples: ExampleOptions {
+                rounds: args.example_rounds,
+                candidates: args.example_candidates,
             },
             initial_prompt,
             optimizer: Box::new(optimizer),
@@ -274,13 +344,15 @@ impl OptimizeConfig {
         let (kind, extra) = match &self.task {
             Task::Search {
                 opts,
+                examples,
                 initial_prompt,
                 optimizer,
             } => {
                 field(initial_prompt.as_bytes());
                 (
                     "optimize",
-                    serde_json::json!({"beam": opts.beam, "actions": opts.actions, "optimizer": optimizer.label}),
+                    serde_json::json!({"beam": opts.beam, "actions": opts.actions, "optimizer": optimizer.label,
+                                       "examples": examples}),
                 )
             }
             Task::Eval { prompts } => {
@@ -307,7 +379,7 @@ impl OptimizeConfig {
             constitution_sha256: inputs,
             templates_sha256: self.templates.digest().to_string(),
             params: serde_json::json!({
-                "params": self.params, "evaluator": self.evaluator.label, "k": self.k,
+                "params": self.sampling, "evaluator": self.evaluator.label, "k": self.k,
                 "asks": drpo::MAX_ASKS, "search": extra,
             }),
             rounds: 0,
