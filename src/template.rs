@@ -217,11 +217,11 @@ impl Templates {
             ),
             (
                 "optimize_aspects.jinja",
-                minijinja::context! { query => "q", aspects => &aspects },
+                minijinja::context! { query => "q", aspects => &aspects, min_aspects => 2, max_aspects => 5 },
             ),
             (
                 "optimize_score.jinja",
-                minijinja::context! { query => "q", answer => "a", aspects => &aspects },
+                minijinja::context! { query => "q", answer => "a", aspects => &aspects, analysis => vec!["main topic: t"], reasoning => "r" },
             ),
             (
                 "optimize_propose.jinja",
@@ -229,7 +229,7 @@ impl Templates {
             ),
             (
                 "optimize_answer.jinja",
-                minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0 },
+                minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0, candidates => 1 },
             ),
             (
                 "optimize_score_digit.jinja",

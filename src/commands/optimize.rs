@@ -77,8 +77,11 @@ fn open_engines(
     let ecfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
     let open = |role: &Role, file: &str, keep_truncated: bool| -> Result<Arc<Engine>, RunError> {
         let path = dir.state_dir().join(file);
+        // Two prompts with the same answer ask the same score: within a
+        // run, a reply recorded earlier answers it too.
         let journal = Journal::open(&path, &HashSet::new())
-            .map_err(|source| OutputError::Io { path, source })?;
+            .map_err(|source| OutputError::Io { path, source })?
+            .keep_recorded();
         let provider = role
             .provider
             .clone()

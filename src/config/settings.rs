@@ -700,15 +700,18 @@ mod tests {
     }
 
     #[test]
-    fn every_key_is_an_option_of_generate() {
+    fn every_key_is_an_option_of_generate_or_optimize() {
         let cmd = Cli::command();
-        let generate = cmd
-            .find_subcommand("generate")
-            .expect("generate subcommand");
+        let has = |sub: &str, key: &str| {
+            cmd.find_subcommand(sub)
+                .expect("subcommand")
+                .get_arguments()
+                .any(|a| a.get_id() == key)
+        };
         for &key in KEYS {
             assert!(
-                generate.get_arguments().any(|a| a.get_id() == key),
-                "{key} is not a generate option"
+                has("generate", key) || has("optimize", key),
+                "{key} is not a generate or optimize option"
             );
         }
     }

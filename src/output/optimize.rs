@@ -6,7 +6,7 @@
 //! | `system_prompt.txt` | the best prompt |
 //! | `examples.json` | the optimised example bank (with `--examples`) |
 //! | `report.json` | `"kind": "optimize"`, the options, `training_order`, `reward_per_depth`, `best_path` (with path averages), counts |
-//! | `state/dropped.jsonl`, `state/finished.json` | what a re-run needs ([`crate::feedback::drpo::state`]) |
+//! | `.cai/dropped.jsonl`, `.cai/finished.json` | what a re-run needs ([`crate::feedback::drpo::state`]) |
 //! | `eval.json`, `eval.jsonl` | `optimize eval`: figures, and one line per (prompt, query) |
 //!
 //! `search.jsonl` is rewritten from the start by every invocation: a resumed
@@ -107,7 +107,7 @@ pub struct Report {
     pub nodes: usize,
     /// Proposals and scorings that could not be used.
     pub dropped: usize,
-    /// Requests recorded in `state/dropped.jsonl`.
+    /// Requests recorded in `.cai/dropped.jsonl`.
     pub dropped_requests: usize,
     pub requests: crate::engine::StatsSnapshot,
     pub wall_time_s: f64,

@@ -564,7 +564,7 @@ async fn a_finished_search_is_final_and_dropped_requests_stay_dropped_unless_ret
         .assert()
         .code(0);
     let n1 = bodies(&server).await.len();
-    let drops = read_jsonl(&out.join("state/dropped.jsonl"));
+    let drops = read_jsonl(&out.join(".cai/dropped.jsonl"));
     assert!(!drops.is_empty());
     assert!(drops
         .iter()

@@ -30,7 +30,7 @@
 //! get the same reply). What happens then depends on the role (see
 //! [`evaluator`] and [`optimizer`]). A request the engine gives up on (cut
 //! off twice by the token limit, blocked, failed after retries) is written
-//! to `state/dropped.jsonl` with its reason, so a re-run does not send it
+//! to `.cai/dropped.jsonl` with its reason, so a re-run does not send it
 //! again unless `--retry-dropped` is given ([`state`]).
 
 pub mod evaluator;

@@ -2,7 +2,7 @@
 //!
 //! The engines journal every reply they return, so a re-run replays each
 //! finished request. Two things are not replies and are kept here, in the
-//! run directory's `state/`:
+//! run directory's `.cai/`:
 //!
 //! - `dropped.jsonl`: every request the engine gave up on — a reply cut
 //!   off by the token limit even with the doubled limit (`"kind":
@@ -129,7 +129,7 @@ impl RunState {
     }
 }
 
-/// `state/finished.json`: a finished search's output and the options it
+/// `.cai/finished.json`: a finished search's output and the options it
 /// ran with.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Finished {
