@@ -74,50 +74,78 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
     let Some(path) = path else {
         return Ok(drpo::default_aspects());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--aspects {}: {e}", path.display())))?;
-    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| {
-        ConfigError(format!(
-            "{}:{}: not a JSON array of {{\"name\", \"description\"}}: {e}",
-            path.display(),
-            e.line()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::FlagFile {
+        flag: "--aspects",
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| ConfigError::FileLine {
+        path: path.to_path_buf(),
+        line: e.line(),
+        why: format!("not a JSON array of {{\"name\", \"description\"}}: {e}"),
     })?;
     if list.is_empty() {
-        return Err(ConfigError(format!("{}: no aspects", path.display())));
+        return Err(ConfigError::File {
+            path: path.to_path_buf(),
+            why: "no aspects".into(),
+        });
     }
     for (i, a) in list.iter().enumerate() {
         if a.name.trim().is_empty() {
-            return Err(ConfigError(format!(
-                "{}: [{i}].name is empty",
-                path.display()
-            )));
+            return Err(ConfigError::FileKey {
+                path: path.to_path_buf(),
+                key: format!("[{i}].name"),
+                why: "is empty".into(),
+            });
         }
     }
     Ok(list)
 }
 
+/// The flags of one role's sampling parameters.
+struct RoleFlags {
+    temperature: &'static str,
+    top_p: &'static str,
+    max_tokens: &'static str,
+}
+
+const BASE_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--base-temperature",
+    top_p: "--base-top-p",
+    max_tokens: "--base-max-tokens",
+};
+const EVALUATOR_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--evaluator-temperature",
+    top_p: "--evaluator-top-p",
+    max_tokens: "--evaluator-max-tokens",
+};
+const OPTIMIZER_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--optimizer-temperature",
+    top_p: "--optimizer-top-p",
+    max_tokens: "--optimizer-max-tokens",
+};
+
 /// One role's sampling parameters, checked (the seed is set per ask).
 fn role_params(
-    role: &str,
+    flags: &RoleFlags,
     temperature: f32,
     top_p: f32,
     max_tokens: u32,
 ) -> Result<GenParams, ConfigError> {
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ConfigError(format!(
-            "--{role}-temperature {temperature} is outside 0..=2"
-        )));
+        return Err(ConfigError::flag(
+            flags.temperature,
+            format!("{temperature} is outside 0..=2"),
+        ));
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ConfigError(format!(
-            "--{role}-top-p {top_p} is outside (0, 1]"
-        )));
+        return Err(ConfigError::flag(
+            flags.top_p,
+            format!("{top_p} is outside (0, 1]"),
+        ));
     }
     if max_tokens == 0 {
-        return Err(ConfigError(format!(
-            "--{role}-max-tokens must be at least 1"
-        )));
+        return Err(ConfigError::flag(flags.max_tokens, "must be at least 1"));
     }
     Ok(GenParams {
         max_tokens,
@@ -129,7 +157,7 @@ fn role_params(
 
 /// Builds a role's provider; `spec` (`provider:model[@url]`) or the base.
 fn role(
-    flag: &str,
+    flag: &'static str,
     spec: Option<&str>,
     base: &EndpointArgs,
     base_provider: &Option<Arc<dyn Provider>>,
@@ -147,8 +175,7 @@ fn role(
                 .unwrap_or_else(|| "base".into()),
         });
     };
-    let e = super::judge::parse_spec(spec, base)
-        .map_err(|e| ConfigError(e.0.replacen("--judge", flag, 1)))?;
+    let e = super::judge::parse_spec(spec, base).map_err(|e| e.under_flag(flag))?;
     let provider = if dry {
         None
     } else {
@@ -167,9 +194,9 @@ fn role(
 impl OptimizeConfig {
     fn common(c: &OptimizeCommonArgs, dry: bool) -> Result<OptimizeConfig, RunError> {
         let run = RunSettings::from_args(&c.run)?;
-        let base_params = role_params("base", c.base_temperature, 1.0, c.base_max_tokens)?;
+        let base_params = role_params(&BASE_FLAGS, c.base_temperature, 1.0, c.base_max_tokens)?;
         let evaluator_params = role_params(
-            "evaluator",
+            &EVALUATOR_FLAGS,
             c.evaluator_temperature,
             1.0,
             c.evaluator_max_tokens,
@@ -186,9 +213,12 @@ impl OptimizeConfig {
             None => Vec::new(),
         };
         if c.examples.is_some() && c.num_examples == 0 {
-            return Err(
-                ConfigError("--num-examples must be at least 1 with --examples".into()).into(),
-            );
+            return Err(ConfigError::conflict(
+                "--num-examples",
+                "--examples",
+                "--num-examples must be at least 1 with --examples",
+            )
+            .into());
         }
         let templates = Templates::load(c.templates.as_deref()).map_err(RunError::Template)?;
         let (base_provider, missing_key) = if dry {
@@ -251,29 +281,33 @@ impl OptimizeConfig {
     /// `cai optimize`.
     pub fn search(args: &OptimizeArgs) -> Result<OptimizeConfig, RunError> {
         let c = &args.common;
-        if args.beam == 0 || args.actions == 0 {
-            return Err(ConfigError("--beam and --actions must be at least 1".into()).into());
-        }
-        if args.depth == Some(0) {
-            return Err(ConfigError("--depth must be at least 1".into()).into());
+        for (flag, v) in [
+            ("--beam", Some(args.beam)),
+            ("--actions", Some(args.actions)),
+            ("--depth", args.depth),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::flag(flag, "must be at least 1").into());
+            }
         }
         let mut cfg = Self::common(c, c.dry_run)?;
         cfg.sampling.optimizer = role_params(
-            "optimizer",
+            &OPTIMIZER_FLAGS,
             args.optimizer_temperature,
             args.optimizer_top_p,
             args.optimizer_max_tokens,
         )?;
         if c.examples.is_some() && (args.example_rounds == 0 || args.example_candidates == 0) {
-            return Err(ConfigError(
-                "--example-rounds and --example-candidates must be at least 1 with --examples"
-                    .into(),
+            return Err(ConfigError::conflict(
+                "--example-rounds",
+                "--examples",
+                "--example-rounds and --example-candidates must be at least 1 with --examples",
             )
             .into());
         }
         let initial_prompt = match &args.initial_prompt {
             Some(p) => super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--initial-prompt", 1)))?,
+                .map_err(|e| e.under_flag("--initial-prompt"))?,
             None => drpo::INITIAL_PROMPT.to_string(),
         };
         let optimizer = role(
@@ -312,8 +346,8 @@ impl OptimizeConfig {
         }
         let mut prompts = Vec::new();
         for p in &args.prompts {
-            let text = super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--prompt", 1)))?;
+            let text =
+                super::generate::read_system_prompt(p).map_err(|e| e.under_flag("--prompt"))?;
             prompts.push((p.clone(), text));
         }
         let mut cfg = Self::common(&args.common, args.common.dry_run)?;
