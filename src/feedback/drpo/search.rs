@@ -133,6 +133,15 @@ pub fn training_order(n: usize, seed: u64, len: usize) -> Vec<usize> {
     out
 }
 
+/// Where a step is: its index, its query (index and record) and the
+/// query's aspects.
+struct At<'a> {
+    step: usize,
+    qi: usize,
+    q: &'a PromptRecord,
+    choice: &'a AspectChoice,
+}
+
 /// The search state; kept by the caller so a stopped search still reports.
 pub struct Search {
     pub nodes: Vec<Node>,
@@ -341,52 +350,16 @@ impl Search {
             let choice = Self::aspects(critic, q, step, sink).await?;
             let mut scored: Vec<(usize, Option<f64>)> = Vec::new();
             let mut satisfied = false;
+            let at = At {
+                step,
+                qi,
+                q,
+                choice: &choice,
+            };
             for nid in self.beam.clone() {
-                let parent = &self.nodes[nid];
-                let ev = match &parent.eval {
-                    Some(ev) if !ev.satisfied() => ev.clone(),
-                    other => {
-                        satisfied |= other.is_some();
-                        let child = self.add(nid, step, parent.prompt.clone(), qi, true);
-                        let r = self.score(critic, child, q, &choice, None, sink).await?;
-                        scored.push((child, r));
-                        continue;
-                    }
-                };
-                let (prompt, pq) = (parent.prompt.clone(), parent.query);
-                let path = self.path_prompts(nid);
-                let proposals = critic
-                    .propose(&prompt, &queries[pq], &ev, &path, opts.actions)
+                satisfied |= self
+                    .expand(critic, queries, nid, &at, opts.actions, &mut scored, sink)
                     .await?;
-                for (i, p) in proposals.into_iter().enumerate() {
-                    let p = match p {
-                        Ok(p) => p,
-                        Err(why) => {
-                            self.dropped += 1;
-                            log(
-                                sink,
-                                json!({"kind": "dropped", "step": step, "parent": nid, "variant": i + 1,
-                                       "query_id": &queries[pq].id, "reason": why}),
-                            )?;
-                            continue;
-                        }
-                    };
-                    if let Some(&(dup, _)) =
-                        scored.iter().find(|(c, _)| self.nodes[*c].prompt == p.text)
-                    {
-                        log(
-                            sink,
-                            json!({"kind": "duplicate", "step": step, "parent": nid, "variant": i + 1,
-                                   "same_as": dup}),
-                        )?;
-                        continue;
-                    }
-                    let child = self.add(nid, step, p.text.clone(), qi, false);
-                    let r = self
-                        .score(critic, child, q, &choice, Some(&p), sink)
-                        .await?;
-                    scored.push((child, r));
-                }
             }
             if satisfied && limit < opts.depth + opts.max_depth_increase {
                 limit += 1;
@@ -411,6 +384,68 @@ impl Search {
             step += 1;
         }
         Ok(())
+    }
+
+    /// One beam entry's part of a step (module docs): its proposals, each
+    /// scored on this step's query, or itself carried on. True when the
+    /// entry was satisfied.
+    #[allow(clippy::too_many_arguments)]
+    async fn expand(
+        &mut self,
+        critic: &Critic,
+        queries: &[PromptRecord],
+        nid: usize,
+        at: &At<'_>,
+        actions: usize,
+        scored: &mut Vec<(usize, Option<f64>)>,
+        sink: &mut Log<'_>,
+    ) -> Result<bool, ItemError> {
+        let parent = &self.nodes[nid];
+        let (prompt, pq) = (parent.prompt.clone(), parent.query);
+        let ev = match &parent.eval {
+            Some(ev) if !ev.satisfied() => ev.clone(),
+            other => {
+                let satisfied = other.is_some();
+                let child = self.add(nid, at.step, prompt, at.qi, true);
+                let r = self
+                    .score(critic, child, at.q, at.choice, None, sink)
+                    .await?;
+                scored.push((child, r));
+                return Ok(satisfied);
+            }
+        };
+        let path = self.path_prompts(nid);
+        let proposals = critic
+            .propose(&prompt, &queries[pq], &ev, &path, actions)
+            .await?;
+        for (i, p) in proposals.into_iter().enumerate() {
+            let p = match p {
+                Ok(p) => p,
+                Err(why) => {
+                    self.dropped += 1;
+                    log(
+                        sink,
+                        json!({"kind": "dropped", "step": at.step, "parent": nid, "variant": i + 1,
+                               "query_id": &queries[pq].id, "reason": why}),
+                    )?;
+                    continue;
+                }
+            };
+            if let Some(&(dup, _)) = scored.iter().find(|(c, _)| self.nodes[*c].prompt == p.text) {
+                log(
+                    sink,
+                    json!({"kind": "duplicate", "step": at.step, "parent": nid, "variant": i + 1,
+                           "same_as": dup}),
+                )?;
+                continue;
+            }
+            let child = self.add(nid, at.step, p.text.clone(), at.qi, false);
+            let r = self
+                .score(critic, child, at.q, at.choice, Some(&p), sink)
+                .await?;
+            scored.push((child, r));
+        }
+        Ok(false)
     }
 
     fn summarise(
