@@ -266,9 +266,9 @@ impl Critic {
                 Ok(Ok(c))
             }
             Err(ItemError::Reject(why)) => {
-                self.state
-                    .record_drop(&key, stage, id, &why)
-                    .map_err(ItemError::Stop)?;
+                self.state.record_drop(&key, stage, id, &why).map_err(|e| {
+                    ItemError::Stop(format!("cannot write {}: {e}", self.state.path().display()))
+                })?;
                 Ok(Err(why))
             }
             Err(e) => Err(e),

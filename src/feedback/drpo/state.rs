@@ -87,12 +87,16 @@ impl RunState {
     }
 
     /// How many requests are recorded as dropped.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn dropped_count(&self) -> usize {
         self.dropped.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Appends a drop (flushed at once: a killed run keeps it).
-    pub fn record_drop(&self, key: &str, stage: &str, id: &str, why: &str) -> Result<(), String> {
+    pub fn record_drop(&self, key: &str, stage: &str, id: &str, why: &str) -> std::io::Result<()> {
         let kind = if why.contains("cut off by the token limit") {
             "cut_off"
         } else {
@@ -105,21 +109,19 @@ impl RunState {
             id: id.to_string(),
             reason: why.to_string(),
         };
-        let mut text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+        let mut text = serde_json::to_string(&line)?;
         text.push('\n');
-        let err = |e: std::io::Error| format!("cannot write {}: {e}", self.path.display());
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             *f = Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(&self.path)
-                    .map_err(err)?,
+                    .open(&self.path)?,
             );
         }
         if let Some(file) = f.as_mut() {
-            file.write_all(text.as_bytes()).map_err(err)?;
+            file.write_all(text.as_bytes())?;
         }
         self.dropped
             .lock()
