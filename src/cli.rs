@@ -100,7 +100,7 @@ pub enum Command {
     #[command(
         allow_negative_numbers = true,
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  cai optimize --queries prompts/optimize_sample.csv --out opt1 --depth 3\n  cai optimize --queries q.csv --out opt2 --provider openai --base-url http://127.0.0.1:8000/v1 --model base --evaluator openai:judge@http://127.0.0.1:8001/v1 --optimizer openai:judge@http://127.0.0.1:8001/v1\n  cai optimize eval --queries held_out.csv --out eval1 --prompt plain.txt --prompt opt1/system_prompt.txt\n\nRunning the same command again on the same --out resumes: finished requests are replayed from the journal, not sent again."
+        after_help = "Examples:\n  cai optimize --queries prompts/optimize_sample.csv --out opt1 --depth 3\n  cai optimize --queries q.csv --out opt2 --provider openai --base-url http://127.0.0.1:8000/v1 --model base --evaluator openai:judge@http://127.0.0.1:8001/v1 --optimizer openai:judge@http://127.0.0.1:8001/v1\n  cai optimize eval --queries held_out.csv --out eval1 --prompt plain.txt --prompt opt1/system_prompt.txt\n\nRunning the same command again on the same --out resumes a stopped search (finished requests are replayed from the journal, not sent again) and prints a finished one without sending anything; --retry-dropped re-asks what was dropped. Reference: docs/optimize-drpo.md."
     )]
     Optimize(Box<OptimizeArgs>),
 }
@@ -209,19 +209,35 @@ pub struct OptimizeCommonArgs {
     /// Aspect list, a JSON array of {"name", "description"} (default: the 14 shipped aspects).
     #[arg(long, value_name = "FILE")]
     pub aspects: Option<PathBuf>,
-    /// In-context example bank: `query` and `answer` columns (CSV or JSONL).
+    /// In-context example bank: `query` and `answer` columns (CSV or JSONL), or `examples.json` of a search.
     #[arg(long, value_name = "FILE")]
     pub examples: Option<PathBuf>,
-    /// Examples shown per query (the most similar ones).
-    #[arg(long, value_name = "K", default_value_t = 2)]
-    pub k: usize,
+    /// Examples placed before each query as turns (the best BM25 matches; the paper's 2).
+    #[arg(long, visible_alias = "k", value_name = "K", default_value_t = 2)]
+    pub num_examples: usize,
     /// Directory of template overrides (optimize_aspects.jinja, optimize_score.jinja, optimize_propose.jinja, optimize_answer.jinja, ...).
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub endpoint: EndpointArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
+    /// Seed sent with every request (re-asks use the next seeds); also fixes the training order.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// The base model's temperature (the paper's 0: greedy).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub base_temperature: f32,
+    /// The base model's longest answer, in tokens (the paper's 2048).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub base_max_tokens: u32,
+    /// The evaluator's temperature (the paper's 0; a re-ask samples at 0.7).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub evaluator_temperature: f32,
+    /// The evaluator's longest reply, in tokens (the paper's 2048).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub evaluator_max_tokens: u32,
+    /// Send again the requests an earlier run dropped (cut off, blocked, failed); by default a re-run keeps them dropped.
+    #[arg(long)]
+    pub retry_dropped: bool,
     #[command(flatten)]
     pub run: RunArgs,
     /// Count requests per step; send nothing.
@@ -248,15 +264,33 @@ pub struct OptimizeArgs {
     /// The optimizer (proposes prompts and answers), `provider:model[@base_url]` (default: the base endpoint).
     #[arg(long, value_name = "PROVIDER:MODEL[@URL]")]
     pub optimizer: Option<String>,
-    /// Prompts kept per step.
+    /// The optimizer's temperature (the paper's 0.2).
+    #[arg(long, value_name = "F", default_value_t = 0.2)]
+    pub optimizer_temperature: f32,
+    /// The optimizer's nucleus sampling (the paper's 0.95).
+    #[arg(long, value_name = "F", default_value_t = 0.95)]
+    pub optimizer_top_p: f32,
+    /// The optimizer's longest reply, in tokens (the paper's 2048).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub optimizer_max_tokens: u32,
+    /// Prompts kept per step (the paper's 2).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub beam: usize,
-    /// New prompts proposed per expanded node.
+    /// New prompts proposed per beam entry, in one optimizer call (the paper's 3).
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub actions: usize,
-    /// Search steps, one query each (default: the number of queries).
+    /// Optimisation steps after the start prompt's, each on the next training query (default: one per remaining query, at most 19: the paper's depth of 20 prompts).
     #[arg(long, value_name = "N")]
     pub depth: Option<usize>,
+    /// Steps a satisfied beam prompt may add, one per step (the paper's 10).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub max_depth_increase: usize,
+    /// Rounds of the search for each example's answer (the paper's 5).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub example_rounds: usize,
+    /// Rewrites proposed per example and round, in one optimizer call (the paper's 1).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub example_candidates: usize,
     /// Start prompt file (default: "You are a helpful assistant.").
     #[arg(long, value_name = "FILE")]
     pub initial_prompt: Option<PathBuf>,

@@ -16,12 +16,12 @@
 //! | `revision.jinja` | `prompt`, `answer`, `critique`, `principle`, `round` |
 //! | `sft_text.jinja` | `prompt`, `initial`, `final`, `system` |
 //! | `judge.jinja` | `prompt`, `response_a`, `response_b`, `principle` (a string), `few_shots` (`task`, `chain_of_thought`, `selected_answer`), `chain_of_thought` (bool) |
-//! | `optimize_aspects.jinja` | `query`, `aspects` (`name`, `description`) |
-//! | `optimize_score.jinja` | `query`, `answer`, `aspects` (`name`, `description`; never empty) |
-//! | `optimize_propose.jinja` | `prompt`, `query`, `answer`, `evaluation` (`aspect`, `score`, `rationale`), `reward`, `history` (earlier prompts, oldest first), `variant`, `variants`, `max_new_bullets`, `max_chars` |
-//! | `optimize_answer.jinja` | `query`, `answer`, `evaluation`, `reward` |
+//! | `optimize_aspects.jinja` | `query`, `aspects` (`name`, `description`), `min_aspects`, `max_aspects` |
+//! | `optimize_score.jinja` | `query`, `answer`, `aspects` (`name`, `description`; never empty), `analysis` (query-analysis lines), `reasoning` |
+//! | `optimize_propose.jinja` | `prompt`, `query`, `answer`, `evaluation` (`aspect`, `score`, `rationale`), `reward`, `history` (earlier prompts, oldest first), `variants`, `variant` (0: all at once), `max_new_bullets`, `max_chars` |
+//! | `optimize_answer.jinja` | `query`, `answer`, `evaluation`, `reward`, `candidates` |
 //! | `optimize_score_digit.jinja` | `query`, `answer`, `aspect` (`name`, `description`) |
-//! | `optimize_propose_text.jinja` | as `optimize_propose.jinja` |
+//! | `optimize_propose_text.jinja` | as `optimize_propose.jinja`; `variant` > 0 asks for that one prompt |
 
 use std::path::{Path, PathBuf};
 
@@ -217,11 +217,11 @@ impl Templates {
             ),
             (
                 "optimize_aspects.jinja",
-                minijinja::context! { query => "q", aspects => &aspects },
+                minijinja::context! { query => "q", aspects => &aspects, min_aspects => 2, max_aspects => 5 },
             ),
             (
                 "optimize_score.jinja",
-                minijinja::context! { query => "q", answer => "a", aspects => &aspects },
+                minijinja::context! { query => "q", answer => "a", aspects => &aspects, analysis => vec!["main topic: t"], reasoning => "r" },
             ),
             (
                 "optimize_propose.jinja",
@@ -229,7 +229,7 @@ impl Templates {
             ),
             (
                 "optimize_answer.jinja",
-                minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0 },
+                minijinja::context! { query => "q", answer => "a", evaluation => &evaluation, reward => 3.0, candidates => 1 },
             ),
             (
                 "optimize_score_digit.jinja",

@@ -7,7 +7,9 @@
 //! (`journal.jsonl` base, `journal-evaluator.jsonl`,
 //! `journal-evaluator-logprobs.jsonl` for the evaluator's log-probability
 //! scores, `journal-optimizer.jsonl`) and shared counters, so `--max-requests`
-//! covers all of them and a re-run replays every finished request. The
+//! covers all of them and a re-run replays every finished request. Dropped
+//! requests and a finished result are kept too ([`drpo::state`]): a
+//! finished search run again prints its result and sends nothing. The
 //! algorithm and its request counts are in [`crate::feedback::drpo`].
 
 use std::collections::HashSet;
@@ -18,7 +20,9 @@ use crate::config::optimize::{OptimizeConfig, Role, Task};
 use crate::engine::rundir::RunDir;
 use crate::engine::{Engine, ItemError, Journal, Stats, StopSignal};
 use crate::error::RunError;
-use crate::feedback::drpo::{self, Critic, Evaluation, Search};
+use crate::feedback::drpo::examples::{self as example_search, ExampleOptions};
+use crate::feedback::drpo::{self, Critic, Evaluation, Finished, RunState, Search, SearchOptions};
+use crate::feedback::examples::Retriever;
 use crate::output::optimize::{self as files, DepthReward, Events, PathNode, Report};
 use crate::output::OutputError;
 
@@ -35,29 +39,31 @@ fn item_error(e: ItemError) -> RunError {
     }
 }
 
-struct Engines {
-    base: Arc<Engine>,
-    evaluator: Arc<Engine>,
-    scorer: Arc<Engine>,
-    optimizer: Arc<Engine>,
+struct Opened {
+    engines: drpo::Engines,
     stats: Arc<Stats>,
 }
 
-impl Engines {
+impl Opened {
     /// The scorer and proposer of this run over its engines.
-    fn critic(&self, cfg: &OptimizeConfig) -> Critic {
-        Critic::new(
-            self.base.clone(),
-            self.evaluator.clone(),
-            self.scorer.clone(),
-            self.optimizer.clone(),
+    fn critic(self, cfg: &OptimizeConfig, dir: &RunDir) -> Result<(Critic, Arc<Stats>), RunError> {
+        let state_dir = dir.state_dir();
+        let state =
+            RunState::open(&state_dir, cfg.retry_dropped).map_err(|source| OutputError::Io {
+                path: state_dir.join("dropped.jsonl"),
+                source,
+            })?;
+        let critic = Critic::new(
+            self.engines,
             cfg.templates.clone(),
             cfg.aspects.clone(),
-            cfg.params.clone(),
+            cfg.sampling.clone(),
             cfg.seed,
-            cfg.examples.clone(),
+            Retriever::new(cfg.examples.clone()),
             cfg.k,
-        )
+            state,
+        );
+        Ok((critic, self.stats))
     }
 }
 
@@ -65,14 +71,17 @@ fn open_engines(
     cfg: &OptimizeConfig,
     dir: &RunDir,
     optimizer: Option<&Role>,
-) -> Result<Engines, RunError> {
+) -> Result<Opened, RunError> {
     let stats = Arc::new(Stats::default());
     let stop = StopSignal::default();
     let ecfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
     let open = |role: &Role, file: &str, keep_truncated: bool| -> Result<Arc<Engine>, RunError> {
         let path = dir.state_dir().join(file);
+        // Two prompts with the same answer ask the same score: within a
+        // run, a reply recorded earlier answers it too.
         let journal = Journal::open(&path, &HashSet::new())
-            .map_err(|source| OutputError::Io { path, source })?;
+            .map_err(|source| OutputError::Io { path, source })?
+            .keep_recorded();
         let provider = role
             .provider
             .as_ref()
@@ -96,11 +105,13 @@ fn open_engines(
         Some(r) => open(r, "journal-optimizer.jsonl", false)?,
         None => evaluator.clone(),
     };
-    Ok(Engines {
-        base,
-        evaluator,
-        scorer,
-        optimizer,
+    Ok(Opened {
+        engines: drpo::Engines {
+            base,
+            evaluator,
+            scorer,
+            optimizer,
+        },
         stats,
     })
 }
@@ -135,6 +146,15 @@ pub async fn optimize(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     }
 }
 
+/// The training order of a search: long enough for every step it may run.
+fn order(cfg: &OptimizeConfig, opts: &SearchOptions) -> Vec<usize> {
+    drpo::training_order(
+        cfg.queries.len(),
+        cfg.seed,
+        opts.depth + opts.max_depth_increase + 1,
+    )
+}
+
 fn dry_run(cfg: &OptimizeConfig) -> Outcome {
     let mut s = String::from("cai optimize --dry-run: nothing is sent\n");
     if let Some(m) = &cfg.missing_key {
@@ -142,27 +162,31 @@ fn dry_run(cfg: &OptimizeConfig) -> Outcome {
     }
     let n = cfg.queries.len();
     match &cfg.task {
-        Task::Search { opts, .. } => {
-            let (rows, ex) = drpo::plan(n, *opts, cfg.examples.len());
+        Task::Search { opts, examples, .. } => {
+            let order = order(cfg, opts);
+            let rows = drpo::plan(&cfg.queries, &order, *opts);
+            let distinct: HashSet<&str> = cfg.examples.iter().map(|e| e.query.as_str()).collect();
+            let (ex_e, ex_o) = example_search::plan(cfg.examples.len(), distinct.len(), *examples);
             s.push_str(&format!(
-                "{n} queries, depth {}, beam {}, actions {}, {} examples (k {})\nupper bound with no early stop, duplicate or re-ask (each re-ask adds 1, at most {} per evaluator/optimizer request; a scoring that falls back to log-probabilities adds 1 per aspect, a proposal that falls back to plain text up to {}):\n step  beam  base  evaluator  optimizer\n",
-                opts.depth, opts.beam, opts.actions, cfg.examples.len(), cfg.k, drpo::MAX_ASKS - 1, drpo::MAX_ASKS
+                "{n} queries, depth {} (+ up to {} while a beam prompt is satisfied), beam {}, actions {}, {} examples ({} rounds × {} candidates, {} placed per query)\n\
+                 upper bound with no satisfied prompt, duplicate or re-ask (each re-ask adds 1, at most {} per evaluator/optimizer request; a scoring that falls back to log-probabilities adds 1 per aspect; proposals that fall back to plain text add up to {} calls per beam entry):\n step  query  beam  base  evaluator  optimizer\n",
+                opts.depth, opts.max_depth_increase, opts.beam, opts.actions, cfg.examples.len(),
+                examples.rounds, examples.candidates, cfg.k, drpo::MAX_ASKS - 1,
+                drpo::MAX_ASKS * (1 + opts.actions as u64)
             ));
-            let (mut b, mut e, mut o) = (0, ex.evaluator, ex.optimizer);
+            let (mut b, mut e, mut o) = (0, 0, 0);
             if !cfg.examples.is_empty() {
                 s.push_str(&format!(
-                    "  ex.     -  {:>4}  {:>9}  {:>9}\n",
-                    0, ex.evaluator, ex.optimizer
+                    "  ex.      -     -  {:>4}  {:>9}  {:>9}\n",
+                    0, ex_e, ex_o
                 ));
+                e += ex_e;
+                o += ex_o;
             }
-            for r in rows {
+            for (r, &qi) in rows.iter().zip(&order) {
                 s.push_str(&format!(
-                    "{:>5}  {:>4}  {:>4}  {:>9}  {:>9}\n",
-                    r.step + 1,
-                    r.beam,
-                    r.base,
-                    r.evaluator,
-                    r.optimizer
+                    "{:>5}  {:>5}  {:>4}  {:>4}  {:>9}  {:>9}\n",
+                    r.step, cfg.queries[qi].id, r.beam, r.base, r.evaluator, r.optimizer
                 ));
                 b += r.base;
                 e += r.evaluator;
@@ -172,6 +196,14 @@ fn dry_run(cfg: &OptimizeConfig) -> Outcome {
                 "total: {} requests ({b} base, {e} evaluator, {o} optimizer)\n",
                 b + e + o
             ));
+            if opts.max_depth_increase > 0 {
+                let last = rows.last().map_or(0, |r| r.beam.max(1) as u64);
+                let per = last * (1 + 2 * opts.actions as u64) + 1;
+                s.push_str(&format!(
+                    "a satisfied beam prompt adds a step (at most {} in all, each at most {per} requests)\n",
+                    opts.max_depth_increase
+                ));
+            }
         }
         Task::Eval { prompts } => {
             let p = prompts.len();
@@ -189,10 +221,16 @@ fn dry_run(cfg: &OptimizeConfig) -> Outcome {
     }
 }
 
+/// What must match for a finished search to be the answer to this one.
+fn finished_options(opts: &SearchOptions, examples: &ExampleOptions) -> serde_json::Value {
+    serde_json::json!({"search": opts, "examples": examples})
+}
+
 async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let Task::Search {
         opts,
+        examples: ex_opts,
         initial_prompt,
         optimizer,
     } = &cfg.task
@@ -200,29 +238,45 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         return Err(RunError::Internal("not a search".into()));
     };
     let dir = prepare(&cfg).await?;
-    let engines = open_engines(&cfg, &dir, Some(optimizer))?;
-    let mut critic = engines.critic(&cfg);
+    let options = finished_options(opts, ex_opts);
+    if !cfg.retry_dropped {
+        if let Some(done) = Finished::read(&dir.state_dir(), &options) {
+            return Ok(Outcome {
+                table: done.table,
+                summary: format!(
+                    "{}\ncai: this search had finished; nothing was sent (--retry-dropped re-asks what it dropped; another --depth searches on)",
+                    done.summary
+                ),
+            });
+        }
+    }
+    let (mut critic, stats) = open_engines(&cfg, &dir, Some(optimizer))?.critic(&cfg, &dir)?;
     let mut events = Events::create(&cfg.out.join("search.jsonl"))?;
     let mut sink = |v: serde_json::Value| events.write(&v);
     let mut state = Search::new(initial_prompt);
     let quiet = cfg.run.display == crate::engine::progress::Display::Quiet;
-    let stats = engines.stats.clone();
+    let order = order(&cfg, opts);
     let mut result = Ok(());
+    let mut bank = Vec::new();
     if !cfg.examples.is_empty() {
-        result = state.optimise_examples(&mut critic, &mut sink).await;
+        match critic.optimise_examples(*ex_opts, &mut sink).await {
+            Ok(b) => bank = b,
+            Err(e) => result = Err(e),
+        }
     }
     if result.is_ok() {
+        let progress_stats = stats.clone();
         result = state
-            .run(&mut critic, &cfg.queries, *opts, &mut sink, |s| {
+            .run(&mut critic, &cfg.queries, &order, *opts, &mut sink, |s| {
                 if !quiet {
-                    let snap = stats.snapshot();
+                    let snap = progress_stats.snapshot();
                     eprintln!(
-                        "cai: step {} (query {}): {} prompts scored, best {:.2}, mean {:.2} ({} requests sent, {} from the journal)",
-                        s.step + 1,
+                        "cai: step {} (query {}): {} prompts scored, best {:.2}, best path average {:.2} ({} requests sent, {} from the journal)",
+                        s.step,
                         s.query_id,
                         s.evaluated,
                         s.best,
-                        s.mean,
+                        s.best_path,
                         snap.requests,
                         snap.cached
                     );
@@ -236,6 +290,7 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         Err(e) => format!("failed: {}", item_error(e.clone())),
     };
     let best = state.best().clone();
+    let steps = state.steps.len().saturating_sub(1);
     let report = Report {
         kind: "optimize",
         status,
@@ -246,11 +301,21 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         beam: opts.beam,
         actions: opts.actions,
         depth: opts.depth,
+        max_depth_increase: opts.max_depth_increase,
+        extended: state.extended,
+        steps,
         seed: cfg.seed,
+        training_order: order
+            .iter()
+            .take(steps + 1)
+            .map(|&i| cfg.queries[i].id.clone())
+            .collect(),
         examples: cfg.examples.len(),
+        sampling: cfg.sampling.clone(),
         initial_prompt: initial_prompt.clone(),
         best_prompt: best.prompt.clone(),
         best_reward: best.reward,
+        best_path_reward: best.path_reward,
         reward_per_depth: state
             .reward_per_depth()
             .into_iter()
@@ -267,13 +332,17 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
             .map(|n| PathNode {
                 depth: n.depth,
                 node: n.id,
+                query_id: cfg.queries[n.query].id.clone(),
                 reward: n.reward,
+                path_reward: n.path_reward,
+                kept: n.kept,
                 prompt: n.prompt.clone(),
             })
             .collect(),
         nodes: state.nodes.len(),
         dropped: state.dropped,
-        requests: engines.stats.snapshot(),
+        dropped_requests: critic.state.dropped_count(),
+        requests: stats.snapshot(),
         wall_time_s: started.elapsed().as_secs_f64(),
     };
     files::write_json(&cfg.out.join("report.json"), &report)?;
@@ -284,23 +353,33 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         &cfg.out.join("system_prompt.txt"),
         &format!("{}\n", best.prompt),
     )?;
-    if !state.examples.is_empty() {
-        files::write_json(&cfg.out.join("examples.json"), &state.examples)?;
+    if !bank.is_empty() {
+        files::write_json(&cfg.out.join("examples.json"), &bank)?;
     }
-    let snap = engines.stats.snapshot();
-    Ok(Outcome {
+    let snap = stats.snapshot();
+    let outcome = Outcome {
         table: report.table(),
         summary: format!(
-            "cai: searched {} prompts ({} dropped) into {}; best reward {}; {} requests sent, {} from the journal; report in {}",
+            "cai: searched {} prompts in {} steps ({} dropped) into {}; best path average {}; {} requests sent, {} from the journal; report in {}",
             state.nodes.len(),
+            steps,
             state.dropped,
             cfg.out.join("system_prompt.txt").display(),
-            best.reward.map_or("-".into(), |r| format!("{r:.2}")),
+            best.path_reward.map_or("-".into(), |r| format!("{r:.2}")),
             snap.requests,
             snap.cached,
             cfg.out.join("report.json").display()
         ),
-    })
+    };
+    files::write_json(
+        &Finished::path(&dir.state_dir()),
+        &Finished {
+            options,
+            table: outcome.table.clone(),
+            summary: outcome.summary.clone(),
+        },
+    )?;
+    Ok(outcome)
 }
 
 async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
@@ -308,20 +387,19 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         return Err(RunError::Internal("not an eval".into()));
     };
     let dir = prepare(&cfg).await?;
-    let engines = open_engines(&cfg, &dir, None)?;
-    let mut critic = engines.critic(&cfg);
+    let (mut critic, stats) = open_engines(&cfg, &dir, None)?.critic(&cfg, &dir)?;
     let mut lines = Events::create(&cfg.out.join("eval.jsonl"))?;
     let mut results: Vec<Vec<Option<Evaluation>>> = vec![Vec::new(); prompts.len()];
     for q in &cfg.queries {
-        let (aspects, fallback, _) = critic.aspects(q).await.map_err(item_error)?;
+        let (choice, _) = critic.aspects(q).await.map_err(item_error)?;
         for (i, (file, prompt)) in prompts.iter().enumerate() {
             let got = critic
-                .evaluate(prompt, q, &aspects)
+                .evaluate(prompt, q, &choice)
                 .await
                 .map_err(item_error)?;
             let mut v = serde_json::json!({
                 "prompt_file": file.display().to_string(), "query_id": &q.id, "query": &q.text,
-                "aspects_fallback": fallback,
+                "aspects_fallback": &choice.fallback,
             });
             match &got {
                 Ok(ev) => {
@@ -340,11 +418,12 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
         .map(|(p, _)| p.display().to_string())
         .collect();
     let (per, pairs) = drpo::figures(&names, &results);
-    let snap = engines.stats.snapshot();
+    let snap = stats.snapshot();
     let report = serde_json::json!({
         "kind": "optimize-eval",
         "base": cfg.base.label, "evaluator": cfg.evaluator.label,
         "queries": cfg.queries.len(), "seed": cfg.seed,
+        "examples": cfg.examples.len(), "num_examples": cfg.k, "sampling": &cfg.sampling,
         "prompts": per, "pairwise": pairs, "requests": snap,
     });
     files::write_json(&cfg.out.join("eval.json"), &report)?;

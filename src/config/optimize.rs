@@ -13,11 +13,15 @@ use crate::cli::{EndpointArgs, OptimizeArgs, OptimizeCommonArgs, OptimizeEvalArg
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
 use crate::error::RunError;
-use crate::feedback::drpo::{self, Aspect, SearchOptions};
+use crate::feedback::drpo::examples::ExampleOptions;
+use crate::feedback::drpo::{self, Aspect, Sampling, SearchOptions};
 use crate::input::queries::{self, Example};
 use crate::input::PromptRecord;
 use crate::provider::build::Plan;
 use crate::provider::GenParams;
+
+/// The paper's depth: 20 prompts on a path, the start prompt's included.
+pub const PAPER_STEPS: usize = 19;
 use crate::template::Templates;
 
 /// One role's endpoint: its arguments and (unless a dry run) its checked
@@ -33,6 +37,7 @@ pub struct Role {
 pub enum Task {
     Search {
         opts: SearchOptions,
+        examples: ExampleOptions,
         initial_prompt: String,
         optimizer: Box<Role>,
     },
@@ -48,13 +53,15 @@ pub struct OptimizeConfig {
     pub queries_path: PathBuf,
     pub aspects: Vec<Aspect>,
     pub examples: Vec<Example>,
+    /// Examples placed before each query.
     pub k: usize,
     pub templates: Templates,
     pub base: Role,
     pub evaluator: Role,
     pub task: Task,
-    pub params: GenParams,
+    pub sampling: Sampling,
     pub seed: u64,
+    pub retry_dropped: bool,
     pub price: Option<Price>,
     pub max_cost: Option<f64>,
     pub run: RunSettings,
@@ -96,6 +103,59 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
     Ok(list)
 }
 
+/// The flags of one role's sampling parameters.
+struct RoleFlags {
+    temperature: &'static str,
+    top_p: &'static str,
+    max_tokens: &'static str,
+}
+
+const BASE_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--base-temperature",
+    top_p: "--base-top-p",
+    max_tokens: "--base-max-tokens",
+};
+const EVALUATOR_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--evaluator-temperature",
+    top_p: "--evaluator-top-p",
+    max_tokens: "--evaluator-max-tokens",
+};
+const OPTIMIZER_FLAGS: RoleFlags = RoleFlags {
+    temperature: "--optimizer-temperature",
+    top_p: "--optimizer-top-p",
+    max_tokens: "--optimizer-max-tokens",
+};
+
+/// One role's sampling parameters, checked (the seed is set per ask).
+fn role_params(
+    flags: &RoleFlags,
+    temperature: f32,
+    top_p: f32,
+    max_tokens: u32,
+) -> Result<GenParams, ConfigError> {
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ConfigError::flag(
+            flags.temperature,
+            format!("{temperature} is outside 0..=2"),
+        ));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ConfigError::flag(
+            flags.top_p,
+            format!("{top_p} is outside (0, 1]"),
+        ));
+    }
+    if max_tokens == 0 {
+        return Err(ConfigError::flag(flags.max_tokens, "must be at least 1"));
+    }
+    Ok(GenParams {
+        max_tokens,
+        temperature,
+        top_p,
+        ..GenParams::default()
+    })
+}
+
 /// Builds a role's provider; `spec` (`provider:model[@url]`) or the base.
 fn role(
     flag: &'static str,
@@ -135,7 +195,13 @@ fn role(
 impl OptimizeConfig {
     fn common(c: &OptimizeCommonArgs, dry: bool) -> Result<OptimizeConfig, RunError> {
         let run = RunSettings::from_args(&c.run)?;
-        let params = super::gen_params(&c.sampling)?;
+        let base_params = role_params(&BASE_FLAGS, c.base_temperature, 1.0, c.base_max_tokens)?;
+        let evaluator_params = role_params(
+            &EVALUATOR_FLAGS,
+            c.evaluator_temperature,
+            1.0,
+            c.evaluator_max_tokens,
+        )?;
         let (Some(qpath), Some(out)) = (&c.queries, &c.out) else {
             return Err(RunError::Usage(
                 "--queries FILE and --out DIR are both required".into(),
@@ -147,11 +213,11 @@ impl OptimizeConfig {
             Some(p) => queries::read_examples(p)?,
             None => Vec::new(),
         };
-        if c.examples.is_some() && c.k == 0 {
+        if c.examples.is_some() && c.num_examples == 0 {
             return Err(ConfigError::conflict(
-                "--k",
+                "--num-examples",
                 "--examples",
-                "--k must be at least 1 with --examples",
+                "--num-examples must be at least 1 with --examples",
             )
             .into());
         }
@@ -184,7 +250,7 @@ impl OptimizeConfig {
             queries_path: qpath.clone(),
             aspects,
             examples,
-            k: c.k,
+            k: c.num_examples,
             templates,
             base: Role {
                 endpoint: c.endpoint.clone(),
@@ -195,8 +261,13 @@ impl OptimizeConfig {
             task: Task::Eval {
                 prompts: Vec::new(),
             },
-            params,
-            seed: c.sampling.seed.unwrap_or(super::generate::DEFAULT_SEED),
+            sampling: Sampling {
+                optimizer: evaluator_params.clone(),
+                base: base_params,
+                evaluator: evaluator_params,
+            },
+            seed: c.seed.unwrap_or(super::generate::DEFAULT_SEED),
+            retry_dropped: c.retry_dropped,
             price,
             max_cost: c.max_cost,
             run,
@@ -219,6 +290,20 @@ impl OptimizeConfig {
             }
         }
         let mut cfg = Self::common(c, c.dry_run)?;
+        cfg.sampling.optimizer = role_params(
+            &OPTIMIZER_FLAGS,
+            args.optimizer_temperature,
+            args.optimizer_top_p,
+            args.optimizer_max_tokens,
+        )?;
+        if c.examples.is_some() && (args.example_rounds == 0 || args.example_candidates == 0) {
+            return Err(ConfigError::conflict(
+                "--example-rounds",
+                "--examples",
+                "--example-rounds and --example-candidates must be at least 1 with --examples",
+            )
+            .into());
+        }
         let initial_prompt = match &args.initial_prompt {
             Some(p) => super::generate::read_system_prompt(p)
                 .map_err(|e| e.under_flag("--initial-prompt"))?,
@@ -236,7 +321,14 @@ impl OptimizeConfig {
             opts: SearchOptions {
                 beam: args.beam,
                 actions: args.actions,
-                depth: args.depth.unwrap_or(cfg.queries.len()),
+                depth: args
+                    .depth
+                    .unwrap_or_else(|| cfg.queries.len().saturating_sub(1).clamp(1, PAPER_STEPS)),
+                max_depth_increase: args.max_depth_increase,
+            },
+            examples: ExampleOptions {
+                rounds: args.example_rounds,
+                candidates: args.example_candidates,
             },
             initial_prompt,
             optimizer: Box::new(optimizer),
@@ -285,13 +377,15 @@ impl OptimizeConfig {
         let (kind, extra) = match &self.task {
             Task::Search {
                 opts,
+                examples,
                 initial_prompt,
                 optimizer,
             } => {
                 field(initial_prompt.as_bytes());
                 (
                     "optimize",
-                    serde_json::json!({"beam": opts.beam, "actions": opts.actions, "optimizer": optimizer.label}),
+                    serde_json::json!({"beam": opts.beam, "actions": opts.actions, "optimizer": optimizer.label,
+                                       "examples": examples}),
                 )
             }
             Task::Eval { prompts } => {
@@ -318,7 +412,7 @@ impl OptimizeConfig {
             constitution_sha256: inputs,
             templates_sha256: self.templates.digest().to_string(),
             params: serde_json::json!({
-                "params": self.params, "evaluator": self.evaluator.label, "k": self.k,
+                "params": self.sampling, "evaluator": self.evaluator.label, "k": self.k,
                 "asks": drpo::MAX_ASKS, "search": extra,
             }),
             rounds: 0,

@@ -9,7 +9,10 @@
 //!    `timeout`, `max_tokens`, `temperature`, `top_p`, `seed`,
 //!    `concurrency`, `rpm`, `tpm`, `max_retries`, `rounds`, `price_in`,
 //!    `price_out`, `max_cost`, `max_reply_bytes`, `local_parallel`,
-//!    `local_cache_mb`. Tables `[endpoints.NAME]` (keys `provider`,
+//!    `local_cache_mb`, and `cai optimize`'s per-role sampling:
+//!    `base_temperature`, `base_max_tokens`, `evaluator_temperature`,
+//!    `evaluator_max_tokens`, `optimizer_temperature`, `optimizer_top_p`,
+//!    `optimizer_max_tokens`. Tables `[endpoints.NAME]` (keys `provider`,
 //!    `model`, `base_url`, `api_key_env`) define named endpoints, used as
 //!    `--provider NAME` (or `provider = "NAME"`): the endpoint's values
 //!    replace those of the file and the environment, and only flags given
@@ -62,6 +65,13 @@ pub const KEYS: &[&str] = &[
     "max_reply_bytes",
     "local_parallel",
     "local_cache_mb",
+    "base_temperature",
+    "base_max_tokens",
+    "evaluator_temperature",
+    "evaluator_max_tokens",
+    "optimizer_temperature",
+    "optimizer_top_p",
+    "optimizer_max_tokens",
 ];
 
 /// Keys an `[endpoints.NAME]` table may set.
@@ -735,15 +745,18 @@ mod tests {
     }
 
     #[test]
-    fn every_key_is_an_option_of_generate() {
+    fn every_key_is_an_option_of_generate_or_optimize() {
         let cmd = Cli::command();
-        let generate = cmd
-            .find_subcommand("generate")
-            .expect("generate subcommand");
+        let has = |sub: &str, key: &str| {
+            cmd.find_subcommand(sub)
+                .expect("subcommand")
+                .get_arguments()
+                .any(|a| a.get_id() == key)
+        };
         for &key in KEYS {
             assert!(
-                generate.get_arguments().any(|a| a.get_id() == key),
-                "{key} is not a generate option"
+                has("generate", key) || has("optimize", key),
+                "{key} is not a generate or optimize option"
             );
         }
     }

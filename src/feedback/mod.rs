@@ -1,8 +1,11 @@
 //! AI feedback: a judge model choosing between answers under a principle
 //! ([`judge`]), picking a prompt's preference pair among its candidates
-//! ([`select`]), and measuring a judge against human labels ([`metrics`]).
+//! ([`select`]), measuring a judge against human labels ([`metrics`]),
+//! DRPO's prompt search ([`drpo`]) and the retrieval of in-context
+//! examples at inference ([`examples`]).
 
 pub mod drpo;
+pub mod examples;
 pub mod judge;
 pub mod metrics;
 pub mod select;

@@ -5,7 +5,9 @@
 //! - Queries: the query column is `--prompt-column`'s rule (`query` when
 //!   present, else `prompt`, `instruction`, …, else the only column besides
 //!   `id`).
-//! - Examples: a `query` and an `answer` column (CSV) or field (JSONL).
+//! - Examples: a `query` and an `answer` column (CSV) or field (JSONL), or
+//!   a JSON array of `{"query", "answer"}` objects (`examples.json` of a
+//!   search).
 
 use std::path::Path;
 
@@ -60,8 +62,47 @@ pub struct Example {
     pub answer: String,
 }
 
-/// The example bank of `--examples FILE` (`query` and `answer` columns).
+/// A JSON array of examples; `None` when the file is not one (then it is
+/// read as CSV or JSONL).
+fn read_example_array(path: &Path) -> Option<Result<Vec<Example>, InputErrors>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if !t.starts_with('[') {
+        return None;
+    }
+    let parsed = serde_json::from_str::<Vec<Example>>(t).map_err(|e| {
+        InputError::new(
+            path,
+            Location::Line(e.line() as u64),
+            format!("not a JSON array of {{\"query\", \"answer\"}} objects: {e}"),
+        )
+        .into()
+    });
+    Some(parsed.and_then(|list| {
+        if list.is_empty() {
+            return Err(InputError::new(path, Location::File, "no examples").into());
+        }
+        match list
+            .iter()
+            .position(|e| e.query.trim().is_empty() || e.answer.trim().is_empty())
+        {
+            Some(i) => Err(InputError::new(
+                path,
+                Location::Path(format!("[{i}]")),
+                "a blank query or answer",
+            )
+            .into()),
+            None => Ok(list),
+        }
+    }))
+}
+
+/// The example bank of `--examples FILE` (`query` and `answer` columns, or
+/// a JSON array).
 pub fn read_examples(path: &Path) -> Result<Vec<Example>, InputErrors> {
+    if let Some(got) = read_example_array(path) {
+        return got;
+    }
     let queries = read_column(path, Some("query"));
     let answers = read_column(path, Some("answer"));
     match (queries, answers) {
@@ -103,5 +144,12 @@ mod tests {
         .unwrap();
         let err = read_examples(&e).unwrap_err().to_string();
         assert!(err.contains("e.jsonl:2: no `answer` field"), "{err}");
+
+        let j = dir.path().join("examples.json");
+        std::fs::write(&j, r#"[{"query": "Hi?", "answer": "Hello."}]"#).unwrap();
+        assert_eq!(read_examples(&j).unwrap()[0].answer, "Hello.");
+        std::fs::write(&j, r#"[{"query": "Hi?", "answer": " "}]"#).unwrap();
+        let err = read_examples(&j).unwrap_err().to_string();
+        assert!(err.contains("[0]: a blank query or answer"), "{err}");
     }
 }

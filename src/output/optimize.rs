@@ -2,10 +2,11 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `search.jsonl` | every event of the search: aspect choices, node evaluations (prompt, parent, depth, query, answer, scores with rationales, reward), dropped and duplicate proposals, example rewrites, step summaries |
+//! | `search.jsonl` | every event of the search: aspect choices (with the evaluator's reasoning), node evaluations (prompt, parent, step, query, answer, scores with rationales, reward, path average), dropped and duplicate proposals, depth extensions, example searches, step summaries (with the requests asked per role) |
 //! | `system_prompt.txt` | the best prompt |
 //! | `examples.json` | the optimised example bank (with `--examples`) |
-//! | `report.json` | `"kind": "optimize"`, `reward_per_depth`, `best_path`, counts |
+//! | `report.json` | `"kind": "optimize"`, the options, `training_order`, `reward_per_depth`, `best_path` (with path averages), counts |
+//! | `.cai/dropped.jsonl`, `.cai/finished.json` | what a re-run needs ([`crate::feedback::drpo::state`]) |
 //! | `eval.json`, `eval.jsonl` | `optimize eval`: figures, and one line per (prompt, query) |
 //!
 //! `search.jsonl` is rewritten from the start by every invocation: a resumed
@@ -63,7 +64,12 @@ pub struct DepthReward {
 pub struct PathNode {
     pub depth: usize,
     pub node: usize,
+    pub query_id: String,
     pub reward: Option<f64>,
+    /// Mean reward along the path up to this node.
+    pub path_reward: Option<f64>,
+    /// The parent's prompt carried on (the parent was satisfied).
+    pub kept: bool,
     pub prompt: String,
 }
 
@@ -78,16 +84,31 @@ pub struct Report {
     pub queries: usize,
     pub beam: usize,
     pub actions: usize,
+    /// Steps asked for (`--depth`).
     pub depth: usize,
+    pub max_depth_increase: usize,
+    /// Steps added because a beam prompt was satisfied.
+    pub extended: usize,
+    /// Steps run after the start prompt's.
+    pub steps: usize,
     pub seed: u64,
+    /// Query ids in the order the search read them.
+    pub training_order: Vec<String>,
     pub examples: usize,
+    pub sampling: crate::feedback::drpo::Sampling,
     pub initial_prompt: String,
     pub best_prompt: String,
+    /// The best prompt's reward on its last query.
     pub best_reward: Option<f64>,
+    /// The best prompt's path average (what ranks the beam).
+    pub best_path_reward: Option<f64>,
     pub reward_per_depth: Vec<DepthReward>,
     pub best_path: Vec<PathNode>,
     pub nodes: usize,
+    /// Proposals and scorings that could not be used.
     pub dropped: usize,
+    /// Requests recorded in `.cai/dropped.jsonl`.
+    pub dropped_requests: usize,
     pub requests: crate::engine::StatsSnapshot,
     pub wall_time_s: f64,
 }
@@ -113,6 +134,15 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(" → ")
         ));
+        if let Some(p) = self.best_path_reward {
+            s.push_str(&format!("best path average: {p:.2}\n"));
+        }
+        if self.extended > 0 {
+            s.push_str(&format!(
+                "depth extended by {} step(s): a beam prompt was satisfied\n",
+                self.extended
+            ));
+        }
         s.push_str(&format!("best prompt:\n{}\n", self.best_prompt));
         s
     }

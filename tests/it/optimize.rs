@@ -2,11 +2,12 @@
 //! optimizer (one wiremock server plays base, evaluator and optimizer), and
 //! `generate --system-prompt`.
 //!
-//! The script: the base model's answer says how many of three KEY bullets
-//! its system prompt holds; the evaluator scores every aspect
-//! `min(5, 2 + keys)`; the optimizer's proposal 1 adds the first missing
-//! key bullet, proposals 2 and 3 add useless bullets. So the best prompt
-//! holds all three keys and scores 5, reached at depth 3.
+//! The script: the base model's answer quotes its system prompt ("Answer
+//! under [line | line]"), so every prompt gets its own answer and the
+//! evaluator scores the prompt itself through a per-test rule (by default
+//! every aspect `min(5, 2 + KEY bullets)`). The optimizer answers the list
+//! ask with per-test proposals (by default: add the first missing KEY
+//! bullet, then two useless bullets).
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -21,9 +22,10 @@ const KEYS: [&str; 3] = [
     "- Be concise.",
 ];
 const USELESS: [&str; 2] = ["- Mention the weather.", "- Write in capital letters."];
-/// `--seed` of every test run; a score request with exactly this seed is
-/// the first ask (re-asks use the next seeds).
+/// `--seed` of every test run; a request with exactly this seed is the
+/// first ask (re-asks use the next seeds).
 const SEED: u64 = 7;
+const START: &str = "You are a helpful assistant.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
@@ -78,19 +80,84 @@ pub(crate) fn current_prompt(req: &str) -> String {
     rest[..end].to_string()
 }
 
+/// The base model's answer under a system prompt.
+fn answer_under(system: &str) -> String {
+    format!("Answer under [{}]", system.replace('\n', " | "))
+}
+
+/// The prompt an answer in a scoring request was written under.
+fn prompt_of_score_request(req: &str) -> String {
+    let ans = req.split("Answer:\n").nth(1).expect("answer section");
+    let start = ans.find("Answer under [").expect("scripted answer") + 14;
+    let end = ans[start..].find(']').expect("end of answer") + start;
+    ans[start..end].replace(" | ", "\n")
+}
+
+/// How many proposals a list ask wants ("Write N better system prompts").
+fn wanted(req: &str) -> usize {
+    req.split("Write ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse().ok())
+        .expect("number of proposals")
+}
+
+/// Scores of a prompt: (Helpfulness, Clarity).
+type ScoreFn = fn(&str) -> (u8, u8);
+/// Proposals for the current prompt.
+type ProposeFn = fn(&str) -> Vec<String>;
+
+fn by_keys(prompt: &str) -> (u8, u8) {
+    let s = (2 + keys_in(prompt)).min(5) as u8;
+    (s, s)
+}
+
+fn add_keys(cur: &str) -> Vec<String> {
+    let key = KEYS
+        .iter()
+        .find(|k| !cur.contains(*k))
+        .copied()
+        .unwrap_or(USELESS[0]);
+    vec![
+        format!("{cur}\n{key}"),
+        format!("{cur}\n{}", USELESS[0]),
+        format!("{cur}\n{}", USELESS[1]),
+    ]
+}
+
 struct Script {
+    score: ScoreFn,
+    propose: ProposeFn,
     /// Score replies to a first ask are not JSON.
     bad_first_score: bool,
-    /// Proposal 3 never carries `new_system_prompt`.
+    /// The third item of a proposal list has no `new_system_prompt`.
     bad_third_proposal: bool,
+    /// Answers to this query are cut off by the token limit.
+    cut_off_query: Option<&'static str>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            score: by_keys,
+            propose: add_keys,
+            bad_first_score: false,
+            bad_third_proposal: false,
+            cut_off_query: None,
+        }
+    }
+}
+
+fn reply(text: &str, finish: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
 }
 
 fn chat(text: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-    }))
+    reply(text, "stop")
 }
 
 impl Respond for Script {
@@ -99,75 +166,58 @@ impl Respond for Script {
         let last = last_user(&body);
         let seed = body["seed"].as_u64();
         match kind(&body) {
-            Kind::Aspects => chat(r#"{"aspects": ["Helpfulness", "Clarity"]}"#),
+            Kind::Aspects => chat(
+                &json!({"query_analysis": {"main_topic": "TOPIC", "user_intent": "to know"},
+                        "aspects_selection": {"reasoning": "REASONING", "selected_aspects": ["Helpfulness", "Clarity"]}})
+                .to_string(),
+            ),
             Kind::Score => {
                 if self.bad_first_score && seed == Some(SEED) {
                     return chat("The answer looks fine to me.");
                 }
-                let ans = last
-                    .split("Answer:\n")
-                    .nth(1)
-                    .and_then(|a| a.split("\n\nReply with JSON").next())
-                    .unwrap_or_default();
-                let n: usize = ans
-                    .trim()
-                    .strip_prefix("Answer with ")
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|d| d.parse().ok())
-                    .expect("scripted answer");
-                let s = (2 + n).min(5);
+                let (h, c) = (self.score)(&prompt_of_score_request(&last));
                 chat(
-                    &json!({"Helpfulness": {"rationale": format!("{n} keys"), "score": s},
-                            "Clarity": {"rationale": "fine", "score": s}})
+                    &json!({"Helpfulness": {"rationale": format!("scored {h}"), "score": h},
+                            "Clarity": {"rationale": "fine", "score": c}})
                     .to_string(),
                 )
             }
             Kind::Propose => {
                 let cur = current_prompt(&last);
-                let variant: usize = last
-                    .split("This is proposal ")
-                    .nth(1)
-                    .and_then(|r| r.split(' ').next())
-                    .and_then(|d| d.parse().ok())
-                    .expect("variant");
-                if self.bad_third_proposal && variant == 3 {
-                    return chat(r#"{"analysis": "missing the prompt"}"#);
+                let mut list: Vec<Value> = (self.propose)(&cur)
+                    .into_iter()
+                    .take(wanted(&last))
+                    .map(|p| json!({"analysis": "a", "thought": "t", "new_system_prompt": p}))
+                    .collect();
+                if self.bad_third_proposal && list.len() >= 3 {
+                    list[2] = json!({"analysis": "missing the prompt"});
                 }
-                let bullet = match variant {
-                    1 => KEYS
-                        .iter()
-                        .find(|k| !cur.contains(*k))
-                        .copied()
-                        .unwrap_or(USELESS[0]),
-                    2 => USELESS[0],
-                    _ => USELESS[1],
-                };
-                let new = format!("{cur}\n{bullet}");
-                chat(
-                    &json!({"analysis": "a", "thought": "t", "new_system_prompt": new})
-                        .to_string(),
-                )
+                chat(&format!("Here they are:\n{}", Value::Array(list)))
             }
             Kind::Rewrite => chat(
-                &json!({"analysis": "a", "thought": "t", "new_answer": "Answer with 3 good bullets."})
-                    .to_string(),
+                &json!([
+                    {"analysis": "a", "thought": "t", "new_answer": answer_under(&format!("{}\n{}", KEYS[0], KEYS[1]))},
+                    {"analysis": "a", "thought": "t", "new_answer": answer_under(&KEYS.join("\n"))}
+                ])
+                .to_string(),
             ),
             Kind::Answer => {
                 let system = body["messages"][0]["content"].as_str().unwrap_or_default();
-                chat(&format!("Answer with {} good bullets.", keys_in(system)))
+                let text = answer_under(system);
+                match self.cut_off_query {
+                    Some(q) if last == q => reply(&text, "length"),
+                    _ => chat(&text),
+                }
             }
         }
     }
 }
 
-async fn script_server(bad_first_score: bool, bad_third_proposal: bool) -> MockServer {
+async fn script_server(script: Script) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(Script {
-            bad_first_score,
-            bad_third_proposal,
-        })
+        .respond_with(script)
         .mount(&server)
         .await;
     server
@@ -207,200 +257,448 @@ pub(crate) fn optimize(server: &MockServer, queries: &Path, out: &Path) -> asser
     c
 }
 
-async fn counts(server: &MockServer) -> [usize; 4] {
-    let mut c = [0; 4];
-    for b in bodies(server).await {
-        c[match kind(&b) {
-            Kind::Aspects => 0,
-            Kind::Answer => 1,
-            Kind::Score => 2,
-            Kind::Propose | Kind::Rewrite => 3,
-        }] += 1;
-    }
-    c
-}
-
 pub(crate) fn report(out: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_search_finds_the_prompt_with_every_key_bullet_in_exactly_the_designed_requests() {
-    let server = script_server(false, false).await;
+fn stdout_of(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).to_string()
+}
+
+/// The dry run's rows for the same command: (step, base, evaluator,
+/// optimizer), and its total.
+fn dry_run_rows(server: &MockServer, q: &Path, extra: &[&str]) -> (Vec<[u64; 4]>, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 3);
-    let out = dir.path().join("out");
-    let done = optimize(&server, &q, &out)
-        .args(["--depth", "4"])
+    let done = optimize(server, q, &dir.path().join("dry"))
+        .args(extra)
+        .arg("--dry-run")
         .assert()
         .code(0);
-    let stdout = String::from_utf8_lossy(&done.get_output().stdout).to_string();
+    let out = stdout_of(&done);
+    let rows = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("step"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("total"))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            // step, beam, base, evaluator, optimizer (the query id is text).
+            [f[0], f[2], f[3], f[4]]
+        })
+        .collect();
+    let total = out
+        .split("total: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("total");
+    (rows, total)
+}
 
-    // Per step (module docs of feedback::drpo): step 1 = 1 aspects + root 2
-    // + 3×3 = 12; step 2 = 1 + (2+9) + (2+3+2×2, one duplicate) = 21;
-    // step 3 = 21 likewise; step 4 reuses query 0's aspects, its first node
-    // is satisfied (2), the other has one duplicate (2+3+4) = 11. Total 65.
-    let [aspects, answers, scores, proposals] = counts(&server).await;
-    assert_eq!(
-        (aspects, answers, scores, proposals),
-        (3, 22, 22, 18),
-        "requests by kind"
-    );
+fn query_text(id: &str) -> String {
+    format!("Question number {}?", &id[1..])
+}
 
-    let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
-    assert!(best.starts_with("You are a helpful assistant."), "{best}");
-    for k in KEYS {
-        assert!(best.contains(k), "{best}");
-    }
-    for u in USELESS {
-        assert!(!best.contains(u), "{best}");
-    }
+#[tokio::test(flavor = "multi_thread")]
+async fn each_proposal_is_scored_on_the_next_query_in_the_requests_the_dry_run_counts() {
+    let server = script_server(Script::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queries(dir.path(), 4);
+    let out = dir.path().join("out");
+    let args = ["--depth", "2"];
+    optimize(&server, &q, &out).args(args).assert().code(0);
+    let sent = bodies(&server).await;
 
+    // Step 0: aspects + the root's answer and score. Step 1: aspects, one
+    // optimizer call, 3 answers + 3 scores. Step 2: aspects, 2 optimizer
+    // calls (one per beam entry), 6 answers + 6 scores.
+    let (rows, total) = dry_run_rows(&server, &q, &args);
+    assert_eq!(rows, [[0, 1, 2, 0], [1, 3, 4, 1], [2, 6, 7, 2]]);
+    assert_eq!(total, 26);
+    assert_eq!(sent.len(), 26, "exactly the dry run's requests");
+    let events = read_jsonl(&out.join("search.jsonl"));
+    let per_step: Vec<[u64; 4]> = events
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .map(|e| {
+            let s = &e["summary"];
+            let r = &s["requests"];
+            [
+                s["step"].as_u64().unwrap(),
+                r["base"].as_u64().unwrap(),
+                r["evaluator"].as_u64().unwrap(),
+                r["optimizer"].as_u64().unwrap(),
+            ]
+        })
+        .collect();
+    assert_eq!(per_step, rows, "per step, as the dry run said");
+
+    // The training order is a seeded mix, and each new prompt is answered
+    // on the query after the one its parent was scored on.
     let r = report(&out);
-    assert_eq!(r["kind"], "optimize");
-    assert_eq!(r["status"], "done");
-    assert_eq!(r["best_reward"], 5.0);
-    assert_eq!(
-        r["reward_per_depth"],
-        json!([
-            {"depth": 0, "best": 2.0, "mean": 2.0, "nodes": 1},
-            {"depth": 1, "best": 3.0, "mean": 2.2, "nodes": 5},
-            {"depth": 2, "best": 4.0, "mean": 3.2, "nodes": 5},
-            {"depth": 3, "best": 5.0, "mean": 4.2, "nodes": 5}
-        ])
-    );
-    let path: Vec<u64> = r["best_path"]
+    let order: Vec<String> = r["training_order"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| n["node"].as_u64().unwrap())
+        .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(path, [0, 1, 4, 9]);
-    assert_eq!(r["requests"]["requests"], 65);
+    assert_eq!(order.len(), 3);
+    assert_ne!(order, ["q0", "q1", "q2"], "mixed, not in file order");
+    let nodes: Vec<&Value> = events.iter().filter(|e| e["kind"] == "node").collect();
+    let children: Vec<&&Value> = nodes.iter().filter(|n| n["role"] == "child").collect();
+    assert_eq!(children.len(), 9);
+    for c in &children {
+        let step = c["step"].as_u64().unwrap() as usize;
+        assert_eq!(c["query_id"], order[step].as_str());
+        let parent = nodes
+            .iter()
+            .find(|n| n["node"] == c["parent"])
+            .expect("parent node");
+        assert_eq!(parent["query_id"], order[step - 1].as_str());
+        // The base request for this prompt asked the next query.
+        let prompt = c["prompt"].as_str().unwrap();
+        let answered: Vec<String> = sent
+            .iter()
+            .filter(|b| kind(b) == Kind::Answer && b["messages"][0]["content"] == prompt)
+            .map(last_user)
+            .collect();
+        assert_eq!(answered, [query_text(&order[step])], "{prompt}");
+        // It came from an optimizer call that showed the parent's query.
+        assert!(sent.iter().any(|b| kind(b) == Kind::Propose
+            && last_user(b).contains(&query_text(&order[step - 1]))
+            && current_prompt(&last_user(b)) == parent["prompt"].as_str().unwrap()));
+    }
 
-    let events = read_jsonl(&out.join("search.jsonl"));
-    let of = |k: &str| events.iter().filter(|e| e["kind"] == k).count();
-    assert_eq!(of("duplicate"), 3);
-    assert_eq!(of("step"), 4);
-    // The satisfied node was evaluated at the last step and not expanded.
-    let last = events
+    // One optimizer call per expanded beam entry, for all 3 proposals, at
+    // the optimizer's sampling; base and evaluator greedy, 2048 tokens.
+    let propose: Vec<&Value> = sent.iter().filter(|b| kind(b) == Kind::Propose).collect();
+    assert_eq!(propose.len(), 3);
+    for b in &propose {
+        assert_eq!(
+            (&b["temperature"], &b["top_p"], &b["max_tokens"]),
+            (&json!(0.2), &json!(0.95), &json!(2048)),
+            "{b}"
+        );
+        assert!(last_user(b).contains("Write 3 better system prompts"));
+    }
+    for b in sent
         .iter()
-        .find(|e| e["kind"] == "node" && e["step"] == 3 && e["node"] == 9)
-        .expect("node 9 at step 4");
-    assert_eq!(last["satisfied"], true);
-    assert_eq!(last["scores"][0]["rationale"], "3 keys");
-    assert!(!events
-        .iter()
-        .any(|e| e["kind"] == "node" && e["step"] == 3 && e["parent"] == 9));
-    let child = events
-        .iter()
-        .find(|e| e["kind"] == "node" && e["node"] == 9 && e["role"] == "child")
-        .unwrap();
-    assert_eq!(child["parent"], 4);
-    assert_eq!(child["depth"], 3);
-    assert_eq!(child["query_id"], "q2");
-    assert_eq!(child["answer"], "Answer with 3 good bullets.");
-    assert_eq!(child["reward"], 5.0);
+        .filter(|b| matches!(kind(b), Kind::Answer | Kind::Score))
+    {
+        assert_eq!(
+            (&b["temperature"], &b["max_tokens"]),
+            (&json!(0.0), &json!(2048))
+        );
+    }
+    // The scoring prompt carries the aspect analysis and reasoning.
+    let score = sent.iter().find(|b| kind(b) == Kind::Score).unwrap();
+    let text = last_user(score);
     assert!(
-        stdout.contains("best path: #0 (2.00) → #1 (3.00) → #4 (4.00) → #9 (5.00)"),
-        "{stdout}"
+        text.contains("main topic: TOPIC") && text.contains("REASONING"),
+        "{text}"
     );
+    // The second step's optimizer calls show the path so far.
+    assert!(
+        propose[1..]
+            .iter()
+            .all(|b| last_user(b)
+                .contains(&format!("Earlier versions (oldest first):\n---\n{START}")))
+    );
+
+    let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
+    assert_eq!(keys_in(&best), 2, "{best}");
+    assert_eq!(r["best_reward"], 4.0);
+    assert_eq!(r["best_path_reward"], 3.5);
+}
+
+/// Alpha scores 4 then its children 2; Beta scores 2 then its children
+/// 3.5: the last step favours Beta's line, the path average Alpha's.
+fn alpha_beta(prompt: &str) -> (u8, u8) {
+    let late = prompt.contains("Gamma") || prompt.contains("Delta");
+    match (prompt.contains("Alpha"), prompt.contains("Beta"), late) {
+        (_, true, true) => (3, 4),
+        (true, _, true) => (2, 2),
+        (true, _, false) => (4, 4),
+        (_, true, false) => (2, 2),
+        _ => (1, 1),
+    }
+}
+
+fn alpha_beta_proposals(cur: &str) -> Vec<String> {
+    if cur.contains("Alpha") || cur.contains("Beta") {
+        vec![format!("{cur}\n- Gamma."), format!("{cur}\n- Delta.")]
+    } else {
+        vec![format!("{cur}\n- Alpha."), format!("{cur}\n- Beta.")]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_beam_is_ranked_by_the_path_average_not_the_last_step() {
+    let server = script_server(Script {
+        score: alpha_beta,
+        propose: alpha_beta_proposals,
+        ..Script::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queries(dir.path(), 3);
+    let out = dir.path().join("out");
+    optimize(&server, &q, &out)
+        .args(["--depth", "2", "--actions", "2", "--beam", "2"])
+        .assert()
+        .code(0);
+    let events = read_jsonl(&out.join("search.jsonl"));
+    let steps: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .map(|e| &e["summary"])
+        .collect();
+    // Step 2's best single reward is Beta's child (3.5) ...
+    assert_eq!(steps[2]["best"], 3.5);
+    // ... but the beam is Alpha's children: (4 + 2) / 2 = 3 > (2 + 3.5) / 2.
+    assert_eq!(steps[2]["best_path"], 3.0);
+    let node = |id: &Value| {
+        events
+            .iter()
+            .find(|e| e["kind"] == "node" && &e["node"] == id)
+            .unwrap()
+    };
+    for id in steps[2]["beam"].as_array().unwrap() {
+        let n = node(id);
+        assert!(n["prompt"].as_str().unwrap().contains("Alpha"), "{n}");
+        assert_eq!(n["path_reward"], 3.0);
+    }
+    let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
+    assert_eq!(
+        best.trim_end(),
+        format!("{START}\n- Alpha.\n- Gamma."),
+        "the earlier of two equal averages"
+    );
+    let r = report(&out);
+    assert_eq!(
+        (r["best_reward"].clone(), r["best_path_reward"].clone()),
+        (json!(2.0), json!(3.0))
+    );
+    // Parents were not answered again: 1 root + 2 + 4 children.
+    let answers = bodies(&server)
+        .await
+        .iter()
+        .filter(|b| kind(b) == Kind::Answer)
+        .count();
+    assert_eq!(answers, 7);
+}
+
+/// One KEY bullet satisfies every aspect.
+fn one_key_satisfies(prompt: &str) -> (u8, u8) {
+    if keys_in(prompt) > 0 {
+        (5, 5)
+    } else {
+        (2, 2)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_satisfied_prompt_is_carried_on_and_extends_the_depth_up_to_the_limit() {
+    let server = script_server(Script {
+        score: one_key_satisfies,
+        ..Script::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queries(dir.path(), 12);
+    let out = dir.path().join("out");
+    let done = optimize(&server, &q, &out)
+        .args(["--depth", "2", "--max-depth-increase", "3"])
+        .assert()
+        .code(0);
+    let r = report(&out);
+    assert_eq!(
+        (r["steps"].clone(), r["extended"].clone()),
+        (json!(5), json!(3))
+    );
+    let events = read_jsonl(&out.join("search.jsonl"));
+    let ext: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "depth")
+        .map(|e| e["depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ext, [3, 4, 5]);
+    // Satisfied entries are re-scored on the next query, not optimised:
+    // one optimizer call at step 1 (the root) and one at step 2 (the
+    // unsatisfied second entry), none after.
+    let sent = bodies(&server).await;
+    assert_eq!(sent.iter().filter(|b| kind(b) == Kind::Propose).count(), 2);
+    let kept: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "node" && e["role"] == "kept")
+        .collect();
+    assert!(kept.iter().all(|k| k["satisfied"] == true));
+    assert_eq!(kept.len(), 1 + 2 + 2 + 2);
+    assert_eq!(r["best_reward"], 5.0);
+    assert!(stdout_of(&done).contains("depth extended by 3 step(s)"));
+
+    // Without extension the search stops at --depth.
+    let out2 = dir.path().join("out2");
+    optimize(&server, &q, &out2)
+        .args(["--depth", "2", "--max-depth-increase", "0"])
+        .assert()
+        .code(0);
+    assert_eq!(report(&out2)["steps"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_search_is_final_and_dropped_requests_stay_dropped_unless_retried() {
+    let server = script_server(Script {
+        cut_off_query: Some("Question number 1?"),
+        ..Script::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queries(dir.path(), 3);
+    let out = dir.path().join("out");
+    let first = optimize(&server, &q, &out)
+        .args(["--depth", "2"])
+        .assert()
+        .code(0);
+    let n1 = bodies(&server).await.len();
+    let drops = read_jsonl(&out.join(".cai/dropped.jsonl"));
+    assert!(!drops.is_empty());
+    assert!(drops
+        .iter()
+        .all(|d| d["kind"] == "cut_off" && d["stage"] == "optimize-answer"));
+    assert_eq!(report(&out)["dropped_requests"], drops.len());
+
+    // The same command again: the stored result, nothing sent.
+    let again = optimize(&server, &q, &out)
+        .args(["--depth", "2"])
+        .assert()
+        .code(0);
+    assert_eq!(bodies(&server).await.len(), n1, "nothing sent");
+    assert_eq!(stdout_of(&again), stdout_of(&first));
+    let err = String::from_utf8_lossy(&again.get_output().stderr).to_string();
+    assert!(err.contains("nothing was sent"), "{err}");
+
+    // --retry-dropped sends exactly the dropped requests again (each
+    // twice: the engine widens a cut-off reply's limit once).
+    optimize(&server, &q, &out)
+        .args(["--depth", "2", "--retry-dropped"])
+        .assert()
+        .code(0);
+    let retried = bodies(&server).await;
+    assert_eq!(retried.len(), n1 + 2 * drops.len());
+    assert!(retried[n1..]
+        .iter()
+        .all(|b| kind(b) == Kind::Answer && last_user(b) == "Question number 1?"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_search_stopped_by_max_requests_resumes_without_sending_anything_twice() {
-    let server = script_server(false, false).await;
+    let server = script_server(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 3);
+    let q = queries(dir.path(), 4);
     let out = dir.path().join("out");
     let stopped = optimize(&server, &q, &out)
-        .args(["--depth", "4", "--max-requests", "30"])
+        .args(["--depth", "2", "--max-requests", "10"])
         .assert()
         .code(3);
     let err = String::from_utf8_lossy(&stopped.get_output().stderr).to_string();
     assert!(err.contains("--max-requests"), "{err}");
-    assert_eq!(bodies(&server).await.len(), 30);
-    let r = report(&out);
-    assert!(r["status"].as_str().unwrap().starts_with("stopped"), "{r}");
+    assert_eq!(bodies(&server).await.len(), 10);
+    assert!(report(&out)["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("stopped"));
     assert!(!out.join("system_prompt.txt").exists());
 
-    let done = optimize(&server, &q, &out)
-        .args(["--depth", "4"])
-        .assert()
-        .code(0);
-    let err = String::from_utf8_lossy(&done.get_output().stderr).to_string();
-    assert!(
-        err.contains("34 requests sent, 31 from the journal"),
-        "{err}"
-    );
-    // 30 + 34 = 64 < 65: nothing finished was sent again, and one score
-    // request that a fresh run sends twice (two prompts gave the same
-    // answer) was answered from the journal the second time.
-    assert_eq!(bodies(&server).await.len(), 64, "nothing was sent twice");
-    let best = std::fs::read_to_string(out.join("system_prompt.txt")).unwrap();
-    assert_eq!(keys_in(&best), 3);
-
-    // A third run replays everything.
     optimize(&server, &q, &out)
-        .args(["--depth", "4"])
+        .args(["--depth", "2"])
         .assert()
         .code(0);
-    assert_eq!(bodies(&server).await.len(), 64);
-    assert_eq!(report(&out)["requests"]["cached"], 65);
+    assert_eq!(
+        bodies(&server).await.len(),
+        26,
+        "a fresh run's 26, none twice"
+    );
+    let r = report(&out);
+    assert_eq!(
+        (
+            r["requests"]["requests"].clone(),
+            r["requests"]["cached"].clone()
+        ),
+        (json!(16), json!(10))
+    );
+    assert_eq!(
+        keys_in(&std::fs::read_to_string(out.join("system_prompt.txt")).unwrap()),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_evaluator_and_optimizer_replies_are_asked_again_then_dropped() {
-    let server = script_server(true, true).await;
+    let server = script_server(Script {
+        bad_first_score: true,
+        bad_third_proposal: true,
+        ..Script::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 1);
+    let q = queries(dir.path(), 2);
     let out = dir.path().join("out");
     optimize(&server, &q, &out)
         .args(["--depth", "1"])
         .assert()
         .code(0);
-    // 1 aspects; root: answer + 2 scores (the first not JSON); proposals 1
-    // and 2: 1 + answer + 2 scores each; proposal 3: 3 JSON asks and 3
-    // plain-text asks (no `<prompt>` markers either), then dropped.
-    let [aspects, answers, scores, proposals] = counts(&server).await;
-    assert_eq!((aspects, answers, scores, proposals), (1, 3, 6, 8));
+    // 2 aspects; root: answer + 2 scores (the first not JSON); one
+    // optimizer call whose third item is unusable; 2 children: answer + 2
+    // scores each.
+    let sent = bodies(&server).await;
+    let count = |k: Kind| sent.iter().filter(|b| kind(b) == k).count();
+    assert_eq!(
+        [Kind::Aspects, Kind::Answer, Kind::Score, Kind::Propose].map(count),
+        [2, 3, 6, 1]
+    );
     let events = read_jsonl(&out.join("search.jsonl"));
     let dropped: Vec<&Value> = events.iter().filter(|e| e["kind"] == "dropped").collect();
     assert_eq!(dropped.len(), 1, "{events:?}");
     assert_eq!(dropped[0]["variant"], 3);
-    let why = dropped[0]["reason"].as_str().unwrap();
-    assert!(
-        why.contains("3 replies unusable")
-            && why.contains("no `new_system_prompt` string")
-            && why.contains(
-                "plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"
-            ),
-        "{why}"
-    );
-    let r = report(&out);
-    assert_eq!(r["dropped"], 1);
-    assert_eq!(r["best_reward"], 3.0);
-    // Every score that was kept came from a re-ask (seed + 1).
-    let seeds: Vec<u64> = bodies(&server)
-        .await
+    assert_eq!(dropped[0]["reason"], "no `new_system_prompt` string");
+    assert_eq!(report(&out)["dropped"], 1);
+    // Every score kept came from a re-ask: the next seed, sampled (the
+    // same greedy request would get the same reply).
+    let scores: Vec<(u64, f64)> = sent
         .iter()
         .filter(|b| kind(b) == Kind::Score)
-        .map(|b| b["seed"].as_u64().unwrap())
+        .map(|b| {
+            (
+                b["seed"].as_u64().unwrap(),
+                b["temperature"].as_f64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(seeds, [SEED, SEED + 1, SEED, SEED + 1, SEED, SEED + 1]);
+    assert_eq!(scores, [(SEED, 0.0), (SEED + 1, 0.7)].repeat(3));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
-    let server = script_server(false, false).await;
+async fn eval_compares_prompts_and_places_the_best_matching_examples() {
+    let server = script_server(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let q = queries(dir.path(), 4);
     let plain = dir.path().join("plain.txt");
-    std::fs::write(&plain, "You are a helpful assistant.\n").unwrap();
+    std::fs::write(&plain, format!("{START}\n")).unwrap();
     let tuned = dir.path().join("tuned.txt");
+    std::fs::write(&tuned, format!("{START}\n{}\n{}\n", KEYS[0], KEYS[1])).unwrap();
+    let ex = dir.path().join("examples.json");
     std::fs::write(
-        &tuned,
-        format!("You are a helpful assistant.\n{}\n{}\n", KEYS[0], KEYS[1]),
+        &ex,
+        json!([
+            {"query": "How do I bake bread?", "answer": "Knead it."},
+            {"query": "Question number 2 about bread?", "answer": "A number."},
+            {"query": "Which number is prime?", "answer": "Seven."}
+        ])
+        .to_string(),
     )
     .unwrap();
     let out = dir.path().join("eval");
@@ -415,19 +713,44 @@ async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
             "base",
             "--quiet",
         ])
-        .args(["--base-url", &url, "--seed", "7"])
+        .args(["--base-url", &url, "--seed", "7", "--num-examples", "2"])
         .arg("--queries")
         .arg(&q)
         .arg("--out")
         .arg(&out)
+        .arg("--examples")
+        .arg(&ex)
         .arg("--prompt")
         .arg(&plain)
         .arg("--prompt")
         .arg(&tuned)
         .assert()
         .code(0);
+    let sent = bodies(&server).await;
     // 4 aspect requests + 4 × 2 × (answer + score).
-    assert_eq!(bodies(&server).await.len(), 20);
+    assert_eq!(sent.len(), 20);
+    // The query "Question number 2?" gets the two best BM25 matches, best
+    // first, as turns between the system prompt and the query.
+    let answer = sent
+        .iter()
+        .find(|b| kind(b) == Kind::Answer && last_user(b) == "Question number 2?")
+        .unwrap();
+    let turns: Vec<(&str, &str)> = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        turns[1..],
+        [
+            ("user", "Question number 2 about bread?"),
+            ("assistant", "A number."),
+            ("user", "Which number is prime?"),
+            ("assistant", "Seven."),
+            ("user", "Question number 2?")
+        ]
+    );
     let e: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(e["kind"], "optimize-eval");
@@ -439,7 +762,6 @@ async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
         (p["wins"].as_u64(), p["losses"].as_u64()),
         (Some(0), Some(4))
     );
-    assert_eq!(p["win_rate"], 0.0);
     let (lo, hi) = (
         p["ci95"][0].as_f64().unwrap(),
         p["ci95"][1].as_f64().unwrap(),
@@ -448,77 +770,85 @@ async fn eval_compares_prompts_with_aspect_means_and_a_win_rate_interval() {
         lo == 0.0 && hi > 0.3 && hi < 0.6,
         "Wilson interval for 0/4: {lo}–{hi}"
     );
-    let stdout = String::from_utf8_lossy(&done.get_output().stdout).to_string();
-    assert!(stdout.contains("0 wins, 0 ties, 4 losses of 4"), "{stdout}");
+    assert!(stdout_of(&done).contains("0 wins, 0 ties, 4 losses of 4"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn examples_are_optimised_offline_and_the_most_similar_are_shown() {
-    let server = script_server(false, false).await;
+async fn each_example_is_searched_over_k_candidates_and_the_best_is_kept() {
+    let server = script_server(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 1);
+    let q = queries(dir.path(), 2);
     let ex = dir.path().join("examples.jsonl");
+    let one = answer_under(KEYS[0]);
+    let three = answer_under(&KEYS.join("\n"));
     std::fs::write(
         &ex,
-        "{\"query\": \"How do I bake bread?\", \"answer\": \"Answer with 1 good bullets.\"}\n{\"query\": \"Question number 5?\", \"answer\": \"Answer with 3 good bullets.\"}\n",
+        format!(
+            "{}\n{}\n",
+            json!({"query": "How do I bake bread?", "answer": one}),
+            json!({"query": "Question number 5?", "answer": three})
+        ),
     )
     .unwrap();
     let out = dir.path().join("out");
     optimize(&server, &q, &out)
-        .args(["--depth", "1", "--k", "1"])
+        .args(["--depth", "1", "--num-examples", "1"])
+        .args(["--example-rounds", "3", "--example-candidates", "2"])
         .arg("--examples")
         .arg(&ex)
         .assert()
         .code(0);
     let bank: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("examples.json")).unwrap()).unwrap();
-    assert_eq!(bank.as_array().unwrap().len(), 2);
     let events = read_jsonl(&out.join("search.jsonl"));
     let exs: Vec<&Value> = events.iter().filter(|e| e["kind"] == "example").collect();
-    assert_eq!(exs[1]["status"], "satisfied");
+    // Example 0 scores 3; its 2 candidates score 4 and 5: the 5 is kept,
+    // and being satisfied, no second round is asked.
     assert_eq!(exs[0]["reward"], 3.0);
     assert_eq!(exs[0]["status"], "rewritten");
+    assert_eq!(exs[0]["rounds"], 1);
+    assert_eq!(
+        exs[0]["candidates"],
+        json!([{"round": 1, "reward": 4.0}, {"round": 1, "reward": 5.0}])
+    );
     assert_eq!(exs[0]["new_reward"], 5.0);
-    assert_eq!(bank[0]["answer"], "Answer with 3 good bullets.");
-    // The base request carries the one most similar example before the query.
-    let answer = bodies(&server)
-        .await
-        .into_iter()
-        .find(|b| kind(b) == Kind::Answer)
+    assert_eq!(bank[0]["answer"], three.as_str());
+    assert_eq!(exs[1]["status"], "satisfied");
+    let sent = bodies(&server).await;
+    assert_eq!(sent.iter().filter(|b| kind(b) == Kind::Rewrite).count(), 1);
+    // The prompt search places the best BM25 match of the optimised bank.
+    let answer = sent
+        .iter()
+        .find(|b| kind(b) == Kind::Answer && last_user(b) == "Question number 0?")
         .unwrap();
     let m = answer["messages"].as_array().unwrap();
     assert_eq!(m.len(), 4);
     assert_eq!(m[1]["content"], "Question number 5?");
-    assert_eq!(m[3]["content"], "Question number 0?");
 }
 
-#[test]
-fn dry_run_counts_the_designed_requests_and_sends_nothing() {
+#[tokio::test(flavor = "multi_thread")]
+async fn cai_toml_sets_the_optimizer_sampling() {
+    let server = script_server(Script::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 3);
-    let out = dir.path().join("out");
-    let done = cai()
-        .args([
-            "optimize",
-            "--provider",
-            "openai",
-            "--model",
-            "m",
-            "--dry-run",
-        ])
-        .args(["--base-url", "http://127.0.0.1:9/v1", "--depth", "4"])
-        .arg("--queries")
-        .arg(&q)
-        .arg("--out")
-        .arg(&out)
+    let q = queries(dir.path(), 2);
+    std::fs::write(
+        dir.path().join("cai.toml"),
+        "optimizer_temperature = 0.5\noptimizer_max_tokens = 1000\nbase_max_tokens = 300\n",
+    )
+    .unwrap();
+    optimize(&server, &q, &dir.path().join("out"))
+        .current_dir(dir.path())
+        .args(["--depth", "1", "--optimizer-top-p", "0.9"])
         .assert()
         .code(0);
-    let stdout = String::from_utf8_lossy(&done.get_output().stdout).to_string();
-    assert!(
-        stdout.contains("total: 80 requests (28 base, 31 evaluator, 21 optimizer)"),
-        "{stdout}"
+    let sent = bodies(&server).await;
+    let p = sent.iter().find(|b| kind(b) == Kind::Propose).unwrap();
+    assert_eq!(
+        (&p["temperature"], &p["top_p"], &p["max_tokens"]),
+        (&json!(0.5), &json!(0.9), &json!(1000))
     );
-    assert!(!out.exists());
+    let a = sent.iter().find(|b| kind(b) == Kind::Answer).unwrap();
+    assert_eq!(a["max_tokens"], 300);
 }
 
 #[test]
@@ -527,27 +857,28 @@ fn bad_options_and_files_exit_2_naming_them() {
     let q = queries(dir.path(), 1);
     let bad = dir.path().join("aspects.json");
     std::fs::write(&bad, "[{\"name\": \"x\"}").unwrap();
-    let err = cai()
-        .args(["optimize", "--provider", "openai", "--model", "m"])
-        .args(["--base-url", "http://127.0.0.1:9/v1", "--out", "o"])
-        .arg("--queries")
-        .arg(&q)
-        .arg("--aspects")
-        .arg(&bad)
-        .assert()
-        .code(2);
-    let e = String::from_utf8_lossy(&err.get_output().stderr).to_string();
+    let run = |extra: &[&str]| {
+        let a = cai()
+            .args(["optimize", "--provider", "openai", "--model", "m"])
+            .args(["--base-url", "http://127.0.0.1:9/v1", "--out", "o"])
+            .arg("--queries")
+            .arg(&q)
+            .args(extra)
+            .assert()
+            .code(2);
+        String::from_utf8_lossy(&a.get_output().stderr).to_string()
+    };
+    let e = run(&["--aspects", bad.to_str().unwrap()]);
     assert!(e.contains("aspects.json:1"), "{e}");
-    let err = cai()
-        .args(["optimize", "--provider", "openai", "--model", "m"])
-        .args(["--base-url", "http://127.0.0.1:9/v1", "--out", "o"])
-        .arg("--queries")
-        .arg(&q)
-        .args(["--evaluator", "nosuch:model"])
-        .assert()
-        .code(2);
-    let e = String::from_utf8_lossy(&err.get_output().stderr).to_string();
+    let e = run(&["--evaluator", "nosuch:model"]);
     assert!(e.contains("--evaluator `nosuch:model`"), "{e}");
+    let e = run(&["--optimizer-temperature", "3"]);
+    assert!(
+        e.contains("--optimizer-temperature 3 is outside 0..=2"),
+        "{e}"
+    );
+    let e = run(&["--base-max-tokens", "0"]);
+    assert!(e.contains("--base-max-tokens must be at least 1"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

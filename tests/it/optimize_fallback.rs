@@ -4,11 +4,12 @@
 //! is usable. One wiremock server plays base, evaluator and optimizer.
 //!
 //! The script: the base model's answer says how many of the KEY bullets its
-//! system prompt holds (n); every JSON request gets prose back; a digit
-//! request's first token puts 0.6 on `2+n`, 0.2 on `1+n` and 0.2 on "The",
-//! so its expected score is `2+n − 0.25`; a plain-text proposal repeats the
-//! current prompt between markers and adds, for proposal 1, the first
-//! missing KEY bullet, else a useless one.
+//! system prompt holds (n) and quotes the prompt (so no two prompts share
+//! an answer); every JSON request gets prose back; a digit request's first
+//! token puts 0.6 on `2+n`, 0.2 on `1+n` and 0.2 on "The", so its expected
+//! score is `2+n − 0.25`; a plain-text proposal list repeats the current
+//! prompt between markers once per proposal and adds, for proposal 1, the
+//! first missing KEY bullet, else a useless one.
 
 use serde_json::{json, Value};
 use std::path::Path;
@@ -128,30 +129,36 @@ impl Respond for Script {
                     return chat("You should be more helpful and clear.", None);
                 }
                 let cur = current_prompt(&last);
-                let variant: usize = last
-                    .split("This is proposal ")
+                let n: usize = last
+                    .split("Write ")
                     .nth(1)
                     .and_then(|r| r.split(' ').next())
                     .and_then(|d| d.parse().ok())
-                    .expect("variant");
-                let bullet = match variant {
-                    1 => KEYS
-                        .iter()
-                        .find(|k| !cur.contains(*k))
-                        .copied()
-                        .unwrap_or(USELESS[0]),
-                    2 => USELESS[0],
-                    _ => USELESS[1],
-                };
-                chat(
-                    &format!("Here it is.\n<prompt>\n{cur}\n{bullet}\n</prompt>"),
-                    None,
-                )
+                    .expect("number of proposals");
+                let blocks: Vec<String> = (1..=n)
+                    .map(|variant| {
+                        let bullet = match variant {
+                            1 => KEYS
+                                .iter()
+                                .find(|k| !cur.contains(*k))
+                                .copied()
+                                .unwrap_or(USELESS[0]),
+                            2 => USELESS[0],
+                            _ => USELESS[1],
+                        };
+                        format!("<prompt>\n{cur}\n{bullet}\n</prompt>")
+                    })
+                    .collect();
+                chat(&format!("Here they are.\n{}", blocks.join("\n")), None)
             }
             Kind::Answer => {
                 let system = body["messages"][0]["content"].as_str().unwrap_or_default();
                 chat(
-                    &format!("Answer with {} good bullets.", keys_in(system)),
+                    &format!(
+                        "Answer with {} good bullets under [{}].",
+                        keys_in(system),
+                        system.replace('\n', " | ")
+                    ),
                     None,
                 )
             }
@@ -188,16 +195,15 @@ fn count(k: &[Kind], which: Kind) -> usize {
 async fn a_model_that_never_writes_json_is_scored_by_logprobs_and_proposes_between_markers() {
     let server = server(Logprobs::Digits, true).await;
     let dir = tempfile::tempdir().unwrap();
-    let q = queries(dir.path(), 2);
+    let q = queries(dir.path(), 3);
     let out = dir.path().join("out");
     optimize(&server, &q, &out, 2).assert().code(0);
 
-    // Step 1 (q0): 3 aspect asks, then the fallback set of 3 aspects; the
-    // root: answer + 3 JSON score asks + 3 digit requests = 7; each of 3
-    // proposals: 3 JSON asks + 1 plain-text ask, then its child's 7. = 43.
-    // Step 2 (q1): 3 aspect asks; node 1: 7 + 3 × (4 + 7); the root: 7 +
-    // 3 × 4 proposals, of which the first repeats node 1 (a duplicate, not
-    // evaluated) + 2 × 7. = 76. Total 119.
+    // Step 0: 3 aspect asks, then the fallback set of 3 aspects; the root:
+    // answer + 3 JSON score asks + 3 digit requests = 7. Step 1: 3 aspect
+    // asks; the root's proposals: 3 JSON list asks + 1 plain-text list ask
+    // holding all 3; 3 children × 7. Step 2: 3 aspect asks; 2 beam entries
+    // × (3 + 1) optimizer asks; 6 children × 7. Total 10 + 28 + 53 = 91.
     let k = kinds(&server).await;
     assert_eq!(
         [
@@ -209,10 +215,10 @@ async fn a_model_that_never_writes_json_is_scored_by_logprobs_and_proposes_betwe
             Kind::ProposeText
         ]
         .map(|w| count(&k, w)),
-        [6, 11, 33, 33, 27, 9],
+        [9, 10, 30, 30, 9, 3],
         "requests by kind"
     );
-    assert_eq!(k.len(), 119);
+    assert_eq!(k.len(), 91);
 
     // Digit requests ask for the first token's top 20, greedily, briefly.
     let digit = bodies(&server)
@@ -241,8 +247,10 @@ async fn a_model_that_never_writes_json_is_scored_by_logprobs_and_proposes_betwe
     );
     let r = report(&out);
     assert_eq!(r["status"], "done");
-    // Every aspect: (0.6·(2+n) + 0.2·(1+n)) / 0.8 = 1.75 + n.
+    // Every aspect: (0.6·(2+n) + 0.2·(1+n)) / 0.8 = 1.75 + n; the path
+    // averages 2.75 and 3.75.
     assert_eq!(r["best_reward"], 3.75);
+    assert_eq!(r["best_path_reward"], 3.25);
     assert_eq!(r["dropped"], 0);
 
     let events = read_jsonl(&out.join("search.jsonl"));
@@ -274,16 +282,17 @@ async fn a_model_that_never_writes_json_is_scored_by_logprobs_and_proposes_betwe
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn proposals_without_markers_are_dropped_with_both_reasons() {
+async fn proposals_without_markers_are_dropped_with_all_three_reasons() {
     let server = server(Logprobs::Digits, false).await;
     let dir = tempfile::tempdir().unwrap();
     let q = queries(dir.path(), 1);
     let out = dir.path().join("out");
     optimize(&server, &q, &out, 1).assert().code(0);
-    // 3 aspect asks + the root's 7 + 3 proposals × (3 JSON + 3 plain asks).
+    // 3 aspect asks + the root's 7; then 3 JSON list asks, 3 plain-text
+    // list asks and 3 proposals × 3 one-per-call asks.
     let k = kinds(&server).await;
-    assert_eq!(k.len(), 28);
-    assert_eq!(count(&k, Kind::ProposeText), 9);
+    assert_eq!(k.len(), 25);
+    assert_eq!(count(&k, Kind::ProposeText), 12);
     let events = read_jsonl(&out.join("search.jsonl"));
     let dropped: Vec<&Value> = events.iter().filter(|e| e["kind"] == "dropped").collect();
     assert_eq!(dropped.len(), 3);
@@ -292,7 +301,8 @@ async fn proposals_without_markers_are_dropped_with_both_reasons() {
         why.contains("optimizer: 3 replies unusable; last: not JSON")
             && why.contains(
                 "plain-text fallback: 3 replies unusable; last: no line starting with `<prompt>`"
-            ),
+            )
+            && why.contains("one per call: 3 replies unusable"),
         "{why}"
     );
     let r = report(&out);
@@ -306,16 +316,14 @@ async fn proposals_without_markers_are_dropped_with_both_reasons() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_usable_logprobs_a_scoring_is_dropped_and_the_search_still_finishes() {
-    for (lp, reason, sent) in [
+    for (lp, reason) in [
         (
             Logprobs::Absent,
             "log-probability fallback: the endpoint returned no log-probabilities",
-            8,
         ),
         (
             Logprobs::Faint,
             "log-probability fallback: `Helpfulness`: the digits 1–5 hold 0.020 of the first-token probability (at least 0.05)",
-            8,
         ),
     ] {
         let server = server(lp, true).await;
@@ -324,8 +332,10 @@ async fn without_usable_logprobs_a_scoring_is_dropped_and_the_search_still_finis
         let out = dir.path().join("out");
         optimize(&server, &q, &out, 1).assert().code(0);
         // 3 aspect asks + answer + 3 JSON score asks + the first aspect's
-        // digit request (one unusable aspect ends the scoring).
-        assert_eq!(kinds(&server).await.len(), sent);
+        // digit request (one unusable aspect ends the scoring). The root,
+        // unscored, is carried on to step 1 on the same (only) query: the
+        // same requests, all answered from the journal.
+        assert_eq!(kinds(&server).await.len(), 8);
         let events = read_jsonl(&out.join("search.jsonl"));
         let root = events
             .iter()
@@ -339,6 +349,6 @@ async fn without_usable_logprobs_a_scoring_is_dropped_and_the_search_still_finis
         let r = report(&out);
         assert_eq!(r["status"], "done");
         assert_eq!(r["best_reward"], Value::Null);
-        assert_eq!(r["dropped"], 1);
+        assert_eq!(r["dropped"], 2);
     }
 }
