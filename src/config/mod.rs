@@ -9,6 +9,7 @@ pub mod generate;
 pub mod judge;
 pub mod label;
 pub mod optimize;
+pub mod serve;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -152,7 +153,7 @@ pub fn is_var_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn check_url(url: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_url(url: &str) -> Result<(), ConfigError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ConfigError(format!("--base-url `{url}` is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
