@@ -18,6 +18,20 @@ use crate::provider::presets::{self, Preset, PRESETS};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Diagnostic log records on stderr from this level up (default: warn).
+    /// Without it, RUST_LOG (tracing's filter syntax) is read when set.
+    #[arg(long, global = true, value_enum)]
+    pub log_level: Option<LogLevel>,
+}
+
+/// `--log-level`: the least severe log record shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,17 +18,19 @@
 //! | [`engine`] | the one run loop, requests (limits, retries, journal, budgets), run-directory lock, progress |
 //! | [`input`] | prompts, constitution, answer pairs |
 //! | [`provider`] | the `Provider` trait and every backend, endpoint pools, the local model |
-//! | [`template`], [`cost`], [`error`], `digest` | templates, prices, error types, hex of digests |
+//! | [`template`], [`cost`], [`error`], [`logging`], `digest`, `date` | templates, prices, error types, the log subscriber, hex of digests, UTC calendar dates |
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod cost;
+pub(crate) mod date;
 pub(crate) mod digest;
 pub mod engine;
 pub mod error;
 pub mod feedback;
 pub mod input;
+pub mod logging;
 pub mod output;
 pub mod pipeline;
 pub mod provider;

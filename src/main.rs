@@ -25,5 +25,16 @@ fn main() -> std::process::ExitCode {
         }
     };
     let cli = cai::cli::Cli::parse_from(prepared.argv);
+    let json = cai::commands::json_output(&cli.command);
+    if let Err(e) = cai::logging::init(cli.log_level, json) {
+        if json {
+            let event =
+                serde_json::json!({ "event": "error", "exit_code": 2, "message": e.to_string() });
+            eprintln!("{event}");
+        } else {
+            eprintln!("cai: error: {e}");
+        }
+        return std::process::ExitCode::from(2);
+    }
     cai::main_with(cli, argv)
 }

@@ -284,7 +284,7 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
             &cfg.params,
             &rec.text,
         )
-        .map_err(RunError::Usage)?;
+        .map_err(|e| RunError::Template(vec![e]))?;
         let first = estimate_tokens(&req);
         prompts += 1;
         initial.requests += 1;

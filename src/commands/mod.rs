@@ -18,14 +18,19 @@ use crate::config::generate::GenerateConfig;
 use crate::config::label::LabelConfig;
 use crate::error::RunError;
 
-/// Runs a parsed command line; returns the process exit code.
-pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
-    let json = match &cli.command {
+/// Whether the command writes its stderr as JSON lines (`--log-format json`).
+pub fn json_output(command: &Command) -> bool {
+    match command {
         Command::Generate(a) => a.run.log_format == cli::LogFormat::Json,
         Command::Label(a) => a.run.log_format == cli::LogFormat::Json,
         Command::Optimize(a) => a.common.run.log_format == cli::LogFormat::Json,
         _ => false,
-    };
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
+    let json = json_output(&cli.command);
     let result = match cli.command {
         Command::Config(args) => match args.action {
             cli::ConfigAction::Show(_) => {
@@ -65,16 +70,12 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
         }),
         Command::Model(cmd) => model::model(cmd),
         Command::Serve(args) => crate::serve::run(&args),
-        Command::Report(args) => match crate::output::report::command(&args) {
-            Ok(path) => {
+        Command::Report(args) => crate::output::report::command(&args)
+            .map(|path| {
                 println!("{}", path.display());
-                Ok(0)
-            }
-            Err(e) => {
-                eprintln!("cai: error: {e}");
-                return ExitCode::from(e.exit_code());
-            }
-        },
+                0
+            })
+            .map_err(RunError::from),
         Command::Render(args) => render::render(&args).map(|out| {
             print!("{out}");
             0

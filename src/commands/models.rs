@@ -107,8 +107,9 @@ async fn get<T: serde::de::DeserializeOwned>(
 async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
     let (kind, _) = config::select_provider(args);
     if let Some(url) = args.base_url() {
-        reqwest::Url::parse(url)
-            .map_err(|e| ConfigError(format!("--base-url `{url}` is not a valid URL: {e}")))?;
+        reqwest::Url::parse(url).map_err(|e| {
+            ConfigError::flag("--base-url", format!("`{url}` is not a valid URL: {e}"))
+        })?;
     }
     let timeout = std::time::Duration::from_secs_f64(args.timeout.clamp(1.0, 600.0));
     let client = config::http_client(timeout, 1)?;
@@ -117,7 +118,7 @@ async fn list(args: &EndpointArgs) -> Result<Vec<String>, RunError> {
         ProviderKind::Openai | ProviderKind::Preset(_) => {
             let preset = kind
                 .preset()
-                .ok_or_else(|| ConfigError(format!("unknown provider {}", kind.name())))?;
+                .ok_or_else(|| ConfigError::UnknownProvider(kind.name().to_string()))?;
             let public = args.base_url().is_none() && preset.is_hosted();
             let (key, var) = config::read_key(args, kind, public)?;
             let base = args.base_url().unwrap_or(preset.base_url);

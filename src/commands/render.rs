@@ -17,7 +17,7 @@ pub fn render(args: &RenderArgs) -> Result<String, RunError> {
         let rec = rec.map_err(InputErrors::from)?;
         let (_, req) =
             pipeline::initial_request(&inputs.constitution, &inputs.templates, &params, &rec.text)
-                .map_err(RunError::Usage)?;
+                .map_err(|e| RunError::Template(vec![e]))?;
         let preview = provider
             .preview(&req)
             .map_err(|e| RunError::Usage(e.to_string()))?;

@@ -77,22 +77,28 @@ pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> Result<PromptSpec, Co
     let shard = match input.shard {
         None => {
             if input.shards.is_some() {
-                return Err(ConfigError("--shards N goes with --shard auto".into()));
+                return Err(ConfigError::conflict(
+                    "--shards",
+                    "--shard",
+                    "--shards N goes with --shard auto",
+                ));
             }
             None
         }
         Some(ShardArg::Fixed(s)) => {
             if input.shards.is_some_and(|n| n != s.count) {
-                return Err(ConfigError(format!(
-                    "--shard {s} and --shards {} disagree on the number of shards",
-                    input.shards.unwrap_or_default()
-                )));
+                return Err(ConfigError::conflict(
+                    "--shard",
+                    "--shards",
+                    format!(
+                        "--shard {s} and --shards {} disagree on the number of shards",
+                        input.shards.unwrap_or_default()
+                    ),
+                ));
             }
             Some(s)
         }
-        Some(ShardArg::Auto) => {
-            Some(Shard::auto(|name| std::env::var(name).ok(), input.shards).map_err(ConfigError)?)
-        }
+        Some(ShardArg::Auto) => Some(Shard::auto(|name| std::env::var(name).ok(), input.shards)?),
     };
     Ok(PromptSpec {
         path: prompts,
@@ -143,14 +149,15 @@ pub struct GenerateConfig {
 
 /// A `--system-prompt` file: readable, UTF-8, not blank; trimmed.
 pub fn read_system_prompt(path: &std::path::Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--system-prompt {}: {e}", path.display())))?;
+    let bad = |why: String| ConfigError::FlagFile {
+        flag: "--system-prompt",
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(ConfigError(format!(
-            "--system-prompt {}: the file is empty",
-            path.display()
-        )));
+        return Err(bad("the file is empty".into()));
     }
     Ok(text.to_string())
 }
@@ -277,13 +284,20 @@ fn batch_mode(
     use crate::engine::batch::BatchMode;
     let files = args.batch_export.is_some() || args.batch_import.is_some();
     if !(args.batch_poll.is_finite() && args.batch_poll > 0.0) {
-        return Err(ConfigError(
-            "--batch-poll must be a positive number of seconds".into(),
+        return Err(ConfigError::flag(
+            "--batch-poll",
+            "must be a positive number of seconds",
         ));
     }
     if args.batch && files {
-        return Err(ConfigError(
-            "--batch submits to the provider's batch API; --batch-export/--batch-import hand a stage to you as files: use one or the other".into(),
+        return Err(ConfigError::conflict(
+            "--batch",
+            if args.batch_export.is_some() {
+                "--batch-export"
+            } else {
+                "--batch-import"
+            },
+            "--batch submits to the provider's batch API; --batch-export/--batch-import hand a stage to you as files: use one or the other",
         ));
     }
     if !args.batch && !files {
@@ -297,35 +311,46 @@ fn batch_mode(
         "--batch-import"
     };
     if endpoint.base_urls.len() > 1 {
-        return Err(ConfigError(format!(
-            "{flag} sends a stage to one service: give one --base-url, not a pool"
-        )));
+        return Err(ConfigError::conflict(
+            flag,
+            "--base-url",
+            format!("{flag} sends a stage to one service: give one --base-url, not a pool"),
+        ));
     }
     let api = provider.batch_api();
     if args.batch {
         let supported = matches!(provider.name(), "openai" | "anthropic") && api.is_some();
         if !supported {
-            return Err(ConfigError(format!(
-                "--batch: provider `{}` has no batch API that cai can use (it drives the OpenAI and Anthropic ones: --provider openai or anthropic); for a vLLM server, use --batch-export FILE and `vllm run_batch`",
-                provider.name()
-            )));
+            return Err(ConfigError::conflict(
+                "--batch",
+                "--provider",
+                format!(
+                    "--batch: provider `{}` has no batch API that cai can use (it drives the OpenAI and Anthropic ones: --provider openai or anthropic); for a vLLM server, use --batch-export FILE and `vllm run_batch`",
+                    provider.name()
+                ),
+            ));
         }
         return Ok(Some(BatchMode::Submit {
             poll: std::time::Duration::from_secs_f64(args.batch_poll),
         }));
     }
     if api.is_none_or(|a| a.name() != "openai") {
-        return Err(ConfigError(format!(
-            "{flag} reads and writes the OpenAI batch format, which provider `{}` does not speak: use an OpenAI-compatible provider (openai, vllm, ...)",
-            provider.name()
-        )));
+        return Err(ConfigError::conflict(
+            flag,
+            "--provider",
+            format!(
+                "{flag} reads and writes the OpenAI batch format, which provider `{}` does not speak: use an OpenAI-compatible provider (openai, vllm, ...)",
+                provider.name()
+            ),
+        ));
     }
     if let Some(p) = &args.batch_import {
         if !p.is_file() {
-            return Err(ConfigError(format!(
-                "--batch-import {}: no such file",
-                p.display()
-            )));
+            return Err(ConfigError::FlagFile {
+                flag: "--batch-import",
+                path: p.clone(),
+                why: "no such file".into(),
+            });
         }
     }
     Ok(Some(BatchMode::Files {
@@ -338,7 +363,7 @@ fn batch_mode(
 /// `--samples` and `--select`; `None` = the plain revision/none modes.
 fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
     if args.samples == 0 {
-        return Err(ConfigError("--samples must be at least 1".into()));
+        return Err(ConfigError::flag("--samples", "must be at least 1"));
     }
     let judge = Selection::Judge {
         keep_ties: args.judge.ties == TiesArg::Keep,
@@ -348,15 +373,23 @@ fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
         (PreferenceArg::Judge | PreferenceArg::Revision, Some(SelectArg::Heuristic)) => {
             Ok(Some(Selection::Heuristic))
         }
-        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(ConfigError(
-            "--select judge needs --preference judge".into(),
+        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(ConfigError::conflict(
+            "--select",
+            "--preference",
+            "--select judge needs --preference judge",
         )),
-        (PreferenceArg::Revision, None) if args.samples > 1 => Err(ConfigError(
-            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic".into(),
+        (PreferenceArg::Revision, None) if args.samples > 1 => Err(ConfigError::conflict(
+            "--samples",
+            "--preference",
+            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic",
         )),
-        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => Err(ConfigError(
-            "--samples and --select pick preference pairs; they do nothing with --preference none".into(),
-        )),
+        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => {
+            Err(ConfigError::conflict(
+                if args.samples > 1 { "--samples" } else { "--select" },
+                "--preference",
+                "--samples and --select pick preference pairs; they do nothing with --preference none",
+            ))
+        }
         _ => Ok(None),
     }
 }

@@ -26,15 +26,14 @@ pub fn options(
     seed: u64,
     cot_max_tokens: u32,
 ) -> Result<JudgeOptions, ConfigError> {
-    use ConfigError;
     if args.judge_samples == 0 {
-        return Err(ConfigError("--judge-samples must be at least 1".into()));
+        return Err(ConfigError::flag("--judge-samples", "must be at least 1"));
     }
     if !(0.0..0.5).contains(&args.tie_margin) {
-        return Err(ConfigError(format!(
-            "--tie-margin {} is outside [0, 0.5)",
-            args.tie_margin
-        )));
+        return Err(ConfigError::flag(
+            "--tie-margin",
+            format!("{} is outside [0, 0.5)", args.tie_margin),
+        ));
     }
     Ok(JudgeOptions {
         samples: args.judge_samples,
@@ -56,9 +55,10 @@ pub fn parse_spec(
 ) -> Result<crate::cli::EndpointArgs, ConfigError> {
     use clap::ValueEnum;
     let bad = |why: &str| {
-        ConfigError(format!(
-            "--judge `{spec}`: {why} (expected provider:model[@base_url])"
-        ))
+        ConfigError::flag(
+            "--judge",
+            format!("`{spec}`: {why} (expected provider:model[@base_url])"),
+        )
     };
     let (provider, rest) = spec.split_once(':').ok_or_else(|| bad("no provider"))?;
     let kind = crate::cli::ProviderKind::from_str(provider.trim(), true)
@@ -85,8 +85,11 @@ pub fn open_engine(
     setup: &EngineSetup,
 ) -> Result<Arc<Engine>, ConfigError> {
     let path = setup.state_dir.join(journal_file);
-    let journal = crate::engine::Journal::open(&path, setup.done)
-        .map_err(|e| ConfigError(format!("cannot open {}: {e}", path.display())))?;
+    let journal =
+        crate::engine::Journal::open(&path, setup.done).map_err(|source| ConfigError::Journal {
+            path: path.clone(),
+            source,
+        })?;
     Ok(Arc::new(
         Engine::new(provider, journal, setup.cfg.clone(), setup.stop.clone())
             .with_stats(setup.stats.clone()),

@@ -99,11 +99,7 @@ pub(crate) fn read_key(
 ) -> Result<(Option<SecretString>, Option<String>), ConfigError> {
     let (vars, explicit): (Vec<String>, bool) = match &args.api_key_env {
         // A key pasted where its variable's name belongs must not be echoed.
-        Some(v) if !is_var_name(v) => {
-            return Err(ConfigError(
-                "--api-key-env takes the NAME of an environment variable (e.g. MY_KEY), not a key; the value given is not a variable name and is not shown".into(),
-            ))
-        }
+        Some(v) if !is_var_name(v) => return Err(ConfigError::KeyEnvNotAName),
         Some(v) => (vec![v.clone()], true),
         None => (
             default_key_vars(kind)
@@ -127,20 +123,12 @@ pub(crate) fn read_key(
         }
     }
     if explicit || needs_key {
-        let alternatives = vars[1..]
-            .iter()
-            .map(|v| format!(" (or {v})"))
-            .collect::<String>();
-        return Err(ConfigError(format!(
-            "no API key for provider {}: set the environment variable {}{alternatives}{}",
-            kind.name(),
-            vars[0],
-            if explicit {
-                " (named by --api-key-env)"
-            } else {
-                ""
-            }
-        )));
+        return Err(ConfigError::MissingKey {
+            provider: kind.name().to_string(),
+            var: vars[0].clone(),
+            alternatives: vars[1..].to_vec(),
+            named_by_flag: explicit,
+        });
     }
     Ok((None, None))
 }
@@ -155,11 +143,12 @@ pub fn is_var_name(s: &str) -> bool {
 
 pub(crate) fn check_url(url: &str) -> Result<(), ConfigError> {
     let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ConfigError(format!("--base-url `{url}` is not a valid URL: {e}")))?;
+        .map_err(|e| ConfigError::flag("--base-url", format!("`{url}` is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(ConfigError(format!(
-            "--base-url `{url}` must be an http:// or https:// URL with a host"
-        )));
+        return Err(ConfigError::flag(
+            "--base-url",
+            format!("`{url}` must be an http:// or https:// URL with a host"),
+        ));
     }
     Ok(())
 }
@@ -174,10 +163,13 @@ pub fn load_chat_template(spec: &str) -> Result<ChatTemplate, ConfigError> {
     let path = std::path::Path::new(spec);
     let text = std::fs::read_to_string(path).map_err(|e| {
         let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-        ConfigError(format!(
-            "--chat-template `{spec}`: not a built-in ({}) and not a readable file: {e}",
-            names.join(", ")
-        ))
+        ConfigError::flag(
+            "--chat-template",
+            format!(
+                "`{spec}`: not a built-in ({}) and not a readable file: {e}",
+                names.join(", ")
+            ),
+        )
     })?;
     let (source, bos, eos) = match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) if v.get("chat_template").is_some() => {
@@ -195,13 +187,19 @@ pub fn load_chat_template(spec: &str) -> Result<ChatTemplate, ConfigError> {
             let src = v["chat_template"]
                 .as_str()
                 .map(str::to_string)
-                .ok_or_else(|| ConfigError(format!("{spec}: chat_template: expected a string")))?;
+                .ok_or_else(|| ConfigError::FileKey {
+                    path: path.to_path_buf(),
+                    key: "chat_template".into(),
+                    why: "expected a string".into(),
+                })?;
             (src, token("bos_token"), token("eos_token"))
         }
         _ => (text, String::new(), String::new()),
     };
-    let t = ChatTemplate::new(&source, bos, eos)
-        .map_err(|e| ConfigError(format!("{spec}: chat template does not compile: {e}")))?;
+    let t = ChatTemplate::new(&source, bos, eos).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        why: format!("chat template does not compile: {e}"),
+    })?;
     // Render a probe conversation so a template that fails on every input
     // (unknown filter, raise_exception on the system role) is caught now.
     let probe = [
@@ -209,27 +207,29 @@ pub fn load_chat_template(spec: &str) -> Result<ChatTemplate, ConfigError> {
         crate::provider::Message::assistant("probe"),
         crate::provider::Message::user("probe"),
     ];
-    t.render(&probe, true)
-        .map_err(|e| ConfigError(format!("{spec}: chat template fails to render: {e}")))?;
+    t.render(&probe, true).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        why: format!("chat template fails to render: {e}"),
+    })?;
     Ok(t)
 }
 
 /// Sampling arguments as request parameters.
 pub fn gen_params(s: &SamplingArgs) -> Result<GenParams, ConfigError> {
     if !(0.0..=2.0).contains(&s.temperature) {
-        return Err(ConfigError(format!(
-            "--temperature {} is outside 0..=2",
-            s.temperature
-        )));
+        return Err(ConfigError::flag(
+            "--temperature",
+            format!("{} is outside 0..=2", s.temperature),
+        ));
     }
     if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-        return Err(ConfigError(format!(
-            "--top-p {} is outside (0, 1]",
-            s.top_p
-        )));
+        return Err(ConfigError::flag(
+            "--top-p",
+            format!("{} is outside (0, 1]", s.top_p),
+        ));
     }
     if s.max_tokens == 0 {
-        return Err(ConfigError("--max-tokens must be at least 1".into()));
+        return Err(ConfigError::flag("--max-tokens", "must be at least 1"));
     }
     Ok(GenParams {
         max_tokens: s.max_tokens,
@@ -250,7 +250,7 @@ pub fn http_client(timeout: Duration, concurrency: usize) -> Result<reqwest::Cli
         .tcp_nodelay(true)
         .user_agent(concat!("cai/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ConfigError(format!("cannot build the HTTP client: {e}")))
+        .map_err(ConfigError::HttpClient)
 }
 
 /// The GGUF file the local provider loads: `--model PATH`, else the
@@ -258,7 +258,7 @@ pub fn http_client(timeout: Duration, concurrency: usize) -> Result<reqwest::Cli
 pub fn local_model_path(args: &EndpointArgs) -> Result<PathBuf, ConfigError> {
     match &args.model {
         Some(m) => Ok(PathBuf::from(m)),
-        None => model_store::default_model_path().map_err(|e| ConfigError(e.to_string())),
+        None => Ok(model_store::default_model_path()?),
     }
 }
 
@@ -278,10 +278,7 @@ pub async fn ensure_local_model(
         return Ok(());
     }
     if args.offline {
-        return Err(ConfigError(format!(
-            "the default model is not in the cache ({}) and --offline forbids downloading it; run `cai model fetch` first",
-            path.display()
-        )));
+        return Err(ConfigError::OfflineNoModel { path });
     }
     note(&format!(
         "the default model is not in the cache: downloading it to {} (once)",
@@ -290,7 +287,7 @@ pub async fn ensure_local_model(
     model_store::fetch_default(show_progress)
         .await
         .map(|_| ())
-        .map_err(|e| ConfigError(e.to_string()))
+        .map_err(ConfigError::from)
 }
 
 /// One `--base-url` of a pool: `URL` or `URL#weight=W` (W > 0).
@@ -303,9 +300,12 @@ fn pool_member(spec: &str) -> Result<(String, f64), ConfigError> {
                 .and_then(|w| w.parse::<f64>().ok())
                 .filter(|w| w.is_finite() && *w > 0.0)
                 .ok_or_else(|| {
-                    ConfigError(format!(
-                        "--base-url `{spec}`: after `#` only `weight=W` (a positive number) is understood"
-                    ))
+                    ConfigError::flag(
+                        "--base-url",
+                        format!(
+                            "`{spec}`: after `#` only `weight=W` (a positive number) is understood"
+                        ),
+                    )
                 })?;
             (url, w)
         }
@@ -345,10 +345,14 @@ fn build(
             kind,
             ProviderKind::Openai | ProviderKind::Preset(_) | ProviderKind::Hf
         ) {
-            return Err(ConfigError(format!(
-                "several --base-url (an endpoint pool) work with OpenAI-compatible and hf (TGI) servers, not --provider {}",
-                kind.name()
-            )));
+            return Err(ConfigError::conflict(
+                "--base-url",
+                "--provider",
+                format!(
+                    "several --base-url (an endpoint pool) work with OpenAI-compatible and hf (TGI) servers, not --provider {}",
+                    kind.name()
+                ),
+            ));
         }
         let mut members = Vec::with_capacity(args.base_urls.len());
         for spec in &args.base_urls {
@@ -369,24 +373,25 @@ fn build(
         read_key(args, kind, needs_key),
         missing_key.as_deref_mut(),
     ) {
-        (Err(e), Some(slot)) if e.0.starts_with("no API key") => {
-            *slot = Some(e.0);
+        (Err(e @ ConfigError::MissingKey { .. }), Some(slot)) => {
+            *slot = Some(e.to_string());
             Ok((None, None))
         }
         (r, _) => r,
     };
     let (kind, note) = select_provider(args);
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(ConfigError(format!(
-            "--timeout {} must be positive",
-            args.timeout
-        )));
+        return Err(ConfigError::flag(
+            "--timeout",
+            format!("{} must be positive", args.timeout),
+        ));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     if args.max_reply_bytes.is_some_and(|b| b < MIN_REPLY_BYTES) {
-        return Err(ConfigError(format!(
-            "--max-reply-bytes must be at least {MIN_REPLY_BYTES} (room for one small JSON reply)"
-        )));
+        return Err(ConfigError::flag(
+            "--max-reply-bytes",
+            format!("must be at least {MIN_REPLY_BYTES} (room for one small JSON reply)"),
+        ));
     }
     let limit = ReplyLimit::fixed(args.max_reply_bytes);
     if let Some(url) = args.base_url() {
@@ -395,7 +400,7 @@ fn build(
     let provider: Arc<dyn Provider> = match kind {
         ProviderKind::Openai | ProviderKind::Preset(_) => {
             let Some(preset) = kind.preset() else {
-                return Err(ConfigError(format!("unknown provider {}", kind.name())));
+                return Err(ConfigError::UnknownProvider(kind.name().to_string()));
             };
             // With --base-url the preset only names the key variable, and
             // the server may be a local one that needs no key.
@@ -406,10 +411,14 @@ fn build(
                 (None, Some(_), _) => LOCAL_DEFAULT_MODEL.to_string(),
                 (None, None, Some(m)) => m.to_string(),
                 (None, None, None) => {
-                    return Err(ConfigError(format!(
-                    "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
-                    preset.name, preset.name
-                )))
+                    return Err(ConfigError::conflict(
+                        "--provider",
+                        "--model",
+                        format!(
+                            "--provider {} needs --model NAME (list them with `cai models --provider {}`)",
+                            preset.name, preset.name
+                        ),
+                    ))
                 }
             };
             Arc::new(
@@ -454,9 +463,10 @@ fn build(
             let public = args.base_url().is_none();
             let model = match (&args.model, public) {
                 (Some(m), _) => m.clone(),
-                (None, true) => return Err(ConfigError(
-                    "--provider hf without --base-url needs --model (the Inference API model id)"
-                        .into(),
+                (None, true) => return Err(ConfigError::conflict(
+                    "--provider",
+                    "--model",
+                    "--provider hf without --base-url needs --model (the Inference API model id)",
                 )),
                 (None, false) => "tgi".to_string(),
             };
@@ -477,20 +487,18 @@ fn build(
         ProviderKind::Local => {
             let path = local_model_path(args)?;
             if !path.exists() {
-                return Err(ConfigError(format!(
-                    "model file {} not found{}",
-                    path.display(),
-                    if args.model.is_none() {
-                        "; run `cai model fetch` to download the default model"
-                    } else {
-                        ""
-                    }
-                )));
+                return Err(ConfigError::ModelNotFound {
+                    path,
+                    default: args.model.is_none(),
+                });
             }
             let parallel = args
                 .local_parallel
                 .unwrap_or(crate::provider::local::DEFAULT_MAX_BATCH);
-            let local = LocalProvider::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+            let local = LocalProvider::load(&path).map_err(|e| ConfigError::LocalModel {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
             let mb = args
                 .local_cache_mb
                 .unwrap_or_else(crate::provider::local::default_cache_mb);
@@ -519,7 +527,7 @@ pub struct RunSettings {
 impl RunSettings {
     pub fn from_args(a: &crate::cli::RunArgs) -> Result<RunSettings, ConfigError> {
         if a.concurrency == 0 {
-            return Err(ConfigError("--concurrency must be at least 1".into()));
+            return Err(ConfigError::flag("--concurrency", "must be at least 1"));
         }
         let json = a.log_format == crate::cli::LogFormat::Json;
         Ok(RunSettings {
@@ -574,22 +582,25 @@ pub(crate) fn budget_price(
 ) -> Result<Option<crate::cost::Price>, ConfigError> {
     for (flag, v) in [("--price-in", price_in), ("--price-out", price_out)] {
         if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(ConfigError(format!(
-                "{flag} must be a non-negative number of USD per million tokens"
-            )));
+            return Err(ConfigError::flag(
+                flag,
+                "must be a non-negative number of USD per million tokens",
+            ));
         }
     }
     let price = crate::cost::resolve(model, price_in, price_out);
     if let Some(cap) = max_cost {
         if !(cap.is_finite() && cap > 0.0) {
-            return Err(ConfigError(
-                "--max-cost must be a positive amount of USD".into(),
+            return Err(ConfigError::flag(
+                "--max-cost",
+                "must be a positive amount of USD",
             ));
         }
         if price.is_none() {
-            return Err(ConfigError(format!(
-                "--max-cost needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"
-            )));
+            return Err(ConfigError::flag(
+                "--max-cost",
+                format!("needs a price and model `{model}` is not in the price table: pass --price-in and --price-out (USD per million tokens)"),
+            ));
         }
     }
     Ok(price)

@@ -67,24 +67,29 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
     let Some(path) = path else {
         return Ok(drpo::default_aspects());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--aspects {}: {e}", path.display())))?;
-    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| {
-        ConfigError(format!(
-            "{}:{}: not a JSON array of {{\"name\", \"description\"}}: {e}",
-            path.display(),
-            e.line()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::FlagFile {
+        flag: "--aspects",
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| ConfigError::FileLine {
+        path: path.to_path_buf(),
+        line: e.line(),
+        why: format!("not a JSON array of {{\"name\", \"description\"}}: {e}"),
     })?;
     if list.is_empty() {
-        return Err(ConfigError(format!("{}: no aspects", path.display())));
+        return Err(ConfigError::File {
+            path: path.to_path_buf(),
+            why: "no aspects".into(),
+        });
     }
     for (i, a) in list.iter().enumerate() {
         if a.name.trim().is_empty() {
-            return Err(ConfigError(format!(
-                "{}: [{i}].name is empty",
-                path.display()
-            )));
+            return Err(ConfigError::FileKey {
+                path: path.to_path_buf(),
+                key: format!("[{i}].name"),
+                why: "is empty".into(),
+            });
         }
     }
     Ok(list)
@@ -92,7 +97,7 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
 
 /// Builds a role's provider; `spec` (`provider:model[@url]`) or the base.
 fn role(
-    flag: &str,
+    flag: &'static str,
     spec: Option<&str>,
     base: &EndpointArgs,
     base_provider: &Option<Arc<dyn Provider>>,
@@ -110,8 +115,7 @@ fn role(
                 .unwrap_or_else(|| "base".into()),
         });
     };
-    let e = super::judge::parse_spec(spec, base)
-        .map_err(|e| ConfigError(e.0.replacen("--judge", flag, 1)))?;
+    let e = super::judge::parse_spec(spec, base).map_err(|e| e.under_flag(flag))?;
     let provider = if dry {
         None
     } else {
@@ -143,7 +147,12 @@ impl OptimizeConfig {
             None => Vec::new(),
         };
         if c.examples.is_some() && c.k == 0 {
-            return Err(ConfigError("--k must be at least 1 with --examples".into()).into());
+            return Err(ConfigError::conflict(
+                "--k",
+                "--examples",
+                "--k must be at least 1 with --examples",
+            )
+            .into());
         }
         let templates = Templates::load(c.templates.as_deref()).map_err(RunError::Template)?;
         let (base_provider, missing_key) = if dry {
@@ -201,16 +210,19 @@ impl OptimizeConfig {
     /// `cai optimize`.
     pub fn search(args: &OptimizeArgs) -> Result<OptimizeConfig, RunError> {
         let c = &args.common;
-        if args.beam == 0 || args.actions == 0 {
-            return Err(ConfigError("--beam and --actions must be at least 1".into()).into());
-        }
-        if args.depth == Some(0) {
-            return Err(ConfigError("--depth must be at least 1".into()).into());
+        for (flag, v) in [
+            ("--beam", Some(args.beam)),
+            ("--actions", Some(args.actions)),
+            ("--depth", args.depth),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::flag(flag, "must be at least 1").into());
+            }
         }
         let mut cfg = Self::common(c, c.dry_run)?;
         let initial_prompt = match &args.initial_prompt {
             Some(p) => super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--initial-prompt", 1)))?,
+                .map_err(|e| e.under_flag("--initial-prompt"))?,
             None => drpo::INITIAL_PROMPT.to_string(),
         };
         let optimizer = role(
@@ -242,8 +254,8 @@ impl OptimizeConfig {
         }
         let mut prompts = Vec::new();
         for p in &args.prompts {
-            let text = super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--prompt", 1)))?;
+            let text =
+                super::generate::read_system_prompt(p).map_err(|e| e.under_flag("--prompt"))?;
             prompts.push((p.clone(), text));
         }
         let mut cfg = Self::common(&args.common, args.common.dry_run)?;

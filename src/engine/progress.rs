@@ -157,6 +157,7 @@ impl Reporter {
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
+                crate::logging::attach_bar(&bar);
                 let b = bar.clone();
                 let task = tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -238,6 +239,7 @@ impl Reporter {
             t.abort();
         }
         if let Some(b) = self.bar.take() {
+            crate::logging::detach_bar();
             b.finish_and_clear();
         }
     }
@@ -247,6 +249,9 @@ impl Drop for Reporter {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+        }
+        if self.bar.is_some() {
+            crate::logging::detach_bar();
         }
     }
 }

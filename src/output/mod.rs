@@ -433,7 +433,7 @@ impl Writer {
     fn write_judged(&mut self, f: &Finished, prompt_msgs: Vec<Message>) -> Result<(), OutputError> {
         match &f.judged {
             None => self.counts.preference_skipped_identical += 1,
-            Some(Err(reason)) => {
+            Some(Err(crate::feedback::select::Undecided { reason })) => {
                 self.files.jsonl(
                     REJECTS,
                     &crate::pipeline::Reject {

@@ -2,8 +2,10 @@
 
 mod batch;
 mod bounds;
+mod code_shape;
 mod common;
 mod datasets;
+mod docs;
 mod endpoints;
 mod engine;
 mod errors;
@@ -12,6 +14,7 @@ mod label;
 mod local;
 mod local_engine;
 mod local_families;
+mod logging;
 mod optimize;
 mod optimize_fallback;
 mod pool;
