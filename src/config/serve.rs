@@ -97,29 +97,27 @@ impl ModelPolicy {
 
 impl ServeConfig {
     pub fn from_args(args: &ServeArgs) -> Result<ServeConfig, RunError> {
-        let usage = RunError::Usage;
         if args.max_inflight == 0 {
-            return Err(usage("--max-inflight must be at least 1".into()));
+            return Err(ConfigError::flag("--max-inflight", "must be at least 1").into());
         }
         if args.best_of_n == 0 || args.best_of_n > 16 {
-            return Err(usage(format!(
-                "--best-of-n {} must be within 1..=16",
-                args.best_of_n
-            )));
+            let why = format!("{} must be within 1..=16", args.best_of_n);
+            return Err(ConfigError::flag("--best-of-n", why).into());
         }
         if !(args.grace.is_finite() && args.grace >= 0.0) {
-            return Err(usage(format!(
-                "--grace {} must be a number of seconds",
-                args.grace
-            )));
+            let why = format!("{} must be a number of seconds", args.grace);
+            return Err(ConfigError::flag("--grace", why).into());
         }
         if args.forward_client_key && args.auth_key_env.is_some() {
-            return Err(usage(
-                "--forward-client-key and --auth-key-env cannot be used together: one passes the client's key upstream, the other checks it against the server's own".into(),
-            ));
+            return Err(ConfigError::conflict(
+                "--forward-client-key",
+                "--auth-key-env",
+                "--forward-client-key and --auth-key-env cannot be used together: one passes the client's key upstream, the other checks it against the server's own",
+            )
+            .into());
         }
         let default_plan = Plan::parse(&args.approach)
-            .map_err(|bad| usage(format!("--approach: {}", approach::unknown(&bad))))?;
+            .map_err(|bad| ConfigError::flag("--approach", approach::unknown(&bad)))?;
         let defaults = crate::config::gen_params(&args.sampling)?;
         let constitution = match &args.constitution {
             Some(p) => Constitution::load(p)?,
@@ -159,45 +157,39 @@ impl ServeConfig {
 }
 
 /// The digest of the key clients must send, read from `var`.
-fn auth_digest(var: Option<&str>) -> Result<Option<[u8; 32]>, RunError> {
+fn auth_digest(var: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
     let Some(var) = var else { return Ok(None) };
-    let usage = RunError::Usage;
+    let flag = |why: String| ConfigError::flag("--auth-key-env", why);
     if !crate::config::is_var_name(var) {
-        return Err(usage(format!(
-            "--auth-key-env `{var}` is not an environment variable name (the key itself never goes on the command line)"
+        return Err(flag(format!(
+            "`{var}` is not an environment variable name (the key itself never goes on the command line)"
         )));
     }
-    let key = std::env::var(var).map_err(|_| {
-        usage(format!(
-            "--auth-key-env {var}: ${var} is not set (or not UTF-8)"
-        ))
-    })?;
+    let key =
+        std::env::var(var).map_err(|_| flag(format!("{var}: ${var} is not set (or not UTF-8)")))?;
     if key.is_empty() {
-        return Err(usage(format!("--auth-key-env {var}: ${var} is empty")));
+        return Err(flag(format!("{var}: ${var} is empty")));
     }
     Ok(Some(Sha256::digest(key.as_bytes()).into()))
 }
 
 /// The text of `--system-prompt FILE`, which must say something.
-fn system_prompt(path: Option<&Path>) -> Result<Option<String>, RunError> {
+fn system_prompt(path: Option<&Path>) -> Result<Option<String>, ConfigError> {
     let Some(p) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(p).map_err(|e| {
-        RunError::Usage(format!(
-            "--system-prompt {}: cannot read it: {e}",
-            p.display()
-        ))
-    })?;
+    let file = |why: String| ConfigError::FlagFile {
+        flag: "--system-prompt",
+        path: p.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(p).map_err(|e| file(format!("cannot read it: {e}")))?;
     if text.trim().is_empty() {
-        return Err(RunError::Usage(format!(
-            "--system-prompt {}: the file is empty",
-            p.display()
-        )));
+        return Err(file("the file is empty".into()));
     }
     Ok(Some(text.trim_end().to_string()))
 }
 
 /// Forwarding for OpenAI-compatible endpoints, typed calls for the rest.
-fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, RunError> {
+fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, ConfigError> {
     let e = &args.endpoint;
     let (kind, _) = crate::config::select_provider(e);
     let Some(preset) = kind
@@ -205,24 +197,29 @@ fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, RunError> {
         .filter(|_| matches!(kind, ProviderKind::Openai | ProviderKind::Preset(_)))
     else {
         if !args.models.is_empty() || args.allow_any_model || args.forward_client_key {
-            return Err(RunError::Usage(format!(
-                "--models, --allow-any-model and --forward-client-key need an OpenAI-compatible upstream, not --provider {}",
-                kind.name()
-            )));
+            return Err(ConfigError::conflict(
+                "--models",
+                "--provider",
+                format!(
+                    "--models, --allow-any-model and --forward-client-key need an OpenAI-compatible upstream, not --provider {}",
+                    kind.name()
+                ),
+            ));
         }
         return Ok(UpstreamConfig::Typed(Box::new(e.clone())));
     };
     if !(e.timeout.is_finite() && e.timeout > 0.0) {
-        return Err(ConfigError(format!("--timeout {} must be positive", e.timeout)).into());
+        let why = format!("{} must be positive", e.timeout);
+        return Err(ConfigError::flag("--timeout", why));
     }
     if e.max_reply_bytes
         .is_some_and(|b| b < crate::config::MIN_REPLY_BYTES)
     {
-        return Err(ConfigError(format!(
-            "--max-reply-bytes must be at least {} (room for one small JSON reply)",
+        let why = format!(
+            "must be at least {} (room for one small JSON reply)",
             crate::config::MIN_REPLY_BYTES
-        ))
-        .into());
+        );
+        return Err(ConfigError::flag("--max-reply-bytes", why));
     }
     let mut bases = Vec::with_capacity(e.base_urls.len().max(1));
     for spec in &e.base_urls {
