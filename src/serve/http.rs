@@ -224,6 +224,70 @@ fn prepare(
     raw: &[u8],
     client_key: Option<SecretString>,
 ) -> Result<Prepared, ApiError> {
+    let (mut body, proxy, fields) = parse_body(raw)?;
+    check_messages(shared, &body)?;
+    let (mut plan, named) = plan_and_model(shared, fields.model.as_deref().unwrap_or(""))?;
+    if let Some(a) = proxy
+        .approach
+        .as_deref()
+        .or(proxy.optillm_approach.as_deref())
+    {
+        plan = Plan::parse(a).map_err(|bad| {
+            ApiError::invalid(approach::unknown(&bad), Some("approach".into()))
+                .code("unknown_approach")
+        })?;
+    }
+    let model = upstream_model(shared, named)?;
+    let (n, best_of_n) = counts(shared, &fields, &proxy, &mut plan)?;
+    let note = fall_back(shared, &body, &mut plan);
+    let params = params(shared, &fields, &plan)?;
+    if let Some(sys) = &shared.system_prompt {
+        prepend_system(&mut body, sys);
+    }
+    body.insert("model".into(), Value::String(model.clone()));
+    let passthrough = shared.forward.is_some() && plan.is_passthrough();
+    let messages = if passthrough {
+        Vec::new()
+    } else {
+        typed_messages(&body)?
+    };
+    let route = Arc::new(Route {
+        model: model.clone(),
+        extras: body
+            .iter()
+            .filter(|(k, _)| !api::TYPED_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        base: params.clone(),
+        sent: SentParams {
+            temperature: fields.temperature.is_some(),
+            top_p: fields.top_p.is_some(),
+            max_completion_tokens: fields.max_completion_tokens.is_some(),
+        },
+        key: client_key,
+    });
+    Ok(Prepared {
+        id,
+        model,
+        plan,
+        passthrough,
+        body,
+        messages,
+        params,
+        route,
+        note,
+        n,
+        stream: fields.stream,
+        include_usage: fields.stream_options.is_some_and(|o| o.include_usage),
+        best_of_n,
+    })
+}
+
+/// The body as JSON without the proxy's own fields, those fields, and the
+/// typed view of the rest.
+fn parse_body(
+    raw: &[u8],
+) -> Result<(Map<String, Value>, api::ProxyFields, api::ChatFields), ApiError> {
     let not_a_request = |e: &dyn std::fmt::Display| {
         ApiError::invalid(
             format!("request body is not a valid chat completion request: {e}"),
@@ -240,49 +304,51 @@ fn prepare(
     }
     let proxy: api::ProxyFields =
         serde_json::from_value(Value::Object(own)).map_err(|e| not_a_request(&e))?;
+    // Read through a `Value` that owns the map, so the body is not copied.
     let body_value = Value::Object(body);
     let fields = api::ChatFields::deserialize(&body_value).map_err(|e| not_a_request(&e))?;
-    let Value::Object(mut body) = body_value else {
+    let Value::Object(body) = body_value else {
         return Err(not_a_request(&"not a JSON object"));
     };
-    let count = match body.get("messages") {
-        Some(Value::Array(m)) => m.len(),
-        _ => {
-            return Err(ApiError::invalid(
-                "messages: a list of messages is required",
-                Some("messages".into()),
-            ))
-        }
+    Ok((body, proxy, fields))
+}
+
+/// `messages` is a list of 1..=`--max-messages` entries.
+fn check_messages(shared: &Shared, body: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(Value::Array(list)) = body.get("messages") else {
+        return Err(ApiError::invalid(
+            "messages: a list of messages is required",
+            Some("messages".into()),
+        ));
     };
-    if count == 0 {
+    if list.is_empty() {
         return Err(ApiError::invalid(
             "messages: at least one message is required",
             Some("messages".into()),
         ));
     }
-    if count > shared.max_messages {
+    if list.len() > shared.max_messages {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             format!(
-                "messages: {count} messages; at most {} are accepted (raise it with --max-messages)",
+                "messages: {} messages; at most {} are accepted (raise it with --max-messages)",
+                list.len(),
                 shared.max_messages
             ),
         )
         .code("too_many_messages"));
     }
-    let (mut plan, named) = plan_and_model(shared, fields.model.as_deref().unwrap_or(""))?;
-    if let Some(a) = proxy
-        .approach
-        .as_deref()
-        .or(proxy.optillm_approach.as_deref())
-    {
-        plan = Plan::parse(a).map_err(|bad| {
-            ApiError::invalid(approach::unknown(&bad), Some("approach".into()))
-                .code("unknown_approach")
-        })?;
-    }
-    let model = upstream_model(shared, named)?;
+    Ok(())
+}
+
+/// `n`, `best_of_n` and `cai_rounds` checked; the rounds set on `plan`.
+fn counts(
+    shared: &Shared,
+    fields: &api::ChatFields,
+    proxy: &api::ProxyFields,
+    plan: &mut Plan,
+) -> Result<(u32, u32), ApiError> {
     let n = fields.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::invalid(
@@ -310,72 +376,36 @@ fn prepare(
             }
         }
     }
-    let forwarding = shared.forward.is_some();
-    let mut note = None;
-    if forwarding && !plan.is_passthrough() {
-        if let Some(why) = api::pass_through_only(&body) {
-            note = Some(format!(
-                "approach {} answered as none (passed through unchanged): {why}, which its rewritten prompts cannot carry",
-                plan.slug()
-            ));
-            plan = Plan(vec![approach::Step::None]);
-        }
-    }
-    if !forwarding {
+    Ok((n, best_of_n))
+}
+
+/// What the client must be told instead of a silent drop: an approach
+/// that cannot carry the request falls back to `none` (forwarding); the
+/// fields a typed backend does not take are named.
+fn fall_back(shared: &Shared, body: &Map<String, Value>, plan: &mut Plan) -> Option<String> {
+    if shared.forward.is_none() {
         let ignored: Vec<&str> = body
             .keys()
             .map(String::as_str)
             .filter(|k| !api::TYPED_FIELDS.contains(k))
             .collect();
-        if !ignored.is_empty() {
-            note = Some(format!(
+        return (!ignored.is_empty()).then(|| {
+            format!(
                 "not sent to this upstream (it takes typed requests, not OpenAI bodies): {}",
                 ignored.join(", ")
-            ));
-        }
+            )
+        });
     }
-    let params = params(shared, &fields, &plan)?;
-    if let Some(sys) = &shared.system_prompt {
-        prepend_system(&mut body, sys);
+    if plan.is_passthrough() {
+        return None;
     }
-    body.insert("model".into(), Value::String(model.clone()));
-    let passthrough = forwarding && plan.is_passthrough();
-    let messages = if passthrough {
-        Vec::new()
-    } else {
-        typed_messages(&body)?
-    };
-    let extras = body
-        .iter()
-        .filter(|(k, _)| !api::TYPED_FIELDS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let route = Arc::new(Route {
-        model: model.clone(),
-        extras,
-        base: params.clone(),
-        sent: SentParams {
-            temperature: fields.temperature.is_some(),
-            top_p: fields.top_p.is_some(),
-            max_completion_tokens: fields.max_completion_tokens.is_some(),
-        },
-        key: client_key,
-    });
-    Ok(Prepared {
-        id,
-        model,
-        plan,
-        passthrough,
-        body,
-        messages,
-        params,
-        route,
-        note,
-        n,
-        stream: fields.stream,
-        include_usage: fields.stream_options.is_some_and(|o| o.include_usage),
-        best_of_n,
-    })
+    let why = api::pass_through_only(body)?;
+    let note = format!(
+        "approach {} answered as none (passed through unchanged): {why}, which its rewritten prompts cannot carry",
+        plan.slug()
+    );
+    *plan = Plan(vec![approach::Step::None]);
+    Some(note)
 }
 
 /// The approach a model name selects, and the model it names (`None`
