@@ -151,6 +151,15 @@ pub struct ServeArgs {
     /// Clients must send `Authorization: Bearer <key>` with the key held in this environment variable (/health is open).
     #[arg(long, value_name = "VAR")]
     pub auth_key_env: Option<String>,
+    /// Models clients may name, forwarded upstream as named (comma-separated); --model is the default for a client that names none.
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Accept any model a client names and forward it upstream as named.
+    #[arg(long)]
+    pub allow_any_model: bool,
+    /// Send upstream the key the client sent (`Authorization: Bearer`) instead of --api-key-env's; never logged. Not with --auth-key-env.
+    #[arg(long)]
+    pub forward_client_key: bool,
     /// Requests handled at once; more are answered 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_inflight: usize,

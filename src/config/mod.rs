@@ -9,6 +9,7 @@ pub mod generate;
 pub mod judge;
 pub mod label;
 pub mod optimize;
+pub mod serve;
 pub mod settings;
 
 use crate::cli::{EndpointArgs, SamplingArgs};

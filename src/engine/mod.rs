@@ -9,6 +9,7 @@
 //! saying whether the prompt or the whole run must stop.
 
 pub mod batch;
+mod forward;
 pub mod journal;
 pub mod limit;
 pub mod progress;
@@ -16,6 +17,8 @@ pub mod retry;
 pub mod rundir;
 pub mod scheduler;
 mod stream;
+
+pub use forward::Sent;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

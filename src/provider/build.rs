@@ -206,7 +206,7 @@ pub fn read_key(flags: &Flags, kind: ProviderKind, needed: bool) -> Result<Key, 
     }
 }
 
-fn check_url(url: &str) -> Result<(), BuildError> {
+pub fn check_url(url: &str) -> Result<(), BuildError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| BuildError::BadUrl {
         url: url.to_string(),
         reason: e.to_string(),

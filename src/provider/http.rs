@@ -13,9 +13,10 @@
 //! log-probabilities were requested. `--max-reply-bytes` replaces it
 //! ([`ReplyLimit`]). [`check_reply`] then refuses a reply that fits the byte
 //! bound but could not have come from the request: text longer than the
-//! asked tokens can spell, or a `completion_tokens` count over what was
-//! asked. Both failures are [`ProviderError::Oversized`], which the engine
-//! retries like a malformed body and then turns into a reject.
+//! asked tokens can spell. Both failures are [`ProviderError::Oversized`],
+//! which the engine retries like a malformed body and then turns into a
+//! reject. A `completion_tokens` count over what was asked is kept (a proxy
+//! sums its calls), with one warning per run.
 //!
 //! [`stream_limited`] hands each chunk to a callback, so a large download
 //! (a model archive, a batch API's result file) goes to disk under its own
@@ -254,9 +255,15 @@ pub async fn read_prefix(mut resp: reqwest::Response, max: u64) -> Vec<u8> {
 }
 
 /// Refuses a parsed reply that the request could not have produced: a text
-/// longer than `max_tokens` tokens can spell, or more generated tokens than
-/// `max_tokens × n`. `texts` are the reply's choices; `generated` the token
-/// count the endpoint reported against `max_tokens`.
+/// longer than `max_tokens` tokens can spell (the bound that protects
+/// memory). `texts` are the reply's choices; `generated` the token count
+/// the endpoint reported against `max_tokens`.
+///
+/// A count over `max_tokens × n` is not refused: optimizing proxies (`cai
+/// serve`, optillm) sum every upstream call into one `usage`, and servers
+/// that count reasoning tokens report more than the visible text. The
+/// count is kept and priced as reported; the first such reply of a run
+/// is named once on stderr so an unexpected bill has an explanation.
 pub fn check_reply<'a>(
     url: &str,
     req: &ChatRequest,
@@ -265,32 +272,33 @@ pub fn check_reply<'a>(
 ) -> Result<(), ProviderError> {
     let p = &req.params;
     let max_tokens = u64::from(p.max_tokens);
-    let oversized = |reason: String| ProviderError::Oversized {
-        url: url.to_string(),
-        reason,
-    };
     let text_cap = max_tokens.saturating_mul(MAX_TEXT_BYTES_PER_TOKEN);
     for text in texts {
         let len = text.len() as u64;
         if len > text_cap {
-            return Err(oversized(format!(
-                "a reply text of {} is longer than max_tokens {} can produce (at most {})",
-                human(len),
-                p.max_tokens,
-                human(text_cap)
-            )));
+            return Err(ProviderError::Oversized {
+                url: url.to_string(),
+                reason: format!(
+                    "a reply text of {} is longer than max_tokens {} can produce (at most {})",
+                    human(len),
+                    p.max_tokens,
+                    human(text_cap)
+                ),
+            });
         }
     }
     // One token of slack per choice: some servers count the end-of-sequence
     // token they stopped on.
     let asked = max_tokens.saturating_add(1).saturating_mul(choices(p));
     if let Some(n) = generated.filter(|&n| n > asked) {
-        return Err(oversized(format!(
-            "usage reports {n} completion tokens, more than the {} asked for (max_tokens {} × {})",
-            max_tokens.saturating_mul(choices(p)),
-            p.max_tokens,
-            choices(p)
-        )));
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "cai: warning: {url} reports {n} completion tokens for a request of max_tokens {} × {}; kept and priced as reported (a proxy that sums several calls, or reasoning tokens); said once per run",
+                p.max_tokens,
+                choices(p)
+            );
+        }
     }
     Ok(())
 }
@@ -340,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_the_request_could_not_produce_are_refused() {
+    fn replies_longer_than_the_request_could_spell_are_refused_counts_are_kept() {
         let req = ChatRequest {
             messages: vec![],
             params: params(16, Some(2), None),
@@ -354,11 +362,9 @@ mod tests {
             err.to_string().contains("longer than max_tokens 16"),
             "{err}"
         );
-        let err = check_reply("u", &req, ["ok"], Some(1000)).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("1000 completion tokens, more than the 32 asked for"),
-            "{err}"
+            check_reply("u", &req, ["ok"], Some(1000)).is_ok(),
+            "a usage count over max_tokens × n is kept, not refused"
         );
     }
 

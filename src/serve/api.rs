@@ -2,16 +2,18 @@
 //! response bodies, streamed chunks, and the error body.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::provider::{FinishReason, Message, Role, TokenLogprob};
 
 use super::error::ApiError;
 
-/// `POST /v1/chat/completions`. Fields the server does not use are ignored.
-#[derive(Debug, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: String,
-    pub messages: Vec<InMessage>,
+/// The fields of `POST /v1/chat/completions` the proxy reads. The body
+/// itself stays JSON ([`serde_json::Map`]) and is forwarded; this is a
+/// typed view of it, read with the fields nobody here knows ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatFields {
+    pub model: Option<String>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -22,10 +24,15 @@ pub struct ChatCompletionRequest {
     pub stop: Option<Stop>,
     pub seed: Option<u64>,
     pub n: Option<u32>,
-    /// With `top_logprobs` ≥ 1: return the first generated token's top
-    /// candidates (only for the pass-through `none`, not streamed).
+    /// With `top_logprobs` ≥ 1: the first generated token's top candidates.
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u8>,
+}
+
+/// The fields only the proxy reads: taken out of the body before it is
+/// forwarded, since the upstream would not know them.
+#[derive(Debug, Default, Deserialize)]
+pub struct ProxyFields {
     /// The approach (or pipeline `a&b`), instead of a model-name prefix.
     pub approach: Option<String>,
     /// optillm's name for the same field.
@@ -34,6 +41,70 @@ pub struct ChatCompletionRequest {
     pub best_of_n: Option<u32>,
     /// Critique→revision rounds of the `cai` approach.
     pub cai_rounds: Option<u32>,
+}
+
+impl ProxyFields {
+    /// Names of the fields [`ProxyFields`] reads.
+    pub const NAMES: [&'static str; 4] =
+        ["approach", "optillm_approach", "best_of_n", "cai_rounds"];
+}
+
+/// The fields a typed call of an approach sets itself from
+/// [`ChatFields`]; every other field of the body goes with each call as
+/// it came.
+pub const TYPED_FIELDS: [&str; 13] = [
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+];
+
+/// Why a request can only be passed through (`none`): it asks for tool
+/// calls or a structured output, or its conversation holds what an
+/// approach's rewritten prompts cannot carry (tool results, tool calls,
+/// images, audio). `None` when every approach can take it.
+pub fn pass_through_only(body: &serde_json::Map<String, Value>) -> Option<String> {
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    for field in ["tools", "tool_choice", "functions", "function_call"] {
+        if present(field) {
+            return Some(format!("the request carries `{field}`"));
+        }
+    }
+    if let Some(rf) = body.get("response_format").filter(|v| !v.is_null()) {
+        if rf.get("type").and_then(Value::as_str) != Some("text") {
+            return Some("the request carries a structured `response_format`".into());
+        }
+    }
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if matches!(role, "tool" | "function") {
+            return Some(format!("messages[{i}] is a `{role}` message"));
+        }
+        if m.get("tool_calls").is_some_and(|v| !v.is_null())
+            || m.get("function_call").is_some_and(|v| !v.is_null())
+        {
+            return Some(format!("messages[{i}] holds tool calls"));
+        }
+        if let Some(parts) = m.get("content").and_then(Value::as_array) {
+            if let Some(j) = parts
+                .iter()
+                .position(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+            {
+                return Some(format!("messages[{i}].content[{j}] is not text"));
+            }
+        }
+    }
+    None
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,7 +161,7 @@ impl InMessage {
             "assistant" => Role::Assistant,
             other => {
                 return Err(ApiError::invalid(
-                    format!("messages[{i}].role: `{other}` is not supported (system, developer, user, assistant)"),
+                    format!("messages[{i}].role: `{other}` needs an OpenAI-compatible upstream (this one takes system, developer, user, assistant)"),
                     Some(format!("messages[{i}].role")),
                 ))
             }
@@ -105,7 +176,7 @@ impl InMessage {
                         ("text", Some(t)) => out.push_str(&t),
                         (kind, _) => {
                             return Err(ApiError::invalid(
-                                format!("messages[{i}].content[{j}]: only text parts are supported, not `{kind}`"),
+                                format!("messages[{i}].content[{j}]: `{kind}` parts need an OpenAI-compatible upstream (this one takes text)"),
                                 Some(format!("messages[{i}].content[{j}]")),
                             ))
                         }
@@ -131,6 +202,10 @@ pub struct ApiUsage {
 pub struct CaiInfo {
     pub approach: String,
     pub upstream_calls: u64,
+    /// Why the request was not handled as asked (an approach that fell
+    /// back to `none`, fields this upstream cannot take).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -231,21 +306,6 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-}
-
-/// `GET /v1/models`.
-#[derive(Debug, Serialize)]
-pub struct ModelList {
-    pub object: &'static str,
-    pub data: Vec<ModelEntry>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ModelEntry {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub owned_by: &'static str,
 }
 
 /// OpenAI's `finish_reason` for one of ours.

@@ -86,7 +86,7 @@ impl ApiError {
                 Some(401) | Some(403) => Self::new(
                     StatusCode::from_u16(status.unwrap_or(401)).unwrap_or(StatusCode::UNAUTHORIZED),
                     "authentication_error",
-                    "the upstream refused cai serve's key (HTTP 401/403); check the key the server was started with",
+                    "the upstream refused the key it was sent (HTTP 401/403): the server's own key, or the client's with --forward-client-key",
                 )
                 .code("upstream_authentication"),
                 Some(404) => Self::new(

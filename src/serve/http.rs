@@ -19,13 +19,18 @@ use futures::future::join_all;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
-use super::api::{self, ChatCompletionRequest};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::api;
 use super::approach::{self, Plan};
 use super::error::ApiError;
 use super::record::Recorder;
 use super::request::{write_log, Prepared};
+use super::upstream::{Route, SentParams};
 use super::Shared;
-use crate::provider::{GenParams, Message, Role};
+use crate::provider::{GenParams, Message};
 
 /// All request headers together may not be larger than this.
 const MAX_HEADER_BYTES: usize = 64 << 10;
@@ -99,15 +104,7 @@ fn new_id() -> String {
 
 async fn auth(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     if let Some(want) = &shared.auth {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(|k| digest(k.trim().as_bytes()));
+        let given = bearer(req.headers()).map(|k| digest(k.as_bytes()));
         if !given.is_some_and(|g| same_digest(&g, want)) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -137,25 +134,53 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
-async fn models(State(shared): State<Arc<Shared>>) -> Json<api::ModelList> {
-    let model = shared.provider.model().to_string();
+/// `GET /v1/models`: in front of an OpenAI-compatible server, its own list
+/// (the models this server accepts of it), else the models this server
+/// accepts; each model once more behind each approach slug.
+async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Json<Value> {
     let created = api::now_secs();
-    let entry = |id: String| api::ModelEntry {
-        id,
-        object: "model",
-        created,
-        owned_by: "cai",
+    let entry = |id: &str| serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "cai"});
+    let mut data: Vec<Value> = match (&shared.forward, &shared.models) {
+        (Some(forward), Some(policy)) => {
+            let key = shared
+                .forward_client_key
+                .then(|| bearer(&headers))
+                .flatten()
+                .map(|k| SecretString::from(k.to_string()));
+            match forward.list_models(key.as_ref()).await {
+                Some(list) => list
+                    .into_iter()
+                    .filter(|m| m["id"].as_str().is_some_and(|id| policy.accepts(id)))
+                    .collect(),
+                None => policy
+                    .accepted
+                    .iter()
+                    .flatten()
+                    .chain(policy.default.iter())
+                    .fold(Vec::<&String>::new(), |mut seen, m| {
+                        if !seen.contains(&m) {
+                            seen.push(m);
+                        }
+                        seen
+                    })
+                    .into_iter()
+                    .map(|m| entry(m))
+                    .collect(),
+            }
+        }
+        _ => vec![entry(shared.provider.model())],
     };
-    let mut data = vec![entry(model.clone())];
-    data.extend(
-        approach::KNOWN
-            .iter()
-            .map(|slug| entry(format!("{slug}-{model}"))),
-    );
-    Json(api::ModelList {
-        object: "list",
-        data,
-    })
+    let mut slugged = Vec::with_capacity(data.len() * approach::KNOWN.len());
+    for m in &data {
+        let Some(id) = m["id"].as_str() else { continue };
+        for slug in approach::KNOWN {
+            let mut e = m.clone();
+            e["id"] = Value::String(format!("{slug}-{id}"));
+            slugged.push(e);
+        }
+    }
+    data.extend(slugged);
+    Json(serde_json::json!({"object": "list", "data": data}))
 }
 
 /// Reads the body with a bound, refusing it as early as possible.
@@ -190,62 +215,155 @@ async fn read_body(
     }
 }
 
-fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError> {
-    let req: ChatCompletionRequest = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::invalid(
-            format!("request body is not a valid chat completion request: {e}"),
-            None,
-        )
-    })?;
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages: at least one message is required",
-            Some("messages".into()),
-        ));
-    }
-    if req.messages.len() > shared.max_messages {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!(
-                "messages: {} messages; at most {} are accepted (raise it with --max-messages)",
-                req.messages.len(),
-                shared.max_messages
-            ),
-        )
-        .code("too_many_messages"));
-    }
-    let (mut plan, model) = match approach::split_model(&req.model) {
-        Ok(Some((plan, rest))) => (plan, rest.to_string()),
-        Ok(None) => (shared.default_plan.clone(), req.model.clone()),
-        Err(bad) => {
-            return Err(
-                ApiError::invalid(approach::unknown(&bad), Some("model".into()))
-                    .code("unknown_approach"),
-            )
-        }
-    };
-    if let Some(a) = req.approach.as_deref().or(req.optillm_approach.as_deref()) {
+/// Reads and checks a request: the body stays JSON (what `none` forwards),
+/// the fields the proxy reads are checked, and the approach, the model and
+/// the parameters of typed calls are settled.
+fn prepare(
+    shared: &Shared,
+    id: String,
+    raw: &[u8],
+    client_key: Option<SecretString>,
+) -> Result<Prepared, ApiError> {
+    let (mut body, proxy, fields) = parse_body(raw)?;
+    check_messages(shared, &body)?;
+    let (mut plan, named) = plan_and_model(shared, fields.model.as_deref().unwrap_or(""))?;
+    if let Some(a) = proxy
+        .approach
+        .as_deref()
+        .or(proxy.optillm_approach.as_deref())
+    {
         plan = Plan::parse(a).map_err(|bad| {
             ApiError::invalid(approach::unknown(&bad), Some("approach".into()))
                 .code("unknown_approach")
         })?;
     }
-    let n = req.n.unwrap_or(1);
+    let model = upstream_model(shared, named)?;
+    let (n, best_of_n) = counts(shared, &fields, &proxy, &mut plan)?;
+    let note = fall_back(shared, &body, &mut plan);
+    let params = params(shared, &fields, &plan)?;
+    if let Some(sys) = &shared.system_prompt {
+        prepend_system(&mut body, sys);
+    }
+    body.insert("model".into(), Value::String(model.clone()));
+    let passthrough = shared.forward.is_some() && plan.is_passthrough();
+    let messages = if passthrough {
+        Vec::new()
+    } else {
+        typed_messages(&body)?
+    };
+    let route = Arc::new(Route {
+        model: model.clone(),
+        extras: body
+            .iter()
+            .filter(|(k, _)| !api::TYPED_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        base: params.clone(),
+        sent: SentParams {
+            temperature: fields.temperature.is_some(),
+            top_p: fields.top_p.is_some(),
+            max_completion_tokens: fields.max_completion_tokens.is_some(),
+        },
+        key: client_key,
+    });
+    Ok(Prepared {
+        id,
+        model,
+        plan,
+        passthrough,
+        body,
+        messages,
+        params,
+        route,
+        note,
+        n,
+        stream: fields.stream,
+        include_usage: fields.stream_options.is_some_and(|o| o.include_usage),
+        best_of_n,
+    })
+}
+
+/// The body as JSON without the proxy's own fields, those fields, and the
+/// typed view of the rest.
+fn parse_body(
+    raw: &[u8],
+) -> Result<(Map<String, Value>, api::ProxyFields, api::ChatFields), ApiError> {
+    let not_a_request = |e: &dyn std::fmt::Display| {
+        ApiError::invalid(
+            format!("request body is not a valid chat completion request: {e}"),
+            None,
+        )
+    };
+    let mut body: Map<String, Value> =
+        serde_json::from_slice(raw).map_err(|e| not_a_request(&e))?;
+    let mut own = Map::new();
+    for name in api::ProxyFields::NAMES {
+        if let Some(v) = body.remove(name) {
+            own.insert(name.to_string(), v);
+        }
+    }
+    let proxy: api::ProxyFields =
+        serde_json::from_value(Value::Object(own)).map_err(|e| not_a_request(&e))?;
+    // Read through a `Value` that owns the map, so the body is not copied.
+    let body_value = Value::Object(body);
+    let fields = api::ChatFields::deserialize(&body_value).map_err(|e| not_a_request(&e))?;
+    let Value::Object(body) = body_value else {
+        return Err(not_a_request(&"not a JSON object"));
+    };
+    Ok((body, proxy, fields))
+}
+
+/// `messages` is a list of 1..=`--max-messages` entries.
+fn check_messages(shared: &Shared, body: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(Value::Array(list)) = body.get("messages") else {
+        return Err(ApiError::invalid(
+            "messages: a list of messages is required",
+            Some("messages".into()),
+        ));
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid(
+            "messages: at least one message is required",
+            Some("messages".into()),
+        ));
+    }
+    if list.len() > shared.max_messages {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "messages: {} messages; at most {} are accepted (raise it with --max-messages)",
+                list.len(),
+                shared.max_messages
+            ),
+        )
+        .code("too_many_messages"));
+    }
+    Ok(())
+}
+
+/// `n`, `best_of_n` and `cai_rounds` checked; the rounds set on `plan`.
+fn counts(
+    shared: &Shared,
+    fields: &api::ChatFields,
+    proxy: &api::ProxyFields,
+    plan: &mut Plan,
+) -> Result<(u32, u32), ApiError> {
+    let n = fields.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
         return Err(ApiError::invalid(
             format!("n: {n} is outside 1..={MAX_N}"),
             Some("n".into()),
         ));
     }
-    let best_of_n = req.best_of_n.unwrap_or(shared.best_of_n);
+    let best_of_n = proxy.best_of_n.unwrap_or(shared.best_of_n);
     if !(1..=MAX_N).contains(&best_of_n) {
         return Err(ApiError::invalid(
             format!("best_of_n: {best_of_n} is outside 1..={MAX_N}"),
             Some("best_of_n".into()),
         ));
     }
-    if let Some(r) = req.cai_rounds {
+    if let Some(r) = proxy.cai_rounds {
         if !(1..=8).contains(&r) {
             return Err(ApiError::invalid(
                 format!("cai_rounds: {r} is outside 1..=8"),
@@ -258,10 +376,89 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
             }
         }
     }
+    Ok((n, best_of_n))
+}
+
+/// What the client must be told instead of a silent drop: an approach
+/// that cannot carry the request falls back to `none` (forwarding); the
+/// fields a typed backend does not take are named.
+fn fall_back(shared: &Shared, body: &Map<String, Value>, plan: &mut Plan) -> Option<String> {
+    if shared.forward.is_none() {
+        let ignored: Vec<&str> = body
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !api::TYPED_FIELDS.contains(k))
+            .collect();
+        return (!ignored.is_empty()).then(|| {
+            format!(
+                "not sent to this upstream (it takes typed requests, not OpenAI bodies): {}",
+                ignored.join(", ")
+            )
+        });
+    }
+    if plan.is_passthrough() {
+        return None;
+    }
+    let why = api::pass_through_only(body)?;
+    let note = format!(
+        "approach {} answered as none (passed through unchanged): {why}, which its rewritten prompts cannot carry",
+        plan.slug()
+    );
+    *plan = Plan(vec![approach::Step::None]);
+    Some(note)
+}
+
+/// The approach a model name selects, and the model it names (`None`
+/// when it names only an approach, or nothing).
+fn plan_and_model<'a>(shared: &Shared, name: &'a str) -> Result<(Plan, Option<&'a str>), ApiError> {
+    match approach::split_model(name) {
+        Ok(Some((plan, rest))) => Ok((plan, Some(rest))),
+        Ok(None) if name.is_empty() => Ok((shared.default_plan.clone(), None)),
+        // `bon` alone: the approach, with the default model.
+        Ok(None) => match Plan::parse(name) {
+            Ok(plan) => Ok((plan, None)),
+            Err(_) => Ok((shared.default_plan.clone(), Some(name))),
+        },
+        Err(bad) => Err(
+            ApiError::invalid(approach::unknown(&bad), Some("model".into()))
+                .code("unknown_approach"),
+        ),
+    }
+}
+
+/// The model calls go to: the client's when forwarding (if this server
+/// accepts it), else the backend's own one, echoed as the client named it.
+fn upstream_model(shared: &Shared, named: Option<&str>) -> Result<String, ApiError> {
+    let Some(policy) = &shared.models else {
+        return Ok(named.map_or_else(|| shared.provider.model().to_string(), str::to_string));
+    };
+    let Some(model) = named.map(str::to_string).or_else(|| policy.default.clone()) else {
+        return Err(ApiError::invalid(
+            "model: name a model (this server was started without a default --model)",
+            Some("model".into()),
+        ));
+    };
+    if !policy.accepts(&model) {
+        let listed = policy.accepted.as_deref().unwrap_or_default().join(", ");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "model `{model}` is not served here (this server accepts: {listed}; start it with --models A,B or --allow-any-model to accept others)"
+            ),
+        )
+        .code("model_not_found"));
+    }
+    Ok(model)
+}
+
+/// The parameters of typed calls: the client's, or the server's defaults
+/// where it sent none (left out upstream unless an approach chose them).
+fn params(shared: &Shared, f: &api::ChatFields, plan: &Plan) -> Result<GenParams, ApiError> {
     let d = &shared.defaults;
-    let max_tokens = req
+    let max_tokens = f
         .max_completion_tokens
-        .or(req.max_tokens)
+        .or(f.max_tokens)
         .unwrap_or(d.max_tokens);
     if max_tokens == 0 {
         return Err(ApiError::invalid(
@@ -269,21 +466,21 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
             Some("max_tokens".into()),
         ));
     }
-    let temperature = req.temperature.unwrap_or(d.temperature);
+    let temperature = f.temperature.unwrap_or(d.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
             format!("temperature {temperature} is outside [0, 2]"),
             Some("temperature".into()),
         ));
     }
-    let top_p = req.top_p.unwrap_or(d.top_p);
+    let top_p = f.top_p.unwrap_or(d.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid(
             format!("top_p {top_p} is outside (0, 1]"),
             Some("top_p".into()),
         ));
     }
-    if req.top_logprobs.is_some_and(|k| k > 20) {
+    if f.top_logprobs.is_some_and(|k| k > 20) {
         return Err(ApiError::invalid(
             "top_logprobs must be at most 20",
             Some("top_logprobs".into()),
@@ -291,44 +488,85 @@ fn prepare(shared: &Shared, id: String, raw: &[u8]) -> Result<Prepared, ApiError
     }
     // First-token candidates (what the providers report) for the plain
     // pass-through; other approaches' answers come from several calls.
-    let top_logprobs = (req.logprobs == Some(true) && plan.is_passthrough() && !req.stream)
-        .then_some(req.top_logprobs)
+    let top_logprobs = (f.logprobs == Some(true) && plan.is_passthrough() && !f.stream)
+        .then_some(f.top_logprobs)
         .flatten()
         .filter(|&k| k > 0);
-    let params = GenParams {
+    // A seed the client did not send is not added upstream; the embedded
+    // model, which always samples with one, keeps the server's.
+    let seed = match shared.forward {
+        Some(_) => f.seed,
+        None => f.seed.or(d.seed),
+    };
+    Ok(GenParams {
         max_tokens,
         temperature,
         top_p,
-        seed: req.seed.or(d.seed),
-        stop: req.stop.map(api::Stop::into_vec).unwrap_or_default(),
+        seed,
+        stop: f
+            .stop
+            .as_ref()
+            .map(|s| match s {
+                api::Stop::One(x) => vec![x.clone()],
+                api::Stop::Many(v) => v.clone(),
+            })
+            .unwrap_or_default(),
         top_logprobs,
         n: None,
+    })
+}
+
+/// `--system-prompt` before the conversation: merged into a leading
+/// system message whose content is text, else a message of its own.
+fn prepend_system(body: &mut Map<String, Value>, sys: &str) {
+    let Some(Value::Array(messages)) = body.get_mut("messages") else {
+        return;
     };
-    let mut messages = req
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| m.into_message(i))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(sys) = &shared.system_prompt {
-        match messages.first_mut() {
-            Some(first) if first.role == Role::System => {
-                first.content = format!("{sys}\n\n{}", first.content);
-            }
-            _ => messages.insert(0, Message::system(sys.clone())),
+    if let Some(first) = messages.first_mut() {
+        let is_system = matches!(
+            first.get("role").and_then(Value::as_str),
+            Some("system" | "developer")
+        );
+        if let (true, Some(Value::String(text))) = (is_system, first.get_mut("content")) {
+            *text = format!("{sys}\n\n{text}");
+            return;
         }
     }
-    Ok(Prepared {
-        id,
-        model,
-        plan,
-        messages,
-        params,
-        n,
-        stream: req.stream,
-        include_usage: req.stream_options.is_some_and(|o| o.include_usage),
-        best_of_n,
-    })
+    messages.insert(0, serde_json::json!({"role": "system", "content": sys}));
+}
+
+/// The conversation as the approaches take it (text turns).
+fn typed_messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
+    let list = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            api::InMessage::deserialize(m)
+                .map_err(|e| {
+                    ApiError::invalid(
+                        format!("messages[{i}]: {e}"),
+                        Some(format!("messages[{i}]")),
+                    )
+                })?
+                .into_message(i)
+        })
+        .collect()
+}
+
+/// The key the client sent (`Authorization: Bearer …`), when any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -352,11 +590,19 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let prepared = match prepare(&shared, id, &raw) {
+    let client_key = shared
+        .forward_client_key
+        .then(|| bearer(&parts.headers))
+        .flatten()
+        .map(|k| SecretString::from(k.to_string()));
+    let prepared = match prepare(&shared, id, &raw, client_key) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let recorder = Recorder::new(shared.log.is_some());
+    if prepared.passthrough {
+        return super::passthrough::respond(shared, prepared, recorder, permit, started).await;
+    }
     if prepared.stream {
         return super::stream::respond(shared, prepared, recorder, permit, started).await;
     }
@@ -367,7 +613,9 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         let messages = &prepared.messages;
         async move { approach::run(&ctx, plan, messages).await }
     });
-    let results = recorder.scope(join_all(runs)).await;
+    let results = recorder
+        .scope(prepared.route.clone().scope(join_all(runs)))
+        .await;
     drop(permit);
     let mut choices = Vec::with_capacity(results.len());
     let mut failure = None;
@@ -414,6 +662,7 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         cai: api::CaiInfo {
             approach: prepared.plan.slug(),
             upstream_calls: recorder.count(),
+            note: prepared.note.clone(),
         },
     })
     .into_response()

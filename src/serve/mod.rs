@@ -9,10 +9,16 @@
 //! ([`record`]) for its `usage` and its `--log-requests` line.
 //!
 //! Decisions worth knowing:
-//! * The upstream model is the one the server was started with; the model a
-//!   client names (after its approach prefix) is echoed back, not forwarded.
-//! * `n > 1` runs the whole approach n times concurrently, with seeds
-//!   offset by the choice index.
+//! * In front of an OpenAI-compatible server the client's body stays JSON
+//!   ([`upstream`]): the pass-through `none` forwards it with only `model`
+//!   rewritten, and the other approaches' calls carry every field they do
+//!   not set themselves. The model a client names (after its approach
+//!   prefix) is the upstream model. A request with tools, a structured
+//!   `response_format` or non-text content is passed through (`none`) with
+//!   a `cai.note`. In front of another backend (the embedded model) calls
+//!   are typed and go to its one model.
+//! * `n > 1` is forwarded as sent on `none`; other approaches run n times
+//!   concurrently, with seeds offset by the choice index.
 //! * When the breaker trips (more than half of the last 50 upstream calls
 //!   failed after retries), requests get 503 with `Retry-After` for
 //!   [`BREAKER_COOLDOWN`]; then a fresh engine tries again.
@@ -21,17 +27,19 @@ pub mod api;
 pub mod approach;
 pub mod error;
 mod http;
+mod passthrough;
 pub mod record;
 mod request;
 mod stream;
+pub mod upstream;
 
 use std::future::IntoFuture;
-use std::path::Path;
 use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::cli::ServeArgs;
+use crate::config::serve::{ModelPolicy, ServeConfig, UpstreamConfig};
 use crate::engine::{AbortReason, Engine, EngineConfig, Journal, StopSignal};
 use crate::error::RunError;
 use crate::feedback::judge::{Judge, JudgeOptions};
@@ -40,16 +48,21 @@ use crate::provider::{GenParams, Provider};
 use crate::template::Templates;
 
 use approach::Plan;
+use upstream::Forward;
 
 /// How long a tripped breaker keeps requests away from the upstream.
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
-/// The default constitution when `--constitution` is not given.
-const DEFAULT_CONSTITUTION: &str = include_str!("../../principles/harmless.json");
-
 /// Everything requests share.
 pub struct Shared {
     provider: Arc<dyn Provider>,
+    /// The OpenAI-compatible upstream that takes forwarded bodies; `None`
+    /// in front of another backend.
+    pub forward: Option<Arc<Forward>>,
+    /// Which models clients may name (forwarding only).
+    pub models: Option<ModelPolicy>,
+    /// `--forward-client-key`.
+    pub forward_client_key: bool,
     engine_cfg: EngineConfig,
     engine: RwLock<EngineSlot>,
     pub constitution: Constitution,
@@ -124,8 +137,11 @@ pub fn run(args: &ServeArgs) -> Result<u8, RunError> {
 }
 
 async fn serve(args: &ServeArgs) -> Result<u8, RunError> {
-    let shared = Arc::new(setup(args).await?);
-    let addr = format!("{}:{}", args.host, args.port);
+    let cfg = ServeConfig::from_args(args)?;
+    let (provider, forward) = connect(&cfg.upstream, cfg.max_inflight).await?;
+    let grace = cfg.grace;
+    let addr = cfg.addr.clone();
+    let shared = Arc::new(Shared::new(cfg, provider, forward)?);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|e| RunError::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -139,9 +155,53 @@ async fn serve(args: &ServeArgs) -> Result<u8, RunError> {
         shared.provider.endpoint(),
         shared.default_plan.slug()
     );
-    let grace = Duration::from_secs_f64(args.grace);
+    run_until_signal(listener, http::router(shared), grace).await
+}
+
+/// The upstream the config names: an OpenAI-compatible root that takes
+/// forwarded bodies, or a provider (the embedded model is fetched first
+/// when it is not cached).
+async fn connect(
+    up: &UpstreamConfig,
+    max_inflight: usize,
+) -> Result<(Arc<dyn Provider>, Option<Arc<Forward>>), RunError> {
+    match up {
+        UpstreamConfig::Forward(f) => {
+            let client = crate::provider::build::http_client(f.timeout, max_inflight)
+                .map_err(crate::config::ConfigError::from)?;
+            let forward = Arc::new(Forward::new(
+                client,
+                f.bases.clone(),
+                f.models.default.clone().unwrap_or_default(),
+                f.key.clone(),
+                f.key_var.clone(),
+                f.limit,
+                f.name,
+            ));
+            let provider: Arc<dyn Provider> = forward.clone();
+            Ok((provider, Some(forward)))
+        }
+        UpstreamConfig::Typed(endpoint) => {
+            let plan = crate::config::plan(endpoint, max_inflight)?;
+            let provider =
+                crate::provider::build::open(&plan, false, |m| eprintln!("cai serve: {m}"))
+                    .await
+                    .map_err(crate::config::ConfigError::from)?;
+            if let Some(n) = &plan.note {
+                eprintln!("cai serve: {n}");
+            }
+            Ok((provider, None))
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then gives in-flight requests `grace`.
+async fn run_until_signal(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    grace: Duration,
+) -> Result<u8, RunError> {
     let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
-    let app = http::router(shared.clone());
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         eprintln!(
@@ -190,145 +250,82 @@ async fn shutdown_signal() {
     }
 }
 
-/// Checks the arguments and builds the shared state; nothing is sent.
-async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
-    let usage = RunError::Usage;
-    if args.max_inflight == 0 {
-        return Err(usage("--max-inflight must be at least 1".into()));
-    }
-    if args.best_of_n == 0 || args.best_of_n > 16 {
-        return Err(usage(format!(
-            "--best-of-n {} must be within 1..=16",
-            args.best_of_n
-        )));
-    }
-    if !(args.grace.is_finite() && args.grace >= 0.0) {
-        return Err(usage(format!(
-            "--grace {} must be a number of seconds",
-            args.grace
-        )));
-    }
-    let default_plan = Plan::parse(&args.approach)
-        .map_err(|bad| usage(format!("--approach: {}", approach::unknown(&bad))))?;
-    let auth = match &args.auth_key_env {
-        None => None,
-        Some(var) => {
-            if !crate::config::is_var_name(var) {
-                return Err(usage(format!(
-                    "--auth-key-env `{var}` is not an environment variable name (the key itself never goes on the command line)"
-                )));
-            }
-            let key = std::env::var(var).map_err(|_| {
-                usage(format!(
-                    "--auth-key-env {var}: ${var} is not set (or not UTF-8)"
-                ))
-            })?;
-            if key.is_empty() {
-                return Err(usage(format!("--auth-key-env {var}: ${var} is empty")));
-            }
-            Some(http::digest(key.as_bytes()))
-        }
-    };
-    let defaults = crate::config::gen_params(&args.sampling)?;
-    let constitution = match &args.constitution {
-        Some(p) => Constitution::load(p)?,
-        None => Constitution::parse(Path::new("principles/harmless.json"), DEFAULT_CONSTITUTION)?,
-    };
-    let templates = Templates::load(args.templates.as_deref()).map_err(RunError::Template)?;
-    let judge_templates = Templates::load(args.templates.as_deref()).map_err(RunError::Template)?;
-    let system_prompt = match &args.system_prompt {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                usage(format!(
-                    "--system-prompt {}: cannot read it: {e}",
-                    p.display()
-                ))
-            })?;
-            if text.trim().is_empty() {
-                return Err(usage(format!(
-                    "--system-prompt {}: the file is empty",
-                    p.display()
-                )));
-            }
-            Some(text.trim_end().to_string())
-        }
-    };
-    let log = match &args.log_requests {
-        None => None,
-        Some(dir) => {
-            let path = dir.join("requests.jsonl");
-            let open = || {
-                std::fs::create_dir_all(dir)?;
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            };
-            Some(Mutex::new(open().map_err(|e| {
-                usage(format!(
+impl Shared {
+    /// The state requests share, from the checked config and the upstream;
+    /// opens the request log.
+    fn new(
+        cfg: ServeConfig,
+        provider: Arc<dyn Provider>,
+        forward: Option<Arc<Forward>>,
+    ) -> Result<Shared, RunError> {
+        let log = match &cfg.log_requests {
+            None => None,
+            Some(path) => Some(Mutex::new(open_log(path).map_err(|e| {
+                RunError::Usage(format!(
                     "--log-requests: cannot open {}: {e}",
                     path.display()
                 ))
-            })?))
-        }
-    };
-    let plan = crate::config::plan(&args.endpoint, args.max_inflight)?;
-    let provider = crate::provider::build::open(&plan, false, |m| eprintln!("cai serve: {m}"))
-        .await
-        .map_err(crate::config::ConfigError::from)?;
-    if let Some(n) = &plan.note {
-        eprintln!("cai serve: {n}");
+            })?)),
+        };
+        let (models, forward_client_key) = match &cfg.upstream {
+            UpstreamConfig::Forward(f) => (Some(f.models.clone()), f.forward_client_key),
+            UpstreamConfig::Typed(_) => (None, false),
+        };
+        let provider: Arc<dyn Provider> = Arc::new(record::Recording(provider));
+        let judge = Judge::new(
+            Vec::new(),
+            cfg.judge_templates,
+            Some(&cfg.constitution),
+            JudgeOptions {
+                samples: 1,
+                cot: false,
+                tie_margin: 0.05,
+                seed: cfg.seed,
+                cot_max_tokens: cfg.defaults.max_tokens,
+            },
+        );
+        let stop = StopSignal::default();
+        let engine = Arc::new(Engine::new(
+            provider.clone(),
+            Journal::disabled(),
+            cfg.engine.clone(),
+            stop.clone(),
+        ));
+        Ok(Shared {
+            engine: RwLock::new(EngineSlot {
+                engine,
+                stop,
+                tripped: None,
+            }),
+            provider,
+            forward,
+            models,
+            forward_client_key,
+            engine_cfg: cfg.engine,
+            constitution: cfg.constitution,
+            templates: cfg.templates,
+            judge,
+            system_prompt: cfg.system_prompt,
+            default_plan: cfg.default_plan,
+            best_of_n: cfg.best_of_n,
+            defaults: cfg.defaults,
+            seed: cfg.seed,
+            n_support: AtomicU8::new(approach::N_UNKNOWN),
+            log,
+            auth: cfg.auth,
+            inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight)),
+            max_body: cfg.max_body,
+            max_messages: cfg.max_messages,
+        })
     }
-    let provider: Arc<dyn Provider> = Arc::new(record::Recording(provider));
-    let engine_cfg = EngineConfig {
-        rpm: args.rpm,
-        tpm: args.tpm,
-        max_retries: args.max_retries,
-        keep_truncated: true,
-        ..EngineConfig::default()
-    };
-    let seed = args.sampling.seed.unwrap_or(0);
-    let judge = Judge::new(
-        Vec::new(),
-        judge_templates,
-        Some(&constitution),
-        JudgeOptions {
-            samples: 1,
-            cot: false,
-            tie_margin: 0.05,
-            seed,
-            cot_max_tokens: defaults.max_tokens,
-        },
-    );
-    let stop = StopSignal::default();
-    let engine = Arc::new(Engine::new(
-        provider.clone(),
-        Journal::disabled(),
-        engine_cfg.clone(),
-        stop.clone(),
-    ));
-    Ok(Shared {
-        provider,
-        engine_cfg,
-        engine: RwLock::new(EngineSlot {
-            engine,
-            stop,
-            tripped: None,
-        }),
-        constitution,
-        templates,
-        judge,
-        system_prompt,
-        default_plan,
-        best_of_n: args.best_of_n,
-        defaults,
-        seed,
-        n_support: AtomicU8::new(approach::N_UNKNOWN),
-        log,
-        auth,
-        inflight: Arc::new(tokio::sync::Semaphore::new(args.max_inflight)),
-        max_body: args.max_body_bytes,
-        max_messages: args.max_messages,
-    })
+}
+
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::provider::{
-    ChatRequest, EventStream, Message, Provider, ProviderError, Reply, StreamEvent, Usage,
+    ChatRequest, EventStream, Provider, ProviderError, Reply, StreamEvent, Usage,
 };
 
 use super::api::ApiUsage;
@@ -31,10 +31,15 @@ pub struct CallRecord {
     pub start_ms: f64,
     pub latency_ms: f64,
     pub stream: bool,
+    /// The conversation sent, as sent (with `--log-requests`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub messages: Option<Vec<Message>>,
-    pub max_tokens: u32,
-    pub temperature: f32,
+    pub messages: Option<serde_json::Value>,
+    /// Absent when the call left it to the upstream (a forwarded body
+    /// without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,14 +77,86 @@ impl Recorder {
     }
 
     fn start(&self, req: &ChatRequest, stream: bool) -> (usize, Instant) {
+        self.push(
+            stream,
+            || serde_json::to_value(&req.messages).unwrap_or_default(),
+            Some(req.params.max_tokens),
+            Some(req.params.temperature),
+        )
+    }
+
+    /// A forwarded call of the client's `body` begins.
+    pub fn start_forwarded(
+        &self,
+        body: &serde_json::Map<String, serde_json::Value>,
+        stream: bool,
+    ) -> (usize, Instant) {
+        let max_tokens = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(serde_json::Value::as_u64))
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        let temperature = body
+            .get("temperature")
+            .and_then(serde_json::Value::as_f64)
+            .map(|t| t as f32);
+        self.push(
+            stream,
+            || body.get("messages").cloned().unwrap_or_default(),
+            max_tokens,
+            temperature,
+        )
+    }
+
+    /// A forwarded call ended: its usage (estimated from `text` when the
+    /// upstream reported none), its text for the log, or its error.
+    pub fn end_forwarded(
+        &self,
+        i: usize,
+        t: Instant,
+        prompt_estimate: u64,
+        text: &str,
+        usage: Option<Usage>,
+        error: Option<&ProviderError>,
+    ) {
+        let verbose = self.verbose;
+        self.update(i, |r| {
+            r.latency_ms = ms(t.elapsed());
+            r.usage = Some(usage.unwrap_or(Usage {
+                prompt_tokens: prompt_estimate,
+                completion_tokens: (text.len() as u64).div_ceil(4),
+            }));
+            if let Some(e) = error {
+                r.error = Some(e.to_string());
+                if let ProviderError::Status { status, .. } = e {
+                    r.status = Some(*status);
+                }
+            }
+            if verbose {
+                r.reply = Some(text.to_string());
+            }
+        });
+    }
+
+    /// A forwarded call failed before it produced a reply.
+    pub fn fail_forwarded(&self, i: usize, t: Instant, e: &ProviderError) {
+        self.fail(i, t, e);
+    }
+
+    fn push(
+        &self,
+        stream: bool,
+        messages: impl FnOnce() -> serde_json::Value,
+        max_tokens: Option<u32>,
+        temperature: Option<f32>,
+    ) -> (usize, Instant) {
         let now = Instant::now();
         let rec = CallRecord {
             start_ms: ms(now - self.t0),
             latency_ms: 0.0,
             stream,
-            messages: self.verbose.then(|| req.messages.clone()),
-            max_tokens: req.params.max_tokens,
-            temperature: req.params.temperature,
+            messages: self.verbose.then(messages),
+            max_tokens,
+            temperature,
             reply: None,
             usage: None,
             error: None,

@@ -12,16 +12,30 @@ use super::api;
 use super::approach::{Ctx, Plan};
 use super::error::ApiError;
 use super::record::{CallRecord, Recorder};
+use super::upstream::Route;
 use super::Shared;
 use crate::provider::{GenParams, Message};
 
 /// A request, checked and turned into what the approaches take.
 pub struct Prepared {
     pub id: String,
+    /// The model calls go to (the client's, after its approach prefix).
     pub model: String,
     pub plan: Plan,
+    /// Forwarded as it came (`none` in front of an OpenAI-compatible
+    /// server): `body` goes upstream, the reply comes back.
+    pub passthrough: bool,
+    /// The client's body with `model` rewritten and the proxy's own fields
+    /// (`approach`, `best_of_n`, …) taken out.
+    pub body: serde_json::Map<String, serde_json::Value>,
+    /// The conversation as typed calls take it (empty when passed through).
     pub messages: Vec<Message>,
+    /// Parameters of typed calls (the client's, else the server's defaults).
     pub params: GenParams,
+    /// What every upstream call of this request carries.
+    pub route: Arc<Route>,
+    /// Said to the client in `cai.note` (and the `x-cai-note` header).
+    pub note: Option<String>,
     pub n: u32,
     pub stream: bool,
     pub include_usage: bool,
@@ -74,7 +88,10 @@ struct LogLine<'a> {
     latency_ms: f64,
     usage: api::ApiUsage,
     upstream_calls: u64,
-    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    /// The conversation as the client sent it.
+    messages: Option<&'a serde_json::Value>,
     calls: Vec<CallRecord>,
 }
 
@@ -101,7 +118,8 @@ pub fn write_log(
         latency_ms: (started.elapsed().as_secs_f64() * 1e5).round() / 100.0,
         usage: recorder.usage(),
         upstream_calls: recorder.count(),
-        messages: &p.messages,
+        note: p.note.as_deref(),
+        messages: p.body.get("messages"),
         calls: recorder.calls(),
     };
     let Ok(mut bytes) = serde_json::to_vec(&line) else {

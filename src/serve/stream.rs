@@ -105,7 +105,10 @@ pub async fn respond(
             let engine = engine.clone();
             async move { engine.open_stream(&req).await }
         });
-        let streams = match recorder.scope(try_join_all(opens)).await {
+        let streams = match recorder
+            .scope(p.route.clone().scope(try_join_all(opens)))
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let err = ApiError::upstream(e, recorder.last_status());
@@ -159,7 +162,7 @@ pub async fn respond(
             let messages = p.messages.clone();
             async move { approach::run(&ctx, &plan, &messages).await }
         });
-        let results = recorder.scope(join_all(runs)).await;
+        let results = recorder.scope(p.route.clone().scope(join_all(runs))).await;
         let mut answers = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -210,6 +213,7 @@ async fn finish(
         let info = api::CaiInfo {
             approach: p.plan.slug(),
             upstream_calls: recorder.count(),
+            note: p.note.clone(),
         };
         let _ = tx
             .send(chunks.event(Vec::new(), Some(recorder.usage()), Some(info)))

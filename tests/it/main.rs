@@ -21,6 +21,7 @@ mod refresh;
 mod report;
 mod rundir;
 mod serve;
+mod serve_dropin;
 mod serve_for_optimize;
 mod serve_support;
 mod shards;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,6 +27,11 @@ pub struct UpstreamConfig {
     pub faults: Vec<u16>,
     /// Every request is answered with this status (e.g. 401).
     pub always: Option<u16>,
+    /// `GET /v1/models` lists these; `None`: the route does not exist (404).
+    pub models: Option<Vec<String>>,
+    /// Replies are this many words long and report as many completion
+    /// tokens (default: the short scripted replies, 5 tokens a choice).
+    pub reply_tokens: Option<usize>,
 }
 
 /// One request the upstream received.
@@ -36,6 +41,8 @@ pub struct Seen {
     /// `moa-final`, `rto-reverse`, `rto-final`, `cot`.
     pub kind: String,
     pub body: Value,
+    /// The `Authorization` header as received.
+    pub authorization: Option<String>,
 }
 
 struct Up {
@@ -65,6 +72,7 @@ impl Upstream {
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
+            .route("/v1/models", get(models))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -163,12 +171,44 @@ fn reply_text(kind: &str, messages: &[Value], seed: &Value, choice: usize) -> St
     }
 }
 
-async fn complete(State(up): State<Arc<Up>>, _h: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn models(State(up): State<Arc<Up>>) -> Response {
+    match &up.cfg.models {
+        None => error(404),
+        Some(list) => {
+            let data: Vec<Value> = list
+                .iter()
+                .map(|m| json!({"id": m, "object": "model", "created": 1, "owned_by": "upstream-org"}))
+                .collect();
+            Json(json!({"object": "list", "data": data})).into_response()
+        }
+    }
+}
+
+/// A tool call the upstream makes when offered tools: the first tool,
+/// with the city named in the last user message.
+fn tool_call(body: &Value) -> Option<Value> {
+    let tool = body["tools"].as_array()?.first()?;
+    let messages = body["messages"].as_array()?;
+    if messages.last()?["role"] == "tool" {
+        return None;
+    }
+    let name = tool["function"]["name"].as_str()?;
+    Some(json!({
+        "id": "call_1", "type": "function",
+        "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}
+    }))
+}
+
+async fn complete(State(up): State<Arc<Up>>, h: HeaderMap, Json(body): Json<Value>) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let kind = classify(&messages);
     up.seen.lock().unwrap().push(Seen {
         kind: kind.clone(),
         body: body.clone(),
+        authorization: h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
     if let Some(s) = up.cfg.always {
         return error(s);
@@ -180,25 +220,93 @@ async fn complete(State(up): State<Arc<Up>>, _h: HeaderMap, Json(body): Json<Val
     tokio::time::sleep(up.cfg.latency).await;
     let n = body["n"].as_u64().unwrap_or(1) as usize;
     let texts: Vec<String> = (0..n)
-        .map(|i| reply_text(&kind, &messages, &body["seed"], i))
-        .collect();
-    if body["stream"] == true {
-        let include_usage = body["stream_options"]["include_usage"] == true;
-        return stream(texts[0].clone(), include_usage, up.cfg.chunk_delay);
-    }
-    let choices: Vec<Value> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"})
+        .map(|i| {
+            let text = reply_text(&kind, &messages, &body["seed"], i);
+            match (up.cfg.reply_tokens, kind.as_str()) {
+                (Some(words), k) if k != "judge" => padded(&text, words),
+                _ => text,
+            }
         })
         .collect();
+    let per_choice = up.cfg.reply_tokens.unwrap_or(5);
+    let call = tool_call(&body);
+    if body["stream"] == true {
+        let include_usage = body["stream_options"]["include_usage"] == true;
+        return match call {
+            Some(c) => stream_tool_call(c, include_usage),
+            None => stream(texts[0].clone(), include_usage, up.cfg.chunk_delay),
+        };
+    }
+    let choices: Vec<Value> = match call {
+        Some(c) => vec![json!({"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": [c]}})],
+        None => texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let t = match messages.last() {
+                    Some(m) if m["role"] == "tool" => format!("Final answer: {}", m["content"].as_str().unwrap_or("")),
+                    _ => t.clone(),
+                };
+                json!({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"})
+            })
+            .collect(),
+    };
     Json(json!({
         "id": "up", "object": "chat.completion", "created": 0, "model": body["model"],
         "choices": choices,
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}
+        "usage": {"prompt_tokens": 10, "completion_tokens": per_choice * n, "total_tokens": 10 + per_choice * n}
     }))
     .into_response()
+}
+
+/// `text` made `words` words long (cut, or filled with more words).
+fn padded(text: &str, words: usize) -> String {
+    let mut out: Vec<&str> = text.split_whitespace().collect();
+    out.resize(words, "more");
+    out.join(" ")
+}
+
+/// A tool call streamed as OpenAI does: the call's id and name first, then
+/// its arguments in pieces, then `finish_reason: tool_calls`.
+fn stream_tool_call(call: Value, include_usage: bool) -> Response {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "up", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let args = call["function"]["arguments"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (a, b) = args.split_at(args.len() / 2);
+    let mut events = vec![
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": b}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+    ];
+    if include_usage {
+        events.push(format!("data: {}\n\n", json!({"id": "up", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 9, "total_tokens": 19}})));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from(events.concat()))
+        .unwrap()
 }
 
 fn error(status: u16) -> Response {

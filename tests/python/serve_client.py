@@ -2,7 +2,10 @@
 
 Usage: serve_client.py BASE_URL OPS_JSON  (the key comes from OPENAI_API_KEY)
 
-OPS_JSON is a list of {"op": "create" | "stream" | "models", "args": {...}};
+OPS_JSON is a list of {"op": "create" | "stream" | "stream_final" | "models",
+"args": {...}}; "stream_final" streams through the client's own stream helper
+and returns the completion it reassembled from the chunks (tool-call
+arguments joined the way the library joins them);
 extra fields the client does not know go in args["extra_body"]. Prints one
 JSON result per op: the reply (model_dump), the streamed chunks with their
 arrival times in seconds since the request started, or the error the client
@@ -31,6 +34,12 @@ def main():
                 for chunk in client.chat.completions.create(stream=True, **args):
                     chunks.append({"t": time.monotonic() - start, "chunk": chunk.model_dump()})
                 results.append({"chunks": chunks, "total": time.monotonic() - start})
+            elif op["op"] == "stream_final":
+                helper = getattr(client.chat.completions, "stream", None) or client.beta.chat.completions.stream
+                with helper(**args) as stream:
+                    for _ in stream:
+                        pass
+                    results.append({"final": stream.get_final_completion().model_dump()})
             elif op["op"] == "models":
                 results.append({"models": [m.id for m in client.models.list()]})
             else:
