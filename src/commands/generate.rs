@@ -23,7 +23,7 @@ use crate::feedback::select::Selector;
 use crate::input::{InputErrors, PromptReader, PromptRecord};
 use crate::output::manifest::{self, Manifest};
 use crate::output::{OutputError, WriteCounts, Writer};
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{OnLength, Outcome, Pipeline};
 
 /// What a finished `generate` did.
 #[derive(Debug, Clone)]
@@ -136,7 +136,13 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     } else {
         cfg.max_cost
     };
-    let engine_cfg = cfg.run.engine(cfg.price.clone(), engine_max_cost);
+    let mut engine_cfg = cfg.run.engine(cfg.price.clone(), engine_max_cost);
+    // `--judge` engines keep the retry-then-reject rule whatever
+    // --on-length says (a cut-off verdict is no verdict); the run's own
+    // engine, when it judges too, hands a cut-off verdict over, and the
+    // judge reads it or samples afresh as for any unreadable one.
+    let judge_engine_cfg = engine_cfg.clone();
+    engine_cfg.keep_truncated = cfg.on_length != OnLength::Retry;
     let batch_provider = match (&cfg.batch, cfg.provider.batch_api()) {
         (Some(_), Some(api)) => Some(Arc::new(BatchProvider::new(
             cfg.provider.clone(),
@@ -193,7 +199,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
             let setup = crate::config::judge::EngineSetup {
                 state_dir: &dir.state_dir(),
                 done: &done,
-                cfg: engine_cfg,
+                cfg: judge_engine_cfg,
                 stop: stop.clone(),
                 stats: stats.clone(),
                 concurrency: cfg.run.concurrency,
@@ -245,6 +251,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
         max_cost,
         preference_desc,
         out,
+        on_length,
         ..
     } = cfg;
     let spec_path = inputs.spec.path.clone();
@@ -263,6 +270,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
             rounds,
             seed,
             samples,
+            on_length,
         },
         selector,
     });

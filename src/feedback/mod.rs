@@ -1,7 +1,9 @@
 //! AI feedback: a judge model choosing between answers under a principle
 //! ([`judge`]), picking a prompt's preference pair among its candidates
-//! ([`select`]), and measuring a judge against human labels ([`metrics`]).
+//! ([`select`]), measuring a judge against human labels ([`metrics`]) and
+//! calibrating a judge ensemble on them ([`calibrate`]).
 
+pub mod calibrate;
 pub mod drpo;
 pub mod judge;
 pub mod metrics;

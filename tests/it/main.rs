@@ -12,6 +12,7 @@ mod label;
 mod local;
 mod local_engine;
 mod local_families;
+mod on_length;
 mod optimize;
 mod optimize_fallback;
 mod pool;
