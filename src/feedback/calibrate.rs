@@ -43,7 +43,8 @@
 //! held-out: each of the k folds is predicted by a model (λ chosen by an
 //! inner k-fold split of the other folds) fitted without it, so no reported
 //! number saw its own label. Folds are stratified by human label and
-//! shuffled by `--seed`, so the same seed gives the same calibration.
+//! shuffled by `--seed` (pairs taken in id order, whatever order they were
+//! judged in), so the same seed gives the same calibration.
 
 use std::path::Path;
 
@@ -278,6 +279,8 @@ fn softmax3(u: f64, t: f64) -> Probs {
 
 /// Mean log-loss + penalty at `theta`, with its gradient and Hessian when
 /// `derivatives` is set.
+// Index loops: they follow the matrix formulas term by term.
+#[allow(clippy::needless_range_loop)]
 fn objective(d: &Design, theta: &[f64], derivatives: bool) -> (f64, Vec<f64>, Vec<Vec<f64>>) {
     let (pu, p) = (d.pu(), d.l2.len());
     let n = d.y.len().max(1) as f64;
@@ -346,6 +349,8 @@ fn objective(d: &Design, theta: &[f64], derivatives: bool) -> (f64, Vec<f64>, Ve
 }
 
 /// Solves `h x = g` by Cholesky; `None` when `h` is not positive definite.
+// Index loops: they follow the matrix formulas term by term.
+#[allow(clippy::needless_range_loop)]
 fn solve(h: &[Vec<f64>], g: &[f64]) -> Option<Vec<f64>> {
     let n = g.len();
     let mut l = vec![vec![0.0; n]; n];
@@ -417,6 +422,8 @@ fn newton(d: &Design) -> Vec<f64> {
 }
 
 /// A calibration fitted on `pairs` (all labelled) with L2 strength `lambda`.
+// Index loops: they follow the matrix formulas term by term.
+#[allow(clippy::needless_range_loop)]
 fn fit(pairs: &[&Pair], names: &[String], lambda: f64) -> Calibration {
     let nj = names.len();
     let mut bias = vec![0.0; nj];
@@ -628,9 +635,12 @@ pub fn calibrate(
     if names.is_empty() {
         return Err(CalibrateError::NoJudges);
     }
-    let owned: Vec<Pair> = judgments
+    // judgments.jsonl is in completion order, which concurrency varies:
+    // sorted by id, the folds depend on the data and the seed only.
+    let mut labelled: Vec<&Judgment> = judgments.iter().filter(|j| j.human.is_some()).collect();
+    labelled.sort_by(|a, b| a.id.cmp(&b.id));
+    let owned: Vec<Pair> = labelled
         .iter()
-        .filter(|j| j.human.is_some())
         .filter_map(|j| Pair::from_judgment(j, &names))
         .collect();
     let pairs: Vec<&Pair> = owned.iter().collect();
@@ -981,6 +991,47 @@ mod tests {
         for j in &c.judges {
             assert!(j.temperature.is_some_and(|t| t > 1.0), "{c:?}");
         }
+    }
+
+    #[test]
+    fn the_calibration_does_not_depend_on_the_order_pairs_were_judged_in() {
+        use crate::feedback::metrics::JudgeLine;
+        let judgments: Vec<Judgment> = synthetic(60, 4)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Judgment {
+                id: format!("id{i}"),
+                principle: String::new(),
+                p: 0.5,
+                p_a: p.raw[0],
+                p_b: p.raw[1],
+                p_tie: p.raw[2],
+                calibrated: None,
+                predicted: p.raw_predicted,
+                written: true,
+                len_a: p.len_a,
+                len_b: p.len_b,
+                model_a: None,
+                model_b: None,
+                human: p.human,
+                judges: names()
+                    .into_iter()
+                    .zip(&p.orders)
+                    .map(|(judge, &(p_first, p_second))| JudgeLine {
+                        judge,
+                        model: String::new(),
+                        p: (p_first + p_second) / 2.0,
+                        p_first,
+                        p_second,
+                        method: "logprobs".into(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let a = calibrate(&judgments, 3, 5).unwrap();
+        let reversed: Vec<Judgment> = judgments.iter().rev().cloned().collect();
+        assert_eq!(a, calibrate(&reversed, 3, 5).unwrap());
+        assert_ne!(a, calibrate(&judgments, 3, 6).unwrap());
     }
 
     #[test]

@@ -82,17 +82,14 @@ fn write_pairs(dir: &Path, name: &str, data: &[Synth]) -> std::path::PathBuf {
     pairs_csv(&sub, &rows)
 }
 
+/// A fake judge and its count of judge requests.
+type Served = (
+    wiremock::MockServer,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+);
+
 /// The two biased judges: (position judge, length judge).
-async fn judges() -> (
-    (
-        wiremock::MockServer,
-        std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ),
-    (
-        wiremock::MockServer,
-        std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ),
-) {
+async fn judges() -> (Served, Served) {
     let position = biased_server(Fake {
         mode: Mode::Logprobs,
         bias: 3.0,
@@ -165,6 +162,10 @@ async fn calibration_beats_raw_and_constant_recovers_biases_and_reapplies() {
         .clone();
     let table = String::from_utf8_lossy(&out.stdout);
     eprintln!("{table}");
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(cal_dir.join("calibration.json")).unwrap()
+    );
     assert!(table.contains("held-out: calibrated"), "{table}");
 
     let report = read_json(&cal_dir.join("report.json"));

@@ -31,9 +31,10 @@ pub enum Mode {
 /// `mode` says, with P(A) = bias·s_A / (bias·s_A + s_B) where s is the
 /// `score=N` marker of an answer (1 without one); other requests get
 /// generation replies whose candidates carry scores (see `gen_reply`).
-/// More generally logit P(A) = sharpen·(ln(s_A/s_B) + length_bias·ln(len_A/len_B))
-/// + ln(bias): `bias` > 1 favours the option shown first, `length_bias` > 0
-/// the longer answer, `sharpen` > 1 makes the judge over-confident.
+/// More generally logit P(A) = ln(bias) +
+/// sharpen·(ln(s_A/s_B) + length_bias·ln(len_A/len_B) + error): `bias` > 1
+/// favours the option shown first, `length_bias` > 0 the longer answer,
+/// `sharpen` > 1 makes the judge over-confident, `noise` sizes the error.
 pub struct Fake {
     pub mode: Mode,
     pub bias: f64,
