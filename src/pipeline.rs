@@ -23,13 +23,13 @@
 //! manifest's `counts.truncated_rows`). `generate` keeps by default with
 //! the embedded local model and retries otherwise (see the config).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{AbortReason, Engine, ItemError};
-use crate::feedback::select::JudgedPair;
+use crate::feedback::select::{JudgedPair, Undecided};
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
 use crate::provider::{ChatRequest, Completion, FinishReason, GenParams, Message, Usage};
-use crate::template::Templates;
+use crate::template::{TemplateError, Templates};
 
 /// Everything the loop needs, shared by all prompts of a run.
 pub struct Pipeline {
@@ -83,8 +83,11 @@ pub struct TraceStep {
     pub truncated: bool,
 }
 
-/// One critique/revision round.
-#[derive(Clone, Debug, Serialize)]
+/// One critique/revision round, as `trace.jsonl` records it (and the
+/// report reads it back; a field an older run did not write reads as its
+/// default).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Round {
     pub round: u32,
     pub principle_index: usize,
@@ -112,8 +115,8 @@ pub struct Finished {
     pub samples: Vec<String>,
     /// The judged (or heuristically scored) preference pair: `None` when
     /// pairs are not picked that way or the candidates are all identical,
-    /// `Some(Err(reason))` when the judge could not decide.
-    pub judged: Option<Result<JudgedPair, String>>,
+    /// `Some(Err(_))` when the judge could not decide.
+    pub judged: Option<Result<JudgedPair, Undecided>>,
 }
 
 impl Finished {
@@ -223,10 +226,8 @@ pub fn initial_request(
     templates: &Templates,
     params: &GenParams,
     prompt: &str,
-) -> Result<(String, ChatRequest), String> {
-    let user = templates
-        .render("initial.jinja", minijinja::context! { prompt })
-        .map_err(|e| e.to_string())?;
+) -> Result<(String, ChatRequest), TemplateError> {
+    let user = templates.render("initial.jinja", minijinja::context! { prompt })?;
     let messages = messages(constitution, Stage::Initial, &[Message::user(user.clone())]);
     Ok((
         user,
@@ -250,7 +251,7 @@ fn messages(c: &Constitution, stage: Stage, convo: &[Message]) -> Vec<Message> {
 
 impl Pipeline {
     /// The first-stage request of a prompt, exactly as it will be sent.
-    pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), String> {
+    pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), TemplateError> {
         let (user, mut req) =
             initial_request(&self.constitution, &self.templates, &self.params, prompt)?;
         if self.samples > 1 {

@@ -11,13 +11,15 @@ use crate::pipeline;
 pub fn render(args: &RenderArgs) -> Result<String, RunError> {
     let inputs = Inputs::load(&args.input)?;
     let params = crate::config::gen_params(&args.sampling)?;
-    let (provider, _) = crate::config::build_provider(&args.endpoint, 1)?;
+    let plan = crate::config::plan(&args.endpoint, 1)?;
+    let provider = crate::provider::build::open_blocking(&plan, |m| eprintln!("cai: {m}"))
+        .map_err(crate::config::ConfigError::from)?;
     let mut out = String::new();
     for rec in PromptReader::open(&inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;
         let (_, req) =
             pipeline::initial_request(&inputs.constitution, &inputs.templates, &params, &rec.text)
-                .map_err(RunError::Usage)?;
+                .map_err(|e| RunError::Template(vec![e]))?;
         let preview = provider
             .preview(&req)
             .map_err(|e| RunError::Usage(e.to_string()))?;

@@ -5,7 +5,6 @@
 //! calls, so `generate`, its dry run and `render` agree on what is valid.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::{budget_price, ConfigError, RunSettings};
 use crate::cli::{
@@ -19,7 +18,8 @@ use crate::input::{prompts, Constitution, InputError, PromptSpec, Shard, ShardAr
 use crate::output::manifest;
 use crate::output::PreferenceMode;
 use crate::pipeline::OnLength;
-use crate::provider::{GenParams, Provider};
+use crate::provider::build::Plan;
+use crate::provider::GenParams;
 use crate::template::Templates;
 
 /// Seed of the principle choice when `--seed` is not given.
@@ -80,22 +80,28 @@ pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> Result<PromptSpec, Co
     let shard = match input.shard {
         None => {
             if input.shards.is_some() {
-                return Err(ConfigError("--shards N goes with --shard auto".into()));
+                return Err(ConfigError::conflict(
+                    "--shards",
+                    "--shard",
+                    "--shards N goes with --shard auto",
+                ));
             }
             None
         }
         Some(ShardArg::Fixed(s)) => {
             if input.shards.is_some_and(|n| n != s.count) {
-                return Err(ConfigError(format!(
-                    "--shard {s} and --shards {} disagree on the number of shards",
-                    input.shards.unwrap_or_default()
-                )));
+                return Err(ConfigError::conflict(
+                    "--shard",
+                    "--shards",
+                    format!(
+                        "--shard {s} and --shards {} disagree on the number of shards",
+                        input.shards.unwrap_or_default()
+                    ),
+                ));
             }
             Some(s)
         }
-        Some(ShardArg::Auto) => {
-            Some(Shard::auto(|name| std::env::var(name).ok(), input.shards).map_err(ConfigError)?)
-        }
+        Some(ShardArg::Auto) => Some(Shard::auto(|name| std::env::var(name).ok(), input.shards)?),
     };
     Ok(PromptSpec {
         path: prompts,
@@ -105,20 +111,16 @@ pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> Result<PromptSpec, Co
     })
 }
 
-/// How pairs are picked among a prompt's candidates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Selection {
-    /// The AI-feedback judge (round robin over the candidates).
-    Judge { keep_ties: bool },
-    /// The heuristic score; no requests.
-    Heuristic,
-}
+pub use super::judge::Selection;
 
 /// Everything `generate` needs, checked.
 pub struct GenerateConfig {
     pub inputs: Inputs,
     pub endpoint: EndpointArgs,
-    pub provider: Arc<dyn Provider>,
+    /// The endpoint, checked but not opened: `generate` downloads the
+    /// default model if needed ([`crate::provider::build::prepare`]) and
+    /// then builds it.
+    pub provider: Plan,
     /// Why this provider was chosen, when it was not named.
     pub provider_note: Option<String>,
     /// A dry run without the key set says so instead of failing.
@@ -169,14 +171,15 @@ pub fn on_length(arg: Option<OnLengthArg>, provider: &str) -> OnLength {
 
 /// A `--system-prompt` file: readable, UTF-8, not blank; trimmed.
 pub fn read_system_prompt(path: &std::path::Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--system-prompt {}: {e}", path.display())))?;
+    let bad = |why: String| ConfigError::FlagFile {
+        flag: "--system-prompt",
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(ConfigError(format!(
-            "--system-prompt {}: the file is empty",
-            path.display()
-        )));
+        return Err(bad("the file is empty".into()));
     }
     Ok(text.to_string())
 }
@@ -200,18 +203,18 @@ impl GenerateConfig {
         for spec in &args.judge.judges {
             super::judge::parse_spec(spec, &args.endpoint)?;
         }
-        let (provider, provider_note, missing_key) = if dry {
-            super::build_provider_for_dry_run(&args.endpoint)?
+        let provider = if dry {
+            super::plan_for_dry_run(&args.endpoint)?
         } else {
-            let (p, n) = super::build_provider(&args.endpoint, run.concurrency)?;
-            (p, n, None)
+            super::plan(&args.endpoint, run.concurrency)?
         };
-        let batch = batch_mode(&args.batch, &args.endpoint, provider.as_ref())?;
+        let (provider_note, missing_key) = (provider.note.clone(), provider.missing_key.clone());
+        let batch = batch_mode(&args.batch, &args.endpoint, &provider)?;
         let mut price = budget_price(
             args.price_in,
             args.price_out,
             args.max_cost,
-            provider.model(),
+            &provider.model(),
         )?;
         if matches!(batch, Some(crate::engine::batch::BatchMode::Submit { .. })) {
             price = price.map(|p| Price {
@@ -225,24 +228,8 @@ impl GenerateConfig {
             (PreferenceArg::Revision, None) => PreferenceMode::Revision,
             (PreferenceArg::None, None) => PreferenceMode::None,
         };
-        let preference_desc = match selection {
-            None => format!("{mode:?}").to_lowercase(),
-            Some(Selection::Heuristic) => format!("heuristic(samples={})", args.samples),
-            Some(Selection::Judge { .. }) => {
-                let j = &args.judge;
-                format!(
-                    "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
-                    args.samples,
-                    j.judges.join(", "),
-                    j.judge_samples,
-                    j.judge_cot,
-                    j.tie_margin,
-                    j.ties
-                )
-                .to_lowercase()
-            }
-        };
-        let on_length = on_length(args.on_length, provider.name());
+        let preference_desc = preference_desc(args, selection, mode);
+        let on_length = on_length(args.on_length, provider.kind.name());
         Ok(GenerateConfig {
             on_length,
             inputs,
@@ -291,6 +278,98 @@ impl GenerateConfig {
     }
 }
 
+impl GenerateConfig {
+    /// The manifest of this run as it starts: what it was asked to do
+    /// ([`manifest::Manifest::finish`] adds how it went).
+    pub fn manifest(
+        &self,
+        arguments: Vec<String>,
+        fingerprint: &Fingerprint,
+        started_at_unix: u64,
+    ) -> manifest::Manifest {
+        let (inputs, p) = (&self.inputs, &self.provider);
+        manifest::Manifest {
+            cai_version: env!("CARGO_PKG_VERSION"),
+            status: "running".into(),
+            arguments,
+            provider: p.name().to_string(),
+            model: p.model().to_string(),
+            endpoint: p.endpoint(),
+            prompts_file: inputs.spec.path.display().to_string(),
+            prompts_sha256: String::new(),
+            prompt_column: inputs.spec.column.clone(),
+            limit: inputs.spec.limit,
+            shard: inputs.spec.shard.map(|s| s.to_string()),
+            constitution_file: inputs.constitution_path.display().to_string(),
+            constitution_sha256: fingerprint.constitution_sha256.clone(),
+            constitution_format: format!("{:?}", inputs.constitution.format).to_lowercase(),
+            templates_sha256: inputs.templates.digest().to_string(),
+            seed: self.seed,
+            rounds: self.rounds,
+            preference: self.preference_desc.clone(),
+            params: serde_json::to_value(&self.params).unwrap_or_default(),
+            prompts_total: inputs.count,
+            prompts_already_done: 0,
+            counts: Default::default(),
+            requests: Default::default(),
+            started_at_unix,
+            wall_time_s: 0.0,
+            first_row_s: None,
+            requests_per_s: 0.0,
+            cost_usd: None,
+            price: self.price.clone(),
+            max_cost: self.max_cost,
+            endpoints: Vec::new(),
+            batch: None,
+        }
+    }
+
+    /// How the run picks its pairs, for [`super::judge::selector`].
+    pub fn picking(&self) -> super::judge::Picking<'_> {
+        super::judge::Picking {
+            selection: self.selection,
+            judges: &self.judges,
+            options: &self.judge,
+            endpoint: &self.endpoint,
+            templates: &self.inputs.templates,
+            constitution: &self.inputs.constitution,
+        }
+    }
+
+    /// The share of the standard price the run's batches are billed at.
+    pub fn batch_price_factor(&self) -> f64 {
+        match self.batch {
+            Some(crate::engine::batch::BatchMode::Submit { .. }) => BATCH_PRICE_FACTOR,
+            _ => 1.0,
+        }
+    }
+}
+
+/// How pairs are picked, as the fingerprint and the manifest record it.
+fn preference_desc(
+    args: &GenerateArgs,
+    selection: Option<Selection>,
+    mode: PreferenceMode,
+) -> String {
+    match selection {
+        None => format!("{mode:?}").to_lowercase(),
+        Some(Selection::Heuristic) => format!("heuristic(samples={})", args.samples),
+        Some(Selection::Judge { .. }) => {
+            let j = &args.judge;
+            format!(
+                "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
+                args.samples,
+                j.judges.join(", "),
+                j.judge_samples,
+                j.judge_cot,
+                j.tie_margin,
+                j.ties
+            )
+            .to_lowercase()
+        }
+    }
+}
+
 /// What the batch APIs charge, as a fraction of the standard price (both
 /// OpenAI and Anthropic bill batches at half price).
 pub const BATCH_PRICE_FACTOR: f64 = 0.5;
@@ -300,18 +379,26 @@ pub const BATCH_PRICE_FACTOR: f64 = 0.5;
 fn batch_mode(
     args: &crate::cli::BatchArgs,
     endpoint: &EndpointArgs,
-    provider: &dyn Provider,
+    provider: &Plan,
 ) -> Result<Option<crate::engine::batch::BatchMode>, ConfigError> {
     use crate::engine::batch::BatchMode;
+    use crate::provider::registry::BatchSupport;
     let files = args.batch_export.is_some() || args.batch_import.is_some();
     if !(args.batch_poll.is_finite() && args.batch_poll > 0.0) {
-        return Err(ConfigError(
-            "--batch-poll must be a positive number of seconds".into(),
+        return Err(ConfigError::flag(
+            "--batch-poll",
+            "must be a positive number of seconds",
         ));
     }
     if args.batch && files {
-        return Err(ConfigError(
-            "--batch submits to the provider's batch API; --batch-export/--batch-import hand a stage to you as files: use one or the other".into(),
+        return Err(ConfigError::conflict(
+            "--batch",
+            if args.batch_export.is_some() {
+                "--batch-export"
+            } else {
+                "--batch-import"
+            },
+            "--batch submits to the provider's batch API; --batch-export/--batch-import hand a stage to you as files: use one or the other",
         ));
     }
     if !args.batch && !files {
@@ -325,35 +412,46 @@ fn batch_mode(
         "--batch-import"
     };
     if endpoint.base_urls.len() > 1 {
-        return Err(ConfigError(format!(
-            "{flag} sends a stage to one service: give one --base-url, not a pool"
-        )));
+        return Err(ConfigError::conflict(
+            flag,
+            "--base-url",
+            format!("{flag} sends a stage to one service: give one --base-url, not a pool"),
+        ));
     }
-    let api = provider.batch_api();
+    let batch = provider.entry().batch;
     if args.batch {
-        let supported = matches!(provider.name(), "openai" | "anthropic") && api.is_some();
-        if !supported {
-            return Err(ConfigError(format!(
-                "--batch: provider `{}` has no batch API that cai can use (it drives the OpenAI and Anthropic ones: --provider openai or anthropic); for a vLLM server, use --batch-export FILE and `vllm run_batch`",
-                provider.name()
-            )));
+        if batch != BatchSupport::Api {
+            return Err(ConfigError::conflict(
+                "--batch",
+                "--provider",
+                format!(
+                    "--batch: provider `{}` has no batch API that cai can use (it drives the OpenAI and Anthropic ones: --provider openai or anthropic); for a vLLM server, use --batch-export FILE and `vllm run_batch`",
+                    provider.name()
+                ),
+            ));
         }
         return Ok(Some(BatchMode::Submit {
             poll: std::time::Duration::from_secs_f64(args.batch_poll),
         }));
     }
-    if api.is_none_or(|a| a.name() != "openai") {
-        return Err(ConfigError(format!(
-            "{flag} reads and writes the OpenAI batch format, which provider `{}` does not speak: use an OpenAI-compatible provider (openai, vllm, ...)",
-            provider.name()
-        )));
+    let openai_format = provider.entry().backend == crate::provider::registry::Backend::OpenAi;
+    if batch == BatchSupport::None || !openai_format {
+        return Err(ConfigError::conflict(
+            flag,
+            "--provider",
+            format!(
+                "{flag} reads and writes the OpenAI batch format, which provider `{}` does not speak: use an OpenAI-compatible provider (openai, vllm, ...)",
+                provider.name()
+            ),
+        ));
     }
     if let Some(p) = &args.batch_import {
         if !p.is_file() {
-            return Err(ConfigError(format!(
-                "--batch-import {}: no such file",
-                p.display()
-            )));
+            return Err(ConfigError::FlagFile {
+                flag: "--batch-import",
+                path: p.clone(),
+                why: "no such file".into(),
+            });
         }
     }
     Ok(Some(BatchMode::Files {
@@ -366,7 +464,7 @@ fn batch_mode(
 /// `--samples` and `--select`; `None` = the plain revision/none modes.
 fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
     if args.samples == 0 {
-        return Err(ConfigError("--samples must be at least 1".into()));
+        return Err(ConfigError::flag("--samples", "must be at least 1"));
     }
     let judge = Selection::Judge {
         keep_ties: args.judge.ties == TiesArg::Keep,
@@ -376,15 +474,23 @@ fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
         (PreferenceArg::Judge | PreferenceArg::Revision, Some(SelectArg::Heuristic)) => {
             Ok(Some(Selection::Heuristic))
         }
-        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(ConfigError(
-            "--select judge needs --preference judge".into(),
+        (PreferenceArg::Revision, Some(SelectArg::Judge)) => Err(ConfigError::conflict(
+            "--select",
+            "--preference",
+            "--select judge needs --preference judge",
         )),
-        (PreferenceArg::Revision, None) if args.samples > 1 => Err(ConfigError(
-            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic".into(),
+        (PreferenceArg::Revision, None) if args.samples > 1 => Err(ConfigError::conflict(
+            "--samples",
+            "--preference",
+            "--samples above 1 needs a way to pick the pair: --preference judge (AI-feedback tournament) or --select heuristic",
         )),
-        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => Err(ConfigError(
-            "--samples and --select pick preference pairs; they do nothing with --preference none".into(),
-        )),
+        (PreferenceArg::None, _) if args.samples > 1 || args.select.is_some() => {
+            Err(ConfigError::conflict(
+                if args.samples > 1 { "--samples" } else { "--select" },
+                "--preference",
+                "--samples and --select pick preference pairs; they do nothing with --preference none",
+            ))
+        }
         _ => Ok(None),
     }
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::ConfigError;
 use crate::engine::Engine;
-use crate::feedback::judge::{JudgeEndpoint, JudgeOptions};
+use crate::feedback::judge::{Judge, JudgeEndpoint, JudgeOptions};
+use crate::feedback::select::Selector;
 
 /// Where and how judge engines are opened.
 pub struct EngineSetup<'a> {
@@ -26,15 +27,14 @@ pub fn options(
     seed: u64,
     cot_max_tokens: u32,
 ) -> Result<JudgeOptions, ConfigError> {
-    use ConfigError;
     if args.judge_samples == 0 {
-        return Err(ConfigError("--judge-samples must be at least 1".into()));
+        return Err(ConfigError::flag("--judge-samples", "must be at least 1"));
     }
     if !(0.0..0.5).contains(&args.tie_margin) {
-        return Err(ConfigError(format!(
-            "--tie-margin {} is outside [0, 0.5)",
-            args.tie_margin
-        )));
+        return Err(ConfigError::flag(
+            "--tie-margin",
+            format!("{} is outside [0, 0.5)", args.tie_margin),
+        ));
     }
     Ok(JudgeOptions {
         samples: args.judge_samples,
@@ -56,9 +56,10 @@ pub fn parse_spec(
 ) -> Result<crate::cli::EndpointArgs, ConfigError> {
     use clap::ValueEnum;
     let bad = |why: &str| {
-        ConfigError(format!(
-            "--judge `{spec}`: {why} (expected provider:model[@base_url])"
-        ))
+        ConfigError::flag(
+            "--judge",
+            format!("`{spec}`: {why} (expected provider:model[@base_url])"),
+        )
     };
     let (provider, rest) = spec.split_once(':').ok_or_else(|| bad("no provider"))?;
     let kind = crate::cli::ProviderKind::from_str(provider.trim(), true)
@@ -85,12 +86,36 @@ pub fn open_engine(
     setup: &EngineSetup,
 ) -> Result<Arc<Engine>, ConfigError> {
     let path = setup.state_dir.join(journal_file);
-    let journal = crate::engine::Journal::open(&path, setup.done)
-        .map_err(|e| ConfigError(format!("cannot open {}: {e}", path.display())))?;
+    let journal =
+        crate::engine::Journal::open(&path, setup.done).map_err(|source| ConfigError::Journal {
+            path: path.clone(),
+            source,
+        })?;
     Ok(Arc::new(
         Engine::new(provider, journal, setup.cfg.clone(), setup.stop.clone())
             .with_stats(setup.stats.clone()),
     ))
+}
+
+/// The judges' endpoints, checked (nothing opened): one per `--judge`, or
+/// the main endpoint when there is none and `default` is not used. A command
+/// passes them to [`crate::provider::build::prepare`] before [`endpoints`].
+pub fn plans(
+    judges: &[String],
+    base: &crate::cli::EndpointArgs,
+    uses_default: bool,
+    concurrency: usize,
+) -> Result<Vec<crate::provider::build::Plan>, ConfigError> {
+    if judges.is_empty() {
+        return match uses_default {
+            true => Ok(Vec::new()),
+            false => Ok(vec![super::plan(base, concurrency)?]),
+        };
+    }
+    judges
+        .iter()
+        .map(|spec| super::plan(&parse_spec(spec, base)?, concurrency))
+        .collect()
 }
 
 /// The judges of a run: one per `--judge` (journal `journal-judge{i}.jsonl`),
@@ -106,7 +131,7 @@ pub fn endpoints(
         let engine = match default {
             Some(e) => e,
             None => {
-                let (p, _) = super::build_provider(base, setup.concurrency)?;
+                let p = super::plan(base, setup.concurrency)?.build()?;
                 open_engine(p, "journal.jsonl", setup)?
             }
         };
@@ -119,7 +144,7 @@ pub fn endpoints(
     let mut out = Vec::with_capacity(judges.len());
     for (i, spec) in judges.iter().enumerate() {
         let e = parse_spec(spec, base)?;
-        let (p, _) = super::build_provider(&e, setup.concurrency)?;
+        let p = super::plan(&e, setup.concurrency)?.build()?;
         let engine = open_engine(p, &format!("journal-judge{i}.jsonl"), setup)?;
         out.push(JudgeEndpoint {
             label: label(engine.provider()),
@@ -128,4 +153,52 @@ pub fn endpoints(
         });
     }
     Ok(out)
+}
+
+/// How pairs are picked among a prompt's candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The AI-feedback judge (round robin over the candidates).
+    Judge { keep_ties: bool },
+    /// The heuristic score; no requests.
+    Heuristic,
+}
+
+/// `generate`'s pair picking, as configured.
+pub struct Picking<'a> {
+    /// `None`: the plain revision/none modes.
+    pub selection: Option<Selection>,
+    /// `--judge` specs (empty: the run's own endpoint judges).
+    pub judges: &'a [String],
+    pub options: &'a JudgeOptions,
+    /// The run's endpoint (the base of every `--judge` spec).
+    pub endpoint: &'a crate::cli::EndpointArgs,
+    pub templates: &'a crate::template::Templates,
+    pub constitution: &'a crate::input::Constitution,
+}
+
+/// How `generate` picks its pairs: `None` for the plain revision/none
+/// modes, the heuristic, or the judge over the `--judge` endpoints (else
+/// the run's own `engine`).
+pub fn selector(
+    picking: Picking,
+    engine: Arc<Engine>,
+    setup: &EngineSetup,
+) -> Result<Option<Selector>, ConfigError> {
+    Ok(match picking.selection {
+        None => None,
+        Some(Selection::Heuristic) => Some(Selector::Heuristic),
+        Some(Selection::Judge { keep_ties }) => {
+            let endpoints = endpoints(picking.judges, picking.endpoint, Some(engine), setup)?;
+            Some(Selector::Judge {
+                judge: Arc::new(Judge::new(
+                    endpoints,
+                    picking.templates.clone(),
+                    Some(picking.constitution),
+                    picking.options.clone(),
+                )),
+                keep_ties,
+            })
+        }
+    })
 }

@@ -5,7 +5,6 @@
 //! sent.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -17,13 +16,15 @@ use crate::error::RunError;
 use crate::feedback::drpo::{self, Aspect, SearchOptions};
 use crate::input::queries::{self, Example};
 use crate::input::PromptRecord;
-use crate::provider::{GenParams, Provider};
+use crate::provider::build::Plan;
+use crate::provider::GenParams;
 use crate::template::Templates;
 
-/// One role's endpoint: its arguments and (unless a dry run) its provider.
+/// One role's endpoint: its arguments and (unless a dry run) its checked
+/// provider, opened by the command after the model download step.
 pub struct Role {
     pub endpoint: EndpointArgs,
-    pub provider: Option<Arc<dyn Provider>>,
+    pub provider: Option<Plan>,
     /// `provider:model` for reports.
     pub label: String,
 }
@@ -67,24 +68,29 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
     let Some(path) = path else {
         return Ok(drpo::default_aspects());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--aspects {}: {e}", path.display())))?;
-    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| {
-        ConfigError(format!(
-            "{}:{}: not a JSON array of {{\"name\", \"description\"}}: {e}",
-            path.display(),
-            e.line()
-        ))
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::FlagFile {
+        flag: "--aspects",
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let list: Vec<Aspect> = serde_json::from_str(&text).map_err(|e| ConfigError::FileLine {
+        path: path.to_path_buf(),
+        line: e.line(),
+        why: format!("not a JSON array of {{\"name\", \"description\"}}: {e}"),
     })?;
     if list.is_empty() {
-        return Err(ConfigError(format!("{}: no aspects", path.display())));
+        return Err(ConfigError::File {
+            path: path.to_path_buf(),
+            why: "no aspects".into(),
+        });
     }
     for (i, a) in list.iter().enumerate() {
         if a.name.trim().is_empty() {
-            return Err(ConfigError(format!(
-                "{}: [{i}].name is empty",
-                path.display()
-            )));
+            return Err(ConfigError::FileKey {
+                path: path.to_path_buf(),
+                key: format!("[{i}].name"),
+                why: "is empty".into(),
+            });
         }
     }
     Ok(list)
@@ -92,34 +98,33 @@ fn load_aspects(path: Option<&Path>) -> Result<Vec<Aspect>, ConfigError> {
 
 /// Builds a role's provider; `spec` (`provider:model[@url]`) or the base.
 fn role(
-    flag: &str,
+    flag: &'static str,
     spec: Option<&str>,
     base: &EndpointArgs,
-    base_provider: &Option<Arc<dyn Provider>>,
+    base_provider: &Option<Plan>,
     dry: bool,
     concurrency: usize,
 ) -> Result<Role, ConfigError> {
-    let label = |p: &dyn Provider| format!("{}:{}", p.name(), p.model());
+    let label = |p: &Plan| format!("{}:{}", p.name(), p.model());
     let Some(spec) = spec else {
         return Ok(Role {
             endpoint: base.clone(),
             provider: base_provider.clone(),
             label: base_provider
-                .as_deref()
+                .as_ref()
                 .map(label)
                 .unwrap_or_else(|| "base".into()),
         });
     };
-    let e = super::judge::parse_spec(spec, base)
-        .map_err(|e| ConfigError(e.0.replacen("--judge", flag, 1)))?;
+    let e = super::judge::parse_spec(spec, base).map_err(|e| e.under_flag(flag))?;
     let provider = if dry {
         None
     } else {
-        Some(super::build_provider(&e, concurrency)?.0)
+        Some(super::plan(&e, concurrency)?)
     };
     Ok(Role {
         label: provider
-            .as_deref()
+            .as_ref()
             .map(label)
             .unwrap_or_else(|| spec.to_string()),
         endpoint: e,
@@ -143,17 +148,20 @@ impl OptimizeConfig {
             None => Vec::new(),
         };
         if c.examples.is_some() && c.k == 0 {
-            return Err(ConfigError("--k must be at least 1 with --examples".into()).into());
+            return Err(ConfigError::conflict(
+                "--k",
+                "--examples",
+                "--k must be at least 1 with --examples",
+            )
+            .into());
         }
         let templates = Templates::load(c.templates.as_deref()).map_err(RunError::Template)?;
         let (base_provider, missing_key) = if dry {
-            let (p, _, m) = super::build_provider_for_dry_run(&c.endpoint)?;
+            let p = super::plan_for_dry_run(&c.endpoint)?;
+            let m = p.missing_key.clone();
             (Some(p), m)
         } else {
-            (
-                Some(super::build_provider(&c.endpoint, run.concurrency)?.0),
-                None,
-            )
+            (Some(super::plan(&c.endpoint, run.concurrency)?), None)
         };
         let evaluator = role(
             "--evaluator",
@@ -164,11 +172,11 @@ impl OptimizeConfig {
             run.concurrency,
         )?;
         let base_label = base_provider
-            .as_deref()
+            .as_ref()
             .map(|p| format!("{}:{}", p.name(), p.model()))
             .unwrap_or_default();
         let price = match &base_provider {
-            Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, p.model())?,
+            Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, &p.model())?,
             None => None,
         };
         Ok(OptimizeConfig {
@@ -201,16 +209,19 @@ impl OptimizeConfig {
     /// `cai optimize`.
     pub fn search(args: &OptimizeArgs) -> Result<OptimizeConfig, RunError> {
         let c = &args.common;
-        if args.beam == 0 || args.actions == 0 {
-            return Err(ConfigError("--beam and --actions must be at least 1".into()).into());
-        }
-        if args.depth == Some(0) {
-            return Err(ConfigError("--depth must be at least 1".into()).into());
+        for (flag, v) in [
+            ("--beam", Some(args.beam)),
+            ("--actions", Some(args.actions)),
+            ("--depth", args.depth),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::flag(flag, "must be at least 1").into());
+            }
         }
         let mut cfg = Self::common(c, c.dry_run)?;
         let initial_prompt = match &args.initial_prompt {
             Some(p) => super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--initial-prompt", 1)))?,
+                .map_err(|e| e.under_flag("--initial-prompt"))?,
             None => drpo::INITIAL_PROMPT.to_string(),
         };
         let optimizer = role(
@@ -242,8 +253,8 @@ impl OptimizeConfig {
         }
         let mut prompts = Vec::new();
         for p in &args.prompts {
-            let text = super::generate::read_system_prompt(p)
-                .map_err(|e| ConfigError(e.0.replacen("--system-prompt", "--prompt", 1)))?;
+            let text =
+                super::generate::read_system_prompt(p).map_err(|e| e.under_flag("--prompt"))?;
             prompts.push((p.clone(), text));
         }
         let mut cfg = Self::common(&args.common, args.common.dry_run)?;
@@ -295,14 +306,14 @@ impl OptimizeConfig {
             provider: self
                 .base
                 .provider
-                .as_deref()
+                .as_ref()
                 .map(|p| p.name().to_string())
                 .unwrap_or_default(),
             model: self
                 .base
                 .provider
-                .as_deref()
-                .map(|p| p.model().to_string())
+                .as_ref()
+                .map(|p| p.model())
                 .unwrap_or_default(),
             constitution_sha256: inputs,
             templates_sha256: self.templates.digest().to_string(),

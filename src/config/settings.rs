@@ -184,11 +184,15 @@ pub fn prepare(argv: Vec<String>) -> Result<Prepared, ConfigError> {
 
     let dotenv = cwd.join(".env");
     if dotenv.is_file() {
-        let text = std::fs::read_to_string(&dotenv)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", dotenv.display())))?;
-        for (k, v) in
-            parse_dotenv(&text).map_err(|e| ConfigError(format!("{}:{e}", dotenv.display())))?
-        {
+        let text = std::fs::read_to_string(&dotenv).map_err(|e| ConfigError::File {
+            path: dotenv.clone(),
+            why: format!("cannot read: {e}"),
+        })?;
+        for (k, v) in parse_dotenv(&text).map_err(|e| ConfigError::FileLine {
+            path: dotenv.clone(),
+            line: e.line,
+            why: e.why.to_string(),
+        })? {
             if std::env::var_os(&k).is_none() {
                 // Single-threaded here (see above).
                 std::env::set_var(&k, v);
@@ -200,8 +204,10 @@ pub fn prepare(argv: Vec<String>) -> Result<Prepared, ConfigError> {
 
     report.searched = config_candidates(&cwd);
     if let Some(path) = report.searched.iter().find(|p| p.is_file()) {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            why: format!("cannot read: {e}"),
+        })?;
         report.file = parse_file(path, &text)?;
     }
 
@@ -229,19 +235,21 @@ fn scalar(path: &Path, key: &str, v: &toml::Value) -> Result<String, ConfigError
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Float(f) => Ok(f.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(ConfigError(format!(
-            "{}: {key}: expected a string or a number, found {}",
-            path.display(),
-            other.type_str()
-        ))),
+        other => Err(ConfigError::FileKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            why: format!("expected a string or a number, found {}", other.type_str()),
+        }),
     }
 }
 
 /// `[endpoints.NAME] base_urls = [...]` (optional `weights = [...]`, one
 /// per URL) as the value of one `--base-url` list: `URL#weight=W,...`.
 fn pool_urls(path: &Path, name: &str, ep: &toml::Table) -> Result<Option<String>, ConfigError> {
-    let bad = |k: &str, what: &str| {
-        ConfigError(format!("{}: endpoints.{name}.{k}: {what}", path.display()))
+    let bad = |k: &str, what: &str| ConfigError::FileKey {
+        path: path.to_path_buf(),
+        key: format!("endpoints.{name}.{k}"),
+        why: what.to_string(),
     };
     let Some(urls) = ep.get("base_urls") else {
         return match ep.get("weights") {
@@ -282,9 +290,17 @@ fn pool_urls(path: &Path, name: &str, ep: &toml::Table) -> Result<Option<String>
 /// Parses `cai.toml`; unknown keys are errors (a typo would otherwise be
 /// silently ignored).
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        ConfigError(format!("{}: {}", path.display(), e.message()))
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::File {
+            path: path.to_path_buf(),
+            why: e.message().to_string(),
+        })?;
+    let bad = |key: String, why: String| ConfigError::FileKey {
+        path: path.to_path_buf(),
+        key,
+        why,
+    };
     let mut cfg = FileConfig {
         path: Some(path.to_path_buf()),
         ..FileConfig::default()
@@ -292,17 +308,14 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     for (key, value) in &table {
         if key == "endpoints" {
             let toml::Value::Table(eps) = value else {
-                return Err(ConfigError(format!(
-                    "{}: endpoints: expected tables [endpoints.NAME]",
-                    path.display()
-                )));
+                return Err(bad(
+                    "endpoints".into(),
+                    "expected tables [endpoints.NAME]".into(),
+                ));
             };
             for (name, ep) in eps {
                 let toml::Value::Table(ep) = ep else {
-                    return Err(ConfigError(format!(
-                        "{}: endpoints.{name}: expected a table",
-                        path.display()
-                    )));
+                    return Err(bad(format!("endpoints.{name}"), "expected a table".into()));
                 };
                 let mut def = EndpointDef::default();
                 if let Some(urls) = pool_urls(path, name, ep)? {
@@ -313,11 +326,10 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                         continue;
                     }
                     if !ENDPOINT_KEYS.contains(&k.as_str()) {
-                        return Err(ConfigError(format!(
-                            "{}: endpoints.{name}.{k}: unknown key (known: {})",
-                            path.display(),
-                            ENDPOINT_KEYS.join(", ")
-                        )));
+                        return Err(bad(
+                            format!("endpoints.{name}.{k}"),
+                            format!("unknown key (known: {})", ENDPOINT_KEYS.join(", ")),
+                        ));
                     }
                     def.values.insert(
                         k.clone(),
@@ -325,10 +337,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
                     );
                 }
                 if !def.values.contains_key("provider") {
-                    return Err(ConfigError(format!(
-                        "{}: endpoints.{name}.provider: missing",
-                        path.display()
-                    )));
+                    return Err(bad(format!("endpoints.{name}.provider"), "missing".into()));
                 }
                 cfg.endpoints.insert(name.clone(), def);
             }
@@ -340,19 +349,28 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             } else {
                 ""
             };
-            return Err(ConfigError(format!(
-                "{}: {key}: unknown key{hint} (known: {}, [endpoints.NAME])",
-                path.display(),
-                KEYS.join(", ")
-            )));
+            return Err(bad(
+                key.clone(),
+                format!(
+                    "unknown key{hint} (known: {}, [endpoints.NAME])",
+                    KEYS.join(", ")
+                ),
+            ));
         }
     }
     Ok(cfg)
 }
 
-/// Parses `.env` text into (name, value) pairs. Errors carry the line
-/// number but never the line (it may hold a key).
-pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
+/// A `.env` line that does not parse: its 1-based number and why, never
+/// the line itself (it may hold a key).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DotenvError {
+    pub line: usize,
+    pub why: &'static str,
+}
+
+/// Parses `.env` text into (name, value) pairs.
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -361,7 +379,10 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
         let Some((k, v)) = line.split_once('=') else {
-            return Err(format!("{}: expected KEY=VALUE", i + 1));
+            return Err(DotenvError {
+                line: i + 1,
+                why: "expected KEY=VALUE",
+            });
         };
         let k = k.trim();
         let valid = k
@@ -370,7 +391,10 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("{}: `{k}` is not a variable name", i + 1));
+            return Err(DotenvError {
+                line: i + 1,
+                why: "the name before `=` is not a variable name",
+            });
         }
         let v = v.trim();
         let value = if let Some(rest) = v.strip_prefix('"') {
@@ -392,13 +416,21 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
                 }
             }
             if !closed {
-                return Err(format!("{}: unclosed double quote", i + 1));
+                return Err(DotenvError {
+                    line: i + 1,
+                    why: "unclosed double quote",
+                });
             }
             s
         } else if let Some(rest) = v.strip_prefix('\'') {
             match rest.split_once('\'') {
                 Some((s, _)) => s.to_string(),
-                None => return Err(format!("{}: unclosed single quote", i + 1)),
+                None => {
+                    return Err(DotenvError {
+                        line: i + 1,
+                        why: "unclosed single quote",
+                    })
+                }
             }
         } else {
             // An unquoted value ends at a ` #` comment.
@@ -557,11 +589,15 @@ fn apply(mut argv: Vec<String>, mut report: Report) -> Result<(Vec<String>, Repo
             .map(|(k, v, s)| format!("{k} = {v:?} (from {s})"))
             .collect();
         let msg = e.render().to_string();
-        return Err(ConfigError(format!(
-            "a configured value is invalid: {}\nvalues taken from the config file or the environment: {}",
-            msg.lines().next().unwrap_or("").trim_start_matches("error: "),
-            origins.join("; ")
-        )));
+        return Err(ConfigError::ConfiguredValue {
+            message: msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string(),
+            origins,
+        });
     }
     Ok((out, report))
 }
@@ -670,16 +706,25 @@ mod tests {
             ]
         );
         let err = parse_dotenv("OK=1\nsk-secret-line\n").unwrap_err();
-        assert_eq!(err, "2: expected KEY=VALUE");
+        assert_eq!(
+            err,
+            DotenvError {
+                line: 2,
+                why: "expected KEY=VALUE"
+            }
+        );
     }
 
     #[test]
     fn unknown_file_keys_are_refused() {
         let p = Path::new("cai.toml");
         let e = parse_file(p, "modle = \"x\"").unwrap_err();
-        assert!(e.0.contains("modle: unknown key"), "{e}");
+        assert!(e.to_string().contains("modle: unknown key"), "{e}");
         let e = parse_file(p, "api_key = \"x\"").unwrap_err();
-        assert!(e.0.contains("keys belong in the environment"), "{e}");
+        assert!(
+            e.to_string().contains("keys belong in the environment"),
+            "{e}"
+        );
         let c = parse_file(
             p,
             "model = \"m\"\nmax_tokens = 64\n[endpoints.judge]\nprovider = \"groq\"\nmodel = \"j\"\n",

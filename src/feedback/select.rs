@@ -51,6 +51,15 @@ pub struct JudgedPair {
     pub comparisons: Vec<Comparison>,
 }
 
+/// The judge could not decide a prompt's pair (every comparison failed or
+/// was unusable); the prompt keeps its SFT row and the pair goes to the
+/// rejects with `reason`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Undecided {
+    pub reason: String,
+}
+
 /// How `generate` picks pairs among candidates.
 pub enum Selector {
     Judge { judge: Arc<Judge>, keep_ties: bool },
@@ -59,14 +68,14 @@ pub enum Selector {
 
 impl Selector {
     /// Picks the pair among a prompt's `candidates` (distinct texts):
-    /// `None` when there are fewer than two, `Some(Err(reason))` when the
+    /// `None` when there are fewer than two, `Some(Err(_))` when the
     /// judge could not decide (the prompt keeps its SFT row).
     pub async fn pick(
         &self,
         id: &str,
         prompt: &str,
         candidates: &[String],
-    ) -> Result<Option<Result<JudgedPair, String>>, ItemError> {
+    ) -> Result<Option<Result<JudgedPair, Undecided>>, ItemError> {
         if candidates.len() < 2 {
             return Ok(None);
         }
@@ -78,7 +87,7 @@ impl Selector {
                         pair.keep_tie = *keep_ties;
                         Ok(pair)
                     }
-                    Err(ItemError::Reject(why)) => Err(why),
+                    Err(ItemError::Reject(reason)) => Err(Undecided { reason }),
                     Err(e) => return Err(e),
                 }
             }

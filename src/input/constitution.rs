@@ -144,7 +144,15 @@ impl Constitution {
                 format!("cannot read constitution: {e}"),
             )
         })?;
-        Self::parse(path, &text)
+        let c = Self::parse(path, &text)?;
+        tracing::debug!(
+            file = %path.display(),
+            format = ?c.format,
+            principles = c.principles.len(),
+            few_shots = c.few_shots.len(),
+            "constitution loaded"
+        );
+        Ok(c)
     }
 
     /// Parses constitution JSON; `path` is used in error messages only.

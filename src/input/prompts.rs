@@ -34,22 +34,31 @@ pub struct Shard {
     pub count: u64,
 }
 
+/// Why a `K/N` shard does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardSyntaxError {
+    #[error("`{0}` is not K/N (for example 1/4)")]
+    NotKOverN(String),
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    #[error("shard `{0}`: K must be between 1 and N")]
+    OutOfRange(String),
+}
+
 impl FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ShardSyntaxError;
+    fn from_str(s: &str) -> Result<Self, ShardSyntaxError> {
         let (k, n) = s
             .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not K/N (for example 1/4)"))?;
-        let k: u64 = k
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{k}` is not a number"))?;
-        let n: u64 = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{n}` is not a number"))?;
+            .ok_or_else(|| ShardSyntaxError::NotKOverN(s.to_string()))?;
+        let number = |x: &str| {
+            x.trim()
+                .parse::<u64>()
+                .map_err(|_| ShardSyntaxError::NotANumber(x.to_string()))
+        };
+        let (k, n) = (number(k)?, number(n)?);
         if n == 0 || k == 0 || k > n {
-            return Err(format!("shard `{s}`: K must be between 1 and N"));
+            return Err(ShardSyntaxError::OutOfRange(s.to_string()));
         }
         Ok(Shard {
             index: k - 1,
@@ -72,14 +81,47 @@ pub enum ShardArg {
 }
 
 impl FromStr for ShardArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ShardSyntaxError;
+    fn from_str(s: &str) -> Result<Self, ShardSyntaxError> {
         if s.trim().eq_ignore_ascii_case("auto") {
             Ok(ShardArg::Auto)
         } else {
             s.parse().map(ShardArg::Fixed)
         }
     }
+}
+
+/// Why `--shard auto` cannot tell this task's shard; each variant names
+/// the environment variables involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardAutoError {
+    #[error("--shard auto: {var}=`{value}` is not a non-negative whole number")]
+    NotANumber { var: &'static str, value: String },
+    /// `--shards`/`CAI_SHARDS` and the scheduler disagree on the count.
+    #[error("--shard auto: --shards/CAI_SHARDS says {given} shards but {what} says {found}")]
+    CountDisagrees {
+        given: u64,
+        what: &'static str,
+        found: u64,
+    },
+    #[error("--shard auto: SLURM_ARRAY_TASK_MAX={max} is below SLURM_ARRAY_TASK_MIN={min}")]
+    MaxBelowMin { max: u64, min: u64 },
+    #[error("--shard auto: the Slurm array is not one evenly stepped range (SLURM_ARRAY_TASK_COUNT={listed}, but MIN..MAX by STEP spans {spanned} tasks); submit it as --array=A-B or --array=A-B:S")]
+    UnevenSlurmArray { listed: u64, spanned: u64 },
+    #[error("--shard auto: SLURM_ARRAY_TASK_ID is set but not the array's size: SLURM_ARRAY_TASK_COUNT or SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_MAX (or give --shards N)")]
+    SlurmSizeMissing,
+    #[error("--shard auto: SLURM_ARRAY_TASK_ID={id} is not in the array {first}..(step {step})")]
+    SlurmIdOutside { id: u64, first: u64, step: u64 },
+    #[error("--shard auto: JOB_COMPLETION_INDEX is set but not the number of shards: pass --shards N or set CAI_SHARDS (the Job's spec.completions)")]
+    JobCountMissing,
+    #[error("--shard auto: neither SLURM_ARRAY_TASK_ID (Slurm --array) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; outside an array job use --shard K/N")]
+    NotAnArrayJob,
+    #[error("--shard auto: the number of shards is 0")]
+    ZeroShards,
+    #[error(
+        "--shard auto: task index {index} (0-based) is not below the number of shards {count}"
+    )]
+    IndexTooLarge { index: u64, count: u64 },
 }
 
 impl Shard {
@@ -94,24 +136,28 @@ impl Shard {
     pub fn auto(
         var: impl Fn(&str) -> Option<String>,
         shards: Option<u64>,
-    ) -> Result<Shard, String> {
-        let num = |name: &str| -> Result<Option<u64>, String> {
+    ) -> Result<Shard, ShardAutoError> {
+        let num = |name: &'static str| -> Result<Option<u64>, ShardAutoError> {
             match var(name) {
                 None => Ok(None),
                 Some(v) if v.trim().is_empty() => Ok(None),
-                Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-                    format!("--shard auto: {name}=`{v}` is not a non-negative whole number")
-                }),
+                Some(v) => {
+                    v.trim()
+                        .parse::<u64>()
+                        .map(Some)
+                        .map_err(|_| ShardAutoError::NotANumber {
+                            var: name,
+                            value: v,
+                        })
+                }
             }
         };
-        let from_flag = |count: Option<u64>, what: &str| -> Result<Option<u64>, String> {
-            match (shards, count) {
-                (Some(s), Some(c)) if s != c => Err(format!(
-                    "--shard auto: --shards/CAI_SHARDS says {s} shards but {what} says {c}"
-                )),
-                (Some(s), _) => Ok(Some(s)),
-                (None, c) => Ok(c),
+        let from_flag = |count: Option<u64>, what: &'static str| match (shards, count) {
+            (Some(given), Some(found)) if given != found => {
+                Err(ShardAutoError::CountDisagrees { given, what, found })
             }
+            (Some(s), _) => Ok(Some(s)),
+            (None, c) => Ok(c),
         };
         let shard = if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
             let min = num("SLURM_ARRAY_TASK_MIN")?;
@@ -121,29 +167,22 @@ impl Shard {
             let first = min.unwrap_or(0);
             let spanned = match max {
                 Some(max) if max < first => {
-                    return Err(format!(
-                        "--shard auto: SLURM_ARRAY_TASK_MAX={max} is below SLURM_ARRAY_TASK_MIN={first}"
-                    ))
+                    return Err(ShardAutoError::MaxBelowMin { max, min: first })
                 }
                 Some(max) => Some((max - first) / step + 1),
                 None => None,
             };
             let count = match (listed, spanned) {
-                (Some(c), Some(s)) if c != s => {
-                    return Err(format!(
-                        "--shard auto: the Slurm array is not one evenly stepped range (SLURM_ARRAY_TASK_COUNT={c}, but MIN..MAX by STEP spans {s} tasks); submit it as --array=A-B or --array=A-B:S"
-                    ))
+                (Some(listed), Some(spanned)) if listed != spanned => {
+                    return Err(ShardAutoError::UnevenSlurmArray { listed, spanned })
                 }
                 (Some(c), _) => Some(c),
                 (None, s) => s,
             };
-            let count = from_flag(count, "the Slurm array")?.ok_or(
-                "--shard auto: SLURM_ARRAY_TASK_ID is set but not the array's size: SLURM_ARRAY_TASK_COUNT or SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_MAX (or give --shards N)",
-            )?;
+            let count =
+                from_flag(count, "the Slurm array")?.ok_or(ShardAutoError::SlurmSizeMissing)?;
             if id < first || (id - first) % step != 0 {
-                return Err(format!(
-                    "--shard auto: SLURM_ARRAY_TASK_ID={id} is not in the array {first}..(step {step})"
-                ));
+                return Err(ShardAutoError::SlurmIdOutside { id, first, step });
             }
             Shard {
                 index: (id - first) / step,
@@ -154,22 +193,20 @@ impl Shard {
             let count = match (shards, env_count) {
                 (Some(s), _) => s,
                 (None, Some(c)) => c,
-                (None, None) => {
-                    return Err("--shard auto: JOB_COMPLETION_INDEX is set but not the number of shards: pass --shards N or set CAI_SHARDS (the Job's spec.completions)".into())
-                }
+                (None, None) => return Err(ShardAutoError::JobCountMissing),
             };
             Shard { index, count }
         } else {
-            return Err("--shard auto: neither SLURM_ARRAY_TASK_ID (Slurm --array) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; outside an array job use --shard K/N".into());
+            return Err(ShardAutoError::NotAnArrayJob);
         };
         if shard.count == 0 {
-            return Err("--shard auto: the number of shards is 0".into());
+            return Err(ShardAutoError::ZeroShards);
         }
         if shard.index >= shard.count {
-            return Err(format!(
-                "--shard auto: task index {} (0-based) is not below the number of shards {}",
-                shard.index, shard.count
-            ));
+            return Err(ShardAutoError::IndexTooLarge {
+                index: shard.index,
+                count: shard.count,
+            });
         }
         Ok(shard)
     }
@@ -245,13 +282,26 @@ fn is_jsonl(path: &Path) -> bool {
     )
 }
 
+/// Why no prompt column could be picked.
+#[derive(Debug, thiserror::Error)]
+enum ColumnError {
+    #[error("no column `{want}` (columns: {})", columns.join(", "))]
+    Missing { want: String, columns: Vec<String> },
+    #[error("cannot tell which column holds the prompt (columns: {}); name it with --prompt-column", columns.join(", "))]
+    Ambiguous { columns: Vec<String> },
+}
+
 /// Picks the prompt column from the header names.
-fn choose_column(names: &[&str], requested: Option<&str>) -> Result<usize, String> {
+fn choose_column(names: &[&str], requested: Option<&str>) -> Result<usize, ColumnError> {
+    let columns = || -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
     if let Some(want) = requested {
         return names
             .iter()
             .position(|n| *n == want)
-            .ok_or_else(|| format!("no column `{want}` (columns: {})", names.join(", ")));
+            .ok_or_else(|| ColumnError::Missing {
+                want: want.to_string(),
+                columns: columns(),
+            });
     }
     for want in DEFAULT_COLUMNS {
         if let Some(i) = names.iter().position(|n| n == want) {
@@ -261,10 +311,7 @@ fn choose_column(names: &[&str], requested: Option<&str>) -> Result<usize, Strin
     let others: Vec<usize> = (0..names.len()).filter(|&i| names[i] != "id").collect();
     match others.as_slice() {
         [only] => Ok(*only),
-        _ => Err(format!(
-            "cannot tell which column holds the prompt (columns: {}); name it with --prompt-column",
-            names.join(", ")
-        )),
+        _ => Err(ColumnError::Ambiguous { columns: columns() }),
     }
 }
 
@@ -275,6 +322,7 @@ impl PromptReader {
             InputError::new(&path, Location::File, format!("cannot open prompts: {e}"))
         })?;
         let source = if is_jsonl(&path) {
+            tracing::debug!(file = %path.display(), "reading prompts as JSONL");
             Source::Jsonl {
                 lines: BufReader::new(file).lines(),
                 column: spec.column.clone(),
@@ -298,8 +346,14 @@ impl PromptReader {
                 ));
             }
             let column = choose_column(&names, spec.column.as_deref())
-                .map_err(|m| InputError::new(&path, Location::Line(1), m))?;
+                .map_err(|e| InputError::new(&path, Location::Line(1), e.to_string()))?;
             let id_column = names.iter().position(|n| *n == "id");
+            tracing::debug!(
+                file = %path.display(),
+                column = names[column],
+                id_column = id_column.map(|i| names[i]),
+                "reading prompts as CSV"
+            );
             Source::Csv {
                 reader,
                 column,
@@ -386,7 +440,8 @@ fn jsonl_record(
     };
     if column.is_none() {
         let names: Vec<&str> = obj.keys().map(String::as_str).collect();
-        let i = choose_column(&names, None).map_err(|m| InputError::new(path, at.clone(), m))?;
+        let i = choose_column(&names, None)
+            .map_err(|e| InputError::new(path, at.clone(), e.to_string()))?;
         *column = Some(names[i].to_string());
     }
     let col = column.as_deref().unwrap_or("prompt");
@@ -728,7 +783,9 @@ mod tests {
 
     #[test]
     fn auto_shard_refuses_missing_or_inconsistent_variables() {
-        let err = |table: &[(&str, &str)], shards| Shard::auto(vars(table), shards).unwrap_err();
+        let err = |table: &[(&str, &str)], shards| {
+            Shard::auto(vars(table), shards).unwrap_err().to_string()
+        };
         assert!(err(&[], None).contains("neither SLURM_ARRAY_TASK_ID"));
         assert!(err(&[("SLURM_ARRAY_TASK_ID", "1")], None).contains("SLURM_ARRAY_TASK_COUNT"));
         assert!(err(&[("JOB_COMPLETION_INDEX", "1")], None).contains("--shards N"));

@@ -123,22 +123,8 @@ impl ChatTemplate {
 /// `strftime_now(fmt)`: some templates (Llama 3.1+) print today's date.
 /// Supports the common `%d %b %Y %m %B %H %M %S %y` directives in UTC.
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil date from days since epoch (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let now = crate::date::Utc::now();
+    let (y, m, d) = (now.year, now.month, now.day);
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -168,9 +154,9 @@ fn strftime_now(fmt: String) -> String {
             Some('y') => out.push_str(&format!("{:02}", y % 100)),
             Some('b') => out.push_str(&month[..3]),
             Some('B') => out.push_str(month),
-            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
-            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
-            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('H') => out.push_str(&format!("{:02}", now.hour)),
+            Some('M') => out.push_str(&format!("{:02}", now.minute)),
+            Some('S') => out.push_str(&format!("{:02}", now.second)),
             Some('%') => out.push('%'),
             Some(other) => {
                 out.push('%');

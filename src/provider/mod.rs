@@ -8,7 +8,9 @@
 
 pub mod anthropic;
 pub mod batch;
+pub mod build;
 pub mod chat_template;
+pub mod endpoint;
 pub mod gemini;
 pub mod hf;
 pub mod http;
@@ -16,7 +18,7 @@ pub mod local;
 pub mod model_store;
 pub mod openai;
 pub mod pool;
-pub mod presets;
+pub mod registry;
 
 use std::time::Duration;
 
@@ -276,6 +278,14 @@ pub trait Provider: Send + Sync {
     fn endpoint(&self) -> String;
     /// The environment variable the key came from, for error messages.
     fn key_var(&self) -> Option<&str>;
+    /// The model ids the endpoint serves, from its model-list API
+    /// ([`registry::ModelList`]), all pages followed.
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::Fatal(format!(
+            "provider {} has no model list; name the model with --model",
+            self.name()
+        )))
+    }
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
     /// One attempt at a completion whose text arrives in pieces as the model
@@ -425,49 +435,13 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
     if let Ok(secs) = v.trim().parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
-    let when = httpdate_to_system_time(v.trim())?;
+    // All three HTTP date forms (IMF-fixdate, RFC 850, asctime), as RFC 9110
+    // asks of recipients.
+    let when = httpdate::parse_http_date(v.trim()).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
-}
-
-/// Minimal IMF-fixdate parser (`Sun, 06 Nov 1994 08:49:37 GMT`), the only
-/// date form RFC 9110 requires senders to use.
-fn httpdate_to_system_time(s: &str) -> Option<std::time::SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u64 = parts[1].parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])? as u64
-        + 1;
-    let year: u64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 {
-        return None;
-    }
-    // Days from civil date (Howard Hinnant's algorithm).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe;
-    let days_since_epoch = days.checked_sub(719468)?;
-    let secs = days_since_epoch * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -485,11 +459,30 @@ mod tests {
     }
 
     #[test]
-    fn http_dates_parse() {
-        let t = httpdate_to_system_time("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let header = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(header("2"), Some(Duration::from_secs(2)));
+        assert_eq!(header("0.5"), Some(Duration::from_millis(500)));
+        // A date in the past: retry now.
         assert_eq!(
-            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
-            784111777
+            header("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
         );
+        assert_eq!(
+            header("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let soon = std::time::SystemTime::now() + Duration::from_secs(120);
+        let d = header(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(header("tomorrow"), None);
+        assert_eq!(header("-3"), None);
     }
 }

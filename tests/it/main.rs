@@ -2,8 +2,10 @@
 
 mod batch;
 mod bounds;
+mod code_shape;
 mod common;
 mod datasets;
+mod docs;
 mod endpoints;
 mod engine;
 mod errors;
@@ -11,7 +13,7 @@ mod generate;
 mod label;
 mod local;
 mod local_engine;
-mod local_families;
+mod logging;
 mod on_length;
 mod optimize;
 mod optimize_fallback;

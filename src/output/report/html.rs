@@ -112,33 +112,16 @@ pub fn one_line(s: &str, n: usize) -> String {
     }
 }
 
-/// Base64 (standard alphabet, padded): the CSP hashes of the inline
-/// script and style.
-pub fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * k)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The `'sha256-…'` CSP source of an inline element's exact content.
+/// The `'sha256-…'` CSP source of an inline element's exact content
+/// (the digest in standard, padded base64, as CSP requires).
 pub fn csp_hash(content: &str) -> String {
+    use base64::Engine;
     use sha2::{Digest, Sha256};
-    format!("'sha256-{}'", base64(&Sha256::digest(content.as_bytes())))
+    let digest = Sha256::digest(content.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 #[cfg(test)]
@@ -186,17 +169,15 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_the_standard_vectors() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), want);
-        }
+    fn csp_hashes_are_padded_standard_base64_of_sha256() {
+        // The well-known SHA-256 of the empty string, as CSP spells it.
+        assert_eq!(
+            csp_hash(""),
+            "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+        );
+        assert_eq!(
+            csp_hash("abc"),
+            "'sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0='"
+        );
     }
 }

@@ -57,17 +57,6 @@ pub enum ReportError {
     },
 }
 
-impl ReportError {
-    /// 2 for a directory that cannot be read as a run, 3 when the page
-    /// cannot be written.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ReportError::Write { .. } => 3,
-            _ => 2,
-        }
-    }
-}
-
 /// Writes the report of `run_dir` to `out` (default `run_dir/report.html`)
 /// and returns its path.
 pub fn write_report(run_dir: &Path, out: Option<&Path>) -> Result<PathBuf, ReportError> {
