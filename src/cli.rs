@@ -78,7 +78,7 @@ pub enum Command {
     /// Label existing answer pairs with the AI-feedback judge (soft labels, bias report).
     #[command(
         allow_negative_numbers = true,
-        after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
+        after_help = "Examples:\n  cai label --pairs arena.csv --out labels1 --provider openai --base-url http://127.0.0.1:8000/v1 --model judge-model\n  cai label --pairs pairs.jsonl --constitution principles/harmless.json --out labels2 --judge openai:model-a@http://127.0.0.1:8000/v1 --judge openai:model-b@http://127.0.0.1:8001/v1 --ties drop\n  cai label --pairs labelled.csv --out cal --judge openai:model-a@http://127.0.0.1:8000/v1 --calibrate\n  cai label --pairs test.csv --out test --judge openai:model-a@http://127.0.0.1:8000/v1 --calibration cal/calibration.json --format arena\n\nInput columns: prompt,response_a,response_b; optional id, model_a, model_b and the human labels winner_model_a,winner_model_b,winner_tie. Running the same command again on the same --out resumes."
     )]
     Label(Box<LabelArgs>),
     /// Write one self-contained HTML page for a run directory (opens offline).
@@ -329,6 +329,26 @@ pub enum TiesArg {
     Drop,
 }
 
+/// What `generate` does with a reply cut off by the token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLengthArg {
+    /// Use it; the row is marked and counted as truncated.
+    Keep,
+    /// Ask once more with twice the limit, then reject the prompt.
+    Retry,
+    /// Reject the prompt at once.
+    Reject,
+}
+
+/// What `cai label` writes besides its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LabelFormat {
+    /// labels.csv and judgments.jsonl only.
+    Labels,
+    /// Also the arena submission file, submission.csv.
+    Arena,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SelectArg {
     /// Pairwise tournament by the AI-feedback judge.
@@ -374,6 +394,18 @@ pub struct LabelArgs {
     /// Run directory (created; reused to resume).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Fit a calibration of the judges (temperatures, weights, tie model, length term) on the pairs' human labels by k-fold cross-validated log-loss; writes calibration.json and reports held-out log-loss before and after.
+    #[arg(long, conflicts_with = "calibration")]
+    pub calibrate: bool,
+    /// Folds of the --calibrate cross-validation (shuffled by --seed).
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub folds: u32,
+    /// Apply a calibration.json written by --calibrate: labels.csv and the arena file get calibrated probabilities.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// `arena`: also write submission.csv (id,winner_model_a,winner_model_b,winner_tie) beside labels.csv.
+    #[arg(long, value_enum, default_value = "labels")]
+    pub format: LabelFormat,
     #[command(flatten)]
     pub endpoint: EndpointArgs,
     #[command(flatten)]
@@ -605,6 +637,9 @@ pub struct GenerateArgs {
     /// How chosen/rejected are picked among the candidates (sampled answers and the final revision).
     #[arg(long, value_enum)]
     pub select: Option<SelectArg>,
+    /// A reply cut off by --max-tokens: keep it (marked "truncated" in trace.jsonl, counted in the manifest), retry it once with twice the limit and then reject the prompt, or reject the prompt at once [default: keep with the local model, retry otherwise].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub on_length: Option<OnLengthArg>,
     #[command(flatten)]
     pub judge: JudgeArgs,
     #[command(flatten)]

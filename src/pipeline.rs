@@ -14,13 +14,21 @@
 //! depends only on (seed, prompt id, round), so the same seed picks the same
 //! principles whatever the concurrency or the order prompts finish in —
 //! which also keeps journal keys stable across a resume.
+//!
+//! A reply cut off by the token limit is handled as [`OnLength`] says:
+//! `retry` (the engine asks once more with twice the limit, then the prompt
+//! is rejected), `reject` (the prompt is rejected at once, nothing more is
+//! sent for it) or `keep` (the reply is used; its step is marked
+//! `"truncated": true` in `trace.jsonl` and the row is counted in the
+//! manifest's `counts.truncated_rows`). `generate` keeps by default with
+//! the embedded local model and retries otherwise (see the config).
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{AbortReason, Engine, ItemError};
 use crate::feedback::select::{JudgedPair, Undecided};
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
-use crate::provider::{ChatRequest, Completion, GenParams, Message, Usage};
+use crate::provider::{ChatRequest, Completion, FinishReason, GenParams, Message, Usage};
 use crate::template::{TemplateError, Templates};
 
 /// Everything the loop needs, shared by all prompts of a run.
@@ -37,6 +45,25 @@ pub struct Pipeline {
     /// first one goes through the critique→revision loop; all are candidates
     /// for the preference pair.
     pub samples: u32,
+    /// What a reply cut off by the token limit becomes. The engine must
+    /// hand such replies over (`keep_truncated`) unless this is `Retry`.
+    pub on_length: OnLength,
+}
+
+/// The policy for a reply cut off by the token limit (`--on-length`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLength {
+    /// Use it; mark the step and count the row.
+    Keep,
+    /// Ask once more with twice the limit, then reject (the engine does it).
+    Retry,
+    /// Reject the prompt at once.
+    Reject,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One request and its reply, as recorded in `trace.jsonl`.
@@ -51,6 +78,9 @@ pub struct TraceStep {
     /// The reply as the model gave it, before labels were stripped.
     pub raw_response: String,
     pub usage: Option<Usage>,
+    /// The reply was cut off by the token limit and kept (`--on-length keep`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
 }
 
 /// One critique/revision round, as `trace.jsonl` records it (and the
@@ -107,6 +137,11 @@ impl Finished {
 }
 
 impl Finished {
+    /// Some reply of this row was cut off by the token limit and kept.
+    pub fn truncated(&self) -> bool {
+        self.steps.iter().any(|s| s.truncated)
+    }
+
     /// The final revision (the initial answer when there were no rounds).
     pub fn final_answer(&self) -> &str {
         self.rounds.last().map_or(&self.initial, |r| &r.revision)
@@ -248,9 +283,13 @@ impl Pipeline {
                 reason,
             }))
         };
+        let reject_cut = self.on_length == OnLength::Reject;
         macro_rules! attempt {
             ($stage:expr, $round:expr, $req:expr) => {
                 match self.call($stage, &id, $req).await {
+                    Ok(c) if reject_cut && c.finish == FinishReason::Length => {
+                        return reject($stage, $round, cut_off($req.params.max_tokens))
+                    }
                     Ok(c) => c,
                     Err(ItemError::Reject(why)) => return reject($stage, $round, why),
                     Err(e) => return Err(e),
@@ -286,6 +325,7 @@ impl Pipeline {
             response: initial.clone(),
             raw_response: c.text,
             usage: c.usage,
+            truncated: c.finish == FinishReason::Length,
         }];
         // An endpoint that ignores `n` gets one request per missing sample,
         // each with its own seed (distinct replies, distinct journal keys).
@@ -314,7 +354,7 @@ impl Pipeline {
         };
         for round in 1..=self.rounds {
             let (r, [critique, revision]) = match reviser
-                .round(&id, round, &prompt, &answer, &mut convo)
+                .round_with(&id, round, &prompt, &answer, &mut convo, reject_cut)
                 .await
             {
                 Ok(x) => x,
@@ -384,6 +424,21 @@ impl Reviser<'_> {
         answer: &str,
         convo: &mut Vec<Message>,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
+        self.round_with(id, round, prompt, answer, convo, false)
+            .await
+    }
+
+    /// [`Reviser::round`]; with `reject_cut`, a reply cut off by the token
+    /// limit rejects the prompt before anything more is sent for it.
+    pub async fn round_with(
+        &self,
+        id: &str,
+        round: u32,
+        prompt: &str,
+        answer: &str,
+        convo: &mut Vec<Message>,
+        reject_cut: bool,
+    ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
         let call = |stage: Stage, req: ChatRequest| async move {
             self.engine
                 .complete(stage.as_str(), id, &req)
@@ -414,6 +469,12 @@ impl Reviser<'_> {
             params: self.params.clone(),
         };
         let c = call(Stage::Critique, req).await?;
+        if reject_cut && c.finish == FinishReason::Length {
+            return Err(RoundFail::Reject(
+                Stage::Critique,
+                cut_off(self.params.max_tokens),
+            ));
+        }
         let critique = strip_label(&c.text, "Critique");
         if critique.is_empty() {
             return Err(RoundFail::Reject(Stage::Critique, "empty critique".into()));
@@ -423,6 +484,7 @@ impl Reviser<'_> {
             round,
             request: critique_request.clone(),
             response: critique.clone(),
+            truncated: c.finish == FinishReason::Length,
             raw_response: c.text,
             usage: c.usage,
         };
@@ -439,6 +501,12 @@ impl Reviser<'_> {
             params: self.params.clone(),
         };
         let c = call(Stage::Revision, req).await?;
+        if reject_cut && c.finish == FinishReason::Length {
+            return Err(RoundFail::Reject(
+                Stage::Revision,
+                cut_off(self.params.max_tokens),
+            ));
+        }
         let revision = strip_label(&c.text, "Revision");
         if revision.is_empty() {
             return Err(RoundFail::Reject(Stage::Revision, "empty revision".into()));
@@ -454,6 +522,7 @@ impl Reviser<'_> {
             round,
             request: revision_request.clone(),
             response: revision.clone(),
+            truncated: c.finish == FinishReason::Length,
             raw_response: c.text,
             usage: c.usage,
         };
@@ -471,6 +540,11 @@ impl Reviser<'_> {
             [critique_step, revision_step],
         ))
     }
+}
+
+/// The reject reason of a reply cut off under `--on-length reject`.
+fn cut_off(max_tokens: u32) -> String {
+    format!("reply cut off by the token limit (max_tokens {max_tokens}; --on-length reject)")
 }
 
 fn first_line(s: &str) -> String {

@@ -25,7 +25,7 @@ use crate::feedback::select::Selector;
 use crate::input::{InputErrors, PromptReader, PromptRecord};
 use crate::output::manifest;
 use crate::output::{OutputError, WriteCounts, Writer};
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::{OnLength, Outcome, Pipeline};
 use crate::provider::Provider;
 
 /// What a finished `generate` did.
@@ -165,8 +165,12 @@ async fn open_provider(cfg: &GenerateConfig) -> Result<Arc<dyn Provider>, RunErr
 }
 
 /// The run's engine, sending through the batch provider when `--batch`
-/// stages the run; also the engine settings (the judges' engines share
-/// them) and that batch provider.
+/// stages the run; also the engine settings for `--judge` engines and that
+/// batch provider. Only the run's engine hands over replies cut off by the
+/// token limit (`--on-length keep|reject`); `--judge` engines keep the
+/// retry-then-reject rule (a cut-off verdict is no verdict), and when the
+/// run's own engine judges, the judge reads a cut-off verdict or samples
+/// afresh as for any unreadable one.
 fn open_engine(
     cfg: &GenerateConfig,
     provider: &Arc<dyn Provider>,
@@ -182,7 +186,9 @@ fn open_engine(
         Some(b) => b.clone(),
         None => provider.clone(),
     };
-    let engine = Engine::new(sends_to, journal, engine_cfg.clone(), stop.clone());
+    let mut own_cfg = engine_cfg.clone();
+    own_cfg.keep_truncated = cfg.on_length != OnLength::Retry;
+    let engine = Engine::new(sends_to, journal, own_cfg, stop.clone());
     (Arc::new(engine), engine_cfg, batch_provider)
 }
 
@@ -306,6 +312,7 @@ fn job(cfg: GenerateConfig, engine: Arc<Engine>, selector: Option<Selector>) -> 
             rounds: cfg.rounds,
             seed: cfg.seed,
             samples: cfg.samples,
+            on_length: cfg.on_length,
         },
         selector,
     }

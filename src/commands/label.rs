@@ -3,6 +3,13 @@
 //! report of how the judge agrees with human labels
 //! ([`crate::feedback::metrics`]). The pairs go through the same run loop
 //! as `generate` ([`scheduler::run`]), one [`LabelJob`] per pair.
+//!
+//! Calibration ([`crate::feedback::calibrate`]) sits at both ends:
+//! `--calibration FILE` is applied to each pair as it is judged (the
+//! calibrated probabilities go to `labels.csv`); `--calibrate` fits one on
+//! every judgment of the run once the run is complete, and writes
+//! `calibration.json`. `--format arena` writes `submission.csv` last, from
+//! all judgments, in the input's order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,9 +22,11 @@ use crate::engine::rundir::RunDir;
 use crate::engine::scheduler::{self, Item, Job, Loop, Sink};
 use crate::engine::{ItemError, StatsSnapshot, StopSignal};
 use crate::error::RunError;
+use crate::feedback::calibrate::{self, Calibration, Probs};
 use crate::feedback::judge::{Judge, JudgeVerdict};
 use crate::feedback::metrics::{JudgeLine, Judgment, Report};
 use crate::input::pairs::{read_pairs, PairRecord, Winner};
+use crate::input::{InputError, InputErrors, Location};
 use crate::output::labels::{self, Done, LabelFiles};
 use crate::output::{manifest, OutputError};
 
@@ -30,6 +39,8 @@ impl Item for PairRecord {
 /// One pair: both orders by every judge.
 pub struct LabelJob {
     pub judge: Arc<Judge>,
+    /// `--calibration FILE`.
+    pub calibration: Option<Arc<Calibration>>,
 }
 
 #[async_trait]
@@ -38,7 +49,7 @@ impl Job for LabelJob {
     type Output = Done;
 
     async fn run(&self, rec: PairRecord) -> Result<Done, ItemError> {
-        label_one(&self.judge, rec).await
+        label_one(&self.judge, self.calibration.as_deref(), rec).await
     }
 }
 
@@ -55,7 +66,11 @@ impl Sink<Done> for LabelFiles {
 }
 
 /// Labels one pair.
-async fn label_one(judge: &Judge, rec: PairRecord) -> Result<Done, ItemError> {
+async fn label_one(
+    judge: &Judge,
+    calibration: Option<&Calibration>,
+    rec: PairRecord,
+) -> Result<Done, ItemError> {
     let c = judge
         .compare(
             &rec.id,
@@ -78,7 +93,7 @@ async fn label_one(judge: &Judge, rec: PairRecord) -> Result<Done, ItemError> {
         Winner::B
     };
     let models: Vec<String> = judge.endpoints.iter().map(|e| e.model.clone()).collect();
-    Ok(Done::Judged(Judgment {
+    let mut j = Judgment {
         id: rec.id,
         principle: c.principle,
         p: c.p,
@@ -96,16 +111,46 @@ async fn label_one(judge: &Judge, rec: PairRecord) -> Result<Done, ItemError> {
             .judges
             .into_iter()
             .zip(models)
-            .map(|(j, model): (JudgeVerdict, String)| JudgeLine {
-                judge: j.judge,
+            .map(|(v, model): (JudgeVerdict, String)| JudgeLine {
+                judge: v.judge,
                 model,
-                p: j.p,
-                p_first: j.p_first,
-                p_second: j.p_second,
-                method: format!("{:?}", j.method).to_lowercase(),
+                p: v.p,
+                p_first: v.p_first,
+                p_second: v.p_second,
+                method: format!("{:?}", v.method).to_lowercase(),
             })
             .collect(),
-    }))
+        calibrated: None,
+    };
+    if let Some(c) = calibration {
+        j.calibrated = c.predict_judgment(&j);
+        if let Some(p) = &j.calibrated {
+            j.predicted = calibrate::argmax(p);
+        }
+    }
+    Ok(Done::Judged(j))
+}
+
+/// Checks that a saved calibration was fitted for exactly this run's
+/// judges (matched by `provider:model`, in any order).
+fn check_judges(path: &std::path::Path, c: &Calibration, run: &[String]) -> Result<(), RunError> {
+    let mut want = c.judge_names();
+    let mut have = run.to_vec();
+    want.sort();
+    have.sort();
+    if want == have {
+        return Ok(());
+    }
+    Err(InputErrors(vec![InputError::new(
+        path,
+        Location::Path("judges".into()),
+        format!(
+            "fitted for the judges {}, but this run's judges are {} (a calibration holds only for the judges it was fitted on)",
+            want.join(", "),
+            have.join(", ")
+        ),
+    )])
+    .into())
 }
 
 /// What a finished `label` did.
@@ -120,6 +165,21 @@ pub struct LabelSummary {
 pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, RunError> {
     let started = Instant::now();
     let pairs = read_pairs(&cfg.pairs, cfg.limit)?;
+    if let Some(folds) = cfg.calibrate {
+        let labelled = pairs.iter().filter(|p| p.human.is_some()).count();
+        if labelled < calibrate::min_pairs(folds) {
+            return Err(RunError::Usage(format!(
+                "{}: --calibrate needs at least {} pairs with human labels (winner_model_a, winner_model_b, winner_tie) for {folds} folds; found {labelled}",
+                cfg.pairs.display(),
+                calibrate::min_pairs(folds)
+            )));
+        }
+    }
+    let ids: Vec<String> = if cfg.arena {
+        pairs.iter().map(|p| p.id.clone()).collect()
+    } else {
+        Vec::new()
+    };
     let fingerprint = cfg.fingerprint()?;
     let dir = RunDir::open(&cfg.out)?;
     dir.guard(&fingerprint, cfg.run.force, "two label sets")?;
@@ -141,12 +201,17 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
         .await
         .map_err(crate::config::ConfigError::from)?;
     let endpoints = crate::config::judge::endpoints(&cfg.judges, &cfg.endpoint, None, &setup)?;
+    let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
+    if let Some((path, c)) = &cfg.calibration {
+        check_judges(path, c, &labels)?;
+    }
     let judge = Arc::new(Judge::new(
         endpoints,
         cfg.templates,
         cfg.constitution.as_ref(),
         cfg.judge,
     ));
+    let calibration = cfg.calibration.map(|(_, c)| Arc::new(c));
 
     let total = pairs.len() as u64;
     let already = pairs.iter().filter(|p| done.contains(&p.id)).count();
@@ -160,6 +225,7 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
     let end = scheduler::run(
         Arc::new(LabelJob {
             judge: judge.clone(),
+            calibration: calibration.clone(),
         }),
         pairs.into_iter().map(Ok),
         &mut files,
@@ -189,6 +255,63 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
     report.arguments = argv;
     report.judges = judge.endpoints.iter().map(|e| e.label.clone()).collect();
     report.requests = Some(snapshot);
+    let complete = end.fatal.is_none() && end.aborted.is_none();
+    let say = |m: &str| match cfg.run.display {
+        crate::engine::progress::Display::Quiet => {}
+        crate::engine::progress::Display::Json => {
+            eprintln!("{}", serde_json::json!({ "event": "note", "message": m }))
+        }
+        _ => eprintln!("cai: {m}"),
+    };
+    // Fitted only on a complete run: a calibration of part of the labels
+    // would be replaced by the resume anyway.
+    let fitted = match (cfg.calibrate, complete) {
+        (Some(folds), true) => {
+            let c = calibrate::calibrate(&judgments, folds, cfg.seed).map_err(|e| {
+                RunError::Usage(format!("{e} (the labels are written; see rejects.jsonl)"))
+            })?;
+            let path = out.join("calibration.json");
+            manifest::write_atomic(&path, &c)?;
+            report.calibration = c.held_out.clone();
+            say(&format!("calibration written to {}", path.display()));
+            // What is used below is what the file says (a float can read
+            // back one ulp off), so `--calibration` on the same pairs later
+            // gives exactly these probabilities.
+            Some(calibrate::load(&path)?)
+        }
+        _ => None,
+    };
+    if cfg.arena && complete {
+        let by_id: std::collections::HashMap<&str, Probs> = judgments
+            .iter()
+            .map(|j| {
+                let p = j
+                    .calibrated
+                    .or_else(|| fitted.as_ref().and_then(|c| c.predict_judgment(j)))
+                    .unwrap_or([j.p_a, j.p_b, j.p_tie]);
+                (j.id.as_str(), p)
+            })
+            .collect();
+        let prior = calibration
+            .as_deref()
+            .or(fitted.as_ref())
+            .map_or([1.0 / 3.0; 3], |c| c.prior);
+        let filled = labels::write_submission(&out, &ids, |id| by_id.get(id).copied(), prior)?;
+        report.submission_prior_rows = Some(filled);
+        let mut m = format!(
+            "arena submission written to {} ({} rows",
+            out.join(labels::SUBMISSION).display(),
+            ids.len()
+        );
+        if filled > 0 {
+            m.push_str(&format!(
+                "; {filled} rejected pairs have the prior {:.3}/{:.3}/{:.3}",
+                prior[0], prior[1], prior[2]
+            ));
+        }
+        m.push(')');
+        say(&m);
+    }
     report.wall_time_s = started.elapsed().as_secs_f64();
     manifest::write_atomic(&out.join("report.json"), &report)?;
     crate::config::write_run_report(&cfg.run, &out);

@@ -236,6 +236,13 @@ fn report_generate(s: &generate::RunSummary, json: bool) {
             s.out.join("rejects.jsonl").display()
         );
     }
+    if s.counts.truncated_rows > 0 {
+        eprintln!(
+            "cai: {} rows kept a reply cut off by --max-tokens (--on-length keep, the local model's default; marked \"truncated\": true in {}; --on-length retry|reject to leave them out)",
+            s.counts.truncated_rows,
+            s.out.join("trace.jsonl").display()
+        );
+    }
 }
 
 fn report_label(s: &label::LabelSummary, json: bool) {

@@ -13,14 +13,24 @@ pub fn validate(args: &ValidateArgs) -> Result<String, RunError> {
     let mut report = Vec::new();
     if let Some(p) = &args.input.constitution {
         match Constitution::load(p) {
-            Ok(c) => report.push(format!(
-                "{}: {:?} format, {} principles, {} few-shot messages, {} comparison principles",
-                p.display(),
-                c.format,
-                c.principles.len(),
-                c.few_shots.len(),
-                c.comparison_principles.len()
-            )),
+            Ok(c) => {
+                report.push(format!(
+                    "{}: {:?} format, {} principles, {} few-shot messages, {} comparison principles",
+                    p.display(),
+                    c.format,
+                    c.principles.len(),
+                    c.few_shots.len(),
+                    c.comparison_principles.len()
+                ));
+                if !c.normalised.is_empty() {
+                    report.push(format!(
+                        "{}: normalised for chat models: completion-style markers removed from {} requests:\n  {}",
+                        p.display(),
+                        c.normalised.len(),
+                        c.normalised.join("\n  ")
+                    ));
+                }
+            }
             Err(e) => problems.extend(e.0.iter().map(ToString::to_string)),
         }
     }

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use super::{budget_price, ConfigError, RunSettings};
-use crate::cli::{EndpointArgs, GenerateArgs, InputArgs, PreferenceArg, SelectArg, TiesArg};
+use crate::cli::{
+    EndpointArgs, GenerateArgs, InputArgs, OnLengthArg, PreferenceArg, SelectArg, TiesArg,
+};
 use crate::cost::Price;
 use crate::engine::rundir::Fingerprint;
 use crate::error::RunError;
@@ -15,6 +17,7 @@ use crate::feedback::judge::JudgeOptions;
 use crate::input::{prompts, Constitution, InputError, PromptSpec, Shard, ShardArg};
 use crate::output::manifest;
 use crate::output::PreferenceMode;
+use crate::pipeline::OnLength;
 use crate::provider::build::Plan;
 use crate::provider::GenParams;
 use crate::template::Templates;
@@ -141,6 +144,29 @@ pub struct GenerateConfig {
     pub system_prompt: Option<String>,
     /// `--batch`, `--batch-export`, `--batch-import`: staged through a batch.
     pub batch: Option<crate::engine::batch::BatchMode>,
+    /// `--on-length`, or its default for the provider (see [`on_length`]).
+    pub on_length: OnLength,
+}
+
+/// `--on-length`, else the provider's default: `keep` for the embedded
+/// local model, `retry` for every endpoint.
+///
+/// Why the local model keeps: it is the zero-set-up model of a first try
+/// (SmolLM2-135M), whose open-ended answers often run past any limit;
+/// doubling the limit costs minutes of CPU and mostly ends cut off again,
+/// so retry-then-reject turned the README's first run into "exit 1, rows
+/// rejected". Keeping is stated, not hidden: every kept step is marked in
+/// `trace.jsonl`, the manifest counts the rows, and the run ends with a
+/// note. Paid and served models keep the stricter rule, where a cut-off
+/// reply usually means the limit is wrong and a retry is worth its cost.
+pub fn on_length(arg: Option<OnLengthArg>, provider: &str) -> OnLength {
+    match arg {
+        Some(OnLengthArg::Keep) => OnLength::Keep,
+        Some(OnLengthArg::Retry) => OnLength::Retry,
+        Some(OnLengthArg::Reject) => OnLength::Reject,
+        None if provider == "local" => OnLength::Keep,
+        None => OnLength::Retry,
+    }
 }
 
 /// A `--system-prompt` file: readable, UTF-8, not blank; trimmed.
@@ -203,7 +229,9 @@ impl GenerateConfig {
             (PreferenceArg::None, None) => PreferenceMode::None,
         };
         let preference_desc = preference_desc(args, selection, mode);
+        let on_length = on_length(args.on_length, provider.kind.name());
         Ok(GenerateConfig {
+            on_length,
             inputs,
             endpoint: args.endpoint.clone(),
             provider,
@@ -464,5 +492,22 @@ fn selection(args: &GenerateArgs) -> Result<Option<Selection>, ConfigError> {
             ))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_off_replies_are_kept_by_default_only_with_the_local_model() {
+        assert_eq!(on_length(None, "local"), OnLength::Keep);
+        assert_eq!(on_length(None, "openai"), OnLength::Retry);
+        assert_eq!(on_length(None, "hf"), OnLength::Retry);
+        assert_eq!(
+            on_length(Some(OnLengthArg::Reject), "local"),
+            OnLength::Reject
+        );
+        assert_eq!(on_length(Some(OnLengthArg::Keep), "openai"), OnLength::Keep);
     }
 }

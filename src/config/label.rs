@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use super::generate::DEFAULT_SEED;
 use super::RunSettings;
-use crate::cli::{EndpointArgs, LabelArgs, TiesArg};
+use crate::cli::{EndpointArgs, LabelArgs, LabelFormat, TiesArg};
 use crate::engine::rundir::Fingerprint;
 use crate::error::RunError;
+use crate::feedback::calibrate::{self, Calibration};
 use crate::feedback::judge::JudgeOptions;
 use crate::input::Constitution;
 use crate::output::manifest;
@@ -26,6 +27,12 @@ pub struct LabelConfig {
     pub keep_ties: bool,
     pub ties: TiesArg,
     pub seed: u64,
+    /// `--calibrate`: the number of cross-validation folds.
+    pub calibrate: Option<u32>,
+    /// `--calibration FILE`, read and checked.
+    pub calibration: Option<(PathBuf, Calibration)>,
+    /// `--format arena`: write `submission.csv` too.
+    pub arena: bool,
     pub run: RunSettings,
     pub out: PathBuf,
 }
@@ -43,6 +50,16 @@ impl LabelConfig {
             None => None,
         };
         let templates = Templates::load(args.templates.as_deref()).map_err(RunError::Template)?;
+        if args.calibrate && args.folds < 2 {
+            return Err(RunError::Usage(format!(
+                "--folds {} : cross-validation needs at least 2 folds",
+                args.folds
+            )));
+        }
+        let calibration = match &args.calibration {
+            Some(p) => Some((p.clone(), calibrate::load(p)?)),
+            None => None,
+        };
         Ok(LabelConfig {
             pairs: args.pairs.clone(),
             limit: args.limit,
@@ -55,6 +72,9 @@ impl LabelConfig {
             keep_ties: args.judge.ties == TiesArg::Keep,
             ties: args.judge.ties,
             seed,
+            calibrate: args.calibrate.then_some(args.folds),
+            calibration,
+            arena: args.format == LabelFormat::Arena,
             run,
             out: args.out.clone(),
         })
@@ -62,6 +82,15 @@ impl LabelConfig {
 
     /// What must match between this run and one it resumes.
     pub fn fingerprint(&self) -> Result<Fingerprint, RunError> {
+        let mut params = serde_json::json!({
+            "judge_samples": self.judge.samples, "cot": self.judge.cot, "tie_margin": self.judge.tie_margin,
+            "ties": format!("{:?}", self.ties).to_lowercase(), "max_tokens": self.judge.cot_max_tokens,
+        });
+        // A calibration changes what labels.csv holds, so a run directory
+        // keeps the one it started with (`--calibrate` only adds files).
+        if let Some((path, _)) = &self.calibration {
+            params["calibration_sha256"] = manifest::file_sha256(path)?.into();
+        }
         Ok(Fingerprint {
             provider: if self.judges.is_empty() {
                 format!(
@@ -79,10 +108,7 @@ impl LabelConfig {
                 None => String::new(),
             },
             templates_sha256: self.templates.digest().to_string(),
-            params: serde_json::json!({
-                "judge_samples": self.judge.samples, "cot": self.judge.cot, "tie_margin": self.judge.tie_margin,
-                "ties": format!("{:?}", self.ties).to_lowercase(), "max_tokens": self.judge.cot_max_tokens,
-            }),
+            params,
             rounds: 0,
             preference: "label".into(),
             seed: self.seed,

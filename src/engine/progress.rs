@@ -82,6 +82,21 @@ fn endpoints_text(eps: &[EndpointStats]) -> Option<String> {
     Some(format!("endpoints: {}", parts.join("; ")))
 }
 
+/// The pace of a run: rows per second, or seconds per row below one row
+/// per second (a slow local model would otherwise show `0.0 rows/s` for
+/// minutes). With nothing finished yet, at least the time so far per row.
+fn speed(done: u64, secs: f64) -> String {
+    if done == 0 {
+        return format!(">{secs:.0} s/row");
+    }
+    let rate = done as f64 / secs;
+    if rate >= 1.0 {
+        format!("{rate:.1} rows/s")
+    } else {
+        format!("{:.1} s/row", secs / done as f64)
+    }
+}
+
 fn line(
     stats: &Stats,
     rows: &Rows,
@@ -100,8 +115,8 @@ fn line(
         "-".into()
     };
     let mut text = format!(
-        "{done}/{total} rows ({rejected} rejected) · {rate:.1} rows/s · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
-        s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
+        "{done}/{total} rows ({rejected} rejected) · {} · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
+        speed(done, secs), s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
     );
     if s.cost_micro_usd > 0 {
         text.push_str(&format!(
@@ -179,8 +194,16 @@ impl Reporter {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} rows · {per_sec} · eta {eta} · {msg}",
+                        "{bar:30} {pos}/{len} rows · {speed} · eta {eta} · {msg}",
                     )
+                    .map(|st| {
+                        st.with_key(
+                            "speed",
+                            |p: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = w.write_str(&speed(p.pos(), p.elapsed().as_secs_f64()));
+                            },
+                        )
+                    })
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 crate::logging::attach_bar(&bar);
@@ -303,5 +326,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(json["endpoints"][0]["requests"], 1);
+    }
+
+    #[test]
+    fn below_one_row_per_second_the_pace_is_seconds_per_row() {
+        assert_eq!(speed(50, 10.0), "5.0 rows/s");
+        assert_eq!(speed(10, 10.0), "1.0 rows/s");
+        assert_eq!(speed(3, 125.0), "41.7 s/row");
+        assert_eq!(speed(0, 30.0), ">30 s/row");
+        let rows = Rows::default();
+        rows.done.store(2, Ordering::Relaxed);
+        let start = Instant::now() - Duration::from_secs(90);
+        let (text, _) = line(&Stats::default(), &rows, 8, start, &[]);
+        assert!(text.contains(" · 45.0 s/row · eta 270s · "), "{text}");
+        assert!(!text.contains("rows/s"), "{text}");
     }
 }

@@ -5,7 +5,8 @@
 //!   with a human label; `accuracy_decisive`: the same over pairs the human
 //!   did not call a tie;
 //! * `log_loss`: mean −ln p(human label) of (p_a, p_b, p_tie), p clipped to
-//!   [1e-15, 1];
+//!   [1e-15, 1] — the calibrated probabilities when `--calibration FILE`
+//!   was applied (then `log_loss_raw` is the judges' own);
 //! * `position_consistency`, per judge and overall: share of (judge, pair)
 //!   whose two orders prefer the same answer (both P > 0.5 or both < 0.5);
 //!   `first_position_wins`: share of single-order verdicts that chose the
@@ -20,6 +21,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::StatsSnapshot;
+use crate::feedback::calibrate::loss;
+use crate::feedback::calibrate::{HeldOut, Probs};
 use crate::feedback::judge::{is_tie, JudgeOptions};
 use crate::input::pairs::Winner;
 
@@ -35,6 +38,10 @@ pub struct Judgment {
     pub p_a: f64,
     pub p_b: f64,
     pub p_tie: f64,
+    /// (p_a, p_b, p_tie) after `--calibration FILE`; `predicted` is then
+    /// the likeliest of the three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<Probs>,
     pub predicted: Winner,
     /// Written to `labels.csv` (false for a tie under `--ties drop`).
     pub written: bool,
@@ -115,10 +122,21 @@ pub struct Report {
     pub accuracy: Option<f64>,
     pub accuracy_decisive: Option<f64>,
     pub log_loss: Option<f64>,
+    /// The judges' own log-loss when a calibration was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_loss_raw: Option<f64>,
     pub position_consistency: Option<f64>,
     pub per_judge: Vec<Consistency>,
     pub verbosity: Verbosity,
     pub self_enhancement: Vec<SelfEnhancement>,
+    /// `--calibrate`: log-loss and accuracy on held-out folds, before and
+    /// after calibration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<HeldOut>,
+    /// `--format arena`: rows of the submission file filled with the prior
+    /// because their pair has no verdict (rejected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submission_prior_rows: Option<u64>,
     pub requests: Option<StatsSnapshot>,
     pub wall_time_s: f64,
     pub arguments: Vec<String>,
@@ -146,7 +164,7 @@ impl Report {
             written: judgments.iter().filter(|j| j.written).count() as u64,
             ties: judgments
                 .iter()
-                .filter(|j| is_tie(j.p, opts.tie_margin))
+                .filter(|j| j.predicted == Winner::Tie)
                 .count() as u64,
             ..Report::default()
         };
@@ -160,18 +178,16 @@ impl Report {
         let decisive: Vec<_> = labelled.iter().filter(|(_, h)| *h != Winner::Tie).collect();
         let dc = decisive.iter().filter(|(j, h)| j.predicted == *h).count();
         r.accuracy_decisive = ratio(dc as f64, decisive.len() as u64);
-        let ll: f64 = labelled
-            .iter()
-            .map(|(j, h)| {
-                let p = match h {
-                    Winner::A => j.p_a,
-                    Winner::B => j.p_b,
-                    Winner::Tie => j.p_tie,
-                };
-                -p.clamp(1e-15, 1.0).ln()
-            })
-            .sum();
-        r.log_loss = ratio(ll, labelled.len() as u64);
+        let n = labelled.len() as u64;
+        let raw = |j: &Judgment| [j.p_a, j.p_b, j.p_tie];
+        let ll = |probs: &dyn Fn(&Judgment) -> Probs| {
+            let sum: f64 = labelled.iter().map(|(j, h)| loss(&probs(j), *h)).sum();
+            ratio(sum, n)
+        };
+        r.log_loss = ll(&|j| j.calibrated.unwrap_or_else(|| raw(j)));
+        if labelled.iter().any(|(j, _)| j.calibrated.is_some()) {
+            r.log_loss_raw = ll(&raw);
+        }
 
         let mut names: Vec<String> = Vec::new();
         for j in judgments {
@@ -300,7 +316,17 @@ impl Report {
                 "accuracy (human a/b only)".into(),
                 f(self.accuracy_decisive),
             ),
-            ("log-loss".into(), f(self.log_loss)),
+        ];
+        if self.log_loss_raw.is_some() {
+            rows.push(("log-loss (calibrated)".into(), f(self.log_loss)));
+            rows.push((
+                "log-loss (judges, uncalibrated)".into(),
+                f(self.log_loss_raw),
+            ));
+        } else {
+            rows.push(("log-loss".into(), f(self.log_loss)));
+        }
+        rows.extend([
             ("position consistency".into(), f(self.position_consistency)),
             (
                 "longer answer wins: judge / humans".into(),
@@ -310,7 +336,18 @@ impl Report {
                     f(self.verbosity.human_longer_wins)
                 ),
             ),
-        ];
+        ]);
+        if let Some(h) = &self.calibration {
+            let s = |x: &crate::feedback::calibrate::Scores| {
+                format!("log-loss {:.3}, accuracy {:.3}", x.log_loss, x.accuracy)
+            };
+            rows.push((
+                format!("held-out ({} folds, {} pairs): raw", h.folds, h.pairs),
+                s(&h.before),
+            ));
+            rows.push(("held-out: calibrated".into(), s(&h.after)));
+            rows.push(("held-out: constant (label shares)".into(), s(&h.constant)));
+        }
         for c in &self.per_judge {
             rows.push((
                 format!("{}: consistency / first wins", c.judge),

@@ -12,6 +12,15 @@
 //! All are normalised into one [`Constitution`]. Validation walks the JSON by
 //! hand rather than through serde so that every problem, not just the first,
 //! is reported with its JSON path.
+//!
+//! The paper's requests were written for a completion model, and copies of
+//! them often keep that scaffolding: a leading `CritiqueRequest:` /
+//! `RevisionRequest:` label and a trailing cue line such as `Critique:` or
+//! `Revision:` that invited the model to continue. Sent to a chat model as a
+//! user turn, the cue reads as an unfinished sentence, so in the anthropic
+//! format both are removed on load ([`strip_completion_markers`]) and each
+//! change is listed in [`Constitution::normalised`] (`cai validate` prints
+//! it).
 
 use std::path::Path;
 
@@ -65,6 +74,64 @@ pub struct Constitution {
     pub few_shots: Vec<Message>,
     pub comparison_principles: Vec<String>,
     pub comparison_few_shots: Vec<ComparisonFewShot>,
+    /// What loading changed for chat models, one line per request:
+    /// `harmful0.prompt[0]: removed `CritiqueRequest:`, `Critique:``.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub normalised: Vec<String>,
+}
+
+/// Leading labels of the paper's completion-style requests.
+const REQUEST_LABELS: &[&str] = &[
+    "CritiqueRequest:",
+    "Critique Request:",
+    "RevisionRequest:",
+    "Revision Request:",
+    "EditRequest:",
+    "Edit Request:",
+];
+
+/// Last lines that only cue a completion model to go on.
+const CUE_LINES: &[&str] = &[
+    "Critique:",
+    "Revision:",
+    "Edit:",
+    "Answer:",
+    "Assistant:",
+    "Human:",
+];
+
+/// `text` without a leading request label and without trailing cue lines
+/// (each matched case-insensitively; a cue only when it is a line of its
+/// own, so a request that merely mentions "Revision:" keeps it), and what
+/// was removed.
+pub fn strip_completion_markers(text: &str) -> (String, Vec<&'static str>) {
+    let mut removed = Vec::new();
+    let mut t = text.trim();
+    for label in REQUEST_LABELS {
+        if t.len() >= label.len()
+            && t.is_char_boundary(label.len())
+            && t[..label.len()].eq_ignore_ascii_case(label)
+        {
+            t = t[label.len()..].trim_start();
+            removed.push(*label);
+            break;
+        }
+    }
+    while !t.is_empty() {
+        let (head, last) = match t.rfind('\n') {
+            Some(i) => (&t[..i], &t[i + 1..]),
+            None => ("", t),
+        };
+        let Some(cue) = CUE_LINES
+            .iter()
+            .find(|c| last.trim().eq_ignore_ascii_case(c))
+        else {
+            break;
+        };
+        removed.push(*cue);
+        t = head.trim_end();
+    }
+    (t.to_string(), removed)
 }
 
 impl Constitution {
@@ -406,6 +473,7 @@ impl Walker<'_> {
             few_shots,
             comparison_principles,
             comparison_few_shots,
+            normalised: Vec::new(),
         })
     }
 
@@ -472,23 +540,45 @@ impl Walker<'_> {
             few_shots,
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
+            normalised: Vec::new(),
         })
+    }
+
+    /// A request of the anthropic format without its completion markers;
+    /// notes what was removed. Blank once stripped is an error at `path`.
+    fn request(&mut self, path: &str, text: &str, notes: &mut Vec<String>) -> Option<String> {
+        let (clean, removed) = strip_completion_markers(text);
+        if clean.is_empty() {
+            self.err(path, "empty once its completion markers are removed");
+            return None;
+        }
+        if !removed.is_empty() {
+            let list: Vec<String> = removed.iter().map(|r| format!("`{r}`")).collect();
+            notes.push(format!("{path}: removed {}", list.join(", ")));
+        }
+        Some(clean)
     }
 
     fn anthropic(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
         let mut principles = Vec::new();
+        let mut notes = Vec::new();
         for (name, v) in obj {
             let Some(o) = self.object(v, name) else {
                 continue;
             };
-            let revision = self.string(o, name, "edit_request");
+            let revision = self
+                .string(o, name, "edit_request")
+                .and_then(|r| self.request(&join(name, "edit_request"), &r, &mut notes));
             let prompt_path = join(name, "prompt");
             let critiques: Vec<String> = match o.get("prompt") {
                 None | Some(Value::Null) => {
                     self.err(&prompt_path, "missing");
                     Vec::new()
                 }
-                Some(Value::String(s)) if !s.trim().is_empty() => vec![s.clone()],
+                Some(Value::String(s)) if !s.trim().is_empty() => self
+                    .request(&prompt_path, s, &mut notes)
+                    .into_iter()
+                    .collect(),
                 Some(Value::Array(items)) => {
                     if items.is_empty() {
                         self.err(&prompt_path, "must not be empty");
@@ -496,7 +586,11 @@ impl Walker<'_> {
                     let mut out = Vec::new();
                     for (i, item) in items.iter().enumerate() {
                         match item {
-                            Value::String(s) if !s.trim().is_empty() => out.push(s.clone()),
+                            Value::String(s) if !s.trim().is_empty() => out.extend(self.request(
+                                &format!("{prompt_path}[{i}]"),
+                                s,
+                                &mut notes,
+                            )),
                             Value::String(_) => self.err(&format!("{prompt_path}[{i}]"), "empty"),
                             other => self.err(
                                 &format!("{prompt_path}[{i}]"),
@@ -536,6 +630,7 @@ impl Walker<'_> {
             few_shots: Vec::new(),
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
+            normalised: notes,
         })
     }
 }
@@ -615,6 +710,43 @@ mod tests {
         assert_eq!(c.principles.len(), 2);
         assert_eq!(c.principles[0].name.as_deref(), Some("harmful1"));
         assert_eq!(c.principles[1].revision, "Again.");
+    }
+
+    #[test]
+    fn paper_completion_markers_are_removed_for_chat_models() {
+        let c = parse(
+            r#"{"harmful0": {"prompt": ["\n\nCritiqueRequest: Identify specific ways in which the assistant's last response is harmful.\n\nCritique:"],
+                             "edit_request": "\n\nRevisionRequest: Please rewrite the assistant response to remove any harmful content.\n\nRevision:"},
+                "plain": {"prompt": "Say whether the answer is honest. Quote it after Revision: if needed.", "edit_request": "Rewrite it honestly."}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.principles[0].critique,
+            "Identify specific ways in which the assistant's last response is harmful."
+        );
+        assert_eq!(
+            c.principles[0].revision,
+            "Please rewrite the assistant response to remove any harmful content."
+        );
+        // Text that only mentions a cue, not as a line of its own, is kept.
+        assert_eq!(
+            c.principles[1].critique,
+            "Say whether the answer is honest. Quote it after Revision: if needed."
+        );
+        assert_eq!(
+            c.normalised,
+            [
+                "harmful0.edit_request: removed `RevisionRequest:`, `Revision:`",
+                "harmful0.prompt[0]: removed `CritiqueRequest:`, `Critique:`",
+            ]
+        );
+        let errs =
+            parse(r#"{"x": {"prompt": ["Critique Request:\nCritique:"], "edit_request": "Fix."}}"#)
+                .unwrap_err();
+        assert_eq!(
+            errs,
+            ["c.json: x.prompt[0]: empty once its completion markers are removed"]
+        );
     }
 
     #[test]

@@ -289,6 +289,10 @@ pub struct WriteCounts {
     #[serde(skip_serializing_if = "is_zero")]
     pub preference_skipped_tie: u64,
     pub rejected: u64,
+    /// Rows with a reply cut off by the token limit, kept by
+    /// `--on-length keep` (marked `"truncated": true` in `trace.jsonl`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub truncated_rows: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -378,6 +382,7 @@ impl Writer {
             },
         )?;
         self.counts.sft_rows += 1;
+        self.counts.truncated_rows += u64::from(f.truncated());
 
         if self.mode == PreferenceMode::Revision {
             let chosen = f.final_answer();

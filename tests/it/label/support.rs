@@ -31,9 +31,20 @@ pub enum Mode {
 /// `mode` says, with P(A) = bias·s_A / (bias·s_A + s_B) where s is the
 /// `score=N` marker of an answer (1 without one); other requests get
 /// generation replies whose candidates carry scores (see `gen_reply`).
+/// More generally logit P(A) = ln(bias) +
+/// sharpen·(ln(s_A/s_B) + length_bias·ln(len_A/len_B) + error): `bias` > 1
+/// favours the option shown first, `length_bias` > 0 the longer answer,
+/// `sharpen` > 1 makes the judge over-confident, `noise` sizes the error.
 pub struct Fake {
     pub mode: Mode,
     pub bias: f64,
+    pub sharpen: f64,
+    pub length_bias: f64,
+    /// Half-width of the judge's own error on ln(s_A/s_B): uniform, fixed
+    /// per unordered pair and `salt`, sign-flipped with the order, so both
+    /// orders see the same opinion.
+    pub noise: f64,
+    pub salt: u64,
     /// Honour `n` (else one choice per request).
     pub honour_n: bool,
     pub judge_requests: Arc<AtomicU64>,
@@ -86,6 +97,16 @@ pub fn gen_reply(last: &str, whole: &str, k: usize) -> String {
     }
 }
 
+/// A judge's fixed error on a pair, in [−1, 1]: the same for (a, b) and
+/// (b, a) up to its sign.
+fn opinion(a: &str, b: &str, salt: u64) -> f64 {
+    use sha2::{Digest, Sha256};
+    let (lo, hi, sign) = if a <= b { (a, b, 1.0) } else { (b, a, -1.0) };
+    let d = Sha256::digest(format!("{salt}\u{1f}{lo}\u{1f}{hi}").as_bytes());
+    let x = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
+    sign * ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+}
+
 impl Respond for Fake {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
@@ -111,7 +132,13 @@ impl Respond for Fake {
             Some((a, b)) => {
                 self.judge_requests.fetch_add(1, Ordering::SeqCst);
                 let (sa, sb) = (self.bias * score(&a), score(&b));
-                let pa = sa / (sa + sb);
+                let lengths = (a.chars().count() as f64 / b.chars().count() as f64).ln();
+                let z = self.sharpen
+                    * ((score(&a) / sb).ln()
+                        + self.length_bias * lengths
+                        + self.noise * opinion(&a, &b, self.salt))
+                    + self.bias.ln();
+                let pa = 1.0 / (1.0 + (-z).exp());
                 let letter = |i: usize| {
                     // round(n·P) of the n choices say (A).
                     if (i as f64) < (n as f64 * pa).round() {
@@ -163,16 +190,26 @@ pub async fn server(mode: Mode, bias: f64) -> (MockServer, Arc<AtomicU64>) {
 }
 
 pub async fn server_with(mode: Mode, bias: f64, honour_n: bool) -> (MockServer, Arc<AtomicU64>) {
+    biased_server(Fake {
+        mode,
+        bias,
+        sharpen: 1.0,
+        length_bias: 0.0,
+        noise: 0.0,
+        salt: 0,
+        honour_n,
+        judge_requests: Arc::default(),
+    })
+    .await
+}
+
+/// A fake judge set up as `fake` says (its request counter is returned).
+pub async fn biased_server(fake: Fake) -> (MockServer, Arc<AtomicU64>) {
     let s = MockServer::start().await;
-    let count = Arc::new(AtomicU64::new(0));
+    let count = fake.judge_requests.clone();
     Mock::given(method("POST"))
         .and(path("/v1/chat/completions"))
-        .respond_with(Fake {
-            mode,
-            bias,
-            honour_n,
-            judge_requests: count.clone(),
-        })
+        .respond_with(fake)
         .mount(&s)
         .await;
     (s, count)
