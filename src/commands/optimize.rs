@@ -409,7 +409,7 @@ async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
                 }
                 Err(why) => v["dropped"] = serde_json::json!(why),
             }
-            lines.write(&v).map_err(RunError::Internal)?;
+            lines.write(&v)?;
             results[i].push(got.ok());
         }
     }

@@ -117,7 +117,7 @@ impl ServeConfig {
             .into());
         }
         let default_plan = Plan::parse(&args.approach)
-            .map_err(|bad| ConfigError::flag("--approach", approach::unknown(&bad)))?;
+            .map_err(|bad| ConfigError::flag("--approach", approach::unknown(&bad.0)))?;
         let defaults = crate::config::gen_params(&args.sampling)?;
         let constitution = match &args.constitution {
             Some(p) => Constitution::load(p)?,

@@ -41,12 +41,15 @@ impl Events {
     }
 
     /// Writes one line (unbuffered: a killed run keeps every finished line).
-    pub fn write(&mut self, v: &Value) -> Result<(), String> {
+    pub fn write(&mut self, v: &Value) -> Result<(), OutputError> {
         let mut line = v.to_string();
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+            .map_err(|source| OutputError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 

@@ -233,7 +233,7 @@ fn prepare(
         .or(proxy.optillm_approach.as_deref())
     {
         plan = Plan::parse(a).map_err(|bad| {
-            ApiError::invalid(approach::unknown(&bad), Some("approach".into()))
+            ApiError::invalid(approach::unknown(&bad.0), Some("approach".into()))
                 .code("unknown_approach")
         })?;
     }
@@ -420,7 +420,7 @@ fn plan_and_model<'a>(shared: &Shared, name: &'a str) -> Result<(Plan, Option<&'
             Err(_) => Ok((shared.default_plan.clone(), Some(name))),
         },
         Err(bad) => Err(
-            ApiError::invalid(approach::unknown(&bad), Some("model".into()))
+            ApiError::invalid(approach::unknown(&bad.0), Some("model".into()))
                 .code("unknown_approach"),
         ),
     }

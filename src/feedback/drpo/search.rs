@@ -153,10 +153,10 @@ pub struct Search {
 }
 
 /// Where `search.jsonl` lines go.
-pub type Log<'a> = dyn FnMut(Value) -> Result<(), String> + 'a;
+pub type Log<'a> = dyn FnMut(Value) -> Result<(), crate::output::OutputError> + 'a;
 
 pub(super) fn log(sink: &mut Log<'_>, v: Value) -> Result<(), ItemError> {
-    sink(v).map_err(ItemError::Stop)
+    sink(v).map_err(|e| ItemError::Stop(e.to_string()))
 }
 
 fn mean(xs: &[f64]) -> f64 {

@@ -98,16 +98,21 @@ impl Step {
     }
 }
 
+/// A part of an approach name that names no approach.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown approach `{0}`")]
+pub struct UnknownApproach(pub String);
+
 /// Steps run one after another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan(pub Vec<Step>);
 
 impl Plan {
     /// Reads `a&b&c`; the error names the first unknown part.
-    pub fn parse(s: &str) -> Result<Plan, String> {
+    pub fn parse(s: &str) -> Result<Plan, UnknownApproach> {
         let steps = s
             .split('&')
-            .map(|p| Step::parse(p.trim()).ok_or_else(|| p.trim().to_string()))
+            .map(|p| Step::parse(p.trim()).ok_or_else(|| UnknownApproach(p.trim().to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Plan(steps))
     }
@@ -137,7 +142,7 @@ pub fn unknown(name: &str) -> String {
 /// Splits `SLUG-model` into its plan and the model name. A prefix that is
 /// not an approach is part of the model name (`gpt-4o`), unless it is a
 /// pipeline (`cai&foo-m`), which can only be a misspelt approach.
-pub fn split_model(model: &str) -> Result<Option<(Plan, &str)>, String> {
+pub fn split_model(model: &str) -> Result<Option<(Plan, &str)>, UnknownApproach> {
     let Some((prefix, rest)) = model.split_once('-') else {
         return Ok(None);
     };
@@ -326,7 +331,10 @@ mod tests {
             Plan::parse("cai&bon").unwrap().0,
             vec![Step::Cai { rounds: 1 }, Step::Bon { n: None }]
         );
-        assert_eq!(Plan::parse("cai&nope"), Err("nope".to_string()));
+        assert_eq!(
+            Plan::parse("cai&nope"),
+            Err(UnknownApproach("nope".to_string()))
+        );
     }
 
     #[test]
@@ -335,7 +343,10 @@ mod tests {
         assert_eq!((plan.slug().as_str(), model), ("moa", "gpt-4o-mini"));
         assert!(split_model("gpt-4o").unwrap().is_none());
         assert!(split_model("llama3").unwrap().is_none());
-        assert_eq!(split_model("cai&bogus-m"), Err("bogus".to_string()));
+        assert_eq!(
+            split_model("cai&bogus-m"),
+            Err(UnknownApproach("bogus".to_string()))
+        );
         let (plan, _) = split_model("cai&bon-m").unwrap().unwrap();
         assert_eq!(plan.slug(), "cai&bon");
     }
