@@ -9,6 +9,7 @@
 //! saying whether the prompt or the whole run must stop.
 
 pub mod batch;
+pub mod ids;
 pub mod journal;
 pub mod limit;
 pub mod progress;
