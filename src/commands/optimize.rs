@@ -10,7 +10,6 @@
 //! covers all of them and a re-run replays every finished request. The
 //! algorithm and its request counts are in [`crate::feedback::drpo`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,7 +70,7 @@ fn open_engines(
     let ecfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
     let open = |role: &Role, file: &str, keep_truncated: bool| -> Result<Arc<Engine>, RunError> {
         let path = dir.state_dir().join(file);
-        let journal = Journal::open(&path, &HashSet::new())
+        let journal = Journal::open(&path, &crate::engine::ids::IdSet::empty())
             .map_err(|source| OutputError::Io { path, source })?;
         let provider = role
             .provider

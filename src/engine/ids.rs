@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::Deserialize;
 
@@ -57,24 +59,28 @@ pub struct CommitRef {
     pub h: Option<String>,
 }
 
-/// Offset marking an entry removed by [`IdSet::remove`].
+/// Offset marking an entry taken out by [`IdSet::retain_input`].
 const REMOVED: u64 = u64::MAX;
 
-/// Committed ids: see the module docs.
+type Added = HashMap<u64, Vec<u64>, BuildHasherDefault<Identity>>;
+
+/// Committed ids: see the module docs. Shared by the run loop's reader
+/// thread and the writer (a batch run adds what each pass wrote), so
+/// additions take `&self`.
 pub struct IdSet {
     /// `(id_hash, offset of the latest commit line)`, sorted by hash; one
     /// entry per hash unless two ids share one.
     sorted: Vec<(u64, u64)>,
     /// Added during this invocation (batch passes): hash → commit offsets.
-    added: HashMap<u64, Vec<u64>, BuildHasherDefault<Identity>>,
-    /// The commit log, for confirming hits; `None` for an empty set.
-    log: Option<File>,
-    len: usize,
+    added: Mutex<Added>,
+    /// The commit log, for confirming hits; unset for an empty set.
+    log: OnceLock<File>,
+    len: AtomicUsize,
 }
 
 impl std::fmt::Debug for IdSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdSet({} ids)", self.len)
+        write!(f, "IdSet({} ids)", self.len())
     }
 }
 
@@ -105,13 +111,8 @@ impl IdSetBuilder {
         // Stable: the lines of one hash stay in log order, so the last one
         // of each id is the latest.
         self.entries.sort_by_key(|e| e.0);
-        let file = File::open(log)?;
-        let mut set = IdSet {
-            sorted: Vec::new(),
-            added: HashMap::default(),
-            log: Some(file),
-            len: 0,
-        };
+        let set = IdSet::empty();
+        let _ = set.log.set(File::open(log)?);
         // Keep one entry per distinct id: for equal hashes, read the lines
         // back (rare unless an id was committed twice) and keep the latest
         // line of each distinct id.
@@ -139,9 +140,11 @@ impl IdSetBuilder {
             i = j;
         }
         out.shrink_to_fit();
-        set.len = out.len();
-        set.sorted = out;
-        Ok(set)
+        Ok(IdSet {
+            len: AtomicUsize::new(out.len()),
+            sorted: out,
+            ..set
+        })
     }
 }
 
@@ -149,9 +152,9 @@ impl IdSet {
     pub fn empty() -> Self {
         Self {
             sorted: Vec::new(),
-            added: HashMap::default(),
-            log: None,
-            len: 0,
+            added: Mutex::new(HashMap::default()),
+            log: OnceLock::new(),
+            len: AtomicUsize::new(0),
         }
     }
 
@@ -161,17 +164,17 @@ impl IdSet {
 
     /// Ids in the set.
     pub fn len(&self) -> usize {
-        self.len
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The commit line at `offset`.
     fn read(&self, offset: u64) -> std::io::Result<CommitRef> {
         use std::os::unix::fs::FileExt;
-        let Some(f) = &self.log else {
+        let Some(f) = self.log.get() else {
             return Err(std::io::Error::other("no commit log"));
         };
         // Commit lines are short (an id, a hash and a few lengths); read in
@@ -196,27 +199,35 @@ impl IdSet {
         }
     }
 
-    /// Offsets that may hold `id`'s commit line.
-    fn candidates(&self, h: u64) -> impl Iterator<Item = u64> + '_ {
+    /// Offsets that may hold the commit line of an id hashing to `h`:
+    /// `(index in the sorted part, or None for an addition, offset)`.
+    fn candidates(&self, h: u64) -> Vec<(Option<usize>, u64)> {
         let start = self.sorted.partition_point(|e| e.0 < h);
         let end = start + self.sorted[start..].partition_point(|e| e.0 == h);
-        self.sorted[start..end]
-            .iter()
-            .map(|e| e.1)
-            .chain(self.added.get(&h).into_iter().flatten().copied())
-            .filter(|&off| off != REMOVED)
+        let mut out: Vec<(Option<usize>, u64)> =
+            (start..end).map(|i| (Some(i), self.sorted[i].1)).collect();
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = added.get(&h) {
+            out.extend(v.iter().map(|&off| (None, off)));
+        }
+        out.retain(|c| c.1 != REMOVED);
+        out
     }
 
-    /// Where `id`'s latest commit line is, if it is in the set.
-    fn find(&self, id: &str) -> Option<u64> {
-        if self.len == 0 {
+    /// Where `id`'s latest commit line is, and that line, if `id` is in
+    /// the set.
+    fn find(&self, id: &str) -> Option<(Option<usize>, CommitRef)> {
+        if self.is_empty() {
             return None;
         }
-        let h = id_hash(id);
         // A line that cannot be read back (the log changed under the run)
         // does not confirm the hit: the item is done again rather than lost.
-        self.candidates(h)
-            .find(|&off| self.read(off).is_ok_and(|c| c.id.as_deref() == Some(id)))
+        self.candidates(id_hash(id))
+            .into_iter()
+            .find_map(|(slot, off)| match self.read(off) {
+                Ok(c) if c.id.as_deref() == Some(id) => Some((slot, c)),
+                _ => None,
+            })
     }
 
     pub fn contains(&self, id: &str) -> bool {
@@ -225,41 +236,59 @@ impl IdSet {
 
     /// `id`'s latest commit line, if it is in the set.
     pub fn commit_of(&self, id: &str) -> Option<CommitRef> {
-        self.find(id).and_then(|off| self.read(off).ok())
+        self.find(id).map(|(_, c)| c)
     }
 
-    /// Takes `id` out of the set (a refreshed prompt is not done).
-    pub fn remove(&mut self, id: &str) -> bool {
-        let Some(off) = self.find(id) else {
-            return false;
-        };
-        let h = id_hash(id);
-        let start = self.sorted.partition_point(|e| e.0 < h);
-        for e in self.sorted[start..].iter_mut().take_while(|e| e.0 == h) {
-            if e.1 == off {
+    /// Refresh: goes through the ids of the input (`ids`); an id whose
+    /// commit line `changed` says is out of date is taken out of the set,
+    /// and so is every id not in the input at all (1 bit per id while this
+    /// runs). Returns how many were out of date.
+    pub fn retain_input<E>(
+        &mut self,
+        ids: impl Iterator<Item = Result<(String, String), E>>,
+        mut changed: impl FnMut(&str, &CommitRef) -> bool,
+    ) -> Result<u64, E> {
+        let mut seen = vec![0u64; self.sorted.len().div_ceil(64)];
+        let mut stale = 0;
+        for item in ids {
+            let (id, text) = item?;
+            let Some((Some(slot), c)) = self.find(&id) else {
+                continue;
+            };
+            if changed(&text, &c) {
+                stale += 1;
+            } else {
+                seen[slot / 64] |= 1 << (slot % 64);
+            }
+        }
+        let mut kept = 0;
+        for (i, e) in self.sorted.iter_mut().enumerate() {
+            if seen[i / 64] & (1 << (i % 64)) == 0 {
                 e.1 = REMOVED;
+            } else {
+                kept += 1;
             }
         }
-        if let Some(v) = self.added.get_mut(&h) {
-            for o in v.iter_mut().filter(|o| **o == off) {
-                *o = REMOVED;
-            }
-        }
-        self.len -= 1;
-        true
+        self.len.store(kept, Ordering::Relaxed);
+        Ok(stale)
     }
 
     /// Adds `id`, committed at `offset` of the commit log at `log`, during
     /// this invocation (a batch run's pass).
-    pub fn insert(&mut self, id: &str, offset: u64, log: &Path) -> std::io::Result<()> {
+    pub fn insert(&self, id: &str, offset: u64, log: &Path) -> std::io::Result<()> {
         if self.contains(id) {
             return Ok(());
         }
-        if self.log.is_none() {
-            self.log = Some(File::open(log)?);
+        if self.log.get().is_none() {
+            let _ = self.log.set(File::open(log)?);
         }
-        self.added.entry(id_hash(id)).or_default().push(offset);
-        self.len += 1;
+        self.added
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id_hash(id))
+            .or_default()
+            .push(offset);
+        self.len.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -298,9 +327,14 @@ mod tests {
         assert!(set.contains("a") && set.contains("b"));
         assert!(!set.contains("c"));
         assert_eq!(set.commit_of("a").unwrap().h.as_deref(), Some("3333"));
-        assert!(set.remove("a"));
-        assert!(!set.contains("a"));
-        assert_eq!(set.len(), 1);
+        // Refresh: "a" changed; "b" is no longer in the input.
+        let input = ["a", "c"].map(|s| Ok::<_, ()>((s.to_string(), String::new())));
+        let stale = set
+            .retain_input(input.into_iter(), |_, c| c.h.as_deref() == Some("3333"))
+            .unwrap();
+        assert_eq!(stale, 1);
+        assert!(!set.contains("a") && !set.contains("b"));
+        assert_eq!(set.len(), 0);
     }
 
     #[test]
@@ -317,13 +351,13 @@ mod tests {
         assert!(set.contains("x"));
         // "y" does not hash to h, so it is not found under it.
         assert!(!set.contains("y"));
-        assert!(set.candidates(h).count() == 2);
+        assert_eq!(set.candidates(h).len(), 2);
     }
 
     #[test]
     fn ids_added_during_a_run_are_found() {
         let (f, off) = log(&[r#"{"id":"p","len":[0]}"#]);
-        let mut set = IdSet::empty();
+        let set = IdSet::empty();
         assert!(!set.contains("p"));
         set.insert("p", off[0], f.path()).unwrap();
         assert!(set.contains("p"));

@@ -15,6 +15,7 @@ mod local;
 mod local_engine;
 mod local_families;
 mod logging;
+mod memory;
 mod optimize;
 mod optimize_fallback;
 mod pool;
