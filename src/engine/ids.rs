@@ -10,9 +10,10 @@
 //! never confused, and the line's text hash serves refresh
 //! ([`IdSet::commit_of`]).
 //!
-//! Bound: 16 bytes per id committed before this invocation, plus 32 bytes
-//! per id added during it ([`IdSet::insert`], batch passes only). A fresh
-//! run that is not a batch run holds nothing here.
+//! Bound: 16 bytes per id committed before this invocation, plus a hash-map
+//! entry (16 bytes, about 20–40 with the map's spare room) per id added
+//! during it ([`IdSet::insert`], batch passes only). A fresh run that is not
+//! a batch run holds nothing here.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,7 +63,13 @@ pub struct CommitRef {
 /// Offset marking an entry taken out by [`IdSet::retain_input`].
 const REMOVED: u64 = u64::MAX;
 
-type Added = HashMap<u64, Vec<u64>, BuildHasherDefault<Identity>>;
+/// Ids added during this invocation: hash → commit offset, and the rare
+/// second id under a hash already taken.
+#[derive(Default)]
+struct Added {
+    first: HashMap<u64, u64, BuildHasherDefault<Identity>>,
+    more: Vec<(u64, u64)>,
+}
 
 /// Committed ids: see the module docs. Shared by the run loop's reader
 /// thread and the writer (a batch run adds what each pass wrote), so
@@ -71,7 +78,7 @@ pub struct IdSet {
     /// `(id_hash, offset of the latest commit line)`, sorted by hash; one
     /// entry per hash unless two ids share one.
     sorted: Vec<(u64, u64)>,
-    /// Added during this invocation (batch passes): hash → commit offsets.
+    /// Added during this invocation (batch passes).
     added: Mutex<Added>,
     /// The commit log, for confirming hits; unset for an empty set.
     log: OnceLock<File>,
@@ -152,7 +159,7 @@ impl IdSet {
     pub fn empty() -> Self {
         Self {
             sorted: Vec::new(),
-            added: Mutex::new(HashMap::default()),
+            added: Mutex::new(Added::default()),
             log: OnceLock::new(),
             len: AtomicUsize::new(0),
         }
@@ -207,8 +214,9 @@ impl IdSet {
         let mut out: Vec<(Option<usize>, u64)> =
             (start..end).map(|i| (Some(i), self.sorted[i].1)).collect();
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = added.get(&h) {
-            out.extend(v.iter().map(|&off| (None, off)));
+        if let Some(&off) = added.first.get(&h) {
+            out.push((None, off));
+            out.extend(added.more.iter().filter(|e| e.0 == h).map(|e| (None, e.1)));
         }
         out.retain(|c| c.1 != REMOVED);
         out
@@ -282,12 +290,13 @@ impl IdSet {
         if self.log.get().is_none() {
             let _ = self.log.set(File::open(log)?);
         }
-        self.added
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id_hash(id))
-            .or_default()
-            .push(offset);
+        let h = id_hash(id);
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        if added.first.contains_key(&h) {
+            added.more.push((h, offset));
+        } else {
+            added.first.insert(h, offset);
+        }
         self.len.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

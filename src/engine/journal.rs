@@ -32,37 +32,149 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ids::IdSet;
 use crate::digest::hex;
-use crate::provider::{ChatRequest, Completion};
+use crate::provider::{ChatRequest, Completion, GenParams, Message};
 
 /// The hash that identifies a request. Fields are fed to SHA-256 with
 /// length prefixes (so no two different requests share an encoding), and
 /// messages go in as raw bytes: hashing JSON would escape every prompt a
 /// second time on the hot path.
 pub fn request_key(provider: &str, model: &str, stage: &str, req: &ChatRequest) -> String {
-    let mut h = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
-    field(b"cai-request-v1");
-    field(provider.as_bytes());
-    field(model.as_bytes());
-    field(stage.as_bytes());
+    let mut h = key_header(provider, model, stage);
     for m in &req.messages {
-        field(m.role.as_str().as_bytes());
-        field(m.content.as_bytes());
+        key_message(&mut h, m);
     }
-    // Parameters are small; their JSON form covers every field, including
-    // ones added later.
-    field(&serde_json::to_vec(&req.params).unwrap_or_default());
+    key_finish(h, &params_json(&req.params))
+}
+
+/// Feeds one length-prefixed field.
+fn key_field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn key_header(provider: &str, model: &str, stage: &str) -> Sha256 {
+    let mut h = Sha256::new();
+    key_field(&mut h, b"cai-request-v1");
+    key_field(&mut h, provider.as_bytes());
+    key_field(&mut h, model.as_bytes());
+    key_field(&mut h, stage.as_bytes());
+    h
+}
+
+fn key_message(h: &mut Sha256, m: &Message) {
+    key_field(h, m.role.as_str().as_bytes());
+    key_field(h, m.content.as_bytes());
+}
+
+/// Parameters are small; their JSON form covers every field, including
+/// ones added later.
+fn params_json(p: &GenParams) -> Vec<u8> {
+    serde_json::to_vec(p).unwrap_or_default()
+}
+
+fn key_finish(mut h: Sha256, params: &[u8]) -> String {
+    key_field(&mut h, params);
     hex(&h.finalize())
+}
+
+/// [`request_key`] for the requests of one run, without hashing the same
+/// bytes again and again: every request of a stage starts with the same
+/// system message and few-shot turns (kilobytes, the bulk of each request),
+/// and almost every request carries the run's parameters. Per stage, it
+/// keeps the SHA-256 state after the messages that the requests seen so far
+/// share, and the parameters' JSON; a request whose first messages equal
+/// that prefix (compared, not trusted) continues from the saved state. The
+/// keys are exactly [`request_key`]'s.
+#[derive(Default)]
+pub struct KeyCache {
+    stages: Mutex<Vec<Arc<StagePrefix>>>,
+    params: Mutex<Option<Arc<(GenParams, Vec<u8>)>>>,
+}
+
+/// The shared start of one stage's requests and the hash state after it.
+struct StagePrefix {
+    provider: String,
+    model: String,
+    stage: String,
+    messages: Vec<Message>,
+    state: Sha256,
+}
+
+impl KeyCache {
+    pub fn key(&self, provider: &str, model: &str, stage: &str, req: &ChatRequest) -> String {
+        let prefix = self
+            .stages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.stage == stage && p.provider == provider && p.model == model)
+            .cloned();
+        let shared = prefix.as_ref().map_or(0, |p| {
+            p.messages
+                .iter()
+                .zip(&req.messages)
+                .take_while(|(a, b)| a.role == b.role && a.content == b.content)
+                .count()
+        });
+        let mut h = match &prefix {
+            Some(p) if shared == p.messages.len() => p.state.clone(),
+            _ => {
+                // First request of the stage, or one that shares less: the
+                // prefix becomes what the two have in common (it settles
+                // on the system message and few-shots within a request or
+                // two), so the later requests start from it.
+                let keep = match &prefix {
+                    None => req.messages.len().saturating_sub(1),
+                    Some(_) => shared,
+                };
+                let mut h = key_header(provider, model, stage);
+                for m in &req.messages[..keep] {
+                    key_message(&mut h, m);
+                }
+                self.learn(StagePrefix {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    stage: stage.to_string(),
+                    messages: req.messages[..keep].to_vec(),
+                    state: h.clone(),
+                });
+                for m in &req.messages[keep..] {
+                    key_message(&mut h, m);
+                }
+                return key_finish(h, &self.params(&req.params));
+            }
+        };
+        for m in &req.messages[shared..] {
+            key_message(&mut h, m);
+        }
+        key_finish(h, &self.params(&req.params))
+    }
+
+    fn learn(&self, p: StagePrefix) {
+        let mut stages = self.stages.lock().unwrap_or_else(|e| e.into_inner());
+        stages.retain(|s| !(s.stage == p.stage && s.provider == p.provider && s.model == p.model));
+        stages.push(Arc::new(p));
+    }
+
+    /// The JSON of `p`, from the last parameters seen when they are equal.
+    fn params(&self, p: &GenParams) -> Vec<u8> {
+        let mut last = self.params.lock().unwrap_or_else(|e| e.into_inner());
+        match last.as_ref() {
+            Some(c) if c.0 == *p => c.1.clone(),
+            _ => {
+                let json = params_json(p);
+                *last = Some(Arc::new((p.clone(), json.clone())));
+                json
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -369,6 +481,50 @@ mod tests {
         other.params.temperature = 0.1;
         assert_ne!(k, request_key("openai", "m", "initial", &other));
         assert_eq!(k, request_key("openai", "m", "initial", &req.clone()));
+    }
+
+    #[test]
+    fn cached_keys_equal_plain_ones_whatever_the_order() {
+        let shots = [
+            Message::system("sys"),
+            Message::user("shot q"),
+            Message::assistant("shot a"),
+        ];
+        let req = |tail: &[&str], max_tokens: u32| ChatRequest {
+            messages: shots
+                .iter()
+                .cloned()
+                .chain(tail.iter().map(|t| Message::user(*t)))
+                .collect(),
+            params: GenParams {
+                max_tokens,
+                ..GenParams::default()
+            },
+        };
+        let cache = KeyCache::default();
+        let reqs = [
+            req(&["p1"], 8),
+            req(&["p2"], 8),
+            req(&["p1", "more"], 16),
+            req(&[], 8),
+            req(&["p3"], 8),
+        ];
+        for r in reqs.iter().chain(reqs.iter().rev()) {
+            for stage in ["initial", "critique"] {
+                assert_eq!(
+                    cache.key("openai", "m", stage, r),
+                    request_key("openai", "m", stage, r)
+                );
+            }
+        }
+        let other = ChatRequest {
+            messages: vec![Message::system("other")],
+            params: GenParams::default(),
+        };
+        assert_eq!(
+            cache.key("openai", "m", "initial", &other),
+            request_key("openai", "m", "initial", &other)
+        );
     }
 
     #[test]
