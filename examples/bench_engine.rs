@@ -17,7 +17,7 @@
 //! 3. time to the first finished row (from scenario 1), against 3 × latency;
 //! 4. `--rpm 600` against a server enforcing 600 rpm, for two minutes: share
 //!    of the limit achieved and share of 429s;
-//! 5. at latency 0, concurrency 256, `--max-tokens 8`, for 10,000, 100,000
+//! 5. at latency 0, concurrency 256, for 10,000, 100,000
 //!    and 1,000,000 prompts (`--sizes`): peak RSS, CPU per request, and the
 //!    disk a finished prompt costs in each file of the run directory.
 
@@ -278,12 +278,7 @@ fn main() {
             let p = d.join(format!("mem{n}.csv"));
             write_prompts(&p, n);
             let out = d.join(format!("o5_{n}"));
-            let o = run_cai(
-                &fake.url(),
-                &p,
-                &out,
-                &["--concurrency", "256", "--max-tokens", "8"],
-            );
+            let o = run_cai(&fake.url(), &p, &out, &["--concurrency", "256"]);
             let requests = o.manifest["requests"]["requests"].as_f64().unwrap_or(0.0);
             let mb = o.peak_rss_kb as f64 / 1024.0;
             let base = *first.get_or_insert(mb);

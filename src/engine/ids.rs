@@ -291,11 +291,13 @@ impl IdSet {
             let _ = self.log.set(File::open(log)?);
         }
         let h = id_hash(id);
-        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
-        if added.first.contains_key(&h) {
-            added.more.push((h, offset));
-        } else {
-            added.first.insert(h, offset);
+        let mut guard = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        let added = &mut *guard;
+        match added.first.entry(h) {
+            std::collections::hash_map::Entry::Occupied(_) => added.more.push((h, offset)),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(offset);
+            }
         }
         self.len.fetch_add(1, Ordering::Relaxed);
         Ok(())

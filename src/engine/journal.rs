@@ -95,8 +95,11 @@ fn key_finish(mut h: Sha256, params: &[u8]) -> String {
 #[derive(Default)]
 pub struct KeyCache {
     stages: Mutex<Vec<Arc<StagePrefix>>>,
-    params: Mutex<Option<Arc<(GenParams, Vec<u8>)>>>,
+    params: Mutex<Option<ParamsJson>>,
 }
+
+/// Parameters and their JSON.
+type ParamsJson = (GenParams, Vec<u8>);
 
 /// The shared start of one stage's requests and the hash state after it.
 struct StagePrefix {
@@ -170,7 +173,7 @@ impl KeyCache {
             Some(c) if c.0 == *p => c.1.clone(),
             _ => {
                 let json = params_json(p);
-                *last = Some(Arc::new((p.clone(), json.clone())));
+                *last = Some((p.clone(), json.clone()));
                 json
             }
         }

@@ -247,8 +247,7 @@ pub struct PromptRecord {
 /// later run can tell that the prompt under an id has changed (refresh).
 pub fn text_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(text.as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex(&Sha256::digest(text.as_bytes())[..8])
 }
 
 enum Source {

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use cai_fake::{FakeConfig, FakeServer};
 
+use crate::common::*;
+
 /// Peak resident memory (`VmHWM`) of a live process, in KiB.
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -36,35 +38,14 @@ fn tiny_prompts(dir: &Path, n: usize) -> std::path::PathBuf {
     path
 }
 
-/// One principle and no few-shots: the requests stay small, so the run
-/// measures the bookkeeping, not the prompts.
-fn tiny_constitution(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("tiny.json");
-    std::fs::write(
-        &path,
-        r#"{"critique_revision_principles": [{"critique": "Any harm?", "revision": "Remove it."}]}"#,
-    )
-    .unwrap();
-    path
-}
-
 /// Runs `cai generate` over `n` tiny prompts; returns (exit code, peak KiB).
 fn peak_of_run(base: &str, dir: &Path, n: usize) -> (i32, u64) {
     let prompts = tiny_prompts(dir, n);
     let out = dir.join(format!("out{n}"));
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cai"))
-        .env_remove("OPENAI_API_KEY")
-        .args(["generate", "--provider", "openai", "--quiet"])
-        .args(["--model", "fake-model", "--base-url"])
-        .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(tiny_constitution(dir))
-        .arg("--out")
-        .arg(&out)
-        .args(["--concurrency", "256", "--max-tokens", "8"])
-        .stdin(Stdio::null())
+    // The shipped constitution, as every engine test uses: its few-shots
+    // make each request a few kilobytes, like a real run's.
+    let mut child = fake_generate(base, &prompts, &out)
+        .args(["--concurrency", "256"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
