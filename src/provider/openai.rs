@@ -6,11 +6,14 @@
 //! (`seed`, `stop`) are sent only when set, since some servers reject
 //! unknown or empty ones.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::http::{check_reply, ReplyLimit};
+use super::batch::{BatchApi, BatchCodec};
+use super::endpoint::{endpoint_accessors, Endpoint};
+use super::http::check_reply;
 use super::{
     post_json, ChatRequest, Completion, EventStream, FinishReason, Message, Provider,
     ProviderError, Reply, StreamEvent, TokenLogprob, Usage,
@@ -19,57 +22,24 @@ use super::{
 /// An OpenAI-compatible endpoint.
 #[derive(Clone)]
 pub struct OpenAi {
-    /// `openai`, or the preset's name (journal keys, manifest, messages).
-    name: &'static str,
-    client: reqwest::Client,
+    /// API root (for OpenAI, `https://api.openai.com/v1`), model, key.
+    ep: Endpoint,
+    /// `{base}/chat/completions`.
     url: String,
-    base_url: String,
-    model: String,
-    key: Option<SecretString>,
-    key_var: Option<String>,
-    limit: ReplyLimit,
 }
 
 impl OpenAi {
-    /// `base_url` is the API root (for OpenAI, `https://api.openai.com/v1`).
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        model: impl Into<String>,
-        key: Option<SecretString>,
-        key_var: Option<String>,
-    ) -> Self {
-        let base_url = base_url.trim_end_matches('/').to_string();
+    pub fn new(ep: Endpoint) -> Self {
         Self {
-            name: "openai",
-            client,
-            url: format!("{base_url}/chat/completions"),
-            base_url,
-            model: model.into(),
-            key,
-            key_var,
-            limit: ReplyLimit::default(),
+            url: format!("{}/chat/completions", ep.base_url),
+            ep,
         }
-    }
-}
-
-impl OpenAi {
-    /// Names the provider after a preset (`groq`, `vllm`, ...).
-    pub fn named(mut self, name: &'static str) -> Self {
-        self.name = name;
-        self
-    }
-
-    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
-    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
-        self.limit = limit;
-        self
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
         Body {
-            model: &self.model,
+            model: &self.ep.model,
             messages: &req.messages,
             max_tokens: p.max_tokens,
             temperature: p.temperature,
@@ -110,22 +80,32 @@ impl OpenAi {
                 .collect(),
         })
     }
+}
 
-    /// The body `complete` would post for `req`: a batch line's `body`.
-    pub(crate) fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
+impl BatchCodec for OpenAi {
+    fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
         serde_json::to_value(self.body(req)).unwrap_or_default()
     }
 
-    /// Reads a chat-completion body from a batch result.
-    pub(crate) fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, String> {
-        let resp: Response = serde_json::from_value(body).map_err(|e| e.to_string())?;
-        self.completion(resp).map_err(|e| e.to_string())
+    fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, ProviderError> {
+        let resp: Response =
+            serde_json::from_value(body).map_err(|e| ProviderError::Malformed {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        self.completion(resp)
     }
+}
 
-    /// Client, API root and key, for the batch endpoints of the same service.
-    pub(crate) fn http_parts(&self) -> (&reqwest::Client, &str, Option<&SecretString>) {
-        (&self.client, &self.base_url, self.key.as_ref())
-    }
+#[derive(Deserialize)]
+struct ModelPage {
+    #[serde(default)]
+    data: Vec<ModelId>,
+}
+
+#[derive(Deserialize)]
+struct ModelId {
+    id: String,
 }
 
 #[derive(Serialize)]
@@ -345,29 +325,23 @@ pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {
 
 #[async_trait]
 impl Provider for OpenAi {
-    fn name(&self) -> &str {
-        self.name
-    }
+    endpoint_accessors!(ep);
 
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn endpoint(&self) -> String {
-        self.base_url.clone()
-    }
-
-    fn key_var(&self) -> Option<&str> {
-        self.key_var.as_deref()
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        let url = format!("{}/models", self.ep.base_url);
+        let req = self.ep.request(reqwest::Method::GET, &url);
+        let page: ModelPage = self.ep.get_list(req, &url).await?;
+        Ok(page.data.into_iter().map(|m| m.id).collect())
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
     }
 
-    fn batch_api(&self) -> Option<std::sync::Arc<dyn super::batch::BatchApi>> {
-        Some(std::sync::Arc::new(super::batch::openai::OpenAiBatch::new(
-            self.clone(),
+    fn batch_api(&self) -> Option<Arc<dyn BatchApi>> {
+        Some(Arc::new(super::batch::openai::OpenAiBatch::new(
+            self.ep.clone(),
+            Arc::new(self.clone()),
         )))
     }
 
@@ -380,11 +354,9 @@ impl Provider for OpenAi {
         body.stream_options = Some(StreamOptions {
             include_usage: true,
         });
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.bearer_auth(key.expose_secret());
-        }
-        let resp = http
+        let resp = self
+            .ep
+            .post(&self.url, &body)
             .send()
             .await
             .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
@@ -396,7 +368,7 @@ impl Provider for OpenAi {
             return Err(ProviderError::Status {
                 status: status.as_u16(),
                 url: self.url.clone(),
-                body: super::snippet(&bytes, self.key.as_ref()),
+                body: super::snippet(&bytes, self.ep.key.as_ref()),
                 retry_after,
                 rate: Box::new(rate),
             });
@@ -416,13 +388,10 @@ impl Provider for OpenAi {
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.bearer_auth(key.expose_secret());
-        }
-        let bound = self.limit.for_request(&req.params);
+        let http = self.ep.post(&self.url, &body);
+        let bound = self.ep.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
         let completion = self.completion(resp)?;
         check_reply(
             &self.url,
