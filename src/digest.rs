@@ -3,10 +3,13 @@
 
 /// `bytes` as lowercase hexadecimal, two digits a byte.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    // A table, not `write!` per byte: a request key is hexed on every
+    // request, and the formatting machinery cost more than the hash's tail.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
 }

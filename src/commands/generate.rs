@@ -7,7 +7,6 @@
 //! critique→revision chain, then the pair selection) into the [`Writer`],
 //! and the manifest records how it went ([`manifest::Manifest::finish`]).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +15,7 @@ use async_trait::async_trait;
 
 use crate::config::generate::GenerateConfig;
 use crate::engine::batch::{self, BatchMode, BatchProvider, BatchRun};
+use crate::engine::ids::IdSet;
 use crate::engine::progress::Display;
 use crate::engine::rundir::RunDir;
 use crate::engine::scheduler::{self, Item, Job, Loop, Sink};
@@ -76,6 +76,36 @@ impl Sink<Outcome> for Writer {
     fn sync(&mut self) -> Result<(), OutputError> {
         Writer::sync(self)
     }
+
+    fn last_commit(&self) -> Option<(&std::path::Path, u64)> {
+        Some(Writer::last_commit(self))
+    }
+}
+
+/// The writer, telling the journal which prompts are committed: their
+/// entries are dropped by the next compaction (see [`Journal`]).
+struct Committing<'a> {
+    writer: &'a mut Writer,
+    engine: Arc<Engine>,
+}
+
+impl Sink<Outcome> for Committing<'_> {
+    type Error = OutputError;
+
+    fn write(&mut self, outcome: Outcome) -> Result<Option<String>, OutputError> {
+        let id = outcome.id().to_string();
+        let note = <Writer as Sink<Outcome>>::write(self.writer, outcome)?;
+        self.engine.journal().committed(&id);
+        Ok(note)
+    }
+
+    fn sync(&mut self) -> Result<(), OutputError> {
+        Writer::sync(self.writer)
+    }
+
+    fn last_commit(&self) -> Option<(&std::path::Path, u64)> {
+        Some(self.writer.last_commit())
+    }
 }
 
 impl Item for Outcome {
@@ -119,15 +149,27 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     let price_factor = cfg.batch_price_factor();
     let (run, out, spec) = (cfg.run.clone(), cfg.out.clone(), cfg.inputs.spec.clone());
     let lp = run_loop(&cfg, &provider, stop, stats.clone(), done, notes);
+    let journal_of = engine.clone();
     let job = Arc::new(job(cfg, engine, selector));
+    let mut sink = Committing {
+        writer: &mut writer,
+        engine: journal_of.clone(),
+    };
     let passes = batch::run_passes(
         job,
         || Ok(PromptReader::open(&spec).map_err(InputErrors::from)?),
-        &mut writer,
+        &mut sink,
         lp,
         batch.as_mut(),
     )
     .await?;
+    // The rows are on disk (the loop synced them): keep only the replies
+    // of prompts still to finish.
+    let journal = journal_of.journal();
+    journal.compact().map_err(|source| OutputError::Io {
+        path: journal.path().to_path_buf(),
+        source,
+    })?;
 
     let (counts, requests) = (writer.counts, stats.snapshot());
     let batch = batch.as_ref().map(|b| b.summary(price_factor));
@@ -198,7 +240,7 @@ fn run_loop(
     provider: &Arc<dyn Provider>,
     stop: StopSignal,
     stats: Arc<crate::engine::Stats>,
-    done: HashSet<String>,
+    done: IdSet,
     notes: Vec<String>,
 ) -> Loop {
     Loop {
@@ -207,7 +249,7 @@ fn run_loop(
         display: cfg.run.display,
         stats,
         total: cfg.inputs.count,
-        done,
+        done: Arc::new(done),
         notes,
         noun: "prompt",
         provider: Some(provider.clone()),
@@ -217,13 +259,11 @@ fn run_loop(
 /// The run's journal (`.cai/journal.jsonl`) without the replies of `done`
 /// prompts, and how many replies it holds for the others. A batch run keeps
 /// the replies it records in memory, for the next stage's pass.
-fn open_journal(
-    dir: &RunDir,
-    done: &HashSet<String>,
-    batch: bool,
-) -> Result<(Journal, usize), OutputError> {
+fn open_journal(dir: &RunDir, done: &IdSet, batch: bool) -> Result<(Journal, usize), OutputError> {
     let path = dir.state_dir().join("journal.jsonl");
-    let journal = Journal::open(&path, done).map_err(|source| OutputError::Io { path, source })?;
+    let journal = Journal::open(&path, done)
+        .map_err(|source| OutputError::Io { path, source })?
+        .compacting();
     let cached = journal.cached_len();
     Ok((
         if batch {

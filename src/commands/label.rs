@@ -63,6 +63,10 @@ impl Sink<Done> for LabelFiles {
     fn sync(&mut self) -> Result<(), OutputError> {
         LabelFiles::sync(self)
     }
+
+    fn last_commit(&self) -> Option<(&std::path::Path, u64)> {
+        Some(LabelFiles::last_commit(self))
+    }
 }
 
 /// Labels one pair.
@@ -235,7 +239,7 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
             display: cfg.run.display,
             stats: stats.clone(),
             total,
-            done,
+            done: Arc::new(done),
             notes,
             noun: "pair",
             provider: None,

@@ -12,7 +12,6 @@
 //! finished search run again prints its result and sends nothing. The
 //! algorithm and its request counts are in [`crate::feedback::drpo`].
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,7 +78,7 @@ fn open_engines(
         let path = dir.state_dir().join(file);
         // Two prompts with the same answer ask the same score: within a
         // run, a reply recorded earlier answers it too.
-        let journal = Journal::open(&path, &HashSet::new())
+        let journal = Journal::open(&path, &crate::engine::ids::IdSet::empty())
             .map_err(|source| OutputError::Io { path, source })?
             .keep_recorded();
         let provider = role
@@ -165,7 +164,8 @@ fn dry_run(cfg: &OptimizeConfig) -> Outcome {
         Task::Search { opts, examples, .. } => {
             let order = order(cfg, opts);
             let rows = drpo::plan(&cfg.queries, &order, *opts);
-            let distinct: HashSet<&str> = cfg.examples.iter().map(|e| e.query.as_str()).collect();
+            let distinct: std::collections::HashSet<&str> =
+                cfg.examples.iter().map(|e| e.query.as_str()).collect();
             let (ex_e, ex_o) = example_search::plan(cfg.examples.len(), distinct.len(), *examples);
             s.push_str(&format!(
                 "{n} queries, depth {} (+ up to {} while a beam prompt is satisfied), beam {}, actions {}, {} examples ({} rounds × {} candidates, {} placed per query)\n\

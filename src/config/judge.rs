@@ -13,7 +13,7 @@ pub struct EngineSetup<'a> {
     /// The run's `.cai` directory (journals live there).
     pub state_dir: &'a std::path::Path,
     /// Items already written (their journal entries are not loaded).
-    pub done: &'a std::collections::HashSet<String>,
+    pub done: &'a crate::engine::ids::IdSet,
     pub cfg: crate::engine::EngineConfig,
     pub stop: crate::engine::StopSignal,
     /// Shared counters: progress, manifest and `--max-requests` cover all judges.

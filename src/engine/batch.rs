@@ -69,6 +69,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::ids::IdSet;
 use super::progress::Display;
 use super::scheduler::{self, Item, Job, Loop, RunEnd, Sink};
 use super::{estimate_tokens, AbortReason, Stats};
@@ -689,25 +690,37 @@ impl<E: std::fmt::Display> Passes<E> {
     }
 }
 
-/// The sink of a pass, noting which ids it wrote: the next pass of a batch
-/// run skips them.
+/// The sink of a batch run's pass, adding each id it wrote to the done
+/// set (16 bytes an id, see [`IdSet`]): the next pass skips them. A run
+/// without batches makes one pass and adds nothing.
 struct Tracked<'a, S> {
     sink: &'a mut S,
-    ids: Vec<String>,
+    done: Option<Arc<IdSet>>,
 }
 
 impl<O: Item, S: Sink<O>> Sink<O> for Tracked<'_, S> {
     type Error = S::Error;
 
     fn write(&mut self, out: O) -> Result<Option<String>, S::Error> {
+        let Some(done) = &self.done else {
+            return self.sink.write(out);
+        };
         let id = out.id().to_string();
         let note = self.sink.write(out)?;
-        self.ids.push(id);
+        if let Some((log, offset)) = self.sink.last_commit() {
+            // The id is committed; failing to note it only means the next
+            // pass reads it again and finds its replies in memory.
+            let _ = done.insert(&id, offset, log);
+        }
         Ok(note)
     }
 
     fn sync(&mut self) -> Result<(), S::Error> {
         self.sink.sync()
+    }
+
+    fn last_commit(&self) -> Option<(&Path, u64)> {
+        self.sink.last_commit()
     }
 }
 
@@ -738,7 +751,7 @@ where
         }
         let mut tracked = Tracked {
             sink: &mut *sink,
-            ids: Vec::new(),
+            done: batch.is_some().then(|| lp.done.clone()),
         };
         let this = Loop {
             stop: lp.stop.clone(),
@@ -749,7 +762,6 @@ where
             ..lp
         };
         let pass = scheduler::run(job.clone(), items()?, &mut tracked, this).await;
-        lp.done.extend(tracked.ids);
         let pass = match earlier.take() {
             None => pass,
             Some(acc) => add_pass(acc, pass),

@@ -10,6 +10,7 @@
 
 pub mod batch;
 mod forward;
+pub mod ids;
 pub mod journal;
 pub mod limit;
 pub mod progress;
@@ -318,6 +319,8 @@ pub struct Engine {
     stop: StopSignal,
     recent: Mutex<VecDeque<bool>>,
     budget: Option<crate::cost::Budget>,
+    /// Request keys without rehashing each stage's shared prefix.
+    keys: journal::KeyCache,
 }
 
 impl Engine {
@@ -336,6 +339,7 @@ impl Engine {
             stats: Arc::new(Stats::default()),
             stop,
             recent: Mutex::new(VecDeque::new()),
+            keys: journal::KeyCache::default(),
         }
     }
 
@@ -460,7 +464,9 @@ impl Engine {
         prompt_id: &str,
         req: &ChatRequest,
     ) -> Result<Completion, ItemError> {
-        let key = journal::request_key(self.provider.name(), self.provider.model(), stage, req);
+        let key = self
+            .keys
+            .key(self.provider.name(), self.provider.model(), stage, req);
         if let Some(c) = self.journaled(&key) {
             return Ok(c);
         }

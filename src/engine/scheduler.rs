@@ -23,7 +23,6 @@
 //! The run directory's lock and fingerprint guard are [`super::rundir`]'s;
 //! the commit log is the sink's (`output::AppendFiles`).
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::task::JoinSet;
 
+use super::ids::IdSet;
 use super::progress::{Display, Reporter, Rows};
 use super::{AbortReason, ItemError, Stats, StopSignal};
 use crate::input::InputError;
@@ -63,6 +63,11 @@ pub trait Sink<O> {
     fn write(&mut self, out: O) -> Result<Option<String>, Self::Error>;
     /// Flushes everything to disk.
     fn sync(&mut self) -> Result<(), Self::Error>;
+    /// The commit log and the offset of the last item's commit line, for
+    /// a sink with one ([`super::ids::IdSet::insert`]).
+    fn last_commit(&self) -> Option<(&std::path::Path, u64)> {
+        None
+    }
 }
 
 /// Why a run stopped before its input was done, beyond budgets and signals.
@@ -97,8 +102,9 @@ pub struct Loop {
     pub stats: Arc<Stats>,
     /// Items in the input (for progress and ETA).
     pub total: u64,
-    /// Ids committed by an earlier invocation: skipped.
-    pub done: HashSet<String>,
+    /// Ids committed by an earlier invocation (or pass): skipped. A
+    /// compact set (16 bytes an id), not the ids themselves.
+    pub done: Arc<IdSet>,
     /// Shown once when the run starts (resume summary, provider notes).
     pub notes: Vec<String>,
     /// What an item is called in messages ("prompt", "pair").
@@ -222,7 +228,7 @@ where
 /// of `capacity`: memory follows the concurrency, not the input's size.
 fn spawn_reader<T: Item, I>(
     items: I,
-    done: HashSet<String>,
+    done: Arc<IdSet>,
     capacity: usize,
 ) -> tokio::sync::mpsc::Receiver<Result<T, InputError>>
 where

@@ -7,8 +7,9 @@
 //! one, else the 0-based row index in the file.
 //!
 //! Reading never holds the whole file: [`PromptReader`] is an iterator, and
-//! [`validate`] makes one streaming pass keeping only the ids (to find
-//! duplicates), so a run over millions of prompts starts in bounded memory.
+//! [`validate`] streams it keeping about 10 bits per row (a Bloom filter of
+//! id hashes, see there) to find duplicate ids, so a run over millions of
+//! prompts starts in bounded memory.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -246,8 +247,7 @@ pub struct PromptRecord {
 /// later run can tell that the prompt under an id has changed (refresh).
 pub fn text_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(text.as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::hex(&Sha256::digest(text.as_bytes())[..8])
 }
 
 enum Source {
@@ -516,6 +516,13 @@ impl Iterator for PromptReader {
 /// One streaming pass over the prompts: malformed rows, blank prompts and
 /// duplicate ids are all reported (up to a cap). Returns the number of
 /// prompts the run will process.
+///
+/// Duplicates are found without holding the ids: the pass puts a 64-bit
+/// hash of each id into a Bloom filter ([`IdFilter`], about 10 bits per line
+/// of the file, so 1.2 MB for a million prompts) and notes the hashes it has
+/// probably seen before. Only when there are such candidates does a second
+/// pass compare the full ids that carry them, so a file with a million
+/// unique ids holds a few thousand strings at most, never a million.
 pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
     let reader = PromptReader::open(spec)?;
     let path = spec.path.clone();
@@ -531,9 +538,17 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
             Err(e) => errors.push(InputError::new(&path, Location::File, e.to_string())),
         }
     }
-    let mut seen: HashSet<String> = HashSet::new();
+    let lines = count_lines(&path)
+        .map_err(|e| InputError::new(&path, Location::File, format!("cannot read: {e}")))?;
+    let mut filter = IdFilter::new(lines);
+    let mut candidates: HashSet<u64> = HashSet::new();
     let mut count = 0;
+    // Rows read by the first pass (it stops at the cap): the second looks
+    // no further.
+    let mut rows_read = 0u64;
+    let mut capped = false;
     for item in reader {
+        rows_read += 1;
         match item {
             Err(e) => errors.push(e),
             Ok(rec) => {
@@ -547,23 +562,35 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
                 }
                 if rec.id.trim().is_empty() {
                     errors.push(InputError::new(&path, Location::Line(rec.line), "blank id"));
-                } else if !seen.insert(rec.id.clone()) {
-                    errors.push(InputError::new(
-                        &path,
-                        Location::Line(rec.line),
-                        format!("duplicate id `{}`", rec.id),
-                    ));
+                } else {
+                    let h = crate::engine::ids::id_hash(&rec.id);
+                    if !filter.insert(h) {
+                        candidates.insert(h);
+                    }
                 }
             }
         }
         if errors.len() >= MAX_REPORTED {
-            errors.push(InputError::new(
-                &path,
-                Location::File,
-                "too many problems; stopped listing",
-            ));
+            capped = true;
             break;
         }
+    }
+    drop(filter);
+    if !candidates.is_empty() {
+        errors.extend(duplicates(spec, &candidates, rows_read)?);
+        // Report in file order, as one pass would have.
+        errors.sort_by_key(|e| match e.at {
+            Location::Line(n) => n,
+            _ => 0,
+        });
+    }
+    if capped || errors.len() > MAX_REPORTED {
+        errors.truncate(MAX_REPORTED);
+        errors.push(InputError::new(
+            &path,
+            Location::File,
+            "too many problems; stopped listing",
+        ));
     }
     if count == 0 && errors.is_empty() {
         errors.push(InputError::new(&path, Location::File, "no prompts"));
@@ -572,6 +599,89 @@ pub fn validate(spec: &PromptSpec) -> Result<u64, InputErrors> {
         Ok(count)
     } else {
         Err(InputErrors(errors))
+    }
+}
+
+/// The second pass of [`validate`]: of the first `rows` rows, those whose
+/// id hash is a candidate are compared by their full id; every repeat is an
+/// error at its line.
+fn duplicates(
+    spec: &PromptSpec,
+    candidates: &HashSet<u64>,
+    rows: u64,
+) -> Result<Vec<InputError>, InputErrors> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    for item in PromptReader::open(spec)?.take(rows as usize) {
+        let Ok(rec) = item else { continue };
+        if rec.id.trim().is_empty() || !candidates.contains(&crate::engine::ids::id_hash(&rec.id)) {
+            continue;
+        }
+        if seen.contains(&rec.id) {
+            out.push(InputError::new(
+                &spec.path,
+                Location::Line(rec.line),
+                format!("duplicate id `{}`", rec.id),
+            ));
+        } else {
+            seen.insert(rec.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Newlines in a file: an upper bound on its rows, to size [`IdFilter`].
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let got = f.read(&mut buf)?;
+        if got == 0 {
+            return Ok(n + 1);
+        }
+        n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+}
+
+/// A Bloom filter of id hashes, sized for `rows` ids at about 10 bits each
+/// with 7 probes: under 1 % of unique ids look like repeats (and are then
+/// checked exactly by [`duplicates`]).
+struct IdFilter {
+    bits: Vec<u64>,
+    nbits: u64,
+}
+
+impl IdFilter {
+    const BITS_PER_ID: u64 = 10;
+    const PROBES: u64 = 7;
+
+    fn new(rows: u64) -> Self {
+        let nbits = rows.saturating_mul(Self::BITS_PER_ID).max(1024);
+        Self {
+            bits: vec![0; nbits.div_ceil(64) as usize],
+            nbits,
+        }
+    }
+
+    /// Sets the bits of `h`; false when all of them were set already (`h`
+    /// was probably inserted before).
+    fn insert(&mut self, h: u64) -> bool {
+        // Double hashing: probe i at h1 + i·h2, mapped onto the bit range
+        // by a multiply-shift instead of a division.
+        let (h1, h2) = (h, h.rotate_left(32) | 1);
+        let mut fresh = false;
+        for i in 0..Self::PROBES {
+            let x = h1.wrapping_add(i.wrapping_mul(h2));
+            let bit = ((u128::from(x) * u128::from(self.nbits)) >> 64) as u64;
+            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+            if self.bits[word] & mask == 0 {
+                fresh = true;
+                self.bits[word] |= mask;
+            }
+        }
+        fresh
     }
 }
 

@@ -13,7 +13,6 @@
 //! calibrated probabilities and `predicted` the likeliest of the three;
 //! `judgments.jsonl` keeps the judges' own values beside them.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -53,13 +52,21 @@ pub struct LabelFiles {
 impl LabelFiles {
     /// Opens (or repairs, on resume) the files in `dir`; returns the ids
     /// already committed.
-    pub fn open(dir: &Path, keep_ties: bool) -> Result<(Self, HashSet<String>), OutputError> {
+    pub fn open(
+        dir: &Path,
+        keep_ties: bool,
+    ) -> Result<(Self, crate::engine::ids::IdSet), OutputError> {
         let (mut files, done) = AppendFiles::open(dir, &FILES)?;
         if files.is_fresh() {
             files.append(LABELS, b"id,p_a,p_b,p_tie,predicted,judges\n")?;
             files.commit(None)?;
         }
         Ok((Self { files, keep_ties }, done))
+    }
+
+    /// See [`AppendFiles::last_commit`].
+    pub fn last_commit(&self) -> (&Path, u64) {
+        self.files.last_commit()
     }
 
     /// Writes one judged or rejected pair and commits it; returns the id

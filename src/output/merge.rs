@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{io_err, read_log, Commit, OutputError, FILES, STATE_DIR};
+use crate::engine::ids::IdSet;
 use crate::engine::rundir::Fingerprint;
 use crate::engine::StatsSnapshot;
 use crate::error::RunError;
@@ -668,35 +669,23 @@ fn write_merged(
 /// in the (limited, sharded) prompts of `spec`, with the same text as when
 /// their rows were written. An edited prompt is generated again; a removed
 /// one is no longer counted as done. Returns the ids and how many prompts
-/// changed.
+/// changed. Each prompt's latest commit line is read back through `done`
+/// (no map of every id is built).
 pub fn refresh_done(
-    dir: &Path,
+    _dir: &Path,
     spec: &PromptSpec,
-    done: HashSet<String>,
-) -> Result<(HashSet<String>, u64), MergeError> {
+    mut done: IdSet,
+) -> Result<(IdSet, u64), MergeError> {
     if done.is_empty() {
         return Ok((done, 0));
     }
-    let mut latest: HashMap<String, Option<String>> = HashMap::with_capacity(done.len());
-    for c in read_log(&dir.join(STATE_DIR).join("progress.jsonl"))? {
-        if let Some(id) = c.id {
-            latest.insert(id, c.h);
-        }
-    }
-    let mut keep = HashSet::with_capacity(done.len());
-    let mut changed = 0;
-    for rec in PromptReader::open(spec).map_err(InputErrors::from)? {
-        let rec = rec.map_err(InputErrors::from)?;
-        let Some(h) = latest.get(&rec.id) else {
-            continue;
-        };
-        if h.as_ref().is_some_and(|h| *h != text_hash(&rec.text)) {
-            changed += 1;
-        } else {
-            keep.insert(rec.id);
-        }
-    }
-    Ok((keep, changed))
+    let input = PromptReader::open(spec)
+        .map_err(InputErrors::from)?
+        .map(|rec| rec.map(|r| (r.id, r.text)).map_err(InputErrors::from));
+    let changed = done.retain_input(input, |text, c| {
+        c.h.as_ref().is_some_and(|h| *h != text_hash(text))
+    })?;
+    Ok((done, changed))
 }
 
 #[cfg(test)]

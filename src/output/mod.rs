@@ -21,13 +21,13 @@ pub mod merge;
 pub mod optimize;
 pub mod report;
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::ids::IdSet;
 use crate::pipeline::{Finished, Outcome, Round, TraceStep};
 use crate::provider::Message;
 
@@ -122,12 +122,14 @@ pub struct AppendFiles {
     progress: Out,
     buf: Vec<u8>,
     fresh: bool,
+    /// Offset of the last commit line in the commit log.
+    last_commit: u64,
 }
 
 impl AppendFiles {
     /// Opens `names` in `dir` (creating them), repairs every file to the
     /// last commit and returns the ids already committed.
-    pub fn open(dir: &Path, names: &[&str]) -> Result<(Self, HashSet<String>), OutputError> {
+    pub fn open(dir: &Path, names: &[&str]) -> Result<(Self, IdSet), OutputError> {
         let state = dir.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(io_err(&state))?;
         let progress_path = state.join("progress.jsonl");
@@ -190,9 +192,16 @@ impl AppendFiles {
                 },
                 buf: Vec::new(),
                 fresh: last.is_none(),
+                last_commit: 0,
             },
             done,
         ))
+    }
+
+    /// The commit log and the offset of the line of the last commit made
+    /// through this handle (a batch run adds its id to the done set).
+    pub fn last_commit(&self) -> (&Path, u64) {
+        (&self.progress.path, self.last_commit)
     }
 
     /// True when nothing was ever committed (headers still to write).
@@ -220,6 +229,7 @@ impl AppendFiles {
         .map_err(|e| io_err(&self.progress.path)(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.fresh = false;
+        self.last_commit = self.progress.len;
         self.progress.append(&line)
     }
 
@@ -312,7 +322,7 @@ pub struct Writer {
 impl Writer {
     /// Opens the run directory: fresh when it has no commit log, otherwise
     /// repaired to its last commit. Returns the ids already finished.
-    pub fn open(dir: &Path, mode: PreferenceMode) -> Result<(Self, HashSet<String>), OutputError> {
+    pub fn open(dir: &Path, mode: PreferenceMode) -> Result<(Self, IdSet), OutputError> {
         let (mut files, done) = AppendFiles::open(dir, &FILES)?;
         let scored = mode == PreferenceMode::Judge;
         if files.is_fresh() {
@@ -494,19 +504,25 @@ impl Writer {
     pub fn sync(&mut self) -> Result<(), OutputError> {
         self.files.sync()
     }
+
+    /// See [`AppendFiles::last_commit`].
+    pub fn last_commit(&self) -> (&Path, u64) {
+        self.files.last_commit()
+    }
 }
 
 /// Every complete commit of a commit log, read-only (a torn last line is
 /// ignored, not cut: `cai merge` never changes the directories it reads).
 pub(crate) fn read_log(path: &Path) -> Result<Vec<Commit>, OutputError> {
     let mut out = Vec::new();
-    each_commit(path, |c| out.push(c))?;
+    each_commit(path, |_, c| out.push(c))?;
     Ok(out)
 }
 
-/// Calls `each` with every commit of the log up to the first torn or
-/// unreadable line; returns the length in bytes of those commits.
-fn each_commit(path: &Path, mut each: impl FnMut(Commit)) -> Result<u64, OutputError> {
+/// Calls `each` with the offset and content of every commit of the log up
+/// to the first torn or unreadable line; returns the length in bytes of
+/// those commits.
+fn each_commit(path: &Path, mut each: impl FnMut(u64, Commit)) -> Result<u64, OutputError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut reader = BufReader::new(file);
     let mut good = 0u64;
@@ -520,22 +536,22 @@ fn each_commit(path: &Path, mut each: impl FnMut(Commit)) -> Result<u64, OutputE
         let Ok(c) = serde_json::from_slice::<Commit>(&line) else {
             return Ok(good);
         };
+        each(good, c);
         good += n as u64;
-        each(c);
     }
 }
 
-/// Reads the commit log: ids committed and the last commit. Cuts a torn
-/// last line.
-fn read_commits(path: &Path) -> Result<(HashSet<String>, Option<Commit>), OutputError> {
-    let mut done = HashSet::new();
+/// Reads the commit log: ids committed (a compact [`IdSet`], not the ids
+/// themselves) and the last commit. Cuts a torn last line.
+fn read_commits(path: &Path) -> Result<(IdSet, Option<Commit>), OutputError> {
     if !path.exists() {
-        return Ok((done, None));
+        return Ok((IdSet::empty(), None));
     }
+    let mut done = IdSet::builder();
     let mut last = None;
-    let good = each_commit(path, |c| {
+    let good = each_commit(path, |offset, c| {
         if let Some(id) = &c.id {
-            done.insert(id.clone());
+            done.push(id, offset);
         }
         last = Some(c);
     })?;
@@ -546,6 +562,7 @@ fn read_commits(path: &Path) -> Result<(HashSet<String>, Option<Commit>), Output
     if f.metadata().map_err(io_err(path))?.len() != good {
         f.set_len(good).map_err(io_err(path))?;
     }
+    let done = done.finish(path).map_err(io_err(path))?;
     Ok((done, last))
 }
 
@@ -655,7 +672,8 @@ mod tests {
         p.write_all(b"{\"id\":\"c\",\"le").unwrap();
 
         let (mut w, done) = Writer::open(dir.path(), PreferenceMode::Revision).unwrap();
-        assert_eq!(done, ["a".to_string(), "b".to_string()].into());
+        assert_eq!(done.len(), 2);
+        assert!(done.contains("a") && done.contains("b") && !done.contains("c"));
         assert_eq!(
             std::fs::read(dir.path().join("sft.csv")).unwrap(),
             committed

@@ -14,6 +14,7 @@ mod label;
 mod local;
 mod local_engine;
 mod logging;
+mod memory;
 mod on_length;
 mod optimize;
 mod optimize_fallback;
