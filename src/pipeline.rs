@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::engine::{AbortReason, Engine, ItemError};
 use crate::feedback::select::{JudgedPair, Undecided};
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
-use crate::provider::{ChatRequest, Completion, GenParams, Message, Usage};
+use crate::provider::{CacheHint, ChatRequest, Completion, GenParams, Message, Usage};
 use crate::template::{TemplateError, Templates};
 
 /// Everything the loop needs, shared by all prompts of a run.
@@ -190,25 +190,73 @@ pub fn initial_request(
     prompt: &str,
 ) -> Result<(String, ChatRequest), TemplateError> {
     let user = templates.render("initial.jinja", minijinja::context! { prompt })?;
-    let messages = messages(constitution, Stage::Initial, &[Message::user(user.clone())]);
-    Ok((
-        user,
-        ChatRequest {
-            messages,
-            params: params.clone(),
-        },
-    ))
+    let req = request(
+        constitution,
+        Stage::Initial,
+        &[Message::user(user.clone())],
+        params,
+        None,
+    );
+    Ok((user, req))
 }
 
-/// `[system?] + few_shots + convo` for a stage.
-fn messages(c: &Constitution, stage: Stage, convo: &[Message]) -> Vec<Message> {
+/// `[system?] + few_shots + convo` for a stage, with the [`CacheHint`]
+/// that says which of it other requests repeat: every request of the stage
+/// starts with the same system message and few-shots (in that order, the
+/// same bytes whatever the prompt), and a request that extends `previous`
+/// (the request sent before it for the same prompt) repeats all of it.
+/// Whether the next request extends this one is set by the caller.
+fn request(
+    c: &Constitution,
+    stage: Stage,
+    convo: &[Message],
+    params: &GenParams,
+    previous: Option<&ChatRequest>,
+) -> ChatRequest {
     let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
     if let Some(s) = c.system_for(stage) {
         m.push(Message::system(s));
     }
     m.extend(c.few_shots.iter().cloned());
+    let shared = m.len();
+    let scope = format!("{}:{}", stage.as_str(), prefix_digest(&m));
     m.extend(convo.iter().cloned());
-    m
+    let previous = previous
+        .map(|p| &p.messages)
+        .filter(|p| p.len() < m.len() && m.starts_with(p))
+        .map_or(0, Vec::len);
+    ChatRequest {
+        messages: m,
+        params: params.clone(),
+        cache: CacheHint {
+            shared,
+            previous,
+            extended: false,
+            scope: Some(scope),
+        },
+    }
+}
+
+/// Whether a request of `next` for the same prompt will start with the
+/// whole of a request of `this` (same system message, so the
+/// conversation only grows).
+fn extends(c: &Constitution, this: Stage, next: Stage) -> bool {
+    c.system_for(this) == c.system_for(next)
+}
+
+/// A short digest of a stage's shared messages: it changes with the
+/// constitution's system message and few-shots, so a cache key built on it
+/// keeps only requests with the same prefix together.
+fn prefix_digest(messages: &[Message]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.role.as_str().as_bytes());
+        h.update([0]);
+        h.update((m.content.len() as u64).to_le_bytes());
+        h.update(m.content.as_bytes());
+    }
+    crate::digest::hex(&h.finalize()[..8])
 }
 
 impl Pipeline {
@@ -219,6 +267,8 @@ impl Pipeline {
         if self.samples > 1 {
             req.params.n = Some(self.samples);
         }
+        req.cache.extended =
+            self.rounds > 0 && extends(&self.constitution, Stage::Initial, Stage::Critique);
         Ok((user, req))
     }
 
@@ -301,6 +351,7 @@ impl Pipeline {
         ];
         let mut answer = initial.clone();
         let mut rounds = Vec::new();
+        let mut last = Some(req);
 
         let reviser = Reviser {
             engine: &self.engine,
@@ -310,8 +361,9 @@ impl Pipeline {
             seed: self.seed,
         };
         for round in 1..=self.rounds {
+            let more = round < self.rounds;
             let (r, [critique, revision]) = match reviser
-                .round(&id, round, &prompt, &answer, &mut convo)
+                .round_after(&id, round, &prompt, &answer, &mut convo, &mut last, more)
                 .await
             {
                 Ok(x) => x,
@@ -381,6 +433,25 @@ impl Reviser<'_> {
         answer: &str,
         convo: &mut Vec<Message>,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
+        self.round_after(id, round, prompt, answer, convo, &mut None, true)
+            .await
+    }
+
+    /// [`Reviser::round`] knowing the request sent before it for the same
+    /// prompt (`last`, left holding this round's revision request) and
+    /// whether another round follows, so each request's [`CacheHint`] says
+    /// what it shares with the one before and whether the next extends it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn round_after(
+        &self,
+        id: &str,
+        round: u32,
+        prompt: &str,
+        answer: &str,
+        convo: &mut Vec<Message>,
+        last: &mut Option<ChatRequest>,
+        more: bool,
+    ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
         let call = |stage: Stage, req: ChatRequest| async move {
             self.engine
                 .complete(stage.as_str(), id, &req)
@@ -406,10 +477,15 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, principle => &pctx, round },
         )?;
         convo.push(Message::user(critique_request.clone()));
-        let req = ChatRequest {
-            messages: messages(self.constitution, Stage::Critique, convo),
-            params: self.params.clone(),
-        };
+        let mut req = request(
+            self.constitution,
+            Stage::Critique,
+            convo,
+            self.params,
+            last.as_ref(),
+        );
+        req.cache.extended = extends(self.constitution, Stage::Critique, Stage::Revision);
+        *last = Some(req.clone());
         let c = call(Stage::Critique, req).await?;
         let critique = strip_label(&c.text, "Critique");
         if critique.is_empty() {
@@ -431,10 +507,15 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
         )?;
         convo.push(Message::user(revision_request.clone()));
-        let req = ChatRequest {
-            messages: messages(self.constitution, Stage::Revision, convo),
-            params: self.params.clone(),
-        };
+        let mut req = request(
+            self.constitution,
+            Stage::Revision,
+            convo,
+            self.params,
+            last.as_ref(),
+        );
+        req.cache.extended = more && extends(self.constitution, Stage::Revision, Stage::Critique);
+        *last = Some(req.clone());
         let c = call(Stage::Revision, req).await?;
         let revision = strip_label(&c.text, "Revision");
         if revision.is_empty() {

@@ -189,6 +189,7 @@ mod tests {
     #[test]
     fn keys_depend_on_every_part() {
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![Message::user("hi")],
             params: GenParams::default(),
         };

@@ -126,6 +126,10 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub tokens_in: AtomicU64,
     pub tokens_out: AtomicU64,
+    /// Of `tokens_in`: read from the provider's prompt cache.
+    pub tokens_cached: AtomicU64,
+    /// Of `tokens_in`: written to the provider's prompt cache.
+    pub tokens_cache_write: AtomicU64,
     pub in_flight: AtomicI64,
     /// Cost of the replies so far, in millionths of a USD (from `usage`).
     pub cost_micro_usd: AtomicU64,
@@ -141,12 +145,24 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`: read from the provider's prompt cache.
+    pub tokens_cached: u64,
+    /// Of `tokens_in`: written to the provider's prompt cache.
+    pub tokens_cache_write: u64,
     pub in_flight: i64,
     /// Running cost in millionths of a USD; 0 when the price is unknown.
     pub cost_micro_usd: u64,
 }
 
 impl Stats {
+    /// Adds a reply's prompt-cache reads and writes.
+    pub fn count_cache(&self, u: &crate::provider::Usage) {
+        self.tokens_cached
+            .fetch_add(u.cached_tokens, Ordering::Relaxed);
+        self.tokens_cache_write
+            .fetch_add(u.cache_write_tokens, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             requests: self.sent.load(Ordering::Relaxed),
@@ -156,6 +172,8 @@ impl Stats {
             failed: self.failed.load(Ordering::Relaxed),
             tokens_in: self.tokens_in.load(Ordering::Relaxed),
             tokens_out: self.tokens_out.load(Ordering::Relaxed),
+            tokens_cached: self.tokens_cached.load(Ordering::Relaxed),
+            tokens_cache_write: self.tokens_cache_write.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             cost_micro_usd: self.cost_micro_usd.load(Ordering::Relaxed),
         }
@@ -428,6 +446,9 @@ impl Engine {
                     self.limiter.correct(est, tin + tout);
                     self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
                     self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
+                    if let Some(u) = c.usage {
+                        self.stats.count_cache(&u);
+                    }
                     match &c.finish {
                         FinishReason::Length if self.cfg.keep_truncated => {}
                         FinishReason::Length if !widened => {

@@ -103,6 +103,10 @@ fn line(
         "{done}/{total} rows ({rejected} rejected) · {rate:.1} rows/s · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
         s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
     );
+    if let Some(c) = cache_text(&s) {
+        text.push_str(" · ");
+        text.push_str(&c);
+    }
     if s.cost_micro_usd > 0 {
         text.push_str(&format!(
             " · cost ${:.4}",
@@ -124,6 +128,16 @@ fn line(
         json["endpoints"] = serde_json::to_value(eps).unwrap_or_default();
     }
     (text, json)
+}
+
+/// `prompt cache N read / M written`, when the provider reported any.
+fn cache_text(s: &super::StatsSnapshot) -> Option<String> {
+    (s.tokens_cached > 0 || s.tokens_cache_write > 0).then(|| {
+        format!(
+            "prompt cache {} read / {} written",
+            s.tokens_cached, s.tokens_cache_write
+        )
+    })
 }
 
 impl Reporter {
@@ -174,6 +188,10 @@ impl Reporter {
                             s.tokens_in,
                             s.tokens_out
                         );
+                        if let Some(c) = cache_text(&s) {
+                            msg.push_str(" · ");
+                            msg.push_str(&c);
+                        }
                         if s.cost_micro_usd > 0 {
                             msg.push_str(&format!(
                                 " · ${:.4}",

@@ -535,6 +535,7 @@ impl Critic {
         let mut last = String::new();
         for attempt in 0..MAX_ASKS {
             let req = ChatRequest {
+                cache: Default::default(),
                 messages: vec![Message::user(text)],
                 params: self.params(attempt),
             };
@@ -614,6 +615,7 @@ impl Critic {
         }
         messages.push(Message::user(query));
         ChatRequest {
+            cache: Default::default(),
             messages,
             params: self.params(0),
         }
@@ -666,6 +668,7 @@ impl Critic {
                 minijinja::context! { query => &q.text, answer => answer, aspect => a },
             )?;
             let req = ChatRequest {
+                cache: Default::default(),
                 messages: vec![Message::user(text)],
                 params: GenParams {
                     max_tokens: DIGIT_MAX_TOKENS,

@@ -342,6 +342,7 @@ mod tests {
     #[test]
     fn replies_the_request_could_not_produce_are_refused() {
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![],
             params: params(16, Some(2), None),
         };

@@ -103,6 +103,10 @@ pub struct RequestsView {
     pub failed: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`: read from / written to the provider's prompt cache
+    /// (0 in manifests written before these were counted).
+    pub tokens_cached: u64,
+    pub tokens_cache_write: u64,
     pub cost_micro_usd: u64,
 }
 

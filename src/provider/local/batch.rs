@@ -320,10 +320,7 @@ fn admit(
     if budget == 0 {
         let completion = Completion {
             finish: FinishReason::Length,
-            usage: Some(Usage {
-                prompt_tokens: job.ids.len() as u64,
-                completion_tokens: 0,
-            }),
+            usage: Some(Usage::plain(job.ids.len() as u64, 0)),
             ..Completion::default()
         };
         let _ = job.reply.send(Ok((completion, stats_one)));
@@ -517,10 +514,10 @@ fn complete(
     let completion = Completion {
         text,
         finish,
-        usage: Some(Usage {
-            prompt_tokens: r.stats.prompt_tokens as u64,
-            completion_tokens: r.stats.completion_tokens as u64,
-        }),
+        usage: Some(Usage::plain(
+            r.stats.prompt_tokens as u64,
+            r.stats.completion_tokens as u64,
+        )),
         first_token_logprobs,
         ..Completion::default()
     };

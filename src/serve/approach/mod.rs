@@ -206,6 +206,7 @@ impl Ctx {
     /// A request of `messages` with the intermediate parameters.
     pub fn request(&self, messages: Vec<Message>) -> ChatRequest {
         ChatRequest {
+            cache: Default::default(),
             messages,
             params: self.inner_params(),
         }
