@@ -18,6 +18,7 @@ const PARAGRAPH: &str = "The lighthouse keeper climbed the spiral stairs every e
 
 fn request(user: String, max_tokens: u32, seed: u64) -> ChatRequest {
     ChatRequest {
+        cache: Default::default(),
         messages: vec![Message::user(user)],
         params: GenParams {
             max_tokens,

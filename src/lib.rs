@@ -2,8 +2,9 @@
 //!
 //! Prompts and a constitution go in; a language model is driven through
 //! initial answer → critique → revision loops; SFT and preference datasets
-//! come out. `main.rs` only parses arguments; [`commands::run`] maps the
-//! command to its module and the result to an exit code.
+//! come out. `main.rs` only calls [`commands::main`], which folds the
+//! settings into the arguments, parses them, and maps the command to its
+//! module and the result to an exit code.
 //!
 //! The rooms, from the top down (a module only uses the ones below it):
 //!
@@ -40,5 +41,3 @@ pub mod template;
 /// `--version`: the package version, and the git commit when built from a
 /// checkout (see `build.rs`).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("CAI_GIT_SUFFIX"));
-
-pub use commands::run as main_with;

@@ -15,7 +15,7 @@
 //! principles whatever the concurrency or the order prompts finish in —
 //! which also keeps journal keys stable across a resume.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{AbortReason, Engine, ItemError};
 use crate::feedback::select::{JudgedPair, Undecided};
@@ -53,8 +53,11 @@ pub struct TraceStep {
     pub usage: Option<Usage>,
 }
 
-/// One critique/revision round.
-#[derive(Clone, Debug, Serialize)]
+/// One critique/revision round, as `trace.jsonl` records it (and the
+/// report reads it back; a field an older run did not write reads as its
+/// default).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Round {
     pub round: u32,
     pub principle_index: usize,

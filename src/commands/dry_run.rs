@@ -223,6 +223,77 @@ fn request_lengths(p: &GenerateConfig, reply_chars: usize) -> Result<(u64, u64),
     Ok((crit / n, rev / n))
 }
 
+/// The judge stage per prompt, when pairs are judged.
+struct Judging {
+    /// Questions asked: every unordered pair of candidates in both orders,
+    /// by every judge.
+    questions: u64,
+    /// Verdicts per question.
+    k: u64,
+    /// Tokens of a question, without the prompt.
+    q_tokens: u64,
+    /// Tokens of the `k` verdicts of a question.
+    out_tokens: u64,
+    /// Candidates per prompt.
+    m: u64,
+}
+
+impl Judging {
+    /// The judge stage in the estimate's words.
+    fn describe(&self, judges: usize) -> String {
+        let (m, k) = (self.m, self.k);
+        format!(
+            "judge: {m} candidates → {} comparisons × 2 orders × {judges} judge(s) per prompt{}",
+            m * m.saturating_sub(1) / 2,
+            if k > 1 {
+                format!(", {k} verdicts per question")
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// The judge stage: M candidates, every unordered pair in both orders by
+/// every judge; K verdicts per question (`reply`: tokens of an answer).
+fn judging(
+    cfg: &GenerateConfig,
+    reply: u64,
+    samples: u64,
+    rounds: u64,
+) -> Result<Option<Judging>, RunError> {
+    let Some(Selection::Judge { .. }) = cfg.selection else {
+        return Ok(None);
+    };
+    let m = samples + u64::from(rounds > 0);
+    let judges = cfg.judges.len().max(1) as u64;
+    let k = u64::from(cfg.judge.samples.max(1));
+    let questions = m * m.saturating_sub(1) / 2 * 2 * judges;
+    // A question holds the prompt and two replies.
+    let j = Judge::new(
+        Vec::new(),
+        cfg.inputs.templates.clone(),
+        Some(&cfg.inputs.constitution),
+        cfg.judge.clone(),
+    );
+    let answer = "x".repeat((reply * 4) as usize);
+    let q = j
+        .render("", &answer, &answer, j.principle("", ""))
+        .map_err(|e| RunError::Usage(format!("{e:?}")))?;
+    let verdict_out = if cfg.judge.cot {
+        ((f64::from(cfg.judge.cot_max_tokens) * REPLY_FRACTION).round() as u64).max(1)
+    } else {
+        u64::from(VERDICT_MAX_TOKENS).min(4)
+    };
+    Ok(Some(Judging {
+        questions,
+        k,
+        q_tokens: (q.len() as u64).div_ceil(4) + 4,
+        out_tokens: verdict_out * k,
+        m,
+    }))
+}
+
 /// Estimates a run of `cfg` over its prompts.
 pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
     let max_tokens = cfg.params.max_tokens;
@@ -241,40 +312,7 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         stage("revision"),
         stage("judge"),
     );
-    // The judge stage: M candidates, every unordered pair in both orders by
-    // every judge; K verdicts per question.
-    let judging = match cfg.selection {
-        Some(Selection::Judge { .. }) => {
-            let m = samples + u64::from(rounds > 0);
-            let judges = cfg.judges.len().max(1) as u64;
-            let k = u64::from(cfg.judge.samples.max(1));
-            let questions = m * m.saturating_sub(1) / 2 * 2 * judges;
-            // A question holds the prompt and two replies.
-            let j = Judge::new(
-                Vec::new(),
-                cfg.inputs.templates.clone(),
-                Some(&cfg.inputs.constitution),
-                cfg.judge.clone(),
-            );
-            let answer = "x".repeat((reply * 4) as usize);
-            let q = j
-                .render("", &answer, &answer, j.principle("", ""))
-                .map_err(|e| RunError::Usage(format!("{e:?}")))?;
-            let verdict_out = if cfg.judge.cot {
-                ((f64::from(cfg.judge.cot_max_tokens) * REPLY_FRACTION).round() as u64).max(1)
-            } else {
-                u64::from(VERDICT_MAX_TOKENS).min(4)
-            };
-            Some((
-                questions,
-                k,
-                (q.len() as u64).div_ceil(4) + 4,
-                verdict_out * k,
-                m,
-            ))
-        }
-        _ => None,
-    };
+    let judging = judging(cfg, reply, samples, rounds)?;
     let mut prompts = 0u64;
     for rec in PromptReader::open(&cfg.inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;
@@ -302,28 +340,19 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
             revision.tokens_in += before + crit_req + reply_msg + rev_req;
             revision.tokens_out += reply;
         }
-        if let Some((questions, _, q_tokens, out_tokens, _)) = judging {
-            judge.requests += questions;
-            judge.tokens_in += questions * (q_tokens + (rec.text.len() as u64).div_ceil(4));
-            judge.tokens_out += questions * out_tokens;
+        if let Some(j) = &judging {
+            judge.requests += j.questions;
+            judge.tokens_in += j.questions * (j.q_tokens + (rec.text.len() as u64).div_ceil(4));
+            judge.tokens_out += j.questions * j.out_tokens;
         }
     }
     let mut stages = vec![initial, critique, revision];
     let mut requests_without_n: u64 = stages.iter().map(|s| s.requests).sum();
     requests_without_n += prompts * (samples - 1);
     let mut judging_text = None;
-    if let Some((questions, k, _, _, m)) = judging {
-        requests_without_n += prompts * questions * k;
-        judging_text = Some(format!(
-            "judge: {m} candidates → {} comparisons × 2 orders × {} judge(s) per prompt{}",
-            m * m.saturating_sub(1) / 2,
-            cfg.judges.len().max(1),
-            if k > 1 {
-                format!(", {k} verdicts per question")
-            } else {
-                String::new()
-            }
-        ));
+    if let Some(j) = judging {
+        requests_without_n += prompts * j.questions * j.k;
+        judging_text = Some(j.describe(cfg.judges.len().max(1)));
         stages.push(judge);
     }
     let provider = &cfg.provider;

@@ -18,6 +18,48 @@ use crate::config::generate::GenerateConfig;
 use crate::config::label::LabelConfig;
 use crate::error::RunError;
 
+/// The program: the settings (`cai.toml`, `.env`, `CAI_*`) folded into the
+/// arguments, the arguments parsed, logging set up, the command run;
+/// returns the process exit code.
+pub fn main(argv: Vec<String>) -> ExitCode {
+    let cli = match with_settings(&argv) {
+        Ok(args) => <Cli as clap::Parser>::parse_from(args),
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("cai: error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let json = json_output(&cli.command);
+    if let Err(e) = crate::logging::init(cli.log_level, json) {
+        print_error(&RunError::from(e), json);
+        return ExitCode::from(2);
+    }
+    run(cli, argv)
+}
+
+/// The arguments with the values of `cai.toml`, `.env` and `CAI_*`
+/// variables appended, before clap sees them (and before any thread
+/// starts: `.env` sets variables). Help, version, completions and the man
+/// page work whatever the config holds: they are how a user finds out what
+/// is wrong with it.
+fn with_settings(argv: &[String]) -> Result<Vec<String>, crate::config::ConfigError> {
+    let bare = argv
+        .iter()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "--version" | "-V"))
+        || matches!(
+            argv.get(1).map(String::as_str),
+            Some("help" | "completions" | "man")
+        );
+    match crate::config::settings::prepare(argv.to_vec()) {
+        Ok(p) => Ok(p.argv),
+        Err(_) if bare => Ok(argv.to_vec()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the command writes its stderr as JSON lines (`--log-format json`).
 pub fn json_output(command: &Command) -> bool {
     match command {
@@ -31,7 +73,19 @@ pub fn json_output(command: &Command) -> bool {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
     let json = json_output(&cli.command);
-    let result = match cli.command {
+    match dispatch(cli.command, argv, json) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            print_error(&e, json);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs one command, printing what it prints on success; returns the exit
+/// code (1: finished with rejects).
+fn dispatch(command: Command, argv: Vec<String>, json: bool) -> Result<u8, RunError> {
+    match command {
         Command::Config(args) => match args.action {
             cli::ConfigAction::Show(_) => {
                 let report = crate::config::settings::report()
@@ -47,23 +101,8 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             }
             0
         }),
-        Command::Completions(args) => {
-            use std::io::Write;
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            // Into a buffer first: clap_complete panics on a write error
-            // (`cai completions bash | head`).
-            let mut buf = Vec::new();
-            clap_complete::generate(args.shell, &mut cmd, "cai", &mut buf);
-            let _ = std::io::stdout().write_all(&buf);
-            Ok(0)
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => Ok(0),
-                Err(e) => Err(RunError::Usage(format!("cannot write the man page: {e}"))),
-            }
-        }
+        Command::Completions(args) => completions(args.shell),
+        Command::Man => man(),
         Command::Validate(args) => validate::validate(&args).map(|report| {
             println!("{report}");
             0
@@ -100,39 +139,58 @@ pub fn run(cli: Cli, argv: Vec<String>) -> ExitCode {
             report_label(&s, json);
             Ok(u8::from(s.report.rejected > 0))
         }),
-        Command::Optimize(args) => {
-            let cfg = match &args.action {
-                Some(cli::OptimizeAction::Eval(e)) => {
-                    crate::config::optimize::OptimizeConfig::eval(e)
-                }
-                None => crate::config::optimize::OptimizeConfig::search(&args),
-            };
-            cfg.and_then(|cfg| {
-                let out = runtime()?.block_on(optimize::optimize(cfg))?;
-                print!("{}", out.table);
-                if !out.summary.is_empty() {
-                    eprintln!("{}", out.summary);
-                }
-                Ok(0)
-            })
-        }
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            if json {
-                let event = serde_json::json!({
-                    "event": "error",
-                    "exit_code": e.exit_code(),
-                    "message": e.to_string(),
-                });
-                eprintln!("{event}");
-            } else {
-                for line in e.to_string().lines() {
-                    eprintln!("cai: error: {line}");
-                }
-            }
-            ExitCode::from(e.exit_code())
+        Command::Optimize(args) => optimize_command(&args),
+    }
+}
+
+/// `cai completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Result<u8, RunError> {
+    use std::io::Write;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Into a buffer first: clap_complete panics on a write error
+    // (`cai completions bash | head`).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "cai", &mut buf);
+    let _ = std::io::stdout().write_all(&buf);
+    Ok(0)
+}
+
+/// `cai man`.
+fn man() -> Result<u8, RunError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd)
+        .render(&mut std::io::stdout())
+        .map(|()| 0)
+        .map_err(|e| RunError::Usage(format!("cannot write the man page: {e}")))
+}
+
+/// `cai optimize` and `cai optimize eval`.
+fn optimize_command(args: &cli::OptimizeArgs) -> Result<u8, RunError> {
+    let cfg = match &args.action {
+        Some(cli::OptimizeAction::Eval(e)) => crate::config::optimize::OptimizeConfig::eval(e),
+        None => crate::config::optimize::OptimizeConfig::search(args),
+    }?;
+    let out = runtime()?.block_on(optimize::optimize(cfg))?;
+    print!("{}", out.table);
+    if !out.summary.is_empty() {
+        eprintln!("{}", out.summary);
+    }
+    Ok(0)
+}
+
+/// A failed command's error: a JSON event with `--log-format json`, else
+/// `cai: error:` lines.
+fn print_error(e: &RunError, json: bool) {
+    if json {
+        let event = serde_json::json!({
+            "event": "error",
+            "exit_code": e.exit_code(),
+            "message": e.to_string(),
+        });
+        eprintln!("{event}");
+    } else {
+        for line in e.to_string().lines() {
+            eprintln!("cai: error: {line}");
         }
     }
 }

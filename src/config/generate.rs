@@ -108,14 +108,7 @@ pub fn prompt_spec(input: &InputArgs, prompts: PathBuf) -> Result<PromptSpec, Co
     })
 }
 
-/// How pairs are picked among a prompt's candidates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Selection {
-    /// The AI-feedback judge (round robin over the candidates).
-    Judge { keep_ties: bool },
-    /// The heuristic score; no requests.
-    Heuristic,
-}
+pub use super::judge::Selection;
 
 /// Everything `generate` needs, checked.
 pub struct GenerateConfig {
@@ -206,23 +199,7 @@ impl GenerateConfig {
             (PreferenceArg::Revision, None) => PreferenceMode::Revision,
             (PreferenceArg::None, None) => PreferenceMode::None,
         };
-        let preference_desc = match selection {
-            None => format!("{mode:?}").to_lowercase(),
-            Some(Selection::Heuristic) => format!("heuristic(samples={})", args.samples),
-            Some(Selection::Judge { .. }) => {
-                let j = &args.judge;
-                format!(
-                    "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
-                    args.samples,
-                    j.judges.join(", "),
-                    j.judge_samples,
-                    j.judge_cot,
-                    j.tie_margin,
-                    j.ties
-                )
-                .to_lowercase()
-            }
-        };
+        let preference_desc = preference_desc(args, selection, mode);
         Ok(GenerateConfig {
             inputs,
             endpoint: args.endpoint.clone(),
@@ -267,6 +244,98 @@ impl GenerateConfig {
             preference: self.preference_desc.clone(),
             seed: self.seed,
         })
+    }
+}
+
+impl GenerateConfig {
+    /// The manifest of this run as it starts: what it was asked to do
+    /// ([`manifest::Manifest::finish`] adds how it went).
+    pub fn manifest(
+        &self,
+        arguments: Vec<String>,
+        fingerprint: &Fingerprint,
+        started_at_unix: u64,
+    ) -> manifest::Manifest {
+        let (inputs, p) = (&self.inputs, &self.provider);
+        manifest::Manifest {
+            cai_version: env!("CARGO_PKG_VERSION"),
+            status: "running".into(),
+            arguments,
+            provider: p.name().to_string(),
+            model: p.model().to_string(),
+            endpoint: p.endpoint(),
+            prompts_file: inputs.spec.path.display().to_string(),
+            prompts_sha256: String::new(),
+            prompt_column: inputs.spec.column.clone(),
+            limit: inputs.spec.limit,
+            shard: inputs.spec.shard.map(|s| s.to_string()),
+            constitution_file: inputs.constitution_path.display().to_string(),
+            constitution_sha256: fingerprint.constitution_sha256.clone(),
+            constitution_format: format!("{:?}", inputs.constitution.format).to_lowercase(),
+            templates_sha256: inputs.templates.digest().to_string(),
+            seed: self.seed,
+            rounds: self.rounds,
+            preference: self.preference_desc.clone(),
+            params: serde_json::to_value(&self.params).unwrap_or_default(),
+            prompts_total: inputs.count,
+            prompts_already_done: 0,
+            counts: Default::default(),
+            requests: Default::default(),
+            started_at_unix,
+            wall_time_s: 0.0,
+            first_row_s: None,
+            requests_per_s: 0.0,
+            cost_usd: None,
+            price: self.price.clone(),
+            max_cost: self.max_cost,
+            endpoints: Vec::new(),
+            batch: None,
+        }
+    }
+
+    /// How the run picks its pairs, for [`super::judge::selector`].
+    pub fn picking(&self) -> super::judge::Picking<'_> {
+        super::judge::Picking {
+            selection: self.selection,
+            judges: &self.judges,
+            options: &self.judge,
+            endpoint: &self.endpoint,
+            templates: &self.inputs.templates,
+            constitution: &self.inputs.constitution,
+        }
+    }
+
+    /// The share of the standard price the run's batches are billed at.
+    pub fn batch_price_factor(&self) -> f64 {
+        match self.batch {
+            Some(crate::engine::batch::BatchMode::Submit { .. }) => BATCH_PRICE_FACTOR,
+            _ => 1.0,
+        }
+    }
+}
+
+/// How pairs are picked, as the fingerprint and the manifest record it.
+fn preference_desc(
+    args: &GenerateArgs,
+    selection: Option<Selection>,
+    mode: PreferenceMode,
+) -> String {
+    match selection {
+        None => format!("{mode:?}").to_lowercase(),
+        Some(Selection::Heuristic) => format!("heuristic(samples={})", args.samples),
+        Some(Selection::Judge { .. }) => {
+            let j = &args.judge;
+            format!(
+                "judge(samples={}, judges=[{}], judge_samples={}, cot={}, tie_margin={}, ties={:?})",
+                args.samples,
+                j.judges.join(", "),
+                j.judge_samples,
+                j.judge_cot,
+                j.tie_margin,
+                j.ties
+            )
+            .to_lowercase()
+        }
     }
 }
 

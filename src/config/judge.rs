@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::ConfigError;
 use crate::engine::Engine;
-use crate::feedback::judge::{JudgeEndpoint, JudgeOptions};
+use crate::feedback::judge::{Judge, JudgeEndpoint, JudgeOptions};
+use crate::feedback::select::Selector;
 
 /// Where and how judge engines are opened.
 pub struct EngineSetup<'a> {
@@ -131,4 +132,52 @@ pub fn endpoints(
         });
     }
     Ok(out)
+}
+
+/// How pairs are picked among a prompt's candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The AI-feedback judge (round robin over the candidates).
+    Judge { keep_ties: bool },
+    /// The heuristic score; no requests.
+    Heuristic,
+}
+
+/// `generate`'s pair picking, as configured.
+pub struct Picking<'a> {
+    /// `None`: the plain revision/none modes.
+    pub selection: Option<Selection>,
+    /// `--judge` specs (empty: the run's own endpoint judges).
+    pub judges: &'a [String],
+    pub options: &'a JudgeOptions,
+    /// The run's endpoint (the base of every `--judge` spec).
+    pub endpoint: &'a crate::cli::EndpointArgs,
+    pub templates: &'a crate::template::Templates,
+    pub constitution: &'a crate::input::Constitution,
+}
+
+/// How `generate` picks its pairs: `None` for the plain revision/none
+/// modes, the heuristic, or the judge over the `--judge` endpoints (else
+/// the run's own `engine`).
+pub fn selector(
+    picking: Picking,
+    engine: Arc<Engine>,
+    setup: &EngineSetup,
+) -> Result<Option<Selector>, ConfigError> {
+    Ok(match picking.selection {
+        None => None,
+        Some(Selection::Heuristic) => Some(Selector::Heuristic),
+        Some(Selection::Judge { keep_ties }) => {
+            let endpoints = endpoints(picking.judges, picking.endpoint, Some(engine), setup)?;
+            Some(Selector::Judge {
+                judge: Arc::new(Judge::new(
+                    endpoints,
+                    picking.templates.clone(),
+                    Some(picking.constitution),
+                    picking.options.clone(),
+                )),
+                keep_ties,
+            })
+        }
+    })
 }

@@ -69,9 +69,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::progress::Display;
+use super::scheduler::{self, Item, Job, Loop, RunEnd, Sink};
 use super::{estimate_tokens, AbortReason, Stats};
 use crate::cost::Price;
 use crate::error::RunError;
+use crate::input::InputError;
 use crate::provider::batch::{BatchApi, ItemResult, Limits, Poll};
 use crate::provider::{ChatRequest, Completion, Provider, ProviderError, Reply};
 
@@ -650,6 +653,158 @@ impl BatchRun {
             }
         }
     }
+}
+
+/// Prints a batch message as the run's display wants it: a JSON event
+/// with `--log-format json`, else a `cai:` line, unless `--quiet` and not
+/// `always` (the run's outcome is shown even then).
+pub fn tell(display: Display, message: &str, always: bool) {
+    match display {
+        Display::Json => eprintln!(
+            "{}",
+            serde_json::json!({ "event": "batch", "message": message })
+        ),
+        Display::Quiet if !always => {}
+        _ => eprintln!("cai: {message}"),
+    }
+}
+
+/// How the passes of a run ended.
+#[derive(Debug)]
+pub struct Passes<E> {
+    /// The last pass's end, with the rows of every pass counted.
+    pub end: RunEnd<E>,
+    /// A batch run left waiting for results: what to do next.
+    pub waiting: Option<String>,
+}
+
+impl<E: std::fmt::Display> Passes<E> {
+    /// The manifest's `status` (`rejected`: every reject of the run
+    /// directory): the waiting note of a batch run that did not fail.
+    pub fn status(&self, rejected: u64) -> String {
+        match &self.waiting {
+            Some(n) if self.end.fatal.is_none() && self.end.aborted.is_none() => n.clone(),
+            _ => self.end.status(rejected),
+        }
+    }
+}
+
+/// The sink of a pass, noting which ids it wrote: the next pass of a batch
+/// run skips them.
+struct Tracked<'a, S> {
+    sink: &'a mut S,
+    ids: Vec<String>,
+}
+
+impl<O: Item, S: Sink<O>> Sink<O> for Tracked<'_, S> {
+    type Error = S::Error;
+
+    fn write(&mut self, out: O) -> Result<Option<String>, S::Error> {
+        let id = out.id().to_string();
+        let note = self.sink.write(out)?;
+        self.ids.push(id);
+        Ok(note)
+    }
+
+    fn sync(&mut self) -> Result<(), S::Error> {
+        self.sink.sync()
+    }
+}
+
+/// Runs `job` over the items `items` opens, into `sink`: one pass of the
+/// run loop, or with `batch` one pass per stage (collect the stage's
+/// results, run, then submit or export what the pass queued) until every
+/// item is written, the run stops or a stage is left waiting.
+pub async fn run_passes<J, S, I>(
+    job: Arc<J>,
+    mut items: impl FnMut() -> Result<I, RunError>,
+    sink: &mut S,
+    mut lp: Loop,
+    mut batch: Option<&mut BatchRun>,
+) -> Result<Passes<S::Error>, RunError>
+where
+    J: Job,
+    J::Output: Item,
+    S: Sink<J::Output>,
+    I: Iterator<Item = Result<J::Item, InputError>> + Send + 'static,
+{
+    let display = lp.display;
+    let say = |m: &str| tell(display, m, false);
+    let mut earlier: Option<RunEnd<S::Error>> = None;
+    let passes = loop {
+        if let Some(b) = batch.as_deref_mut() {
+            b.collect(&say).await?;
+            b.begin_pass()?;
+        }
+        let mut tracked = Tracked {
+            sink: &mut *sink,
+            ids: Vec::new(),
+        };
+        let this = Loop {
+            stop: lp.stop.clone(),
+            stats: lp.stats.clone(),
+            done: lp.done.clone(),
+            notes: std::mem::take(&mut lp.notes),
+            provider: lp.provider.clone(),
+            ..lp
+        };
+        let pass = scheduler::run(job.clone(), items()?, &mut tracked, this).await;
+        lp.done.extend(tracked.ids);
+        let pass = match earlier.take() {
+            None => pass,
+            Some(acc) => add_pass(acc, pass),
+        };
+        let Some(b) = batch.as_deref_mut() else {
+            break Passes {
+                end: pass,
+                waiting: None,
+            };
+        };
+        if pass.fatal.is_some() || pass.aborted.is_some() {
+            break Passes {
+                end: pass,
+                waiting: None,
+            };
+        }
+        let note = match b.after_pass().await? {
+            Next::Submitted => {
+                earlier = Some(pass);
+                continue;
+            }
+            Next::Finished => None,
+            Next::Exported { requests, path } => Some(format!(
+                "waiting for batch results: {requests} requests written to {}; run them (e.g. `vllm run_batch -i {} -o results.jsonl --model MODEL`), then run this command again with --batch-import results.jsonl",
+                path.display(),
+                path.display()
+            )),
+            Next::Waiting { requests } => Some(format!(
+                "waiting for batch results: {requests} requests are pending; write them with --batch-export FILE"
+            )),
+            Next::OverBudget => {
+                let mut pass = pass;
+                pass.aborted = Some(AbortReason::MaxCost);
+                break Passes { end: pass, waiting: None };
+            }
+        };
+        break Passes {
+            end: pass,
+            waiting: note,
+        };
+    };
+    if let Some(n) = &passes.waiting {
+        tell(display, n, true);
+    }
+    Ok(passes)
+}
+
+/// The end of the passes so far (`acc`) followed by `pass`.
+fn add_pass<E>(mut acc: RunEnd<E>, pass: RunEnd<E>) -> RunEnd<E> {
+    acc.first_row_s = acc.first_row_s.or(pass.first_row_s);
+    acc.written += pass.written;
+    acc.rejected += pass.rejected;
+    acc.fatal = pass.fatal;
+    acc.aborted = pass.aborted;
+    acc
 }
 
 /// The `custom_id`s of a batch's input lines.

@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use journal::Journal;
 pub use limit::Limiter;
 use retry::{Backoff, Verdict};
 
-use crate::provider::{ChatRequest, Completion, FinishReason, Provider, ProviderError};
+use crate::provider::{ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply};
 
 /// Why a run stopped early; every one leaves it resumable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -135,8 +135,11 @@ pub struct Stats {
     pub cost_micro_usd: AtomicU64,
 }
 
-/// A copy of [`Stats`] at one moment.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+/// A copy of [`Stats`] at one moment: the `requests` object of
+/// `manifest.json` and of `report.json`. Read back (merge, report) with
+/// missing counters as 0, so older runs load.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct StatsSnapshot {
     pub requests: u64,
     pub cached: u64,
@@ -152,6 +155,27 @@ pub struct StatsSnapshot {
     pub in_flight: i64,
     /// Running cost in millionths of a USD; 0 when the price is unknown.
     pub cost_micro_usd: u64,
+}
+
+impl StatsSnapshot {
+    /// The counters of `self` and `other` added (merged shards).
+    pub fn plus(&self, other: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.saturating_add(other.requests),
+            cached: self.cached.saturating_add(other.cached),
+            retries: self.retries.saturating_add(other.retries),
+            throttled_429: self.throttled_429.saturating_add(other.throttled_429),
+            failed: self.failed.saturating_add(other.failed),
+            tokens_in: self.tokens_in.saturating_add(other.tokens_in),
+            tokens_out: self.tokens_out.saturating_add(other.tokens_out),
+            tokens_cached: self.tokens_cached.saturating_add(other.tokens_cached),
+            tokens_cache_write: self
+                .tokens_cache_write
+                .saturating_add(other.tokens_cache_write),
+            in_flight: self.in_flight.saturating_add(other.in_flight),
+            cost_micro_usd: self.cost_micro_usd.saturating_add(other.cost_micro_usd),
+        }
+    }
 }
 
 impl Stats {
@@ -235,6 +259,74 @@ pub fn estimate_tokens(req: &ChatRequest) -> u64 {
         .sum()
 }
 
+/// Tokens in and out of a reply: its `usage`, or estimated from the
+/// request (`est_in`) and the reply's length when the endpoint reported none.
+fn usage_or_estimate(c: &Completion, est_in: u64) -> (u64, u64) {
+    match c.usage {
+        Some(u) => (u.prompt_tokens, u.completion_tokens),
+        None => (est_in, (c.text.len() as u64).div_ceil(4)),
+    }
+}
+
+/// What [`Engine::complete`] does with a reply.
+enum Fate {
+    Keep,
+    /// Cut off by the token limit: once more with room to finish.
+    Widen,
+    /// An empty reply: retried like a malformed one.
+    Empty,
+}
+
+/// One attempt's hold on the run's budgets: a `--max-requests` slot and
+/// its worst-case cost against `--max-cost`. Dropped before the request
+/// goes out, or [`refund`](Reservation::refund)ed, it gives both back: an
+/// attempt that was never sent (the run stopped, or the request was queued
+/// for a batch) costs nothing, on every path out of [`Engine::complete`].
+pub(crate) struct Reservation<'a> {
+    engine: &'a Engine,
+    /// Reserved against the budget, in millionths of a USD.
+    micros: u64,
+    /// Whether a drop gives the slot and the reservation back.
+    refund_on_drop: bool,
+}
+
+impl Reservation<'_> {
+    /// The request goes out: from here a drop (its task cancelled while it
+    /// is in flight) keeps both, since the endpoint may bill it.
+    pub(crate) fn sending(&mut self) {
+        self.refund_on_drop = false;
+    }
+
+    /// Nothing was sent after all (the request was queued for a batch).
+    pub(crate) fn refund(mut self) {
+        self.refund_on_drop = true;
+    }
+
+    /// The attempt was sent: the slot stays taken and the reservation is
+    /// replaced by what the attempt really cost.
+    pub(crate) fn spend(mut self, micros: u64) {
+        self.refund_on_drop = false;
+        let e = self.engine;
+        e.stats.cost_micro_usd.fetch_add(micros, Ordering::Relaxed);
+        if let Some(b) = &e.budget {
+            b.settle(self.micros, micros);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.refund_on_drop {
+            return;
+        }
+        let e = self.engine;
+        e.stats.sent.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = &e.budget {
+            b.settle(self.micros, 0);
+        }
+    }
+}
+
 /// Sends requests for a run.
 pub struct Engine {
     provider: Arc<dyn Provider>,
@@ -286,20 +378,43 @@ impl Engine {
     }
 
     /// Before each attempt: refuses when the run is stopping, and reserves
-    /// one request of `--max-requests` atomically, so concurrent tasks
-    /// cannot overshoot the budget (the caller gives it back with
-    /// `stats.sent` if the attempt is then not sent).
-    pub(crate) fn take_request_slot(&self) -> Result<(), ItemError> {
+    /// one request of `--max-requests` atomically (so concurrent tasks
+    /// cannot overshoot the budget) and, when the price is known
+    /// (`micros`), the attempt's worst-case cost against `--max-cost`. The returned
+    /// [`Reservation`] gives both back when dropped before
+    /// [`Reservation::spend`] (the attempt was not sent).
+    pub(crate) fn reserve(&self, micros: Option<u64>) -> Result<Reservation<'_>, ItemError> {
         if let Some(r) = self.stop.reason() {
             return Err(ItemError::Aborted(r));
         }
         let prev = self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        // From here on, every early return refunds the slot on drop.
+        let mut held = Reservation {
+            engine: self,
+            micros: 0,
+            refund_on_drop: true,
+        };
         if self.cfg.max_requests.is_some_and(|max| prev >= max) {
-            self.stats.sent.fetch_sub(1, Ordering::Relaxed);
             self.stop.stop(AbortReason::MaxRequests);
             return Err(ItemError::Aborted(AbortReason::MaxRequests));
         }
-        Ok(())
+        if let (Some(b), Some(micros)) = (&self.budget, micros) {
+            if !b.reserve(micros) {
+                self.stop.stop(AbortReason::MaxCost);
+                return Err(ItemError::Aborted(AbortReason::MaxCost));
+            }
+            held.micros = micros;
+        }
+        Ok(held)
+    }
+
+    /// Waits for the rate limiter to let `tokens` through, or refuses when
+    /// the run stops first.
+    async fn wait_turn(&self, tokens: u64) -> Result<(), ItemError> {
+        tokio::select! {
+            _ = self.limiter.acquire(tokens) => Ok(()),
+            r = self.stop.stopped() => Err(ItemError::Aborted(r)),
+        }
     }
 
     /// Records a final outcome in the breaker window; trips it when more
@@ -365,136 +480,138 @@ impl Engine {
         req: &ChatRequest,
     ) -> Result<Completion, ItemError> {
         let key = journal::request_key(self.provider.name(), self.provider.model(), stage, req);
-        if let Some(c) = self.journal.get(&key) {
-            self.stats.cached.fetch_add(1, Ordering::Relaxed);
-            return Ok(c.clone());
-        }
-        // Answered in an earlier pass of this process (a batch run's stage).
-        if let Some(c) = self.journal.recorded(&key) {
+        if let Some(c) = self.journaled(&key) {
             return Ok(c);
         }
         let mut req = std::borrow::Cow::Borrowed(req);
         let mut attempt = 0u32;
         let mut widened = false;
         loop {
-            self.take_request_slot()?;
             let est_in = estimate_tokens(&req);
             let est = est_in + u64::from(req.params.max_tokens);
-            // Reserve the worst case (the whole max_tokens) against
-            // --max-cost before sending, as the slot above does for
-            // --max-requests; the reply's usage settles it.
-            let reserved = match (&self.budget, &self.cfg.price) {
-                (Some(b), Some(p)) => {
-                    let r =
-                        crate::cost::to_micros(p.cost(est_in, u64::from(req.params.max_tokens)));
-                    if !b.reserve(r) {
-                        self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                        self.stop.stop(AbortReason::MaxCost);
-                        return Err(ItemError::Aborted(AbortReason::MaxCost));
-                    }
-                    r
-                }
-                _ => 0,
-            };
-            tokio::select! {
-                _ = self.limiter.acquire(est) => {}
-                r = self.stop.stopped() => {
-                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(b) = &self.budget {
-                        b.settle(reserved, 0);
-                    }
-                    return Err(ItemError::Aborted(r));
-                }
-            }
+            // The worst case (the whole max_tokens) is held against
+            // --max-cost while the attempt is out; the reply's usage settles it.
+            let mut held =
+                self.reserve(self.price_micros(est_in, u64::from(req.params.max_tokens)))?;
+            self.wait_turn(est).await?;
+            held.sending();
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let result = self.provider.complete(&req).await;
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Err(ProviderError::Queued) = result {
+            let reply = match result {
                 // Nothing was sent or spent: the batch driver submits it.
-                self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                if let Some(b) = &self.budget {
-                    b.settle(reserved, 0);
+                Err(ProviderError::Queued) => {
+                    held.refund();
+                    return Err(ItemError::Aborted(AbortReason::Batched));
                 }
-                return Err(ItemError::Aborted(AbortReason::Batched));
-            }
-            // A failed attempt is not billed; a reply is, by its usage.
-            let spent = match (&result, &self.cfg.price) {
-                (Ok(reply), Some(p)) => {
-                    let (tin, tout) = match reply.completion.usage {
-                        Some(u) => (u.prompt_tokens, u.completion_tokens),
-                        None => (est_in, (reply.completion.text.len() as u64).div_ceil(4)),
-                    };
-                    crate::cost::to_micros(p.cost(tin, tout))
+                // A failed attempt is not billed.
+                Err(e) => {
+                    held.spend(0);
+                    self.retry_or_fail(&e, &mut attempt).await?;
+                    continue;
                 }
-                _ => 0,
+                Ok(reply) => reply,
             };
-            self.stats
-                .cost_micro_usd
-                .fetch_add(spent, Ordering::Relaxed);
-            if let Some(b) = &self.budget {
-                b.settle(reserved, spent);
-            }
-
-            let err = match result {
-                Ok(reply) => {
-                    self.limiter.learn(&reply.rate);
-                    let c = reply.completion;
-                    let (tin, tout) = match c.usage {
-                        Some(u) => (u.prompt_tokens, u.completion_tokens),
-                        None => (est_in, (c.text.len() as u64).div_ceil(4)),
-                    };
-                    self.limiter.correct(est, tin + tout);
-                    self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
-                    self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
-                    if let Some(u) = c.usage {
-                        self.stats.count_cache(&u);
-                    }
-                    match &c.finish {
-                        FinishReason::Length if self.cfg.keep_truncated => {}
-                        FinishReason::Length if !widened => {
-                            // One more try with room to finish; the reply is
-                            // still journaled under the original request.
-                            widened = true;
-                            let mut wider = req.into_owned();
-                            wider.params.max_tokens = wider.params.max_tokens.saturating_mul(2);
-                            req = std::borrow::Cow::Owned(wider);
-                            continue;
-                        }
-                        FinishReason::Length => {
-                            self.settle(true);
-                            return Err(ItemError::Reject(format!(
-                                "reply cut off by the token limit (max_tokens {})",
-                                req.params.max_tokens
-                            )));
-                        }
-                        FinishReason::Filtered(why) => {
-                            self.settle(true);
-                            return Err(ItemError::Reject(format!(
-                                "the endpoint's content filter blocked the reply ({why})"
-                            )));
-                        }
-                        _ => {}
-                    }
-                    if c.text.trim().is_empty() {
-                        ProviderError::Malformed {
-                            url: self.provider.endpoint(),
-                            reason: "empty reply".into(),
-                        }
-                    } else {
-                        if let Err(e) = self.journal.record(&key, prompt_id, &c) {
-                            return Err(ItemError::Stop(format!(
-                                "cannot write the journal {}: {e}",
-                                self.journal.path().display()
-                            )));
-                        }
-                        self.settle(true);
-                        return Ok(c);
-                    }
+            let c = self.account(reply, est_in, est, held);
+            match self.judge_reply(&c, widened, req.params.max_tokens)? {
+                Fate::Keep => {}
+                Fate::Widen => {
+                    // One more try with room to finish; the reply is
+                    // still journaled under the original request.
+                    widened = true;
+                    let mut wider = req.into_owned();
+                    wider.params.max_tokens = wider.params.max_tokens.saturating_mul(2);
+                    req = std::borrow::Cow::Owned(wider);
+                    continue;
                 }
-                Err(e) => e,
-            };
-            self.retry_or_fail(&err, &mut attempt).await?;
+                Fate::Empty => {
+                    let empty = ProviderError::Malformed {
+                        url: self.provider.endpoint(),
+                        reason: "empty reply".into(),
+                    };
+                    self.retry_or_fail(&empty, &mut attempt).await?;
+                    continue;
+                }
+            }
+            if let Err(e) = self.journal.record(&key, prompt_id, &c) {
+                return Err(ItemError::Stop(format!(
+                    "cannot write the journal {}: {e}",
+                    self.journal.path().display()
+                )));
+            }
+            self.settle(true);
+            return Ok(c);
         }
+    }
+
+    /// Counts a reply: its tokens (from `usage`, else estimated) into the
+    /// stats and the limiter, its cost against the reservation `held`.
+    fn account(&self, reply: Reply, est_in: u64, est: u64, held: Reservation) -> Completion {
+        let (tin, tout) = usage_or_estimate(&reply.completion, est_in);
+        held.spend(self.price_micros(tin, tout).unwrap_or(0));
+        self.limiter.learn(&reply.rate);
+        self.limiter.correct(est, tin + tout);
+        self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
+        self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
+        if let Some(u) = &reply.completion.usage {
+            self.stats.count_cache(u);
+        }
+        reply.completion
+    }
+
+    /// What becomes of a reply: kept, tried again with twice `max_tokens`
+    /// (cut off the first time), retried like a failure (empty), or the
+    /// prompt rejected (cut off again, or filtered).
+    fn judge_reply(
+        &self,
+        c: &Completion,
+        widened: bool,
+        max_tokens: u32,
+    ) -> Result<Fate, ItemError> {
+        let reject = |why: String| {
+            // The endpoint answered: not a failure for the breaker.
+            self.settle(true);
+            Err(ItemError::Reject(why))
+        };
+        match &c.finish {
+            FinishReason::Length if self.cfg.keep_truncated => {}
+            FinishReason::Length if !widened => return Ok(Fate::Widen),
+            FinishReason::Length => {
+                return reject(format!(
+                    "reply cut off by the token limit (max_tokens {max_tokens})"
+                ))
+            }
+            FinishReason::Filtered(why) => {
+                return reject(format!(
+                    "the endpoint's content filter blocked the reply ({why})"
+                ))
+            }
+            _ => {}
+        }
+        Ok(if c.text.trim().is_empty() {
+            Fate::Empty
+        } else {
+            Fate::Keep
+        })
+    }
+
+    /// A reply recorded for `key`: by an earlier run (counted as cached) or
+    /// in an earlier pass of this process (a batch run's stage).
+    fn journaled(&self, key: &str) -> Option<Completion> {
+        if let Some(c) = self.journal.get(key) {
+            self.stats.cached.fetch_add(1, Ordering::Relaxed);
+            return Some(c.clone());
+        }
+        self.journal.recorded(key)
+    }
+
+    /// The price of `tokens_in` and `tokens_out` in millionths of a USD
+    /// (`None` when the price is unknown).
+    fn price_micros(&self, tokens_in: u64, tokens_out: u64) -> Option<u64> {
+        self.cfg
+            .price
+            .as_ref()
+            .map(|p| crate::cost::to_micros(p.cost(tokens_in, tokens_out)))
     }
 
     /// After failed attempt number `attempt` (0-based): stop the run, give

@@ -74,7 +74,7 @@ fn endpoints_text(eps: &[EndpointStats]) -> Option<String> {
             );
             if e.state != "healthy" {
                 t.push_str(", ");
-                t.push_str(e.state);
+                t.push_str(&e.state);
             }
             t
         })
@@ -140,6 +140,36 @@ fn cache_text(s: &super::StatsSnapshot) -> Option<String> {
     })
 }
 
+/// The bar's message: requests in flight, retries, rejects, tokens, cost
+/// and the pool's endpoints.
+fn bar_message(stats: &Stats, rows: &Rows, endpoints: &[EndpointStats]) -> String {
+    let s = stats.snapshot();
+    let mut msg = format!(
+        "in flight {} · retries {} · 429s {} · rejected {} · tokens {}/{}",
+        s.in_flight,
+        s.retries,
+        s.throttled_429,
+        rows.rejected.load(Ordering::Relaxed),
+        s.tokens_in,
+        s.tokens_out
+    );
+    if let Some(c) = cache_text(&s) {
+        msg.push_str(" · ");
+        msg.push_str(&c);
+    }
+    if s.cost_micro_usd > 0 {
+        msg.push_str(&format!(
+            " · ${:.4}",
+            crate::cost::from_micros(s.cost_micro_usd)
+        ));
+    }
+    if let Some(t) = endpoints_text(endpoints) {
+        msg.push_str(" · ");
+        msg.push_str(&t);
+    }
+    msg
+}
+
 impl Reporter {
     /// Starts reporting; `provider` is asked for its per-endpoint figures
     /// (a pool has some, one endpoint none).
@@ -177,32 +207,8 @@ impl Reporter {
                     let mut tick = tokio::time::interval(Duration::from_millis(250));
                     loop {
                         tick.tick().await;
-                        let s = stats.snapshot();
                         b.set_position(rows.done.load(Ordering::Relaxed));
-                        let mut msg = format!(
-                            "in flight {} · retries {} · 429s {} · rejected {} · tokens {}/{}",
-                            s.in_flight,
-                            s.retries,
-                            s.throttled_429,
-                            rows.rejected.load(Ordering::Relaxed),
-                            s.tokens_in,
-                            s.tokens_out
-                        );
-                        if let Some(c) = cache_text(&s) {
-                            msg.push_str(" · ");
-                            msg.push_str(&c);
-                        }
-                        if s.cost_micro_usd > 0 {
-                            msg.push_str(&format!(
-                                " · ${:.4}",
-                                crate::cost::from_micros(s.cost_micro_usd)
-                            ));
-                        }
-                        if let Some(t) = endpoints_text(&endpoints()) {
-                            msg.push_str(" · ");
-                            msg.push_str(&t);
-                        }
-                        b.set_message(msg);
+                        b.set_message(bar_message(&stats, &rows, &endpoints()));
                     }
                 });
                 Self {
@@ -286,7 +292,7 @@ mod tests {
             failures,
             ejections: u64::from(state == "ejected"),
             mean_latency_ms: 212.4,
-            state,
+            state: state.into(),
         }
     }
 

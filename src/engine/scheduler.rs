@@ -142,57 +142,46 @@ where
     I: Iterator<Item = Result<J::Item, InputError>> + Send + 'static,
 {
     let started = Instant::now();
-    let Loop {
-        concurrency,
-        stop,
-        display,
-        stats,
-        total,
-        done,
-        notes,
-        noun,
-        provider,
-    } = cfg;
-    let concurrency = concurrency.max(1);
-    let already_done = (done.len() as u64).min(total);
+    let (concurrency, stop, noun) = (cfg.concurrency.max(1), cfg.stop, cfg.noun);
+    let already_done = (cfg.done.len() as u64).min(cfg.total);
     let rows = Arc::new(Rows::default());
     rows.done.store(already_done, Ordering::Relaxed);
-    let reporter = Reporter::start(display, stats, rows.clone(), total, provider);
-    for n in &notes {
+    let reporter = Reporter::start(
+        cfg.display,
+        cfg.stats,
+        rows.clone(),
+        cfg.total,
+        cfg.provider,
+    );
+    for n in &cfg.notes {
         reporter.note(n);
     }
     let signals = watch_signals(stop.clone(), reporter.display(), noun);
 
-    // Reader thread: streams items not yet done into a bounded channel.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<J::Item, InputError>>(
-        concurrency.saturating_mul(2).max(16),
-    );
-    std::thread::spawn(move || {
-        for item in items {
-            if let Ok(it) = &item {
-                if done.contains(it.id()) {
-                    continue;
-                }
-            }
-            if tx.blocking_send(item).is_err() {
-                break;
-            }
-        }
-    });
-
+    let mut rx = spawn_reader(items, cfg.done, concurrency.saturating_mul(2).max(16));
     let mut tasks: JoinSet<Result<J::Output, ItemError>> = JoinSet::new();
     let mut input_open = true;
-    let mut fatal: Option<Fatal<S::Error>> = None;
+    let mut seen = Seen {
+        fatal: None,
+        first_row: None,
+        written: 0,
+        rejected: 0,
+        started,
+        rows: &rows,
+        reporter: &reporter,
+        noun,
+    };
+    // Stop taking items at a stop; abort what is in flight after a grace.
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let mut grace_spent = false;
-    let mut first_row: Option<f64> = None;
-    let (mut written, mut rejected) = (0u64, 0u64);
     loop {
         if grace.is_none() && stop.reason().is_some() {
             grace = Some(Box::pin(tokio::time::sleep(GRACE)));
         }
-        let can_take =
-            input_open && stop.reason().is_none() && fatal.is_none() && tasks.len() < concurrency;
+        let can_take = input_open
+            && stop.reason().is_none()
+            && seen.fatal.is_none()
+            && tasks.len() < concurrency;
         if !can_take && tasks.is_empty() {
             break;
         }
@@ -203,50 +192,15 @@ where
                     tasks.spawn(async move { job.run(item).await });
                 }
                 Some(Err(e)) => {
-                    fatal = Some(Fatal::Input(e));
+                    seen.fatal = Some(Fatal::Input(e));
                     tasks.abort_all();
                 }
                 None => input_open = false,
             },
             joined = tasks.join_next(), if !tasks.is_empty() => {
                 let Some(joined) = joined else { continue };
-                match joined {
-                    Ok(Ok(out)) => match sink.write(out) {
-                        Ok(note) => {
-                            if let Some(note) = note {
-                                rejected += 1;
-                                rows.rejected.fetch_add(1, Ordering::Relaxed);
-                                reporter.note(&note);
-                            }
-                            written += 1;
-                            rows.done.fetch_add(1, Ordering::Relaxed);
-                            first_row.get_or_insert_with(|| started.elapsed().as_secs_f64());
-                        }
-                        Err(e) => {
-                            fatal = Some(Fatal::Write(e));
-                            stop.stop(AbortReason::Signal);
-                            tasks.abort_all();
-                        }
-                    },
-                    Ok(Err(ItemError::Stop(msg))) => {
-                        fatal.get_or_insert(Fatal::Endpoint(msg));
-                        tasks.abort_all();
-                    }
-                    Ok(Err(ItemError::Reject(why))) => {
-                        fatal.get_or_insert(Fatal::Internal(format!(
-                            "internal error: a {noun} was rejected without a reject row: {why}"
-                        )));
-                        tasks.abort_all();
-                    }
-                    // The stop signal carries the reason.
-                    Ok(Err(ItemError::Aborted(_))) => {}
-                    Err(e) if e.is_cancelled() => {}
-                    Err(e) => {
-                        fatal.get_or_insert(Fatal::Internal(format!(
-                            "internal error: a {noun} task failed: {e}"
-                        )));
-                        tasks.abort_all();
-                    }
+                if !seen.finished(joined, sink, &stop) {
+                    tasks.abort_all();
                 }
             },
             _ = async { grace.as_mut().expect("guarded").await }, if grace.is_some() && !grace_spent && !tasks.is_empty() => {
@@ -259,22 +213,118 @@ where
     }
     drop(rx);
     signals.abort();
-    if let Err(e) = sink.sync() {
-        fatal.get_or_insert(Fatal::Write(e));
-    }
+    let end = seen.end(sink, &stop, already_done);
     reporter.finish();
-    let aborted = match &fatal {
-        // A write error stops the run through the signal; report the error.
-        Some(Fatal::Write(_)) => None,
-        _ => stop.reason(),
-    };
-    RunEnd {
-        fatal,
-        aborted,
-        first_row_s: first_row,
-        written,
-        rejected,
-        already_done,
+    end
+}
+
+/// A reader thread streaming the items not `done` into a bounded channel
+/// of `capacity`: memory follows the concurrency, not the input's size.
+fn spawn_reader<T: Item, I>(
+    items: I,
+    done: HashSet<String>,
+    capacity: usize,
+) -> tokio::sync::mpsc::Receiver<Result<T, InputError>>
+where
+    I: Iterator<Item = Result<T, InputError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    std::thread::spawn(move || {
+        for item in items {
+            if let Ok(it) = &item {
+                if done.contains(it.id()) {
+                    continue;
+                }
+            }
+            if tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What the loop has seen of its finished items.
+struct Seen<'a, E> {
+    fatal: Option<Fatal<E>>,
+    /// Seconds from `started` to the first item written.
+    first_row: Option<f64>,
+    written: u64,
+    rejected: u64,
+    started: Instant,
+    rows: &'a Rows,
+    reporter: &'a Reporter,
+    noun: &'static str,
+}
+
+impl<E> Seen<'_, E> {
+    /// How the run ended, once the sink is synced.
+    fn end<O, S: Sink<O, Error = E>>(
+        self,
+        sink: &mut S,
+        stop: &StopSignal,
+        already_done: u64,
+    ) -> RunEnd<E> {
+        let mut fatal = self.fatal;
+        if let Err(e) = sink.sync() {
+            fatal.get_or_insert(Fatal::Write(e));
+        }
+        let aborted = match &fatal {
+            // A write error stops the run through the signal; report the error.
+            Some(Fatal::Write(_)) => None,
+            _ => stop.reason(),
+        };
+        RunEnd {
+            fatal,
+            aborted,
+            first_row_s: self.first_row,
+            written: self.written,
+            rejected: self.rejected,
+            already_done,
+        }
+    }
+
+    /// Takes one finished task: writes its output to `sink`, or records
+    /// why the run must stop. `false`: the other tasks must be aborted.
+    fn finished<O, S: Sink<O, Error = E>>(
+        &mut self,
+        joined: Result<Result<O, ItemError>, tokio::task::JoinError>,
+        sink: &mut S,
+        stop: &StopSignal,
+    ) -> bool {
+        let noun = self.noun;
+        let fatal = match joined {
+            Ok(Ok(out)) => match sink.write(out) {
+                Ok(note) => {
+                    if let Some(note) = note {
+                        self.rejected += 1;
+                        self.rows.rejected.fetch_add(1, Ordering::Relaxed);
+                        self.reporter.note(&note);
+                    }
+                    self.written += 1;
+                    self.rows.done.fetch_add(1, Ordering::Relaxed);
+                    let started = self.started;
+                    self.first_row
+                        .get_or_insert_with(|| started.elapsed().as_secs_f64());
+                    return true;
+                }
+                Err(e) => {
+                    self.fatal = Some(Fatal::Write(e));
+                    stop.stop(AbortReason::Signal);
+                    return false;
+                }
+            },
+            Ok(Err(ItemError::Stop(msg))) => Fatal::Endpoint(msg),
+            Ok(Err(ItemError::Reject(why))) => Fatal::Internal(format!(
+                "internal error: a {noun} was rejected without a reject row: {why}"
+            )),
+            // The stop signal carries the reason.
+            Ok(Err(ItemError::Aborted(_))) => return true,
+            Err(e) if e.is_cancelled() => return true,
+            Err(e) => Fatal::Internal(format!("internal error: a {noun} task failed: {e}")),
+        };
+        self.fatal.get_or_insert(fatal);
+        false
     }
 }
 

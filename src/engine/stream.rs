@@ -18,16 +18,13 @@ impl Engine {
     pub async fn open_stream(&self, req: &ChatRequest) -> Result<EventStream, ItemError> {
         let mut attempt = 0u32;
         loop {
-            self.take_request_slot()?;
+            let mut held = self.reserve(None)?;
             let est = estimate_tokens(req) + u64::from(req.params.max_tokens);
-            tokio::select! {
-                _ = self.limiter.acquire(est) => {}
-                r = self.stop.stopped() => {
-                    self.stats.sent.fetch_sub(1, Ordering::Relaxed);
-                    return Err(ItemError::Aborted(r));
-                }
-            }
-            let err = match self.provider.stream(req).await {
+            self.wait_turn(est).await?;
+            held.sending();
+            let opened = self.provider.stream(req).await;
+            held.spend(0);
+            let err = match opened {
                 Ok(events) => {
                     self.settle(true);
                     let stats = self.stats.clone();

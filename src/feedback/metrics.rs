@@ -23,8 +23,10 @@ use crate::engine::StatsSnapshot;
 use crate::feedback::judge::{is_tie, JudgeOptions};
 use crate::input::pairs::Winner;
 
-/// One line of `judgments.jsonl`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One line of `judgments.jsonl`, written by `label` and read by the
+/// report; a field an older run did not write reads as its default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Judgment {
     pub id: String,
     pub principle: String,
@@ -45,7 +47,8 @@ pub struct Judgment {
 }
 
 /// One judge's values in `judgments.jsonl` and `labels.csv`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JudgeLine {
     pub judge: String,
     /// The judge's model name (for self-enhancement).
@@ -59,7 +62,8 @@ pub struct JudgeLine {
 }
 
 /// Position consistency of one judge.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Consistency {
     pub judge: String,
     pub pairs: u64,
@@ -70,7 +74,8 @@ pub struct Consistency {
 }
 
 /// How often the longer answer wins.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Verbosity {
     /// Pairs (decisive judge verdict, lengths differ) behind `judge_longer_wins`.
     pub judge_pairs: u64,
@@ -81,7 +86,8 @@ pub struct Verbosity {
 }
 
 /// A judge model rating its own answers.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct SelfEnhancement {
     pub judge: String,
     pub pairs: u64,
@@ -92,8 +98,10 @@ pub struct SelfEnhancement {
     pub human_win_rate: Option<f64>,
 }
 
-/// `report.json`.
-#[derive(Clone, Debug, Default, Serialize)]
+/// `report.json`, written by `label` and read by the report; a field an
+/// older run did not write reads as its default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     pub cai_version: String,
     pub status: String,

@@ -19,11 +19,13 @@ use serde_json::Value;
 use crate::input::{InputError, InputErrors, Location};
 
 /// A human preference.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Winner {
     A,
     B,
+    /// Also what a `judgments.jsonl` line without a prediction reads as.
+    #[default]
     Tie,
 }
 

@@ -6,11 +6,13 @@
 //! reader never sees half of one.
 
 use std::path::Path;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{io_err, OutputError, WriteCounts};
+use crate::engine::batch::Passes;
 use crate::engine::StatsSnapshot;
 
 /// Everything `manifest.json` records.
@@ -62,6 +64,39 @@ pub struct Manifest {
     /// Stages, batches and submissions of a batch run (`--batch`, `--batch-export`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<crate::engine::batch::BatchSummary>,
+}
+
+impl Manifest {
+    /// Completes the manifest of a run that started at `started` with how
+    /// it went: its passes, the run directory's row `counts`, the request
+    /// counters, the pool's endpoints, the batch summary; hashes the prompts
+    /// file as it is now.
+    pub fn finish<E: std::fmt::Display>(
+        &mut self,
+        passes: &Passes<E>,
+        counts: WriteCounts,
+        requests: StatsSnapshot,
+        endpoints: Vec<crate::provider::pool::EndpointStats>,
+        batch: Option<crate::engine::batch::BatchSummary>,
+        started: Instant,
+    ) -> Result<(), OutputError> {
+        let wall = started.elapsed().as_secs_f64();
+        self.status = passes.status(counts.rejected);
+        self.prompts_sha256 = file_sha256(Path::new(&self.prompts_file))?;
+        self.prompts_already_done = passes.end.already_done;
+        self.counts = counts;
+        self.requests = requests;
+        self.wall_time_s = wall;
+        self.first_row_s = passes.end.first_row_s;
+        self.requests_per_s = requests.requests as f64 / wall.max(1e-9);
+        self.cost_usd = self
+            .price
+            .as_ref()
+            .map(|_| crate::cost::from_micros(requests.cost_micro_usd));
+        self.endpoints = endpoints;
+        self.batch = batch;
+        Ok(())
+    }
 }
 
 /// Writes `value` as pretty JSON to `path` via a temporary file and rename.

@@ -32,10 +32,10 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{io_err, read_log, Commit, OutputError, FILES, STATE_DIR};
 use crate::engine::rundir::Fingerprint;
+use crate::engine::StatsSnapshot;
 use crate::error::RunError;
 use crate::input::prompts::text_hash;
 use crate::input::{InputErrors, PromptReader, PromptSpec, Shard};
@@ -112,7 +112,7 @@ struct RunManifest {
     #[serde(default)]
     limit: Option<u64>,
     #[serde(default)]
-    requests: Value,
+    requests: StatsSnapshot,
     #[serde(default)]
     cost_usd: Option<f64>,
 }
@@ -140,8 +140,15 @@ struct MergedManifest<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     gaps: &'a [String],
     /// Request counters summed over the directories.
-    requests: Value,
+    requests: StatsSnapshot,
     cost_usd: Option<f64>,
+}
+
+/// What tells an earlier merge's manifest from a run's.
+#[derive(Deserialize)]
+struct EarlierMerge {
+    #[serde(default)]
+    merged_from: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Serialize)]
@@ -208,30 +215,6 @@ fn read_part(dir: &Path) -> Result<Part, MergeError> {
     })
 }
 
-/// Adds the numbers of `b` into `a`, field by field.
-fn sum_into(a: &mut Value, b: &Value) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                match a.get_mut(k) {
-                    Some(x) => sum_into(x, v),
-                    None => {
-                        a.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (a @ Value::Number(_), Value::Number(b)) => {
-            let sum = match (a.as_u64(), b.as_u64()) {
-                (Some(x), Some(y)) => Value::from(x.saturating_add(y)),
-                _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
-            };
-            *a = sum;
-        }
-        _ => {}
-    }
-}
-
 /// The current prompts: id → (text hash, row index in the file).
 fn current_prompts(spec: &PromptSpec) -> Result<HashMap<String, (String, u64)>, MergeError> {
     let mut map = HashMap::new();
@@ -245,8 +228,42 @@ fn current_prompts(spec: &PromptSpec) -> Result<HashMap<String, (String, u64)>, 
     Ok(map)
 }
 
-/// `cai merge`: checks the directories, then writes the merged dataset.
+/// `cai merge`: checks that the directories make one dataset, then writes
+/// it with its commit log, manifest and fingerprint.
 pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
+    let parts = read_parts(spec)?;
+    let fingerprint = check_one_run(&parts)?;
+    let shards = Shards::of(&parts)?;
+    let mut problems = shards.problems(&parts);
+    let (prompts_path, current) = current_input(spec, &parts[0].manifest)?;
+    let mut counts = MergeCounts {
+        prompts: current.len() as u64,
+        ..MergeCounts::default()
+    };
+    let owner = pick_rows(&parts, &current, &mut counts)?;
+    problems.extend(unexplained_gaps(
+        &current,
+        &owner,
+        &shards,
+        &prompts_path,
+        &mut counts,
+    ));
+    let gaps = accept_gaps(problems, spec.partial)?;
+    let keep: HashSet<(usize, usize)> = owner.into_values().collect();
+    write_merged(spec, &parts, &keep, &mut counts)?;
+    let m = merged_manifest(&parts, &prompts_path, counts, &gaps);
+    super::manifest::write_atomic(&spec.out.join("manifest.json"), &m)?;
+    crate::engine::rundir::write_atomic(&spec.out.join(STATE_DIR).join("run.json"), &fingerprint)
+        .map_err(OutputError::from)?;
+    Ok(MergeReport {
+        out: spec.out.clone(),
+        counts,
+        gaps,
+    })
+}
+
+/// Reads every input directory, refusing `--out` among them; at least one.
+fn read_parts(spec: &MergeSpec) -> Result<Vec<Part>, MergeError> {
     let mut parts = Vec::with_capacity(spec.dirs.len());
     for dir in &spec.dirs {
         if spec.out.exists() && same_dir(dir, &spec.out) {
@@ -257,13 +274,18 @@ pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
         }
         parts.push(read_part(dir)?);
     }
-    let Some(first) = parts.first() else {
+    if parts.is_empty() {
         return Err(refused("give at least one run directory to merge"));
-    };
+    }
+    Ok(parts)
+}
+
+/// Checks that every directory is a run of the first one's settings on the
+/// same prompts (file, column, limit); returns their fingerprint.
+fn check_one_run(parts: &[Part]) -> Result<Fingerprint, MergeError> {
     let fp_path = |p: &Part| p.dir.join(STATE_DIR).join("run.json");
+    let first = &parts[0];
     let fingerprint: Fingerprint = read_json(&fp_path(first), "no run fingerprint")?;
-    let mut problems: Vec<String> = Vec::new();
-    let mut gaps: Vec<String> = Vec::new();
     for p in &parts[1..] {
         let fp: Fingerprint = read_json(&fp_path(p), "no run fingerprint")?;
         let changes = fp.changes_from(&fingerprint);
@@ -295,84 +317,126 @@ pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
             )));
         }
     }
+    Ok(fingerprint)
+}
 
-    // Which shards are here: one directory each, all of one N.
-    let count = parts.iter().find_map(|p| p.shard.map(|s| s.count));
-    let mut by_index: HashMap<u64, &Path> = HashMap::new();
-    for p in &parts {
-        match (p.shard, count) {
-            (Some(s), Some(n)) if s.count != n => {
-                return Err(refused(format!(
-                    "{} is shard {s} but another directory is a shard of {n}: all shards must split the input the same way",
-                    p.dir.display()
-                )))
-            }
-            (None, Some(_)) => {
-                return Err(refused(format!(
-                    "{} is not a shard but the other directories are: a whole run and shards overlap",
-                    p.dir.display()
-                )))
-            }
-            (Some(s), _) => {
-                if let Some(other) = by_index.insert(s.index, &p.dir) {
+/// Which shards are here: one directory each, all of one N.
+struct Shards {
+    /// N, when the directories are shards.
+    count: Option<u64>,
+    /// Shards of N with no directory.
+    missing: Vec<Shard>,
+}
+
+impl Shards {
+    /// Refuses directories that split the input differently, mix a whole
+    /// run with shards, or repeat a shard.
+    fn of(parts: &[Part]) -> Result<Shards, MergeError> {
+        let count = parts.iter().find_map(|p| p.shard.map(|s| s.count));
+        let mut by_index: HashMap<u64, &Path> = HashMap::new();
+        for p in parts {
+            match (p.shard, count) {
+                (Some(s), Some(n)) if s.count != n => {
                     return Err(refused(format!(
-                        "{} and {} are both shard {s}",
-                        other.display(),
+                        "{} is shard {s} but another directory is a shard of {n}: all shards must split the input the same way",
                         p.dir.display()
-                    )));
+                    )))
                 }
+                (None, Some(_)) => {
+                    return Err(refused(format!(
+                        "{} is not a shard but the other directories are: a whole run and shards overlap",
+                        p.dir.display()
+                    )))
+                }
+                (Some(s), _) => {
+                    if let Some(other) = by_index.insert(s.index, &p.dir) {
+                        return Err(refused(format!(
+                            "{} and {} are both shard {s}",
+                            other.display(),
+                            p.dir.display()
+                        )));
+                    }
+                }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
-        if !p.manifest.status.starts_with("done") {
-            problems.push(format!(
-                "{} did not finish (status: {}); run its command again to complete it",
-                p.dir.display(),
-                p.manifest.status
-            ));
-        }
-    }
-    let missing_shards: Vec<Shard> = match count {
-        Some(n) => (0..n)
-            .filter(|i| !by_index.contains_key(i))
-            .map(|index| Shard { index, count: n })
-            .collect(),
-        None => Vec::new(),
-    };
-    for s in &missing_shards {
-        problems.push(format!("shard {s} is missing (no directory given for it)"));
+        let missing = match count {
+            Some(n) => (0..n)
+                .filter(|i| !by_index.contains_key(i))
+                .map(|index| Shard { index, count: n })
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Shards { count, missing })
     }
 
-    // The prompts file the shards ran on, checked to be that file.
+    /// What keeps the directories from covering the input, before the
+    /// rows are looked at: unfinished runs and missing shards.
+    fn problems(&self, parts: &[Part]) -> Vec<String> {
+        let unfinished = parts
+            .iter()
+            .filter(|p| !p.manifest.status.starts_with("done"))
+            .map(|p| {
+                format!(
+                    "{} did not finish (status: {}); run its command again to complete it",
+                    p.dir.display(),
+                    p.manifest.status
+                )
+            });
+        let missing = self
+            .missing
+            .iter()
+            .map(|s| format!("shard {s} is missing (no directory given for it)"));
+        unfinished.chain(missing).collect()
+    }
+
+    /// Whether the prompt at `row` of the file belongs to a missing shard.
+    fn explains(&self, row: u64) -> bool {
+        self.count
+            .is_some_and(|n| self.missing.iter().any(|s| s.index == row % n))
+    }
+}
+
+/// The current prompts: id → (text hash, row index in the file).
+type Current = HashMap<String, (String, u64)>;
+
+/// The prompts file the shards ran on (`--prompts`, else the manifests'
+/// path), checked to be that file, and its prompts.
+fn current_input(spec: &MergeSpec, first: &RunManifest) -> Result<(PathBuf, Current), MergeError> {
     let prompts_path = spec
         .prompts
         .clone()
-        .unwrap_or_else(|| PathBuf::from(&first.manifest.prompts_file));
+        .unwrap_or_else(|| PathBuf::from(&first.prompts_file));
     let sha = super::manifest::file_sha256(&prompts_path).map_err(|e| {
         refused(format!(
             "cannot read the prompts file the shards ran on: {e}; pass --prompts FILE where it is now"
         ))
     })?;
-    if sha != first.manifest.prompts_sha256 {
+    if sha != first.prompts_sha256 {
         return Err(refused(format!(
             "{} has changed since the shards ran (sha256:{:.12} then, sha256:{sha:.12} now): run the shards again on it (only new and changed prompts are sent), or pass --prompts with the file they ran on",
             prompts_path.display(),
-            first.manifest.prompts_sha256
+            first.prompts_sha256
         )));
     }
     let input = PromptSpec {
         path: prompts_path.clone(),
-        column: first.manifest.prompt_column.clone(),
-        limit: first.manifest.limit,
+        column: first.prompt_column.clone(),
+        limit: first.limit,
         shard: None,
     };
     let current = current_prompts(&input)?;
+    Ok((prompts_path, current))
+}
 
-    // Pick every prompt's rows: current text, one directory.
-    let mut counts = MergeCounts {
-        prompts: current.len() as u64,
-        ..MergeCounts::default()
-    };
+/// Picks every prompt's rows: those of its current text, from one
+/// directory. Returns id → (part, commit) of the rows kept; counts the
+/// rows left out; refuses directories that overlap.
+fn pick_rows<'a>(
+    parts: &'a [Part],
+    current: &Current,
+    counts: &mut MergeCounts,
+) -> Result<HashMap<&'a str, (usize, usize)>, MergeError> {
     let mut owner: HashMap<&str, (usize, usize)> = HashMap::new();
     let mut overlaps: Vec<String> = Vec::new();
     for (pi, p) in parts.iter().enumerate() {
@@ -406,51 +470,68 @@ pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
             listed(&overlaps)
         )));
     }
-    let missing_idx: HashSet<u64> = missing_shards.iter().map(|s| s.index).collect();
-    let mut missing_ids: Vec<(u64, String)> = current
+    Ok(owner)
+}
+
+/// Counts the prompts of the file with no row; those not explained by a
+/// missing shard are a problem, named by id in file order.
+fn unexplained_gaps(
+    current: &Current,
+    owner: &HashMap<&str, (usize, usize)>,
+    shards: &Shards,
+    prompts_path: &Path,
+    counts: &mut MergeCounts,
+) -> Option<String> {
+    let mut missing_ids: Vec<(u64, &str)> = current
         .iter()
         .filter(|(id, _)| !owner.contains_key(id.as_str()))
-        .map(|(id, (_, row))| (*row, id.clone()))
+        .map(|(id, (_, row))| (*row, id.as_str()))
         .collect();
     counts.missing = missing_ids.len() as u64;
     missing_ids.sort();
     let unexplained: Vec<String> = missing_ids
         .into_iter()
-        .filter(|(row, _)| count.is_none_or(|n| !missing_idx.contains(&(row % n))))
+        .filter(|(row, _)| !shards.explains(*row))
         .map(|(_, id)| format!("`{id}`"))
         .collect();
-    if !unexplained.is_empty() {
-        problems.push(format!(
+    (!unexplained.is_empty()).then(|| {
+        format!(
             "{} prompts of {} have no row: {}",
             unexplained.len(),
             prompts_path.display(),
             listed(&unexplained)
-        ));
+        )
+    })
+}
+
+/// The gaps `--partial` lets through, or a refusal listing them.
+fn accept_gaps(problems: Vec<String>, partial: bool) -> Result<Vec<String>, MergeError> {
+    if problems.is_empty() || partial {
+        return Ok(problems);
     }
-    if !problems.is_empty() {
-        if !spec.partial {
-            return Err(refused(format!(
-                "the directories do not cover the input:\n  {}\nnothing written; pass --partial to merge what is there",
-                problems.join("\n  ")
-            )));
-        }
-        gaps = problems;
-    }
-    let keep: HashSet<(usize, usize)> = owner.into_values().collect();
-    write_merged(spec, &parts, &keep, &mut counts)?;
-    let mut requests = Value::Null;
-    let mut cost: Option<f64> = None;
-    for p in &parts {
-        if requests.is_null() {
-            requests = p.manifest.requests.clone();
-        } else {
-            sum_into(&mut requests, &p.manifest.requests);
-        }
-        if let Some(c) = p.manifest.cost_usd {
-            cost = Some(cost.unwrap_or(0.0) + c);
-        }
-    }
-    let m = MergedManifest {
+    Err(refused(format!(
+        "the directories do not cover the input:\n  {}\nnothing written; pass --partial to merge what is there",
+        problems.join("\n  ")
+    )))
+}
+
+/// The merged directory's manifest: where it came from, what it holds,
+/// and the request counters and cost summed over the directories.
+fn merged_manifest<'a>(
+    parts: &'a [Part],
+    prompts_path: &Path,
+    counts: MergeCounts,
+    gaps: &'a [String],
+) -> MergedManifest<'a> {
+    let first = &parts[0].manifest;
+    let requests = parts.iter().fold(StatsSnapshot::default(), |sum, p| {
+        sum.plus(&p.manifest.requests)
+    });
+    let cost_usd = parts
+        .iter()
+        .filter_map(|p| p.manifest.cost_usd)
+        .reduce(|a, b| a + b);
+    MergedManifest {
         cai_version: env!("CARGO_PKG_VERSION"),
         status: if gaps.is_empty() { "done" } else { "partial" },
         merged_from: parts
@@ -462,22 +543,14 @@ pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
             })
             .collect(),
         prompts_file: prompts_path.display().to_string(),
-        prompts_sha256: &first.manifest.prompts_sha256,
-        prompt_column: first.manifest.prompt_column.as_deref(),
-        limit: first.manifest.limit,
-        counts,
-        gaps: &gaps,
-        requests,
-        cost_usd: cost,
-    };
-    super::manifest::write_atomic(&spec.out.join("manifest.json"), &m)?;
-    crate::engine::rundir::write_atomic(&spec.out.join(STATE_DIR).join("run.json"), &fingerprint)
-        .map_err(OutputError::from)?;
-    Ok(MergeReport {
-        out: spec.out.clone(),
+        prompts_sha256: &first.prompts_sha256,
+        prompt_column: first.prompt_column.as_deref(),
+        limit: first.limit,
         counts,
         gaps,
-    })
+        requests,
+        cost_usd,
+    }
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -499,10 +572,10 @@ fn prepare_out(out: &Path) -> Result<(), MergeError> {
         }
         let entries = std::fs::read_dir(out).map_err(io_err(out))?.count();
         if entries > 0 {
-            let earlier: Option<Value> = std::fs::read(out.join("manifest.json"))
+            let earlier: Option<EarlierMerge> = std::fs::read(out.join("manifest.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            if earlier.is_none_or(|m| m.get("merged_from").is_none()) {
+            if earlier.is_none_or(|m| m.merged_from.is_none()) {
                 return Err(refused(format!(
                     "--out {} is not empty and does not hold an earlier merge: give a new directory",
                     out.display()
@@ -631,13 +704,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_are_summed_field_by_field() {
-        let mut a = serde_json::json!({"requests": 3, "tokens": {"in": 10}, "cost": 0.5});
-        let b = serde_json::json!({"requests": 4, "tokens": {"in": 5, "out": 2}, "cost": 0.25});
-        sum_into(&mut a, &b);
-        assert_eq!(
-            a,
-            serde_json::json!({"requests": 7, "tokens": {"in": 15, "out": 2}, "cost": 0.75})
-        );
+    fn a_manifest_of_an_older_run_reads_with_zero_counters() {
+        // Written before `in_flight`, `cost_micro_usd` and `cost_usd` existed.
+        let old = r#"{"status":"done","prompts_file":"p.csv","prompts_sha256":"ab",
+            "requests":{"requests":3,"cached":1,"retries":0,"throttled_429":0,"failed":0,
+            "tokens_in":10,"tokens_out":5}}"#;
+        let m: RunManifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.requests.requests, m.requests.cost_micro_usd), (3, 0));
+        assert_eq!(m.cost_usd, None);
+        let sum = m.requests.plus(&m.requests);
+        assert_eq!((sum.requests, sum.cached, sum.tokens_in), (6, 2, 20));
     }
 }

@@ -494,22 +494,30 @@ impl Writer {
 /// Every complete commit of a commit log, read-only (a torn last line is
 /// ignored, not cut: `cai merge` never changes the directories it reads).
 pub(crate) fn read_log(path: &Path) -> Result<Vec<Commit>, OutputError> {
+    let mut out = Vec::new();
+    each_commit(path, |c| out.push(c))?;
+    Ok(out)
+}
+
+/// Calls `each` with every commit of the log up to the first torn or
+/// unreadable line; returns the length in bytes of those commits.
+fn each_commit(path: &Path, mut each: impl FnMut(Commit)) -> Result<u64, OutputError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut reader = BufReader::new(file);
-    let mut out = Vec::new();
+    let mut good = 0u64;
     let mut line = Vec::new();
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
         if n == 0 || line.last() != Some(&b'\n') {
-            break;
+            return Ok(good);
         }
-        match serde_json::from_slice::<Commit>(&line) {
-            Ok(c) => out.push(c),
-            Err(_) => break,
-        }
+        let Ok(c) = serde_json::from_slice::<Commit>(&line) else {
+            return Ok(good);
+        };
+        good += n as u64;
+        each(c);
     }
-    Ok(out)
 }
 
 /// Reads the commit log: ids committed and the last commit. Cuts a torn
@@ -519,26 +527,13 @@ fn read_commits(path: &Path) -> Result<(HashSet<String>, Option<Commit>), Output
     if !path.exists() {
         return Ok((done, None));
     }
-    let file = File::open(path).map_err(io_err(path))?;
-    let mut reader = BufReader::new(file);
     let mut last = None;
-    let mut good = 0u64;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let Ok(c) = serde_json::from_slice::<Commit>(&line) else {
-            break;
-        };
-        good += n as u64;
+    let good = each_commit(path, |c| {
         if let Some(id) = &c.id {
             done.insert(id.clone());
         }
         last = Some(c);
-    }
+    })?;
     let f = OpenOptions::new()
         .write(true)
         .open(path)

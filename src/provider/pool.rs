@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChatRequest, Provider, ProviderError, Reply};
 
@@ -69,8 +69,11 @@ struct Slot {
     health: Mutex<Health>,
 }
 
-/// Counters of one pool member, as the manifest shows them.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// Counters of one pool member, as the manifest shows them (and the
+/// report reads them back; a field an older run did not write reads as its
+/// default).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct EndpointStats {
     pub url: String,
     pub weight: f64,
@@ -80,7 +83,7 @@ pub struct EndpointStats {
     /// Mean latency of its successful requests, milliseconds.
     pub mean_latency_ms: f64,
     /// `healthy`, `ejected` or `probing`.
-    pub state: &'static str,
+    pub state: String,
 }
 
 /// N providers of one model behind one [`Provider`].
@@ -152,7 +155,8 @@ impl Pool {
                         (_, true) => "probing",
                         (Some(_), false) => "ejected",
                         (None, false) => "healthy",
-                    },
+                    }
+                    .into(),
                 }
             })
             .collect()

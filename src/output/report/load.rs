@@ -18,6 +18,11 @@ use serde::Deserialize;
 
 use super::diff::edit_share;
 use super::ReportError;
+use crate::engine::StatsSnapshot;
+use crate::feedback::metrics::{Judgment, Report};
+use crate::input::pairs::Winner;
+use crate::pipeline::Round;
+use crate::provider::pool::EndpointStats;
 
 /// How many rows (and rejects) the page embeds whole.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +47,13 @@ impl Default for Limits {
 }
 
 // ---------- read-side shapes of the files ----------
+//
+// Where the writer's own type can be read back, it is (the manifest's
+// `requests` and `endpoints`, a trace line's rounds, `judgments.jsonl`):
+// one schema, with `#[serde(default)]` for older runs. The shapes below
+// stand for lines the writers build from borrowed rows (`TraceLine`,
+// `PrefLine`) or reports with a `&'static` version, and name only what
+// the report shows.
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -60,7 +72,7 @@ pub struct ManifestView {
     pub prompts_total: Option<u64>,
     pub prompts_already_done: Option<u64>,
     pub counts: CountsView,
-    pub requests: Option<RequestsView>,
+    pub requests: Option<StatsSnapshot>,
     pub started_at_unix: Option<u64>,
     pub wall_time_s: Option<f64>,
     pub first_row_s: Option<f64>,
@@ -68,19 +80,7 @@ pub struct ManifestView {
     pub cost_usd: Option<f64>,
     pub max_cost: Option<f64>,
     /// Per endpoint of a pool (absent for one endpoint).
-    pub endpoints: Vec<EndpointView>,
-}
-
-/// One endpoint of a pool, from the manifest.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct EndpointView {
-    pub url: String,
-    pub weight: f64,
-    pub requests: u64,
-    pub failures: u64,
-    pub ejections: u64,
-    pub mean_latency_ms: f64,
+    pub endpoints: Vec<EndpointStats>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,36 +93,7 @@ pub struct CountsView {
     pub rejected: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
-#[serde(default)]
-pub struct RequestsView {
-    pub requests: u64,
-    pub cached: u64,
-    pub retries: u64,
-    pub throttled_429: u64,
-    pub failed: u64,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    /// Of `tokens_in`: read from / written to the provider's prompt cache
-    /// (0 in manifests written before these were counted).
-    pub tokens_cached: u64,
-    pub tokens_cache_write: u64,
-    pub cost_micro_usd: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RoundView {
-    pub round: u32,
-    pub principle_index: usize,
-    pub principle_name: Option<String>,
-    pub critique_request: String,
-    pub critique: String,
-    pub revision_request: String,
-    pub revision: String,
-}
-
-impl RoundView {
+impl Round {
     /// The principle as the page names it.
     pub fn principle(&self) -> String {
         match &self.principle_name {
@@ -167,7 +138,7 @@ pub struct TraceView {
     pub prompt: String,
     pub system: Option<String>,
     pub init_response: String,
-    pub rounds: Vec<RoundView>,
+    pub rounds: Vec<Round>,
     pub samples: Vec<String>,
     pub judgments: Option<Vec<ComparisonView>>,
 }
@@ -236,89 +207,6 @@ fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error>
     })
 }
 
-/// One line of `judgments.jsonl` (`cai label`).
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct JudgmentView {
-    pub id: String,
-    pub principle: String,
-    pub p: f64,
-    pub p_a: f64,
-    pub p_b: f64,
-    pub p_tie: f64,
-    pub predicted: String,
-    pub written: bool,
-    pub len_a: usize,
-    pub len_b: usize,
-    pub model_a: Option<String>,
-    pub model_b: Option<String>,
-    pub human: Option<String>,
-    pub judges: Vec<LabelJudgeView>,
-}
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct LabelJudgeView {
-    pub judge: String,
-    pub model: String,
-    pub p: f64,
-    pub p_first: f64,
-    pub p_second: f64,
-    pub method: String,
-}
-
-/// `report.json` of `cai label`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct LabelReportView {
-    pub cai_version: Option<String>,
-    pub status: Option<String>,
-    pub judges: Vec<String>,
-    pub pairs_total: u64,
-    pub judged: u64,
-    pub written: u64,
-    pub ties: u64,
-    pub rejected: u64,
-    pub human_labelled: u64,
-    pub accuracy: Option<f64>,
-    pub accuracy_decisive: Option<f64>,
-    pub log_loss: Option<f64>,
-    pub position_consistency: Option<f64>,
-    pub per_judge: Vec<ConsistencyView>,
-    pub verbosity: VerbosityView,
-    pub self_enhancement: Vec<SelfEnhancementView>,
-    pub requests: Option<RequestsView>,
-    pub wall_time_s: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ConsistencyView {
-    pub judge: String,
-    pub pairs: u64,
-    pub position_consistency: Option<f64>,
-    pub first_position_wins: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct VerbosityView {
-    pub judge_pairs: u64,
-    pub judge_longer_wins: Option<f64>,
-    pub human_pairs: u64,
-    pub human_longer_wins: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct SelfEnhancementView {
-    pub judge: String,
-    pub pairs: u64,
-    pub judge_win_rate: Option<f64>,
-    pub human_pairs: u64,
-    pub human_win_rate: Option<f64>,
-}
-
 /// `report.json` of `cai optimize`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -327,7 +215,7 @@ pub struct OptimizeReportView {
     pub reward_per_depth: Vec<DepthPoint>,
     pub best_reward: Option<f64>,
     pub wall_time_s: Option<f64>,
-    pub requests: Option<RequestsView>,
+    pub requests: Option<StatsSnapshot>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy)]
@@ -428,9 +316,9 @@ impl RejectData {
 /// Everything about a `label` run.
 #[derive(Debug, Default)]
 pub struct LabelData {
-    pub report: Option<LabelReportView>,
+    pub report: Option<Report>,
     pub total: u64,
-    pub rows: Vec<JudgmentView>,
+    pub rows: Vec<Judgment>,
     pub p_a: Vec<f64>,
     /// Calibration: per tenth of P(A better), sum of P, sum of the human
     /// outcome (A = 1, tie = ½, B = 0) and count, over human-labelled pairs.
@@ -616,56 +504,72 @@ fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, Repor
     })?;
     let pref_path = dir.join("preference.jsonl");
     if pref_path.is_file() {
-        let wanted: HashMap<String, usize> = g
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.trace.id.clone(), i))
-            .collect();
-        let mut found: Vec<(usize, PrefView)> = Vec::new();
-        let p = &mut g.pref;
-        *torn += stream(&pref_path, |l: PrefLineView| {
-            p.rows += 1;
-            let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
-            let rejected = l
-                .rejected
-                .into_iter()
-                .map(|m| m.content)
-                .collect::<String>();
-            let (lc, lr) = (chosen.chars().count(), rejected.chars().count());
-            match lc.cmp(&lr) {
-                std::cmp::Ordering::Greater => p.chosen_longer += 1,
-                std::cmp::Ordering::Equal => p.same_length += 1,
-                std::cmp::Ordering::Less => p.chosen_shorter += 1,
-            }
-            if let Some(s) = l.chosen_score {
-                p.chosen_scores.push(s);
-            }
-            if let Some(s) = l.rejected_score {
-                p.rejected_scores.push(s);
-            }
-            if l.tie == Some(true) {
-                p.ties += 1;
-            }
-            if let Some(&i) = wanted.get(&l.id) {
-                found.push((
-                    i,
-                    PrefView {
-                        chosen,
-                        rejected,
-                        chosen_score: l.chosen_score,
-                        rejected_score: l.rejected_score,
-                        principle: l.principle,
-                        tie: l.tie.unwrap_or(false),
-                    },
-                ));
-            }
-        })?;
-        for (i, pv) in found {
-            g.rows[i].pref = Some(pv);
-        }
+        *torn += load_pref(&pref_path, &mut g)?;
     }
     Ok(g)
+}
+
+/// How `judgments.jsonl` names a winner.
+pub fn winner_name(w: Winner) -> &'static str {
+    match w {
+        Winner::A => "a",
+        Winner::B => "b",
+        Winner::Tie => "tie",
+    }
+}
+
+/// Reads `preference.jsonl` into the pair figures of `g`, and the pairs of
+/// its sampled rows; returns the torn lines skipped.
+fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
+    let wanted: HashMap<String, usize> = g
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.trace.id.clone(), i))
+        .collect();
+    let mut found: Vec<(usize, PrefView)> = Vec::new();
+    let p = &mut g.pref;
+    let torn = stream(path, |l: PrefLineView| {
+        p.rows += 1;
+        let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
+        let rejected = l
+            .rejected
+            .into_iter()
+            .map(|m| m.content)
+            .collect::<String>();
+        let (lc, lr) = (chosen.chars().count(), rejected.chars().count());
+        match lc.cmp(&lr) {
+            std::cmp::Ordering::Greater => p.chosen_longer += 1,
+            std::cmp::Ordering::Equal => p.same_length += 1,
+            std::cmp::Ordering::Less => p.chosen_shorter += 1,
+        }
+        if let Some(s) = l.chosen_score {
+            p.chosen_scores.push(s);
+        }
+        if let Some(s) = l.rejected_score {
+            p.rejected_scores.push(s);
+        }
+        if l.tie == Some(true) {
+            p.ties += 1;
+        }
+        if let Some(&i) = wanted.get(&l.id) {
+            found.push((
+                i,
+                PrefView {
+                    chosen,
+                    rejected,
+                    chosen_score: l.chosen_score,
+                    rejected_score: l.rejected_score,
+                    principle: l.principle,
+                    tie: l.tie.unwrap_or(false),
+                },
+            ));
+        }
+    })?;
+    for (i, pv) in found {
+        g.rows[i].pref = Some(pv);
+    }
+    Ok(torn)
 }
 
 /// Counts one judge verdict (P of x better in each order) for position
@@ -701,16 +605,15 @@ fn load_label(dir: &Path, limits: Limits, torn: &mut u64) -> Result<LabelData, R
     }
     let path = dir.join("judgments.jsonl");
     if path.is_file() {
-        *torn += stream(&path, |j: JudgmentView| {
+        *torn += stream(&path, |j: Judgment| {
             l.total += 1;
             let p = j.p_a + j.p_tie / 2.0;
             l.p_a.push(p);
-            let outcome = match j.human.as_deref() {
-                Some("a") => Some(1.0),
-                Some("b") => Some(0.0),
-                Some("tie") => Some(0.5),
-                _ => None,
-            };
+            let outcome = j.human.map(|h| match h {
+                Winner::A => 1.0,
+                Winner::B => 0.0,
+                Winner::Tie => 0.5,
+            });
             if let Some(y) = outcome {
                 l.human += 1;
                 let k = ((p * 10.0).floor() as usize).min(9);
@@ -797,6 +700,64 @@ mod tests {
         // singles: 0.9 (first wins), 0.8 (x second → first lost), 0.9 (first
         // wins), 0.2 (x second, y first wins), 0.7 (x second, lost).
         assert_eq!((t.single, t.first_wins), (5, 3));
+    }
+
+    #[test]
+    fn a_run_of_an_older_cai_loads_with_defaults_for_what_it_lacks() {
+        // Shapes from before pools (`endpoints`), cost counters, principle
+        // names, label's model columns and per-judge lines.
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "manifest.json",
+            r#"{"status":"done","model":"m","requests":{"requests":4,"retries":1}}"#,
+        );
+        write(
+            "trace.jsonl",
+            "{\"id\":\"1\",\"prompt\":\"p\",\"init_response\":\"a\",\"rounds\":[{\"round\":1,\"critique_request\":\"Be kind.\",\"revision\":\"b\"}]}\n",
+        );
+        write(
+            "judgments.jsonl",
+            "{\"id\":\"1\",\"p\":0.7,\"p_a\":0.7,\"p_b\":0.3,\"predicted\":\"a\",\"human\":\"b\"}\n",
+        );
+        write("report.json", r#"{"judges":["x:y"],"pairs_total":2}"#);
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let m = data.manifest.unwrap();
+        let r = m.requests.unwrap();
+        assert_eq!((r.requests, r.retries, r.cost_micro_usd), (4, 1, 0));
+        assert!(m.endpoints.is_empty());
+        let g = data.gen.unwrap();
+        let round = &g.rows[0].trace.rounds[0];
+        assert_eq!(
+            (round.principle_index, round.principle_name.as_deref()),
+            (0, None)
+        );
+        assert_eq!(g.rows[0].trace.final_answer(), "b");
+        assert_eq!(round.principle(), "#1 Be kind.");
+        let l = data.label.unwrap();
+        let j = &l.rows[0];
+        assert_eq!((j.predicted, j.human), (Winner::A, Some(Winner::B)));
+        assert!(j.judges.is_empty() && j.model_a.is_none() && !j.written);
+        assert_eq!(l.human, 1);
+        let r = l.report.unwrap();
+        assert_eq!((r.pairs_total, r.judged, r.requests), (2, 0, None));
+        assert!(r.per_judge.is_empty() && r.verbosity.judge_longer_wins.is_none());
+    }
+
+    #[test]
+    fn a_pool_endpoint_in_a_manifest_reads_back_as_written() {
+        let e = EndpointStats {
+            url: "http://127.0.0.1:1".into(),
+            weight: 2.0,
+            requests: 5,
+            failures: 1,
+            ejections: 0,
+            mean_latency_ms: 12.5,
+            state: "ejected".into(),
+        };
+        let json = serde_json::to_value(&e).unwrap();
+        let back: EndpointStats = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
     }
 
     #[test]

@@ -8,8 +8,12 @@ use serde::Serialize;
 
 use super::diff::{word_diff, Change};
 use super::html::{self, attr, one_line as preview, push_text, text};
-use super::load::{GenData, GenRow, JudgmentView, LabelData, OptimizeData, RejectView, RunData};
+use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RejectView, RunData};
+use super::load::{ComparisonView, ManifestView, PrefData, PrefView, TraceView};
 use super::svg::{self, int, num, pct, CalBin, Series};
+use crate::feedback::metrics::Judgment;
+use crate::pipeline::Round;
+use crate::provider::pool::EndpointStats;
 
 const CSS: &str = include_str!("report.css");
 const JS: &str = include_str!("report.js");
@@ -80,7 +84,8 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
         .or_else(|| {
             data.label
                 .as_ref()
-                .and_then(|l| l.report.as_ref()?.status.as_deref())
+                .and_then(|l| l.report.as_ref().map(|r| r.status.as_str()))
+                .filter(|s| !s.is_empty())
         })
         .or(data
             .optimize
@@ -137,108 +142,121 @@ pub fn utc(unix: u64) -> String {
 fn summary(p: &mut Page, data: &RunData) {
     p.out.push_str("<section id=\"summary\"><h2>Summary</h2>");
     if let Some(m) = &data.manifest {
-        let o = &mut p.out;
-        o.push_str("<dl class=\"kv\">");
-        kv(o, "model", m.model.clone());
-        kv(o, "provider", m.provider.clone());
-        kv(o, "endpoint", m.endpoint.clone().filter(|e| !e.is_empty()));
-        kv(o, "prompts", m.prompts_file.clone());
-        kv(
-            o,
-            "constitution",
-            m.constitution_file
-                .as_ref()
-                .map(|f| match &m.constitution_format {
-                    Some(k) => format!("{f} ({k})"),
-                    None => f.clone(),
-                }),
-        );
-        kv(o, "rounds", m.rounds.map(|r| r.to_string()));
-        kv(o, "preference", m.preference.clone());
-        kv(o, "seed", m.seed.map(|s| s.to_string()));
-        kv(o, "prompts in input", m.prompts_total.map(int));
-        kv(
-            o,
-            "done before this invocation",
-            m.prompts_already_done.filter(|&n| n > 0).map(int),
-        );
-        kv(o, "SFT rows", m.counts.sft_rows.map(int));
-        kv(o, "preference rows", m.counts.preference_rows.map(int));
-        kv(
-            o,
-            "pairs skipped (revision = initial)",
-            m.counts.preference_skipped_identical.map(int),
-        );
-        kv(
-            o,
-            "pairs skipped (tie)",
-            m.counts.preference_skipped_tie.map(int),
-        );
-        kv(o, "rejected", m.counts.rejected.map(int));
-        if let Some(r) = m.requests {
-            requests(o, &r);
-        }
-        kv(
-            o,
-            "cost",
-            m.cost_usd
-                .map(|c| format!("${c:.4}"))
-                .or_else(|| Some("unknown (no price for this model)".into())),
-        );
-        kv(o, "budget", m.max_cost.map(|c| format!("${c:.2}")));
-        kv(o, "wall time", m.wall_time_s.map(secs));
-        kv(o, "time to first row", m.first_row_s.map(secs));
-        kv(
-            o,
-            "requests per second",
-            m.requests_per_s.map(|r| format!("{r:.1}")),
-        );
-        kv(o, "started", m.started_at_unix.map(utc));
-        kv(o, "cai version", m.cai_version.clone());
-        o.push_str("</dl>");
-        if !m.endpoints.is_empty() {
-            o.push_str("<table><caption>Endpoints of the pool</caption><thead><tr><th>endpoint</th><th>weight</th><th>requests</th><th>failures</th><th>ejections</th><th>mean latency</th></tr></thead><tbody>");
-            for e in &m.endpoints {
-                let _ = write!(
-                    o,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0} ms</td></tr>",
-                    text(&e.url),
-                    num(e.weight),
-                    int(e.requests),
-                    int(e.failures),
-                    int(e.ejections),
-                    e.mean_latency_ms
-                );
-            }
-            o.push_str("</tbody></table>");
-        }
+        manifest_summary(&mut p.out, m);
+        endpoints_table(&mut p.out, &m.endpoints);
     }
     if let Some(l) = &data.label {
         label_summary(&mut p.out, l);
     }
     if let Some(opt) = &data.optimize {
-        let o = &mut p.out;
-        let r = &opt.report;
-        o.push_str("<h3>Optimisation</h3><dl class=\"kv\">");
-        kv(o, "depths", Some(r.reward_per_depth.len().to_string()));
-        let best = r.best_reward.or_else(|| {
-            r.reward_per_depth
-                .iter()
-                .filter_map(|d| d.best)
-                .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
-        });
-        kv(o, "best reward", best.map(num));
-        kv(o, "search.jsonl lines", Some(int(opt.search_lines)));
-        if let Some(req) = r.requests {
-            requests(o, &req);
-        }
-        kv(o, "wall time", r.wall_time_s.map(secs));
-        o.push_str("</dl>");
+        optimize_summary(&mut p.out, opt);
     }
     p.out.push_str("</section>");
 }
 
-fn requests(o: &mut String, r: &super::load::RequestsView) {
+/// What `manifest.json` says about the run.
+fn manifest_summary(o: &mut String, m: &ManifestView) {
+    o.push_str("<dl class=\"kv\">");
+    kv(o, "model", m.model.clone());
+    kv(o, "provider", m.provider.clone());
+    kv(o, "endpoint", m.endpoint.clone().filter(|e| !e.is_empty()));
+    kv(o, "prompts", m.prompts_file.clone());
+    kv(
+        o,
+        "constitution",
+        m.constitution_file
+            .as_ref()
+            .map(|f| match &m.constitution_format {
+                Some(k) => format!("{f} ({k})"),
+                None => f.clone(),
+            }),
+    );
+    kv(o, "rounds", m.rounds.map(|r| r.to_string()));
+    kv(o, "preference", m.preference.clone());
+    kv(o, "seed", m.seed.map(|s| s.to_string()));
+    kv(o, "prompts in input", m.prompts_total.map(int));
+    kv(
+        o,
+        "done before this invocation",
+        m.prompts_already_done.filter(|&n| n > 0).map(int),
+    );
+    kv(o, "SFT rows", m.counts.sft_rows.map(int));
+    kv(o, "preference rows", m.counts.preference_rows.map(int));
+    kv(
+        o,
+        "pairs skipped (revision = initial)",
+        m.counts.preference_skipped_identical.map(int),
+    );
+    kv(
+        o,
+        "pairs skipped (tie)",
+        m.counts.preference_skipped_tie.map(int),
+    );
+    kv(o, "rejected", m.counts.rejected.map(int));
+    if let Some(r) = m.requests {
+        requests(o, &r);
+    }
+    kv(
+        o,
+        "cost",
+        m.cost_usd
+            .map(|c| format!("${c:.4}"))
+            .or_else(|| Some("unknown (no price for this model)".into())),
+    );
+    kv(o, "budget", m.max_cost.map(|c| format!("${c:.2}")));
+    kv(o, "wall time", m.wall_time_s.map(secs));
+    kv(o, "time to first row", m.first_row_s.map(secs));
+    kv(
+        o,
+        "requests per second",
+        m.requests_per_s.map(|r| format!("{r:.1}")),
+    );
+    kv(o, "started", m.started_at_unix.map(utc));
+    kv(o, "cai version", m.cai_version.clone());
+    o.push_str("</dl>");
+}
+
+/// The endpoints of a pool (none for one endpoint).
+fn endpoints_table(o: &mut String, endpoints: &[EndpointStats]) {
+    if !endpoints.is_empty() {
+        o.push_str("<table><caption>Endpoints of the pool</caption><thead><tr><th>endpoint</th><th>weight</th><th>requests</th><th>failures</th><th>ejections</th><th>mean latency</th></tr></thead><tbody>");
+        for e in endpoints {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0} ms</td></tr>",
+                text(&e.url),
+                num(e.weight),
+                int(e.requests),
+                int(e.failures),
+                int(e.ejections),
+                e.mean_latency_ms
+            );
+        }
+        o.push_str("</tbody></table>");
+    }
+}
+
+/// What `cai optimize`'s report says.
+fn optimize_summary(o: &mut String, opt: &OptimizeData) {
+    let r = &opt.report;
+    o.push_str("<h3>Optimisation</h3><dl class=\"kv\">");
+    kv(o, "depths", Some(r.reward_per_depth.len().to_string()));
+    let best = r.best_reward.or_else(|| {
+        r.reward_per_depth
+            .iter()
+            .filter_map(|d| d.best)
+            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+    });
+    kv(o, "best reward", best.map(num));
+    kv(o, "search.jsonl lines", Some(int(opt.search_lines)));
+    if let Some(req) = r.requests {
+        requests(o, &req);
+    }
+    kv(o, "wall time", r.wall_time_s.map(secs));
+    o.push_str("</dl>");
+}
+
+fn requests(o: &mut String, r: &crate::engine::StatsSnapshot) {
     kv(o, "requests", Some(int(r.requests)));
     kv(o, "answered from the journal", Some(int(r.cached)));
     kv(o, "retries", Some(int(r.retries)));
@@ -312,8 +330,16 @@ fn label_summary(o: &mut String, l: &LabelData) {
     if let Some(q) = r.requests {
         requests(o, &q);
     }
-    kv(o, "wall time", r.wall_time_s.map(secs));
-    kv(o, "cai version", r.cai_version.clone());
+    kv(
+        o,
+        "wall time",
+        Some(r.wall_time_s).filter(|&t| t > 0.0).map(secs),
+    );
+    kv(
+        o,
+        "cai version",
+        Some(r.cai_version.clone()).filter(|v| !v.is_empty()),
+    );
     o.push_str("</dl>");
     if !r.per_judge.is_empty() {
         o.push_str("<table><caption>Per judge</caption><thead><tr><th>judge</th><th>pairs</th><th>position consistency</th><th>first position wins</th></tr></thead><tbody>");
@@ -384,6 +410,16 @@ fn gen_figures(out: &mut String, g: &GenData) {
     if g.rows_total == 0 {
         return;
     }
+    length_figure(out, g);
+    principles_figure(out, g);
+    edits_figure(out, g);
+    verbosity_figure(out, &g.pref);
+    scores_figure(out, &g.pref);
+    consistency_figure(out, g);
+}
+
+/// Answer lengths, initial against final.
+fn length_figure(out: &mut String, g: &GenData) {
     let (si, sf) = (sorted(&g.initial_chars), sorted(&g.final_chars));
     // The middle 98% of both, so one huge answer does not squash the rest
     // into a bar or two; the end bins hold the outliers.
@@ -420,6 +456,10 @@ fn gen_figures(out: &mut String, g: &GenData) {
             med(&sf)
         ),
     );
+}
+
+/// Rounds per principle, the 20 most used by name.
+fn principles_figure(out: &mut String, g: &GenData) {
     if !g.principles.is_empty() {
         let mut items: Vec<(String, f64)> = g
             .principles
@@ -446,6 +486,10 @@ fn gen_figures(out: &mut String, g: &GenData) {
             ),
         );
     }
+}
+
+/// How much the revisions changed the answers.
+fn edits_figure(out: &mut String, g: &GenData) {
     let se = sorted(&g.edit_shares);
     figure(
         out,
@@ -468,7 +512,10 @@ fn gen_figures(out: &mut String, g: &GenData) {
             svg::quantile(&se, 0.5).map_or_else(|| "—".into(), pct)
         ),
     );
-    let pr = &g.pref;
+}
+
+/// Whether the chosen answer is the longer one.
+fn verbosity_figure(out: &mut String, pr: &PrefData) {
     if pr.rows > 0 {
         let n = pr.rows as f64;
         figure(
@@ -491,6 +538,10 @@ fn gen_figures(out: &mut String, g: &GenData) {
             ),
         );
     }
+}
+
+/// The judge's scores of chosen and rejected answers.
+fn scores_figure(out: &mut String, pr: &PrefData) {
     if !pr.chosen_scores.is_empty() {
         let all: Vec<f64> = sorted(
             &pr.chosen_scores
@@ -532,6 +583,10 @@ fn gen_figures(out: &mut String, g: &GenData) {
             ),
         );
     }
+}
+
+/// Position consistency per judge.
+fn consistency_figure(out: &mut String, g: &GenData) {
     if !g.judges.is_empty() {
         let mut items = Vec::new();
         for (name, t) in &g.judges {
@@ -851,104 +906,127 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
     block(o, "Prompt", &t.prompt);
     block(o, "Initial answer", &t.init_response);
     for r in &t.rounds {
-        let _ = write!(
-            o,
-            "<div class=\"round\"><h4>Round {} · <span class=\"pr\">{}</span></h4><details class=\"req\"><summary>critique request</summary><pre class=\"t\">",
-            r.round,
-            text(&r.principle())
-        );
-        push_text(o, &r.critique_request);
-        o.push_str("</pre></details>");
-        block(o, "Critique", &r.critique);
-        o.push_str("<details class=\"req\"><summary>revision request</summary><pre class=\"t\">");
-        push_text(o, &r.revision_request);
-        o.push_str("</pre></details>");
-        block(o, "Revision", &r.revision);
-        o.push_str("</div>");
+        round_block(o, r);
     }
     if !t.rounds.is_empty() {
-        let (spans, aligned) = word_diff(&t.init_response, t.final_answer());
-        let _ =
-            write!(
-            o,
-            "<h4>Initial → final revision ({} of the words changed{})</h4><pre class=\"t diff\">",
-            pct(row.edit_share),
-            if aligned { "" } else { "; too long to align word by word" }
-        );
-        let mut open: Option<Change> = None;
-        for s in &spans {
-            if open != Some(s.change) {
-                match open {
-                    Some(Change::Removed) => o.push_str("</del>"),
-                    Some(Change::Added) => o.push_str("</ins>"),
-                    _ => {}
-                }
-                match s.change {
-                    Change::Removed => o.push_str("<del>"),
-                    Change::Added => o.push_str("<ins>"),
-                    Change::Same => {}
-                }
-                open = Some(s.change);
-            }
-            push_text(o, s.text);
-        }
-        match open {
-            Some(Change::Removed) => o.push_str("</del>"),
-            Some(Change::Added) => o.push_str("</ins>"),
-            _ => {}
-        }
-        o.push_str("</pre>");
+        diff_block(o, t, row.edit_share);
     }
     for (i, s) in t.samples.iter().enumerate() {
         block(o, &format!("Sample {}", i + 2), s);
     }
     if let Some(pr) = &row.pref {
-        let score = |s: Option<f64>| s.map(|x| format!(" (score {x:.3})")).unwrap_or_default();
-        o.push_str("<div class=\"pair\">");
-        block(o, &format!("Chosen{}", score(pr.chosen_score)), &pr.chosen);
-        block(
-            o,
-            &format!("Rejected{}", score(pr.rejected_score)),
-            &pr.rejected,
-        );
-        o.push_str("</div>");
-        if let Some(pp) = pr.principle.as_deref().filter(|s| !s.is_empty()) {
-            let _ = write!(o, "<p>Comparison principle: {}</p>", text(pp));
-        }
-        if pr.tie {
-            o.push_str("<p><b>Tie</b>: the scores are within the tie margin.</p>");
-        }
+        pair_block(o, pr);
     }
     if let Some(js) = t.judgments.as_ref().filter(|j| !j.is_empty()) {
-        o.push_str("<table class=\"cmp\"><caption>Judge comparisons (candidates: 0 = initial answer, then samples, last = final revision)</caption><thead><tr><th>x vs y</th><th>P(x better)</th><th>P(tie)</th><th>judges: P(x) with x first / second</th><th>principle</th></tr></thead><tbody>");
-        for c in js {
-            let _ = write!(
-                o,
-                "<tr><td>{} vs {}</td><td>{:.3}</td><td>{:.3}</td><td>",
-                c.x, c.y, c.p, c.p_tie
-            );
-            for v in &c.judges {
-                let _ = write!(
-                    o,
-                    "<div>{}: {:.3} / {:.3} ({})</div>",
-                    text(&v.judge),
-                    v.p_first,
-                    v.p_second,
-                    text(&v.method)
-                );
-            }
-            let _ = write!(
-                o,
-                "</td><td class=\"t\">{}</td></tr>",
-                text(&preview(&c.principle, 120))
-            );
-        }
-        o.push_str("</tbody></table>");
+        comparisons_table(o, js);
     }
     o.push_str("</div></details></article>");
 }
 
-fn label_row<'a>(p: &mut Page<'a>, j: &'a JudgmentView) {
+/// One critique→revision round of a row.
+fn round_block(o: &mut String, r: &Round) {
+    let _ = write!(
+        o,
+        "<div class=\"round\"><h4>Round {} · <span class=\"pr\">{}</span></h4><details class=\"req\"><summary>critique request</summary><pre class=\"t\">",
+        r.round,
+        text(&r.principle())
+    );
+    push_text(o, &r.critique_request);
+    o.push_str("</pre></details>");
+    block(o, "Critique", &r.critique);
+    o.push_str("<details class=\"req\"><summary>revision request</summary><pre class=\"t\">");
+    push_text(o, &r.revision_request);
+    o.push_str("</pre></details>");
+    block(o, "Revision", &r.revision);
+    o.push_str("</div>");
+}
+
+/// The word diff from the initial answer to the final revision.
+fn diff_block(o: &mut String, t: &TraceView, edit_share: f64) {
+    let (spans, aligned) = word_diff(&t.init_response, t.final_answer());
+    let _ = write!(
+        o,
+        "<h4>Initial → final revision ({} of the words changed{})</h4><pre class=\"t diff\">",
+        pct(edit_share),
+        if aligned {
+            ""
+        } else {
+            "; too long to align word by word"
+        }
+    );
+    let mut open: Option<Change> = None;
+    for s in &spans {
+        if open != Some(s.change) {
+            match open {
+                Some(Change::Removed) => o.push_str("</del>"),
+                Some(Change::Added) => o.push_str("</ins>"),
+                _ => {}
+            }
+            match s.change {
+                Change::Removed => o.push_str("<del>"),
+                Change::Added => o.push_str("<ins>"),
+                Change::Same => {}
+            }
+            open = Some(s.change);
+        }
+        push_text(o, s.text);
+    }
+    match open {
+        Some(Change::Removed) => o.push_str("</del>"),
+        Some(Change::Added) => o.push_str("</ins>"),
+        _ => {}
+    }
+    o.push_str("</pre>");
+}
+
+/// The preference pair of a row.
+fn pair_block(o: &mut String, pr: &PrefView) {
+    let score = |s: Option<f64>| s.map(|x| format!(" (score {x:.3})")).unwrap_or_default();
+    o.push_str("<div class=\"pair\">");
+    block(o, &format!("Chosen{}", score(pr.chosen_score)), &pr.chosen);
+    block(
+        o,
+        &format!("Rejected{}", score(pr.rejected_score)),
+        &pr.rejected,
+    );
+    o.push_str("</div>");
+    if let Some(pp) = pr.principle.as_deref().filter(|s| !s.is_empty()) {
+        let _ = write!(o, "<p>Comparison principle: {}</p>", text(pp));
+    }
+    if pr.tie {
+        o.push_str("<p><b>Tie</b>: the scores are within the tie margin.</p>");
+    }
+}
+
+/// The judge's comparisons of a row's candidates.
+fn comparisons_table(o: &mut String, js: &[ComparisonView]) {
+    o.push_str("<table class=\"cmp\"><caption>Judge comparisons (candidates: 0 = initial answer, then samples, last = final revision)</caption><thead><tr><th>x vs y</th><th>P(x better)</th><th>P(tie)</th><th>judges: P(x) with x first / second</th><th>principle</th></tr></thead><tbody>");
+    for c in js {
+        let _ = write!(
+            o,
+            "<tr><td>{} vs {}</td><td>{:.3}</td><td>{:.3}</td><td>",
+            c.x, c.y, c.p, c.p_tie
+        );
+        for v in &c.judges {
+            let _ = write!(
+                o,
+                "<div>{}: {:.3} / {:.3} ({})</div>",
+                text(&v.judge),
+                v.p_first,
+                v.p_second,
+                text(&v.method)
+            );
+        }
+        let _ = write!(
+            o,
+            "</td><td class=\"t\">{}</td></tr>",
+            text(&preview(&c.principle, 120))
+        );
+    }
+    o.push_str("</tbody></table>");
+}
+
+fn label_row<'a>(p: &mut Page<'a>, j: &'a Judgment) {
     p.facets.push(Facet {
         id: &j.id,
         p: Vec::new(),
@@ -961,8 +1039,8 @@ fn label_row<'a>(p: &mut Page<'a>, j: &'a JudgmentView) {
         o,
         "<article class=\"row\" data-row><details><summary><span class=\"rid\">{}</span> <span class=\"tag\">judge: {}</span> <span class=\"tag\">human: {}</span> <span class=\"pv\">P(A) {:.3} · lengths {} / {}</span></summary><div class=\"body\"><dl class=\"kv\">",
         text(&j.id),
-        text(&j.predicted),
-        text(j.human.as_deref().unwrap_or("—")),
+        text(winner_name(j.predicted)),
+        text(j.human.map_or("—", winner_name)),
         j.p_a + j.p_tie / 2.0,
         int(j.len_a as u64),
         int(j.len_b as u64)
