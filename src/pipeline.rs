@@ -198,23 +198,28 @@ pub fn initial_request(
         Stage::Initial,
         &[Message::user(user.clone())],
         params,
-        None,
+        &Sent::new(),
     );
     Ok((user, req))
 }
 
+/// The requests already sent for one prompt, as (stage, message count):
+/// what a later request's [`CacheHint::previous`] is worked out from.
+pub type Sent = Vec<(Stage, usize)>;
+
 /// `[system?] + few_shots + convo` for a stage, with the [`CacheHint`]
 /// that says which of it other requests repeat: every request of the stage
 /// starts with the same system message and few-shots (in that order, the
-/// same bytes whatever the prompt), and a request that extends `previous`
-/// (the request sent before it for the same prompt) repeats all of it.
-/// Whether the next request extends this one is set by the caller.
+/// same bytes whatever the prompt), and, since a prompt's conversation only
+/// grows, every earlier request of the prompt whose stage has the same
+/// system message is a prefix of this one (the longest is `previous`).
+/// Whether a later request extends this one is set by the caller.
 fn request(
     c: &Constitution,
     stage: Stage,
     convo: &[Message],
     params: &GenParams,
-    previous: Option<&ChatRequest>,
+    sent: &Sent,
 ) -> ChatRequest {
     let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
     if let Some(s) = c.system_for(stage) {
@@ -224,10 +229,12 @@ fn request(
     let shared = m.len();
     let scope = format!("{}:{}", stage.as_str(), prefix_digest(&m));
     m.extend(convo.iter().cloned());
-    let previous = previous
-        .map(|p| &p.messages)
-        .filter(|p| p.len() < m.len() && m.starts_with(p))
-        .map_or(0, Vec::len);
+    let previous = sent
+        .iter()
+        .filter(|&&(s, n)| extends(c, s, stage) && n < m.len())
+        .map(|&(_, n)| n)
+        .max()
+        .unwrap_or(0);
     ChatRequest {
         messages: m,
         params: params.clone(),
@@ -240,9 +247,9 @@ fn request(
     }
 }
 
-/// Whether a request of `next` for the same prompt will start with the
-/// whole of a request of `this` (same system message, so the
-/// conversation only grows).
+/// Whether a later request of `next` for the same prompt starts with the
+/// whole of an earlier request of `this`: the same system message (and
+/// the same few-shots, always), and the conversation only grows.
 fn extends(c: &Constitution, this: Stage, next: Stage) -> bool {
     c.system_for(this) == c.system_for(next)
 }
@@ -354,7 +361,7 @@ impl Pipeline {
         ];
         let mut answer = initial.clone();
         let mut rounds = Vec::new();
-        let mut last = Some(req);
+        let mut sent: Sent = vec![(Stage::Initial, req.messages.len())];
 
         let reviser = Reviser {
             engine: &self.engine,
@@ -366,7 +373,7 @@ impl Pipeline {
         for round in 1..=self.rounds {
             let more = round < self.rounds;
             let (r, [critique, revision]) = match reviser
-                .round_after(&id, round, &prompt, &answer, &mut convo, &mut last, more)
+                .round_after(&id, round, &prompt, &answer, &mut convo, &mut sent, more)
                 .await
             {
                 Ok(x) => x,
@@ -436,14 +443,14 @@ impl Reviser<'_> {
         answer: &str,
         convo: &mut Vec<Message>,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
-        self.round_after(id, round, prompt, answer, convo, &mut None, true)
+        self.round_after(id, round, prompt, answer, convo, &mut Sent::new(), true)
             .await
     }
 
-    /// [`Reviser::round`] knowing the request sent before it for the same
-    /// prompt (`last`, left holding this round's revision request) and
-    /// whether another round follows, so each request's [`CacheHint`] says
-    /// what it shares with the one before and whether the next extends it.
+    /// [`Reviser::round`] knowing the requests sent before it for the same
+    /// prompt (`sent`, to which this round's two are added) and whether
+    /// another round follows, so each request's [`CacheHint`] says what it
+    /// shares with an earlier one and whether a later one extends it.
     #[allow(clippy::too_many_arguments)]
     pub async fn round_after(
         &self,
@@ -452,7 +459,7 @@ impl Reviser<'_> {
         prompt: &str,
         answer: &str,
         convo: &mut Vec<Message>,
-        last: &mut Option<ChatRequest>,
+        sent: &mut Sent,
         more: bool,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
         let call = |stage: Stage, req: ChatRequest| async move {
@@ -485,10 +492,13 @@ impl Reviser<'_> {
             Stage::Critique,
             convo,
             self.params,
-            last.as_ref(),
+            sent,
         );
-        req.cache.extended = extends(self.constitution, Stage::Critique, Stage::Revision);
-        *last = Some(req.clone());
+        // The revision (same system message) or the next round's critique
+        // starts with all of it.
+        req.cache.extended =
+            more || extends(self.constitution, Stage::Critique, Stage::Revision);
+        sent.push((Stage::Critique, req.messages.len()));
         let c = call(Stage::Critique, req).await?;
         let critique = strip_label(&c.text, "Critique");
         if critique.is_empty() {
@@ -515,10 +525,12 @@ impl Reviser<'_> {
             Stage::Revision,
             convo,
             self.params,
-            last.as_ref(),
+            sent,
         );
-        req.cache.extended = more && extends(self.constitution, Stage::Revision, Stage::Critique);
-        *last = Some(req.clone());
+        // The next round's critique and revision both grow this
+        // conversation; the revision at least shares its system message.
+        req.cache.extended = more;
+        sent.push((Stage::Revision, req.messages.len()));
         let c = call(Stage::Revision, req).await?;
         let revision = strip_label(&c.text, "Revision");
         if revision.is_empty() {

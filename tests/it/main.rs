@@ -18,6 +18,7 @@ mod logging;
 mod optimize;
 mod optimize_fallback;
 mod pool;
+mod prompt_cache;
 mod refresh;
 mod report;
 mod rundir;
