@@ -8,7 +8,7 @@
 #           --seed 1: the embedded model against `cai --provider openai`
 #           driving llama.cpp's server (llama-cpp-python) on the same GGUF;
 #   batch   aggregate generation tokens/s with 1, 2 and 4 sequences at once
-#           (examples/bench_local.rs).
+#           (crates/cai-local/examples/bench_local.rs).
 # A/B runs alternate (A B, then B A, ...) so both sides see the same load;
 # every run prints its wall time, tokens, peak RSS (from /usr/bin/time) and
 # the machine's load average before and after it.
@@ -54,7 +54,8 @@ say() { printf '%s\n' "$*" >&2; }
 # --- binaries ---------------------------------------------------------------
 if [ -z "${CAI_AFTER:-}" ] || { want batch && [ -z "${BENCH_LOCAL:-}" ]; }; then
     say "building this tree (release): cai, bench_local"
-    cargo build --release --quiet --bin cai --example bench_local
+    cargo build --release --quiet --bin cai
+    cargo build --release --quiet -p cai-local --example bench_local
 fi
 target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 CAI_AFTER=${CAI_AFTER:-$target_dir/release/cai}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the tiny model fixtures of tests/it/local_families.rs.
+"""Writes the tiny model fixtures of crates/cai-local/tests/families.rs.
 
 For each model family the embedded model supports, a GGUF with random
-weights and a small synthetic vocabulary (tests/fixtures/local/<name>.gguf),
+weights and a small synthetic vocabulary (crates/cai-local/tests/fixtures/<name>.gguf),
 and what llama.cpp makes of it (<name>.json): the token ids of a
 multilingual string set, and the logits of every position of a short token
 sequence. The Rust test loads the same GGUF and must reproduce both.
@@ -25,7 +25,7 @@ import gguf
 import numpy as np
 from llama_cpp import Llama
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "local")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "cai-local", "tests", "fixtures")
 
 # Text the vocabularies are learned from (English-heavy, like real ones).
 CORPUS = """The quick brown fox jumps over the lazy dog. I'm sure they'll say it's fine,

@@ -30,4 +30,28 @@ fi
 cargo build --workspace --all-targets
 target="${CARGO_TARGET_DIR:-target}"
 "$target/debug/cai" model fetch
-cargo test --workspace --all-targets --no-fail-fast -- "$@"
+# The engine's own tests (crates/cai-local) find the model here.
+CAI_TEST_MODEL=$("$target/debug/cai" model path)
+export CAI_TEST_MODEL
+status=0
+cargo test --workspace --all-targets --no-fail-fast -- "$@" || status=$?
+
+# The run above used the fastest kernels this CPU has. The embedded model's
+# own tests run again on every slower ISA path it can run (CAI_LOCAL_ISA),
+# so the paths of CPUs without AVX-512 or AVX-VNNI are covered on this one.
+flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+has() { [[ "$flags" == *" $1 "* ]]; }
+isas=(scalar)
+if has avx2 && has fma && has f16c; then
+    isas+=(avx2)
+    if has avx_vnni; then
+        isas+=(avxvnni)
+        has avx512f && isas+=(avx512)
+    fi
+fi
+unset 'isas[${#isas[@]}-1]'
+for isa in "${isas[@]}"; do
+    echo "test.sh: cai-local tests with CAI_LOCAL_ISA=$isa" >&2
+    CAI_LOCAL_ISA=$isa cargo test -p cai-local --all-targets --no-fail-fast -- "$@" || status=$?
+done
+exit "$status"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::input::ShardArg;
-use crate::provider::presets::{self, Preset, PRESETS};
+pub use crate::provider::registry::ProviderKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -388,100 +388,26 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// A backend: one of the native protocols, or an OpenAI-compatible preset
-/// from [`crate::provider::presets`] (`groq`, `vllm`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// Embedded GGUF model on CPU.
-    Local,
-    /// Any OpenAI-compatible `chat/completions` server.
-    Openai,
-    /// Hugging Face Inference API / TGI `generate`.
-    Hf,
-    /// Anthropic Messages API.
-    Anthropic,
-    /// Google Gemini `generateContent`.
-    Gemini,
-    /// An OpenAI-compatible service from the preset table.
-    Preset(&'static Preset),
-}
-
-/// Every `--provider` value, in the order `--help` lists them. The presets
-/// other than `openai` (which is [`ProviderKind::Openai`]) follow the table.
-const PROVIDER_KINDS: &[ProviderKind] = &[
-    ProviderKind::Local,
-    ProviderKind::Openai,
-    ProviderKind::Hf,
-    ProviderKind::Anthropic,
-    ProviderKind::Gemini,
-    ProviderKind::Preset(&PRESETS[1]),
-    ProviderKind::Preset(&PRESETS[2]),
-    ProviderKind::Preset(&PRESETS[3]),
-    ProviderKind::Preset(&PRESETS[4]),
-    ProviderKind::Preset(&PRESETS[5]),
-    ProviderKind::Preset(&PRESETS[6]),
-    ProviderKind::Preset(&PRESETS[7]),
-    ProviderKind::Preset(&PRESETS[8]),
-    ProviderKind::Preset(&PRESETS[9]),
-    ProviderKind::Preset(&PRESETS[10]),
-];
-
 impl EndpointArgs {
     /// The first `--base-url` (the only one, unless a pool is given).
     pub fn base_url(&self) -> Option<&str> {
         self.base_urls.first().map(String::as_str)
     }
-}
 
-impl ProviderKind {
-    /// The `--provider` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Openai => "openai",
-            ProviderKind::Hf => "hf",
-            ProviderKind::Anthropic => "anthropic",
-            ProviderKind::Gemini => "gemini",
-            ProviderKind::Preset(p) => p.name,
+    /// The flags as [`crate::provider::build`] reads them.
+    pub fn flags(&self) -> crate::provider::build::Flags<'_> {
+        crate::provider::build::Flags {
+            provider: self.provider,
+            base_urls: &self.base_urls,
+            model: self.model.as_deref(),
+            api_key_env: self.api_key_env.as_deref(),
+            chat_template: &self.chat_template,
+            timeout: self.timeout,
+            max_reply_bytes: self.max_reply_bytes,
+            offline: self.offline,
+            local_parallel: self.local_parallel,
+            local_cache_mb: self.local_cache_mb,
         }
-    }
-
-    /// The OpenAI-compatible preset this kind uses, if it is one.
-    pub fn preset(self) -> Option<&'static Preset> {
-        match self {
-            ProviderKind::Openai => presets::get("openai"),
-            ProviderKind::Preset(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// Every kind, as `--help` lists them.
-    pub fn all() -> &'static [ProviderKind] {
-        PROVIDER_KINDS
-    }
-}
-
-impl ValueEnum for ProviderKind {
-    fn value_variants<'a>() -> &'a [Self] {
-        PROVIDER_KINDS
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        let help = match self {
-            ProviderKind::Local => "embedded GGUF model on CPU".to_string(),
-            ProviderKind::Openai => {
-                "OpenAI, or any OpenAI-compatible server given --base-url (OPENAI_API_KEY)"
-                    .to_string()
-            }
-            ProviderKind::Hf => "Hugging Face Inference API / TGI generate (HF_TOKEN)".to_string(),
-            ProviderKind::Anthropic => "Anthropic Messages API (ANTHROPIC_API_KEY)".to_string(),
-            ProviderKind::Gemini => "Google Gemini (GEMINI_API_KEY or GOOGLE_API_KEY)".to_string(),
-            ProviderKind::Preset(p) => match p.key_var {
-                Some(v) => format!("{}: {} ({v})", p.notes, p.base_url),
-                None => format!("{}: {} (no key)", p.notes, p.base_url),
-            },
-        };
-        Some(clap::builder::PossibleValue::new(self.name()).help(help))
     }
 }
 
@@ -559,7 +485,7 @@ pub struct EndpointArgs {
     /// local: sequences generated together in one batch (default 8).
     #[arg(long, value_name = "N")]
     pub local_parallel: Option<usize>,
-    /// local: prefix KV cache size in MiB (default: 1/8 of available memory, 256..2048; 0: off).
+    /// local: prefix KV cache size in MiB (default: what the running sequences can reuse, about 1024 tokens of KV state each; 0: off).
     #[arg(long, value_name = "MB")]
     pub local_cache_mb: Option<usize>,
 }

@@ -1,8 +1,9 @@
 //! What a run costs: a price table, a spend meter with a cap, and the
 //! `--dry-run` estimate.
 //!
-//! **Prices** are USD per million input and output tokens. The table below
-//! holds common hosted models with the date each price was read; `--price-in`
+//! **Prices** are USD per million input and output tokens. The provider
+//! table ([`crate::provider::registry`]) holds, per provider, the prices of
+//! its common models with the date each price was read; `--price-in`
 //! and `--price-out` (or `price_in`/`price_out` in `cai.toml`) override it,
 //! and are needed for a model the table lacks. Local servers cost nothing
 //! unless you give a price. Model names match exactly or by prefix (a dated
@@ -31,54 +32,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// One row of the price table.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PriceRow {
-    /// Model name (or prefix) as sent to the service.
-    pub model: &'static str,
-    pub input_per_m: f64,
-    pub output_per_m: f64,
-    /// When the price was read.
-    pub as_of: &'static str,
-}
+pub use crate::provider::registry::PriceRow;
+use crate::provider::registry::{Prices, ENTRIES};
 
-/// Prices of common models, USD per million tokens (standard tier, no
-/// batch or cache discounts), each with the date of the page it was read
-/// from. Prices change: check the service's pricing page, and pass
-/// `--price-in/--price-out` when the table is out of date. Longer names come
-/// before their prefixes.
-pub const PRICES: &[PriceRow] = &[
-    // OpenAI (openai.com/api/pricing), as of 2026-05-07.
-    row("gpt-4o-mini", 0.15, 0.60, "2026-05-07"),
-    row("gpt-4o", 2.50, 10.00, "2026-05-07"),
-    row("gpt-4.1-nano", 0.10, 0.40, "2026-05-07"),
-    row("gpt-4.1-mini", 0.40, 1.60, "2026-05-07"),
-    row("gpt-4.1", 2.00, 8.00, "2026-05-07"),
-    // Anthropic (platform.claude.com pricing), as of 2025-11-25.
-    row("claude-haiku-4-5", 1.00, 5.00, "2025-11-25"),
-    row("claude-sonnet-4-5", 3.00, 15.00, "2025-11-25"),
-    row("claude-sonnet-4", 3.00, 15.00, "2025-11-25"),
-    row("claude-opus-4-1", 15.00, 75.00, "2025-11-25"),
-    // Google Gemini API, paid tier, prompts up to 200k tokens
-    // (ai.google.dev/gemini-api/docs/pricing), as of 2025-11-25.
-    row("gemini-2.5-flash-lite", 0.10, 0.40, "2025-11-25"),
-    row("gemini-2.5-flash", 0.30, 2.50, "2025-11-25"),
-    row("gemini-2.5-pro", 1.25, 10.00, "2025-11-25"),
-    row("gemini-2.0-flash", 0.10, 0.40, "2025-11-25"),
-];
-
-const fn row(
-    model: &'static str,
-    input_per_m: f64,
-    output_per_m: f64,
-    as_of: &'static str,
-) -> PriceRow {
-    PriceRow {
-        model,
-        input_per_m,
-        output_per_m,
-        as_of,
-    }
+/// Every price row of the provider table ([`crate::provider::registry`]),
+/// in table order.
+pub fn price_rows() -> impl Iterator<Item = &'static PriceRow> {
+    ENTRIES.iter().flat_map(|e| match e.prices {
+        Prices::Table(rows) => rows,
+        Prices::Free | Prices::Unlisted => &[],
+    })
 }
 
 /// Fraction of `--max-tokens` a reply is assumed to use in estimates.
@@ -91,9 +54,8 @@ pub fn lookup(model: &str) -> Option<&'static PriceRow> {
         .next()
         .unwrap_or(model)
         .to_ascii_lowercase();
-    PRICES.iter().find(|r| r.model == m).or_else(|| {
-        PRICES
-            .iter()
+    price_rows().find(|r| r.model == m).or_else(|| {
+        price_rows()
             .filter(|r| m.starts_with(r.model))
             .max_by_key(|r| r.model.len())
     })

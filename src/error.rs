@@ -28,6 +28,10 @@ use crate::template::TemplateError;
 /// variant, never on the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// An endpoint that cannot be set up: a bad `--base-url`, a missing
+    /// key, an unreadable chat template (the provider table's checks).
+    #[error(transparent)]
+    Endpoint(#[from] crate::provider::build::BuildError),
     /// A flag's value is malformed or out of range; `why` finishes the
     /// sentence that starts with the flag.
     #[error("{flag} {why}")]

@@ -18,8 +18,13 @@
 //! | [`feedback`] | AI feedback: the judge, pair selection, label metrics, prompt optimisation (DRPO) |
 //! | [`engine`] | the one run loop, requests (limits, retries, journal, budgets), run-directory lock, progress |
 //! | [`input`] | prompts, constitution, answer pairs |
-//! | [`provider`] | the `Provider` trait and every backend, endpoint pools, the local model |
+//! | [`provider`] | the `Provider` trait and every backend, endpoint pools, the adapter of the embedded model (`cai-local`) |
 //! | [`template`], [`cost`], [`error`], [`logging`], `digest`, `date` | templates, prices, error types, the log subscriber, hex of digests, UTC calendar dates |
+//!
+//! No `unsafe` here: the memory map and the vector kernels of the embedded
+//! model are in the `cai-local` crate.
+
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;

@@ -487,17 +487,10 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, principle => &pctx, round },
         )?;
         convo.push(Message::user(critique_request.clone()));
-        let mut req = request(
-            self.constitution,
-            Stage::Critique,
-            convo,
-            self.params,
-            sent,
-        );
+        let mut req = request(self.constitution, Stage::Critique, convo, self.params, sent);
         // The revision (same system message) or the next round's critique
         // starts with all of it.
-        req.cache.extended =
-            more || extends(self.constitution, Stage::Critique, Stage::Revision);
+        req.cache.extended = more || extends(self.constitution, Stage::Critique, Stage::Revision);
         sent.push((Stage::Critique, req.messages.len()));
         let c = call(Stage::Critique, req).await?;
         let critique = strip_label(&c.text, "Critique");
@@ -520,13 +513,7 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
         )?;
         convo.push(Message::user(revision_request.clone()));
-        let mut req = request(
-            self.constitution,
-            Stage::Revision,
-            convo,
-            self.params,
-            sent,
-        );
+        let mut req = request(self.constitution, Stage::Revision, convo, self.params, sent);
         // The next round's critique and revision both grow this
         // conversation; the revision at least shares its system message.
         req.cache.extended = more;

@@ -26,6 +26,7 @@ use crate::input::{InputErrors, PromptReader, PromptRecord};
 use crate::output::manifest;
 use crate::output::{OutputError, WriteCounts, Writer};
 use crate::pipeline::{Outcome, Pipeline};
+use crate::provider::Provider;
 
 /// What a finished `generate` did.
 #[derive(Debug, Clone)]
@@ -90,10 +91,7 @@ impl Item for Outcome {
 /// runs it (one pass, or one per batch stage) and records the manifest.
 pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSummary, RunError> {
     let (started, started_unix) = (Instant::now(), scheduler::now_unix());
-    crate::config::ensure_local_model(&cfg.endpoint, cfg.run.display == Display::Bar, |m| {
-        eprintln!("cai: {m}")
-    })
-    .await?;
+    let provider = open_provider(&cfg).await?;
     let fingerprint = cfg.fingerprint()?;
     let dir = RunDir::open(&cfg.out)?;
     dir.guard(&fingerprint, cfg.run.force, "two datasets")?;
@@ -104,7 +102,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     let notes = resume_notes(&cfg, changed, done.len(), cached);
 
     let stop = StopSignal::default();
-    let (engine, engine_cfg, batch_provider) = open_engine(&cfg, journal, &stop);
+    let (engine, engine_cfg, batch_provider) = open_engine(&cfg, &provider, journal, &stop);
     let stats = engine.stats();
     let mut batch = open_batch(&cfg, &dir, batch_provider, stats.clone())?;
     let judges = crate::config::judge::EngineSetup {
@@ -120,8 +118,7 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     let mut manifest = cfg.manifest(argv, &fingerprint, started_unix);
     let price_factor = cfg.batch_price_factor();
     let (run, out, spec) = (cfg.run.clone(), cfg.out.clone(), cfg.inputs.spec.clone());
-    let provider = cfg.provider.clone();
-    let lp = run_loop(&cfg, stop, stats.clone(), done, notes);
+    let lp = run_loop(&cfg, &provider, stop, stats.clone(), done, notes);
     let job = Arc::new(job(cfg, engine, selector));
     let passes = batch::run_passes(
         job,
@@ -146,11 +143,33 @@ pub async fn generate(cfg: GenerateConfig, argv: Vec<String>) -> Result<RunSumma
     })
 }
 
+/// The run's provider, opened: the default model is downloaded first when
+/// it (for the run or a judge) is selected and missing, in one place.
+async fn open_provider(cfg: &GenerateConfig) -> Result<Arc<dyn Provider>, RunError> {
+    let judges = match cfg.selection {
+        Some(crate::config::judge::Selection::Judge { .. }) => {
+            crate::config::judge::plans(&cfg.judges, &cfg.endpoint, true, cfg.run.concurrency)?
+        }
+        _ => Vec::new(),
+    };
+    let progress = cfg.run.display == Display::Bar;
+    crate::provider::build::prepare(judges.iter().chain([&cfg.provider]), progress, |m| {
+        eprintln!("cai: {m}")
+    })
+    .await
+    .map_err(crate::config::ConfigError::from)?;
+    Ok(cfg
+        .provider
+        .build()
+        .map_err(crate::config::ConfigError::from)?)
+}
+
 /// The run's engine, sending through the batch provider when `--batch`
 /// stages the run; also the engine settings (the judges' engines share
 /// them) and that batch provider.
 fn open_engine(
     cfg: &GenerateConfig,
+    provider: &Arc<dyn Provider>,
     journal: Journal,
     stop: &StopSignal,
 ) -> (Arc<Engine>, EngineConfig, Option<Arc<BatchProvider>>) {
@@ -158,10 +177,10 @@ fn open_engine(
     // engine must not refuse results that are already paid for.
     let max_cost = cfg.max_cost.filter(|_| cfg.batch.is_none());
     let engine_cfg = cfg.run.engine(cfg.price.clone(), max_cost);
-    let batch_provider = batch_provider(cfg);
+    let batch_provider = batch_provider(cfg, provider);
     let sends_to = match &batch_provider {
         Some(b) => b.clone(),
-        None => cfg.provider.clone(),
+        None => provider.clone(),
     };
     let engine = Engine::new(sends_to, journal, engine_cfg.clone(), stop.clone());
     (Arc::new(engine), engine_cfg, batch_provider)
@@ -170,6 +189,7 @@ fn open_engine(
 /// The run loop's settings: skip the `done` prompts, say the `notes` first.
 fn run_loop(
     cfg: &GenerateConfig,
+    provider: &Arc<dyn Provider>,
     stop: StopSignal,
     stats: Arc<crate::engine::Stats>,
     done: HashSet<String>,
@@ -184,7 +204,7 @@ fn run_loop(
         done,
         notes,
         noun: "prompt",
-        provider: Some(cfg.provider.clone()),
+        provider: Some(provider.clone()),
     }
 }
 
@@ -230,10 +250,13 @@ fn resume_notes(cfg: &GenerateConfig, changed: u64, done: usize, cached: usize) 
 
 /// With `--batch` and a provider that has a batch API: the provider the
 /// engine sends through, queueing requests for the stage's batch.
-fn batch_provider(cfg: &GenerateConfig) -> Option<Arc<BatchProvider>> {
-    let api = cfg.provider.batch_api().filter(|_| cfg.batch.is_some())?;
+fn batch_provider(
+    cfg: &GenerateConfig,
+    provider: &Arc<dyn Provider>,
+) -> Option<Arc<BatchProvider>> {
+    let api = provider.batch_api().filter(|_| cfg.batch.is_some())?;
     Some(Arc::new(BatchProvider::new(
-        cfg.provider.clone(),
+        provider.clone(),
         api,
         cfg.price.clone(),
     )))

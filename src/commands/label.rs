@@ -135,6 +135,11 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
         stats: stats.clone(),
         concurrency: cfg.run.concurrency,
     };
+    let plans = crate::config::judge::plans(&cfg.judges, &cfg.endpoint, false, setup.concurrency)?;
+    let progress = cfg.run.display == crate::engine::progress::Display::Bar;
+    crate::provider::build::prepare(&plans, progress, |m| eprintln!("cai: {m}"))
+        .await
+        .map_err(crate::config::ConfigError::from)?;
     let endpoints = crate::config::judge::endpoints(&cfg.judges, &cfg.endpoint, None, &setup)?;
     let judge = Arc::new(Judge::new(
         endpoints,

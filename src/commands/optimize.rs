@@ -75,8 +75,10 @@ fn open_engines(
             .map_err(|source| OutputError::Io { path, source })?;
         let provider = role
             .provider
-            .clone()
-            .ok_or_else(|| RunError::Internal("no provider for a live run".into()))?;
+            .as_ref()
+            .ok_or_else(|| RunError::Internal("no provider for a live run".into()))?
+            .build()
+            .map_err(crate::config::ConfigError::from)?;
         let ecfg = crate::engine::EngineConfig {
             keep_truncated,
             ..ecfg.clone()
@@ -105,7 +107,18 @@ fn open_engines(
 
 async fn prepare(cfg: &OptimizeConfig) -> Result<RunDir, RunError> {
     let bar = cfg.run.display == crate::engine::progress::Display::Bar;
-    crate::config::ensure_local_model(&cfg.base.endpoint, bar, |m| eprintln!("cai: {m}")).await?;
+    let optimizer = match &cfg.task {
+        Task::Search { optimizer, .. } => optimizer.provider.as_ref(),
+        Task::Eval { .. } => None,
+    };
+    let roles = [
+        cfg.base.provider.as_ref(),
+        cfg.evaluator.provider.as_ref(),
+        optimizer,
+    ];
+    crate::provider::build::prepare(roles.into_iter().flatten(), bar, |m| eprintln!("cai: {m}"))
+        .await
+        .map_err(crate::config::ConfigError::from)?;
     let dir = RunDir::open(&cfg.out)?;
     dir.guard(&cfg.fingerprint(), cfg.run.force, "two searches")?;
     Ok(dir)

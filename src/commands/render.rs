@@ -11,7 +11,9 @@ use crate::pipeline;
 pub fn render(args: &RenderArgs) -> Result<String, RunError> {
     let inputs = Inputs::load(&args.input)?;
     let params = crate::config::gen_params(&args.sampling)?;
-    let (provider, _) = crate::config::build_provider(&args.endpoint, 1)?;
+    let plan = crate::config::plan(&args.endpoint, 1)?;
+    let provider = crate::provider::build::open_blocking(&plan, |m| eprintln!("cai: {m}"))
+        .map_err(crate::config::ConfigError::from)?;
     let mut out = String::new();
     for rec in PromptReader::open(&inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;

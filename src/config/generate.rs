@@ -5,7 +5,6 @@
 //! calls, so `generate`, its dry run and `render` agree on what is valid.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::{budget_price, ConfigError, RunSettings};
 use crate::cli::{EndpointArgs, GenerateArgs, InputArgs, PreferenceArg, SelectArg, TiesArg};
@@ -16,7 +15,8 @@ use crate::feedback::judge::JudgeOptions;
 use crate::input::{prompts, Constitution, InputError, PromptSpec, Shard, ShardArg};
 use crate::output::manifest;
 use crate::output::PreferenceMode;
-use crate::provider::{GenParams, Provider};
+use crate::provider::build::Plan;
+use crate::provider::GenParams;
 use crate::template::Templates;
 
 /// Seed of the principle choice when `--seed` is not given.
@@ -114,7 +114,10 @@ pub use super::judge::Selection;
 pub struct GenerateConfig {
     pub inputs: Inputs,
     pub endpoint: EndpointArgs,
-    pub provider: Arc<dyn Provider>,
+    /// The endpoint, checked but not opened: `generate` downloads the
+    /// default model if needed ([`crate::provider::build::prepare`]) and
+    /// then builds it.
+    pub provider: Plan,
     /// Why this provider was chosen, when it was not named.
     pub provider_note: Option<String>,
     /// A dry run without the key set says so instead of failing.
@@ -174,18 +177,18 @@ impl GenerateConfig {
         for spec in &args.judge.judges {
             super::judge::parse_spec(spec, &args.endpoint)?;
         }
-        let (provider, provider_note, missing_key) = if dry {
-            super::build_provider_for_dry_run(&args.endpoint)?
+        let provider = if dry {
+            super::plan_for_dry_run(&args.endpoint)?
         } else {
-            let (p, n) = super::build_provider(&args.endpoint, run.concurrency)?;
-            (p, n, None)
+            super::plan(&args.endpoint, run.concurrency)?
         };
-        let batch = batch_mode(&args.batch, &args.endpoint, provider.as_ref())?;
+        let (provider_note, missing_key) = (provider.note.clone(), provider.missing_key.clone());
+        let batch = batch_mode(&args.batch, &args.endpoint, &provider)?;
         let mut price = budget_price(
             args.price_in,
             args.price_out,
             args.max_cost,
-            provider.model(),
+            &provider.model(),
         )?;
         if matches!(batch, Some(crate::engine::batch::BatchMode::Submit { .. })) {
             price = price.map(|p| Price {
@@ -348,9 +351,10 @@ pub const BATCH_PRICE_FACTOR: f64 = 0.5;
 fn batch_mode(
     args: &crate::cli::BatchArgs,
     endpoint: &EndpointArgs,
-    provider: &dyn Provider,
+    provider: &Plan,
 ) -> Result<Option<crate::engine::batch::BatchMode>, ConfigError> {
     use crate::engine::batch::BatchMode;
+    use crate::provider::registry::BatchSupport;
     let files = args.batch_export.is_some() || args.batch_import.is_some();
     if !(args.batch_poll.is_finite() && args.batch_poll > 0.0) {
         return Err(ConfigError::flag(
@@ -386,10 +390,9 @@ fn batch_mode(
             format!("{flag} sends a stage to one service: give one --base-url, not a pool"),
         ));
     }
-    let api = provider.batch_api();
+    let batch = provider.entry().batch;
     if args.batch {
-        let supported = matches!(provider.name(), "openai" | "anthropic") && api.is_some();
-        if !supported {
+        if batch != BatchSupport::Api {
             return Err(ConfigError::conflict(
                 "--batch",
                 "--provider",
@@ -403,7 +406,8 @@ fn batch_mode(
             poll: std::time::Duration::from_secs_f64(args.batch_poll),
         }));
     }
-    if api.is_none_or(|a| a.name() != "openai") {
+    let openai_format = provider.entry().backend == crate::provider::registry::Backend::OpenAi;
+    if batch == BatchSupport::None || !openai_format {
         return Err(ConfigError::conflict(
             flag,
             "--provider",

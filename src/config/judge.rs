@@ -97,6 +97,27 @@ pub fn open_engine(
     ))
 }
 
+/// The judges' endpoints, checked (nothing opened): one per `--judge`, or
+/// the main endpoint when there is none and `default` is not used. A command
+/// passes them to [`crate::provider::build::prepare`] before [`endpoints`].
+pub fn plans(
+    judges: &[String],
+    base: &crate::cli::EndpointArgs,
+    uses_default: bool,
+    concurrency: usize,
+) -> Result<Vec<crate::provider::build::Plan>, ConfigError> {
+    if judges.is_empty() {
+        return match uses_default {
+            true => Ok(Vec::new()),
+            false => Ok(vec![super::plan(base, concurrency)?]),
+        };
+    }
+    judges
+        .iter()
+        .map(|spec| super::plan(&parse_spec(spec, base)?, concurrency))
+        .collect()
+}
+
 /// The judges of a run: one per `--judge` (journal `journal-judge{i}.jsonl`),
 /// or else `default` (the run's own engine), or else the main endpoint.
 pub fn endpoints(
@@ -110,7 +131,7 @@ pub fn endpoints(
         let engine = match default {
             Some(e) => e,
             None => {
-                let (p, _) = super::build_provider(base, setup.concurrency)?;
+                let p = super::plan(base, setup.concurrency)?.build()?;
                 open_engine(p, "journal.jsonl", setup)?
             }
         };
@@ -123,7 +144,7 @@ pub fn endpoints(
     let mut out = Vec::with_capacity(judges.len());
     for (i, spec) in judges.iter().enumerate() {
         let e = parse_spec(spec, base)?;
-        let (p, _) = super::build_provider(&e, setup.concurrency)?;
+        let p = super::plan(&e, setup.concurrency)?.build()?;
         let engine = open_engine(p, &format!("journal-judge{i}.jsonl"), setup)?;
         out.push(JudgeEndpoint {
             label: label(engine.provider()),

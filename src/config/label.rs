@@ -65,8 +65,8 @@ impl LabelConfig {
         Ok(Fingerprint {
             provider: if self.judges.is_empty() {
                 format!(
-                    "{:?}:{}",
-                    super::select_provider(&self.endpoint).0,
+                    "{}:{}",
+                    super::select_provider(&self.endpoint).0.name(),
                     self.endpoint.model.clone().unwrap_or_default()
                 )
                 .to_lowercase()

@@ -5,7 +5,6 @@
 //! sent.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -17,13 +16,15 @@ use crate::error::RunError;
 use crate::feedback::drpo::{self, Aspect, SearchOptions};
 use crate::input::queries::{self, Example};
 use crate::input::PromptRecord;
-use crate::provider::{GenParams, Provider};
+use crate::provider::build::Plan;
+use crate::provider::GenParams;
 use crate::template::Templates;
 
-/// One role's endpoint: its arguments and (unless a dry run) its provider.
+/// One role's endpoint: its arguments and (unless a dry run) its checked
+/// provider, opened by the command after the model download step.
 pub struct Role {
     pub endpoint: EndpointArgs,
-    pub provider: Option<Arc<dyn Provider>>,
+    pub provider: Option<Plan>,
     /// `provider:model` for reports.
     pub label: String,
 }
@@ -100,17 +101,17 @@ fn role(
     flag: &'static str,
     spec: Option<&str>,
     base: &EndpointArgs,
-    base_provider: &Option<Arc<dyn Provider>>,
+    base_provider: &Option<Plan>,
     dry: bool,
     concurrency: usize,
 ) -> Result<Role, ConfigError> {
-    let label = |p: &dyn Provider| format!("{}:{}", p.name(), p.model());
+    let label = |p: &Plan| format!("{}:{}", p.name(), p.model());
     let Some(spec) = spec else {
         return Ok(Role {
             endpoint: base.clone(),
             provider: base_provider.clone(),
             label: base_provider
-                .as_deref()
+                .as_ref()
                 .map(label)
                 .unwrap_or_else(|| "base".into()),
         });
@@ -119,11 +120,11 @@ fn role(
     let provider = if dry {
         None
     } else {
-        Some(super::build_provider(&e, concurrency)?.0)
+        Some(super::plan(&e, concurrency)?)
     };
     Ok(Role {
         label: provider
-            .as_deref()
+            .as_ref()
             .map(label)
             .unwrap_or_else(|| spec.to_string()),
         endpoint: e,
@@ -156,13 +157,11 @@ impl OptimizeConfig {
         }
         let templates = Templates::load(c.templates.as_deref()).map_err(RunError::Template)?;
         let (base_provider, missing_key) = if dry {
-            let (p, _, m) = super::build_provider_for_dry_run(&c.endpoint)?;
+            let p = super::plan_for_dry_run(&c.endpoint)?;
+            let m = p.missing_key.clone();
             (Some(p), m)
         } else {
-            (
-                Some(super::build_provider(&c.endpoint, run.concurrency)?.0),
-                None,
-            )
+            (Some(super::plan(&c.endpoint, run.concurrency)?), None)
         };
         let evaluator = role(
             "--evaluator",
@@ -173,11 +172,11 @@ impl OptimizeConfig {
             run.concurrency,
         )?;
         let base_label = base_provider
-            .as_deref()
+            .as_ref()
             .map(|p| format!("{}:{}", p.name(), p.model()))
             .unwrap_or_default();
         let price = match &base_provider {
-            Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, p.model())?,
+            Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, &p.model())?,
             None => None,
         };
         Ok(OptimizeConfig {
@@ -307,14 +306,14 @@ impl OptimizeConfig {
             provider: self
                 .base
                 .provider
-                .as_deref()
+                .as_ref()
                 .map(|p| p.name().to_string())
                 .unwrap_or_default(),
             model: self
                 .base
                 .provider
-                .as_deref()
-                .map(|p| p.model().to_string())
+                .as_ref()
+                .map(|p| p.model())
                 .unwrap_or_default(),
             constitution_sha256: inputs,
             templates_sha256: self.templates.digest().to_string(),

@@ -26,67 +26,51 @@
 //! reaches the model's minimum cacheable length. Without a hint the body is
 //! the plain-string form, byte for byte what it was before caching.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::http::{check_reply, ReplyLimit};
+use super::batch::{BatchApi, BatchCodec};
+use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
+use super::http::check_reply;
 #[cfg(doc)]
 use super::CacheHint;
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
 };
 
-/// Anthropic's API root.
-pub const ANTHROPIC_BASE: &str = "https://api.anthropic.com";
 /// The API version header value this client speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// Model used when none is named.
-pub const ANTHROPIC_DEFAULT_MODEL: &str = "claude-haiku-4-5";
 
 /// An Anthropic Messages endpoint.
 #[derive(Clone)]
 pub struct Anthropic {
-    client: reqwest::Client,
+    /// API root without `/v1`, model, key.
+    ep: Endpoint,
+    /// `{root}/v1/messages`.
     url: String,
-    base_url: String,
-    model: String,
-    key: Option<SecretString>,
-    key_var: Option<String>,
-    limit: ReplyLimit,
 }
 
 impl Anthropic {
-    /// `base_url` is the API root without `/v1` (default [`ANTHROPIC_BASE`]);
-    /// a root that already ends in `/v1` is accepted too.
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        model: impl Into<String>,
-        key: Option<SecretString>,
-        key_var: Option<String>,
-    ) -> Self {
-        let base_url = api_root(base_url);
+    /// The endpoint's root may end in `/v1` or not.
+    pub fn new(mut ep: Endpoint) -> Self {
+        ep.base_url = api_root(&ep.base_url);
         Self {
-            client,
-            url: format!("{base_url}/v1/messages"),
-            base_url,
-            model: model.into(),
-            key,
-            key_var,
-            limit: ReplyLimit::default(),
+            url: format!("{}/v1/messages", ep.base_url),
+            ep,
         }
     }
 
-    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
-    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
-        self.limit = limit;
-        self
+    fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        self.ep
+            .request(reqwest::Method::GET, url)
+            .header("anthropic-version", ANTHROPIC_VERSION)
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
-        let marks = breakpoints(&self.model, req);
+        let marks = breakpoints(&self.ep.model, req);
         let blocks = !marks.is_empty();
         let mut system: Vec<Block<'a>> = Vec::new();
         let mut messages: Vec<Turn<'a>> = Vec::new();
@@ -113,7 +97,7 @@ impl Anthropic {
             }
         }
         Body {
-            model: &self.model,
+            model: &self.ep.model,
             max_tokens: p.max_tokens,
             system: (!system.is_empty()).then_some(Content {
                 blocks,
@@ -337,45 +321,48 @@ fn finish_reason(s: Option<&str>) -> FinishReason {
 
 #[async_trait]
 impl Provider for Anthropic {
-    fn name(&self) -> &str {
-        "anthropic"
-    }
+    endpoint_accessors!(ep);
 
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn endpoint(&self) -> String {
-        self.base_url.clone()
-    }
-
-    fn key_var(&self) -> Option<&str> {
-        self.key_var.as_deref()
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        let url = format!("{}/v1/models", self.ep.base_url);
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut req = self.get(&url).query(&[("limit", "1000")]);
+            if let Some(a) = &after {
+                req = req.query(&[("after_id", a.as_str())]);
+            }
+            let page: ModelPage = self.ep.get_list(req, &url).await?;
+            ids.extend(page.data.into_iter().map(|m| m.id));
+            match (page.has_more, page.last_id) {
+                (true, Some(last)) => after = Some(last),
+                _ => break,
+            }
+        }
+        Ok(ids)
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
     }
 
-    fn batch_api(&self) -> Option<std::sync::Arc<dyn super::batch::BatchApi>> {
-        Some(std::sync::Arc::new(
-            super::batch::anthropic::AnthropicBatch::new(self.clone()),
-        ))
+    fn batch_api(&self) -> Option<Arc<dyn BatchApi>> {
+        Some(Arc::new(super::batch::anthropic::AnthropicBatch::new(
+            self.ep.clone(),
+            ANTHROPIC_VERSION,
+            Arc::new(self.clone()),
+        )))
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
-        let mut http = self
-            .client
-            .post(&self.url)
-            .header("anthropic-version", ANTHROPIC_VERSION)
-            .json(&body);
-        if let Some(key) = &self.key {
-            http = http.header("x-api-key", key.expose_secret());
-        }
-        let bound = self.limit.for_request(&req.params);
+        let http = self
+            .ep
+            .post(&self.url, &body)
+            .header("anthropic-version", ANTHROPIC_VERSION);
+        let bound = self.ep.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
         let completion = completion(resp);
         check_reply(
             &self.url,
@@ -411,25 +398,33 @@ fn completion(resp: Response) -> Completion {
     }
 }
 
-impl Anthropic {
-    /// The body `complete` would post for `req`: a batch request's `params`.
-    pub(crate) fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
+impl BatchCodec for Anthropic {
+    fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
         serde_json::to_value(self.body(req)).unwrap_or_default()
     }
 
-    /// Reads a Message from a batch result.
-    pub(crate) fn batch_completion(
-        &self,
-        message: serde_json::Value,
-    ) -> Result<Completion, String> {
-        let resp: Response = serde_json::from_value(message).map_err(|e| e.to_string())?;
+    fn batch_completion(&self, message: serde_json::Value) -> Result<Completion, ProviderError> {
+        let resp: Response =
+            serde_json::from_value(message).map_err(|e| ProviderError::Malformed {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(completion(resp))
     }
+}
 
-    /// Client, API root (without `/v1`) and key, for the batch endpoints.
-    pub(crate) fn http_parts(&self) -> (&reqwest::Client, &str, Option<&SecretString>) {
-        (&self.client, &self.base_url, self.key.as_ref())
-    }
+#[derive(Deserialize)]
+struct ModelPage {
+    #[serde(default)]
+    data: Vec<ModelId>,
+    #[serde(default)]
+    has_more: bool,
+    last_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ModelId {
+    id: String,
 }
 
 #[cfg(test)]
@@ -438,13 +433,15 @@ mod tests {
     use crate::provider::{GenParams, Message};
 
     fn provider() -> Anthropic {
-        Anthropic::new(
+        let entry = crate::provider::registry::get("anthropic").unwrap();
+        Anthropic::new(Endpoint::new(
+            entry,
             reqwest::Client::new(),
             "http://127.0.0.1:9/v1/",
             "m",
             None,
             None,
-        )
+        ))
     }
 
     #[test]

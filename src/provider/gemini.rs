@@ -18,62 +18,34 @@
 //! (the part of the prompt Gemini's implicit cache served) as cached.
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::http::{check_reply, ReplyLimit};
+use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
+use super::http::check_reply;
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
 };
 
-/// Google's Generative Language API root.
-pub const GEMINI_BASE: &str = "https://generativelanguage.googleapis.com";
-/// Model used when none is named.
-pub const GEMINI_DEFAULT_MODEL: &str = "gemini-2.5-flash";
-
 /// A Gemini `generateContent` endpoint.
 pub struct Gemini {
-    client: reqwest::Client,
+    /// API root without `/v1beta`, model (without `models/`), key.
+    ep: Endpoint,
+    /// `{root}/v1beta/models/{model}:generateContent`.
     url: String,
-    base_url: String,
-    model: String,
-    key: Option<SecretString>,
-    key_var: Option<String>,
-    limit: ReplyLimit,
 }
 
 impl Gemini {
-    /// `base_url` is the API root without `/v1beta` (default
-    /// [`GEMINI_BASE`]); a root ending in `/v1beta` is accepted too. A model
-    /// named `models/NAME` is used as `NAME`.
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        model: impl Into<String>,
-        key: Option<SecretString>,
-        key_var: Option<String>,
-    ) -> Self {
-        let base_url = api_root(base_url);
-        let model: String = model.into();
-        let model = model
-            .strip_prefix("models/")
-            .map(str::to_string)
-            .unwrap_or(model);
-        Self {
-            client,
-            url: format!("{base_url}/v1beta/models/{model}:generateContent"),
-            base_url,
-            model,
-            key,
-            key_var,
-            limit: ReplyLimit::default(),
+    /// The endpoint's root may end in `/v1beta` or not; a model named
+    /// `models/NAME` is used as `NAME`.
+    pub fn new(mut ep: Endpoint) -> Self {
+        ep.base_url = api_root(&ep.base_url);
+        if let Some(m) = ep.model.strip_prefix("models/") {
+            ep.model = m.to_string();
         }
-    }
-
-    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
-    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
-        self.limit = limit;
-        self
+        Self {
+            url: format!("{}/v1beta/models/{}:generateContent", ep.base_url, ep.model),
+            ep,
+        }
     }
 
     fn body<'a>(&self, req: &'a ChatRequest) -> Body<'a> {
@@ -236,20 +208,33 @@ fn candidate_text(c: &Candidate) -> String {
 
 #[async_trait]
 impl Provider for Gemini {
-    fn name(&self) -> &str {
-        "gemini"
-    }
+    endpoint_accessors!(ep);
 
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn endpoint(&self) -> String {
-        self.base_url.clone()
-    }
-
-    fn key_var(&self) -> Option<&str> {
-        self.key_var.as_deref()
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        let url = format!("{}/v1beta/models", self.ep.base_url);
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut req = self
+                .ep
+                .request(reqwest::Method::GET, &url)
+                .query(&[("pageSize", "1000")]);
+            if let Some(t) = &token {
+                req = req.query(&[("pageToken", t.as_str())]);
+            }
+            let page: ModelPage = self.ep.get_list(req, &url).await?;
+            ids.extend(page.models.into_iter().map(|m| {
+                m.name
+                    .strip_prefix("models/")
+                    .map(str::to_string)
+                    .unwrap_or(m.name)
+            }));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok(ids)
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
@@ -258,13 +243,10 @@ impl Provider for Gemini {
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.header("x-goog-api-key", key.expose_secret());
-        }
-        let bound = self.limit.for_request(&req.params);
+        let http = self.ep.post(&self.url, &body);
+        let bound = self.ep.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
         // Only the visible candidates are held against maxOutputTokens:
         // whether thinking counts toward it has varied between models.
         let visible = resp
@@ -313,6 +295,19 @@ impl Provider for Gemini {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelPage {
+    #[serde(default)]
+    models: Vec<ModelName>,
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ModelName {
+    name: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,13 +315,15 @@ mod tests {
 
     #[test]
     fn body_uses_model_role_and_system_instruction() {
-        let p = Gemini::new(
+        let entry = crate::provider::registry::get("gemini").unwrap();
+        let p = Gemini::new(Endpoint::new(
+            entry,
             reqwest::Client::new(),
             "http://127.0.0.1:9/v1beta/",
             "models/gemini-x",
             None,
             None,
-        );
+        ));
         assert_eq!(
             p.url,
             "http://127.0.0.1:9/v1beta/models/gemini-x:generateContent"

@@ -13,60 +13,35 @@
 //! and the generated token count.
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::chat_template::ChatTemplate;
-use super::http::{check_reply, ReplyLimit};
+use super::endpoint::{endpoint_accessors, Endpoint};
+use super::http::check_reply;
 use super::{post_json, ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
-
-/// Default endpoint when no `--base-url` is given.
-pub const INFERENCE_API: &str = "https://router.huggingface.co/hf-inference/models";
 
 /// A `generate` endpoint.
 pub struct Hf {
-    client: reqwest::Client,
-    url: String,
-    model: String,
+    /// The full `generate` URL (as `base_url`), model, key.
+    ep: Endpoint,
     template: ChatTemplate,
-    key: Option<SecretString>,
-    key_var: Option<String>,
-    limit: ReplyLimit,
 }
 
 impl Hf {
-    /// `base_url`: a TGI server root (requests go to `{base}/generate`), or a
-    /// full URL ending in `/generate` or naming `/models/NAME` (used as is).
-    /// Without one, the Inference API URL of `model`.
-    pub fn new(
-        client: reqwest::Client,
-        base_url: Option<&str>,
-        model: impl Into<String>,
-        template: ChatTemplate,
-        key: Option<SecretString>,
-        key_var: Option<String>,
-    ) -> Self {
-        let model = model.into();
-        let url = match base_url.map(|b| b.trim_end_matches('/')) {
-            Some(b) if b.ends_with("/generate") || b.contains("/models/") => b.to_string(),
-            Some(b) => format!("{b}/generate"),
-            None => format!("{INFERENCE_API}/{model}"),
+    /// The endpoint's URL: a TGI server root (requests go to
+    /// `{base}/generate`), a full URL ending in `/generate` or naming
+    /// `/models/NAME` (used as is), or the Inference API's `.../models`, to
+    /// which the model is appended.
+    pub fn new(mut ep: Endpoint, template: ChatTemplate) -> Self {
+        let b = ep.base_url.trim_end_matches('/');
+        ep.base_url = if b.ends_with("/generate") || b.contains("/models/") {
+            b.to_string()
+        } else if b.ends_with("/models") {
+            format!("{b}/{}", ep.model)
+        } else {
+            format!("{b}/generate")
         };
-        Self {
-            client,
-            url,
-            model,
-            template,
-            key,
-            key_var,
-            limit: ReplyLimit::default(),
-        }
-    }
-
-    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
-    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
-        self.limit = limit;
-        self
+        Self { ep, template }
     }
 
     /// The prompt string sent for a conversation.
@@ -138,44 +113,30 @@ struct Details {
 
 #[async_trait]
 impl Provider for Hf {
-    fn name(&self) -> &str {
-        "hf"
-    }
-
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn endpoint(&self) -> String {
-        self.url.clone()
-    }
-
-    fn key_var(&self) -> Option<&str> {
-        self.key_var.as_deref()
-    }
+    endpoint_accessors!(ep);
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         let inputs = self.render(req)?;
-        Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": body(&inputs, req) }))
+        Ok(
+            serde_json::json!({ "method": "POST", "url": self.ep.base_url, "body": body(&inputs, req) }),
+        )
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let inputs = self.render(req)?;
         let body = body(&inputs, req);
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.bearer_auth(key.expose_secret());
-        }
-        let bound = self.limit.for_request(&req.params);
+        let url = &self.ep.base_url;
+        let http = self.ep.post(url, &body);
+        let bound = self.ep.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+            post_json(http, url, self.ep.key.as_ref(), &bound).await?;
         let generated = match resp {
             Response::One(g) => g,
             Response::Many(v) => v
                 .into_iter()
                 .next()
                 .ok_or_else(|| ProviderError::Malformed {
-                    url: self.url.clone(),
+                    url: self.ep.base_url.clone(),
                     reason: "empty list in the reply".into(),
                 })?,
         };
@@ -196,7 +157,7 @@ impl Provider for Hf {
             text = rest.to_string();
         }
         check_reply(
-            &self.url,
+            &self.ep.base_url,
             req,
             [text.as_str()],
             usage.map(|u| u.completion_tokens),

@@ -8,7 +8,9 @@
 
 pub mod anthropic;
 pub mod batch;
+pub mod build;
 pub mod chat_template;
+pub mod endpoint;
 pub mod gemini;
 pub mod hf;
 pub mod http;
@@ -16,7 +18,7 @@ pub mod local;
 pub mod model_store;
 pub mod openai;
 pub mod pool;
-pub mod presets;
+pub mod registry;
 
 use std::time::Duration;
 
@@ -337,6 +339,14 @@ pub trait Provider: Send + Sync {
     fn endpoint(&self) -> String;
     /// The environment variable the key came from, for error messages.
     fn key_var(&self) -> Option<&str>;
+    /// The model ids the endpoint serves, from its model-list API
+    /// ([`registry::ModelList`]), all pages followed.
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::Fatal(format!(
+            "provider {} has no model list; name the model with --model",
+            self.name()
+        )))
+    }
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
     /// One attempt at a completion whose text arrives in pieces as the model

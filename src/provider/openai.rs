@@ -14,11 +14,14 @@
 //! same cache. Cached prompt tokens are read from
 //! `usage.prompt_tokens_details.cached_tokens`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::http::{check_reply, ReplyLimit};
+use super::batch::{BatchApi, BatchCodec};
+use super::endpoint::{endpoint_accessors, Endpoint};
+use super::http::check_reply;
 use super::{
     post_json, ChatRequest, Completion, EventStream, FinishReason, Message, Provider,
     ProviderError, Reply, StreamEvent, TokenLogprob, Usage,
@@ -27,66 +30,27 @@ use super::{
 /// An OpenAI-compatible endpoint.
 #[derive(Clone)]
 pub struct OpenAi {
-    /// `openai`, or the preset's name (journal keys, manifest, messages).
-    name: &'static str,
-    client: reqwest::Client,
+    /// API root (for OpenAI, `https://api.openai.com/v1`), model, key.
+    ep: Endpoint,
+    /// `{base}/chat/completions`.
     url: String,
-    base_url: String,
-    model: String,
-    key: Option<SecretString>,
-    key_var: Option<String>,
-    limit: ReplyLimit,
-    /// Send `prompt_cache_key` with requests that carry a cache hint:
-    /// only OpenAI's own endpoint knows the field (other servers may
-    /// refuse an unknown one), so by default only there.
+    /// Send `prompt_cache_key` with requests that carry a cache hint: set
+    /// where the provider table says the endpoint takes it (OpenAI's own);
+    /// other servers may refuse an unknown field.
     prompt_cache_key: bool,
 }
 
-/// OpenAI's own API host: the one endpoint that accepts `prompt_cache_key`
-/// unless the provider table says another does.
-const OPENAI_HOST: &str = "api.openai.com";
-
 impl OpenAi {
-    /// `base_url` is the API root (for OpenAI, `https://api.openai.com/v1`).
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        model: impl Into<String>,
-        key: Option<SecretString>,
-        key_var: Option<String>,
-    ) -> Self {
-        let base_url = base_url.trim_end_matches('/').to_string();
-        let prompt_cache_key =
-            reqwest::Url::parse(&base_url).is_ok_and(|u| u.host_str() == Some(OPENAI_HOST));
+    pub fn new(ep: Endpoint) -> Self {
         Self {
-            prompt_cache_key,
-            name: "openai",
-            client,
-            url: format!("{base_url}/chat/completions"),
-            base_url,
-            model: model.into(),
-            key,
-            key_var,
-            limit: ReplyLimit::default(),
+            url: format!("{}/chat/completions", ep.base_url),
+            ep,
+            prompt_cache_key: false,
         }
     }
-}
 
-impl OpenAi {
-    /// Names the provider after a preset (`groq`, `vllm`, ...).
-    pub fn named(mut self, name: &'static str) -> Self {
-        self.name = name;
-        self
-    }
-
-    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
-    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
-        self.limit = limit;
-        self
-    }
-
-    /// Whether to send `prompt_cache_key` (`--prompt-cache off` and servers
-    /// that reject unknown fields: no); default: only to OpenAI's host.
+    /// Whether to send `prompt_cache_key` (default: no; the provider table
+    /// and `--prompt-cache` decide, see `provider::build`).
     pub fn with_prompt_cache_key(mut self, send: bool) -> Self {
         self.prompt_cache_key = send;
         self
@@ -103,7 +67,7 @@ impl OpenAi {
         }
         let scope = req.cache.scope.as_deref()?;
         let mut h = Sha256::new();
-        h.update(self.model.as_bytes());
+        h.update(self.ep.model.as_bytes());
         h.update([0]);
         h.update(scope.as_bytes());
         Some(format!("cai-{}", crate::digest::hex(&h.finalize()[..16])))
@@ -112,7 +76,7 @@ impl OpenAi {
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
         Body {
-            model: &self.model,
+            model: &self.ep.model,
             messages: &req.messages,
             max_tokens: p.max_tokens,
             temperature: p.temperature,
@@ -151,22 +115,32 @@ impl OpenAi {
                 .collect(),
         })
     }
+}
 
-    /// The body `complete` would post for `req`: a batch line's `body`.
-    pub(crate) fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
+impl BatchCodec for OpenAi {
+    fn batch_body(&self, req: &ChatRequest) -> serde_json::Value {
         serde_json::to_value(self.body(req)).unwrap_or_default()
     }
 
-    /// Reads a chat-completion body from a batch result.
-    pub(crate) fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, String> {
-        let resp: Response = serde_json::from_value(body).map_err(|e| e.to_string())?;
-        self.completion(resp).map_err(|e| e.to_string())
+    fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, ProviderError> {
+        let resp: Response =
+            serde_json::from_value(body).map_err(|e| ProviderError::Malformed {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        self.completion(resp)
     }
+}
 
-    /// Client, API root and key, for the batch endpoints of the same service.
-    pub(crate) fn http_parts(&self) -> (&reqwest::Client, &str, Option<&SecretString>) {
-        (&self.client, &self.base_url, self.key.as_ref())
-    }
+#[derive(Deserialize)]
+struct ModelPage {
+    #[serde(default)]
+    data: Vec<ModelId>,
+}
+
+#[derive(Deserialize)]
+struct ModelId {
+    id: String,
 }
 
 #[derive(Serialize)]
@@ -413,29 +387,23 @@ pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {
 
 #[async_trait]
 impl Provider for OpenAi {
-    fn name(&self) -> &str {
-        self.name
-    }
+    endpoint_accessors!(ep);
 
-    fn model(&self) -> &str {
-        &self.model
-    }
-
-    fn endpoint(&self) -> String {
-        self.base_url.clone()
-    }
-
-    fn key_var(&self) -> Option<&str> {
-        self.key_var.as_deref()
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        let url = format!("{}/models", self.ep.base_url);
+        let req = self.ep.request(reqwest::Method::GET, &url);
+        let page: ModelPage = self.ep.get_list(req, &url).await?;
+        Ok(page.data.into_iter().map(|m| m.id).collect())
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
         Ok(serde_json::json!({ "method": "POST", "url": self.url, "body": self.body(req) }))
     }
 
-    fn batch_api(&self) -> Option<std::sync::Arc<dyn super::batch::BatchApi>> {
-        Some(std::sync::Arc::new(super::batch::openai::OpenAiBatch::new(
-            self.clone(),
+    fn batch_api(&self) -> Option<Arc<dyn BatchApi>> {
+        Some(Arc::new(super::batch::openai::OpenAiBatch::new(
+            self.ep.clone(),
+            Arc::new(self.clone()),
         )))
     }
 
@@ -448,11 +416,9 @@ impl Provider for OpenAi {
         body.stream_options = Some(StreamOptions {
             include_usage: true,
         });
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.bearer_auth(key.expose_secret());
-        }
-        let resp = http
+        let resp = self
+            .ep
+            .post(&self.url, &body)
             .send()
             .await
             .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
@@ -464,7 +430,7 @@ impl Provider for OpenAi {
             return Err(ProviderError::Status {
                 status: status.as_u16(),
                 url: self.url.clone(),
-                body: super::snippet(&bytes, self.key.as_ref()),
+                body: super::snippet(&bytes, self.ep.key.as_ref()),
                 retry_after,
                 rate: Box::new(rate),
             });
@@ -484,13 +450,10 @@ impl Provider for OpenAi {
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
-        let mut http = self.client.post(&self.url).json(&body);
-        if let Some(key) = &self.key {
-            http = http.bearer_auth(key.expose_secret());
-        }
-        let bound = self.limit.for_request(&req.params);
+        let http = self.ep.post(&self.url, &body);
+        let bound = self.ep.limit.for_request(&req.params);
         let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.key.as_ref(), &bound).await?;
+            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
         let completion = self.completion(resp)?;
         check_reply(
             &self.url,

@@ -292,6 +292,15 @@ impl Provider for Pool {
         Pool::endpoint_stats(self)
     }
 
+    /// Every replica serves the same model: the first one's list stands
+    /// for all.
+    async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+        match self.slots.first() {
+            Some(s) => s.member.provider.list_models().await,
+            None => Err(ProviderError::Fatal("an empty endpoint pool".into())),
+        }
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let mut tried: Vec<usize> = Vec::with_capacity(2);
         let mut last: Option<ProviderError> = None;

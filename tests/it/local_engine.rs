@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cai::provider::local::LocalProvider;
+use cai::provider::local::{LoadOptions, LocalProvider};
 use cai::provider::{ChatRequest, Completion, GenParams, Message, Provider};
 
 use crate::common::*;
@@ -34,10 +34,15 @@ fn model_path() -> Option<PathBuf> {
 fn load(batch: usize, cache_mb: usize) -> Option<LocalProvider> {
     let path = model_path()?;
     Some(
-        LocalProvider::load(&path)
-            .expect("the default model loads")
-            .with_max_concurrent(batch)
-            .with_cache_mb(cache_mb),
+        LocalProvider::load(
+            &path,
+            LoadOptions {
+                max_batch: batch,
+                cache_bytes: Some(cache_mb << 20),
+                isa: None,
+            },
+        )
+        .expect("the default model loads"),
     )
 }
 
@@ -71,7 +76,7 @@ fn chain(p: &LocalProvider, question: &str) -> Vec<String> {
     .map(Some)
     .chain([None])
     {
-        let (c, _) = p
+        let c = p
             .generate(&greedy(messages.clone(), 40))
             .expect("generates");
         messages.push(Message::assistant(c.text.clone()));
@@ -96,7 +101,7 @@ fn greedy_chain_output_is_the_same_with_and_without_the_prefix_cache() {
         assert_eq!(got, want, "cached chain differs for {q:?}");
         assert!(want.iter().all(|t| !t.trim().is_empty()), "{want:?}");
     }
-    let (c, w) = (cold.engine_stats(), warm.engine_stats());
+    let (c, w) = (cold.engine().stats(), warm.engine().stats());
     assert_eq!(c.reused_tokens, 0, "{c:?}");
     // Rounds 2 and 3 of each chain reuse the previous round's whole
     // conversation, and the second chain the first one's system prompt.
@@ -116,11 +121,11 @@ fn the_prefix_cache_never_holds_more_than_its_bound() {
         let q = format!("Give me fact number {i} about the planet Mars, in one sentence.");
         p.generate(&greedy(vec![Message::user(q)], 12))
             .expect("generates");
-        let s = p.engine_stats();
+        let s = p.engine().stats();
         assert!(s.cache_bytes <= s.cache_limit, "{s:?}");
         assert!(s.cache_peak <= s.cache_limit, "{s:?}");
     }
-    let s = p.engine_stats();
+    let s = p.engine().stats();
     assert_eq!(s.cache_limit, 4 << 20);
     assert!(s.cache_peak > 0, "nothing was ever cached: {s:?}");
 }
@@ -152,7 +157,7 @@ async fn batched_and_sequential_greedy_outputs_are_identical() {
         assert_eq!(b.text, s.text, "{q}");
         assert_eq!(b.usage, s.usage, "{q}");
     }
-    let (s1, s4) = (one.engine_stats(), four.engine_stats());
+    let (s1, s4) = (one.engine().stats(), four.engine().stats());
     assert_eq!(s1.rows, s1.prefilled_tokens + decode_rows(&sequential));
     // Sequences really shared steps: fewer passes for the same work (a
     // prompt prefix shared with a running sequence is copied, not run).
@@ -197,7 +202,8 @@ async fn prompts_arriving_together_compute_their_shared_prefix_once() {
         .map(|q| greedy(vec![Message::system(&system), Message::user(*q)], 12))
         .collect();
     let ids = |r: &ChatRequest| {
-        four.tokenizer()
+        four.engine()
+            .tokenizer()
             .encode(&four.render_prompt(&r.messages).expect("renders"))
     };
     let (a, b) = (ids(&reqs[0]), ids(&reqs[1]));
@@ -208,7 +214,7 @@ async fn prompts_arriving_together_compute_their_shared_prefix_once() {
         let s = one.complete(r).await.expect("generates").completion;
         assert_eq!(b.text, s.text);
     }
-    let s = four.engine_stats();
+    let s = four.engine().stats();
     // Three of the four took the block from the first instead of running it.
     assert!(
         s.reused_tokens >= 3 * (shared as u64 - 1),

@@ -13,7 +13,6 @@ mod generate;
 mod label;
 mod local;
 mod local_engine;
-mod local_families;
 mod logging;
 mod optimize;
 mod optimize_fallback;

@@ -170,8 +170,12 @@ async fn every_request_of_a_stage_starts_with_the_same_bytes() {
     // OpenAI's shape.
     let f = fake().await;
     let out = dir.path().join("openai");
-    let (code, err) = run(&mut fake_generate(&f.url(), &prompts, &out)
-        .args(["--rounds", "1", "--concurrency", "1"]));
+    let (code, err) = run(&mut fake_generate(&f.url(), &prompts, &out).args([
+        "--rounds",
+        "1",
+        "--concurrency",
+        "1",
+    ]));
     assert_eq!(code, 0, "{err}");
     let b = bodies(&f);
     assert_eq!(b.len(), 9);
@@ -181,8 +185,8 @@ async fn every_request_of_a_stage_starts_with_the_same_bytes() {
     // Anthropic's shape, with breakpoints.
     let f = fake().await;
     let out = dir.path().join("anthropic");
-    let (code, err) = run(anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out)
-        .args(["--rounds", "1"]));
+    let (code, err) =
+        run(anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out).args(["--rounds", "1"]));
     assert_eq!(code, 0, "{err}");
     let b = bodies(&f);
     assert_eq!(b.len(), 9);
@@ -193,9 +197,11 @@ async fn every_request_of_a_stage_starts_with_the_same_bytes() {
 
 /// The turns (system excluded) that carry `cache_control`.
 fn marks(v: &Value) -> Vec<usize> {
-    let system: usize = v["system"]
-        .as_array()
-        .map_or(0, |b| b.iter().filter(|b| b.get("cache_control").is_some()).count());
+    let system: usize = v["system"].as_array().map_or(0, |b| {
+        b.iter()
+            .filter(|b| b.get("cache_control").is_some())
+            .count()
+    });
     assert_eq!(system, 0, "the system block is not the end of the prefix");
     v["messages"]
         .as_array()
@@ -217,8 +223,8 @@ async fn anthropic_breakpoints_sit_where_each_stage_and_conversation_repeat() {
     let prompts = prompts_csv(dir.path(), 2);
     let f = fake().await;
     let out = dir.path().join("out");
-    let (code, err) = run(anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out)
-        .args(["--rounds", "2"]));
+    let (code, err) =
+        run(anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out).args(["--rounds", "2"]));
     assert_eq!(code, 0, "{err}");
     let b = bodies(&f);
     assert_eq!(b.len(), 2 * 5);
@@ -245,7 +251,10 @@ async fn anthropic_breakpoints_sit_where_each_stage_and_conversation_repeat() {
     assert!(stats.cached_tokens > 0 && stats.cache_write_tokens > 0);
     let m = manifest(&out);
     assert_eq!(m["requests"]["tokens_cached"], stats.cached_tokens);
-    assert_eq!(m["requests"]["tokens_cache_write"], stats.cache_write_tokens);
+    assert_eq!(
+        m["requests"]["tokens_cache_write"],
+        stats.cache_write_tokens
+    );
     assert_eq!(m["requests"]["tokens_in"], stats.prompt_tokens);
 }
 
@@ -256,8 +265,14 @@ async fn a_prefix_below_the_models_minimum_gets_no_breakpoint_and_says_why() {
     let f = fake().await;
     let out = dir.path().join("out");
     // Haiku 4.5 caches from 4,096 tokens; harmless.json's prefix is ~1,500.
-    let (code, err) = run(anthropic(&f.url(), "claude-haiku-4-5", &prompts, &out)
-        .args(["--rounds", "1", "--log-level", "debug"]));
+    let (code, err) = run(
+        anthropic(&f.url(), "claude-haiku-4-5", &prompts, &out).args([
+            "--rounds",
+            "1",
+            "--log-level",
+            "debug",
+        ]),
+    );
     assert_eq!(code, 0, "{err}");
     for (_, v) in bodies(&f) {
         assert_eq!(marks(&v), Vec::<usize>::new());
@@ -277,8 +292,12 @@ async fn openai_cached_tokens_reach_the_manifest_and_the_report() {
     let f = fake().await;
     let out = dir.path().join("out");
     let (code, err) = run(
-        &mut fake_generate_model(&f.url(), "gpt-4o-mini", &prompts, &out)
-            .args(["--rounds", "2", "--concurrency", "1"]),
+        &mut fake_generate_model(&f.url(), "gpt-4o-mini", &prompts, &out).args([
+            "--rounds",
+            "2",
+            "--concurrency",
+            "1",
+        ]),
     );
     assert_eq!(code, 0, "{err}");
     let stats = f.stats();
@@ -322,8 +341,5 @@ async fn serve_sums_the_cached_tokens_of_its_upstream_calls() {
     }
     serve.terminate();
     assert_eq!(cached[0], Value::Null, "nothing cached the first time");
-    assert!(
-        cached[1].as_u64().is_some_and(|n| n >= MIN),
-        "{cached:?}"
-    );
+    assert!(cached[1].as_u64().is_some_and(|n| n >= MIN), "{cached:?}");
 }

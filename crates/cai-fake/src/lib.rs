@@ -94,7 +94,7 @@ pub struct FakeConfig {
     pub seed: u64,
     /// Answer `/generate` in the Inference-API list form `[{generated_text}]`.
     pub tgi_list: bool,
-    /// Model id listed by `/v1/models`.
+    /// Model id listed by `/v1/models` (and Gemini's `/v1beta/models`).
     pub model: String,
     /// Keep the last N completion request bodies for [`FakeServer::recent_requests`].
     pub record_last: usize,
@@ -187,7 +187,7 @@ counters! {
     chat_requests,
     /// `POST /generate` and `POST /models/<id>`.
     generate_requests,
-    /// `GET /v1/models`.
+    /// `GET /v1/models` and `GET /v1beta/models`.
     models_requests,
     /// `GET /stats`.
     stats_requests,
@@ -678,6 +678,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
             c.models_requests.fetch_add(1, Relaxed);
             return Ok(json(StatusCode::OK, models_body(&state.config.model)));
         }
+        // Gemini's model list, for clients that list through it.
+        (&Method::GET, "/v1beta/models") => {
+            c.models_requests.fetch_add(1, Relaxed);
+            return Ok(json(
+                StatusCode::OK,
+                gemini_models_body(&state.config.model),
+            ));
+        }
         (_, p) if batch::is_batch_route(p) => return batch::handle(&state, req).await,
         (&Method::GET, "/stats") => {
             c.stats_requests.fetch_add(1, Relaxed);
@@ -933,6 +941,13 @@ fn malformed_body(api: Api, n: u64) -> Vec<u8> {
 fn models_body(model: &str) -> Vec<u8> {
     let body = serde_json::json!({"object": "list", "data": [
         {"id": model, "object": "model", "created": 0, "owned_by": "cai-fake"}
+    ]});
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn gemini_models_body(model: &str) -> Vec<u8> {
+    let body = serde_json::json!({"models": [
+        {"name": format!("models/{model}"), "displayName": model}
     ]});
     serde_json::to_vec(&body).unwrap_or_default()
 }

@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{decode, send, BatchApi, ItemResult, Limits, Poll};
-use crate::provider::anthropic::{Anthropic, ANTHROPIC_VERSION};
+use super::{decode, send, BatchApi, BatchCodec, ItemResult, Limits, Poll};
+use crate::provider::endpoint::Endpoint;
 use crate::provider::{ChatRequest, ProviderError};
 
 /// 100,000 requests and 256 MB per batch.
@@ -18,27 +19,26 @@ pub const LIMITS: Limits = Limits {
 
 /// The Message Batches endpoints of an Anthropic service.
 pub struct AnthropicBatch {
-    api: Anthropic,
+    /// The API root (without `/v1`) and key.
+    ep: Endpoint,
+    /// The `anthropic-version` header the backend speaks.
+    version: &'static str,
+    api: Arc<dyn BatchCodec>,
 }
 
 impl AnthropicBatch {
-    pub fn new(api: Anthropic) -> Self {
-        Self { api }
+    pub fn new(ep: Endpoint, version: &'static str, api: Arc<dyn BatchCodec>) -> Self {
+        Self { ep, version, api }
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let (client, _, key) = self.api.http_parts();
-        let mut r = client
+        self.ep
             .request(method, url)
-            .header("anthropic-version", ANTHROPIC_VERSION);
-        if let Some(k) = key {
-            r = r.header("x-api-key", k.expose_secret());
-        }
-        r
+            .header("anthropic-version", self.version)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v1/messages/batches{path}", self.api.http_parts().1)
+        format!("{}/v1/messages/batches{path}", self.ep.base_url)
     }
 
     async fn batch(&self, id: &str) -> Result<Batch, ProviderError> {
@@ -46,7 +46,7 @@ impl AnthropicBatch {
         let bytes = send(
             self.request(reqwest::Method::GET, &url),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         decode(&url, &bytes)
@@ -111,7 +111,10 @@ impl BatchApi for AnthropicBatch {
         .to_string())
     }
 
-    fn parse_body(&self, body: serde_json::Value) -> Result<crate::provider::Completion, String> {
+    fn parse_body(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<crate::provider::Completion, ProviderError> {
         self.api.batch_completion(body)
     }
 
@@ -136,7 +139,7 @@ impl BatchApi for AnthropicBatch {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let b: Batch = decode(&url, &bytes)?;
@@ -169,7 +172,7 @@ impl BatchApi for AnthropicBatch {
         let bytes = send(
             self.request(reqwest::Method::GET, &url),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let text = String::from_utf8_lossy(&bytes);

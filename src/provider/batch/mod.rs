@@ -30,6 +30,17 @@ use async_trait::async_trait;
 
 use super::{ChatRequest, Completion, ProviderError};
 
+/// What a batch API needs of the backend whose requests it carries: the
+/// body the backend would post, and how it reads a reply body. The backend
+/// implements it and hands itself over (with its [`super::endpoint::Endpoint`]),
+/// so the batch code never names a backend type.
+pub trait BatchCodec: Send + Sync {
+    /// The body a direct request for `req` would carry.
+    fn batch_body(&self, req: &ChatRequest) -> serde_json::Value;
+    /// Reads one successful result body as the backend reads its replies.
+    fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, ProviderError>;
+}
+
 /// How much one batch may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -66,7 +77,7 @@ pub trait BatchApi: Send + Sync {
     /// One input line (JSON, no newline) asking for `req` under `custom_id`.
     fn line(&self, custom_id: &str, req: &ChatRequest) -> Result<String, ProviderError>;
     /// Reads one successful result body (a chat completion, a Message).
-    fn parse_body(&self, body: serde_json::Value) -> Result<Completion, String>;
+    fn parse_body(&self, body: serde_json::Value) -> Result<Completion, ProviderError>;
     /// Submits the lines of `path` (`count` of them, within [`Self::limits`])
     /// as one batch; returns its id.
     async fn submit(&self, path: &Path, count: usize) -> Result<String, ProviderError>;
@@ -77,11 +88,12 @@ pub trait BatchApi: Send + Sync {
 
 /// Reads one line of an OpenAI-format batch output or error file (also
 /// `vllm run_batch`'s output): `{custom_id, response: {status_code, body},
-/// error}`. `parse` turns a 200 body into a completion.
+/// error}`. `parse` turns a 200 body into a completion; a body it cannot
+/// read fails that item, a line that is not JSON fails the file.
 pub fn openai_result_line(
     line: &str,
-    parse: impl Fn(serde_json::Value) -> Result<Completion, String>,
-) -> Result<(String, ItemResult), String> {
+    parse: impl Fn(serde_json::Value) -> Result<Completion, ProviderError>,
+) -> Result<(String, ItemResult), serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Line {
         custom_id: String,
@@ -96,7 +108,7 @@ pub fn openai_result_line(
         #[serde(default)]
         body: serde_json::Value,
     }
-    let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let l: Line = serde_json::from_str(line)?;
     let result = match (l.response, l.error) {
         (Some(r), None) if r.status_code == 200 => match parse(r.body) {
             Ok(c) => ItemResult::Done(c),

@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{decode, send, BatchApi, ItemResult, Limits, Poll};
-use crate::provider::openai::OpenAi;
+use super::{decode, send, BatchApi, BatchCodec, ItemResult, Limits, Poll};
+use crate::provider::endpoint::Endpoint;
 use crate::provider::{ChatRequest, ProviderError};
 
 /// 50,000 requests and 200 MB per input file.
@@ -21,25 +22,23 @@ pub const ENDPOINT: &str = "/v1/chat/completions";
 
 /// The batch endpoints of an OpenAI(-compatible) service.
 pub struct OpenAiBatch {
-    api: OpenAi,
+    /// The service's API root and key (the batch endpoints sit beside
+    /// `chat/completions`).
+    ep: Endpoint,
+    api: Arc<dyn BatchCodec>,
 }
 
 impl OpenAiBatch {
-    pub fn new(api: OpenAi) -> Self {
-        Self { api }
+    pub fn new(ep: Endpoint, api: Arc<dyn BatchCodec>) -> Self {
+        Self { ep, api }
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let (client, _, key) = self.api.http_parts();
-        let mut r = client.request(method, url);
-        if let Some(k) = key {
-            r = r.bearer_auth(k.expose_secret());
-        }
-        r
+        self.ep.request(method, url)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.api.http_parts().1)
+        format!("{}/{path}", self.ep.base_url)
     }
 
     async fn file_lines(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
@@ -47,7 +46,7 @@ impl OpenAiBatch {
         let bytes = send(
             self.request(reqwest::Method::GET, &url),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let text = String::from_utf8_lossy(&bytes);
@@ -116,7 +115,10 @@ impl BatchApi for OpenAiBatch {
         .to_string())
     }
 
-    fn parse_body(&self, body: serde_json::Value) -> Result<crate::provider::Completion, String> {
+    fn parse_body(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<crate::provider::Completion, ProviderError> {
         self.api.batch_completion(body)
     }
 
@@ -137,7 +139,7 @@ impl BatchApi for OpenAiBatch {
                 )
                 .body(body),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let file: FileObject = decode(&url, &bytes)?;
@@ -150,7 +152,7 @@ impl BatchApi for OpenAiBatch {
                     "completion_window": "24h",
                 })),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let batch: Batch = decode(&url, &bytes)?;
@@ -162,7 +164,7 @@ impl BatchApi for OpenAiBatch {
         let bytes = send(
             self.request(reqwest::Method::GET, &url),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let b: Batch = decode(&url, &bytes)?;
@@ -183,7 +185,7 @@ impl BatchApi for OpenAiBatch {
         let bytes = send(
             self.request(reqwest::Method::GET, &url),
             &url,
-            self.api.http_parts().2,
+            self.ep.key.as_ref(),
         )
         .await?;
         let b: Batch = decode(&url, &bytes)?;

@@ -2,7 +2,7 @@
 //! and what the user is told when something is missing or wrong.
 
 use cai::cli::{EndpointArgs, ProviderKind};
-use cai::provider::presets::PRESETS;
+use cai::provider::registry::{Backend, ENTRIES};
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -69,13 +69,19 @@ fn each_preset_resolves_to_its_url_and_key_variable() {
         ("llamacpp", "http://127.0.0.1:8080/v1", None),
         ("ollama", "http://127.0.0.1:11434/v1", None),
     ];
-    assert_eq!(PRESETS.len(), expected.len());
+    let presets = ENTRIES.iter().filter(|e| e.backend == Backend::OpenAi);
+    assert_eq!(presets.count(), expected.len());
     for (name, url, var) in expected {
         let kind = <ProviderKind as clap::ValueEnum>::from_str(name, false)
             .unwrap_or_else(|e| panic!("--provider {name}: {e}"));
         assert_eq!(kind.name(), name);
-        let p = kind.preset().expect("a preset");
-        assert_eq!((p.base_url, p.key_var), (url, var), "{name}");
+        let p = kind.entry();
+        assert_eq!(p.backend, Backend::OpenAi, "{name}");
+        assert_eq!(
+            (p.base_url, p.key_vars.first().copied()),
+            (Some(url), var),
+            "{name}"
+        );
         assert_eq!(
             cai::config::default_key_vars(kind),
             var.as_slice(),
@@ -86,7 +92,9 @@ fn each_preset_resolves_to_its_url_and_key_variable() {
             // pass their environment explicitly.
             std::env::set_var(var, format!("key-for-{name}"));
         }
-        let (provider, _) = cai::config::build_provider(&endpoint(kind), 1).expect(name);
+        let provider = cai::config::plan(&endpoint(kind), 1)
+            .and_then(|p| Ok(p.build()?))
+            .expect(name);
         assert_eq!(provider.endpoint(), url, "{name}");
         assert_eq!(provider.key_var(), var, "{name}");
         assert_eq!(provider.name(), name);
@@ -95,7 +103,7 @@ fn each_preset_resolves_to_its_url_and_key_variable() {
     for name in ["local", "openai", "hf", "anthropic", "gemini"] {
         assert!(ProviderKind::all().iter().any(|k| k.name() == name));
     }
-    assert_eq!(ProviderKind::all().len(), 5 + PRESETS.len() - 1);
+    assert_eq!(ProviderKind::all().len(), ENTRIES.len());
 }
 
 struct ChatReply;

@@ -56,12 +56,14 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
-/// Which dot-product implementation this CPU gets. Results are
-/// deterministic for a given ISA; different ISAs may differ in the last
-/// bits (summation order).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which kernels run: the portable loops or one of the x86-64 vector paths.
+/// Results are deterministic for a given ISA; different ISAs may differ in
+/// the last bits (summation order), which sampling can turn into other text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
+    /// Portable Rust, any CPU.
     Scalar,
+    /// AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// AVX2 with AVX-VNNI's fused `u8 × i8` dot product.
@@ -72,7 +74,62 @@ pub enum Isa {
     Avx512,
 }
 
+/// The environment variable that forces the kernels onto one ISA path
+/// (`scalar`, `avx2`, `avxvnni`, `avx512`), so tests cover the paths of
+/// CPUs other than the one they run on.
+pub const ISA_ENV: &str = "CAI_LOCAL_ISA";
+
+/// An ISA path that was asked for and cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    #[error("{value:?} is not an ISA path; expected one of scalar, avx2, avxvnni, avx512")]
+    Unknown { value: String },
+    #[error(
+        "this CPU cannot run the {wanted} kernels (it can run: {})",
+        available_names()
+    )]
+    Unsupported { wanted: Isa },
+}
+
+fn available_names() -> String {
+    Isa::available()
+        .iter()
+        .map(|i| i.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = IsaError;
+
+    /// Parses a name of [`Isa::name`] (any case). Whether the CPU can run
+    /// it is [`Isa::check`]'s question.
+    fn from_str(s: &str) -> Result<Self, IsaError> {
+        let name = s.trim().to_ascii_lowercase();
+        if name == "scalar" {
+            return Ok(Isa::Scalar);
+        }
+        #[cfg(target_arch = "x86_64")]
+        match name.as_str() {
+            "avx2" => return Ok(Isa::Avx2),
+            "avxvnni" | "avx-vnni" | "avx_vnni" => return Ok(Isa::AvxVnni),
+            "avx512" | "avx-512" => return Ok(Isa::Avx512),
+            _ => {}
+        }
+        Err(IsaError::Unknown {
+            value: s.to_string(),
+        })
+    }
+}
+
 impl Isa {
+    /// The fastest path this CPU can run.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -90,6 +147,59 @@ impl Isa {
             }
         }
         Isa::Scalar
+    }
+
+    /// Every path this CPU can run, slowest first. Each one's features
+    /// include the previous one's, so the best detected path implies all.
+    pub fn available() -> Vec<Isa> {
+        match Isa::detect() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni],
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512],
+            Isa::Scalar => vec![Isa::Scalar],
+        }
+    }
+
+    /// `self` when this CPU can run it.
+    pub fn check(self) -> Result<Isa, IsaError> {
+        if Isa::available().contains(&self) {
+            Ok(self)
+        } else {
+            Err(IsaError::Unsupported { wanted: self })
+        }
+    }
+
+    /// The path [`ISA_ENV`] asks for (checked against this CPU), or the
+    /// detected one when it is unset or empty. The variable is read once per
+    /// process: the kernels of every model loaded later agree.
+    pub fn from_env() -> Result<Isa, (String, IsaError)> {
+        static CHOSEN: std::sync::OnceLock<Result<Isa, (String, IsaError)>> =
+            std::sync::OnceLock::new();
+        CHOSEN
+            .get_or_init(|| match std::env::var(ISA_ENV) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .parse::<Isa>()
+                    .and_then(Isa::check)
+                    .map_err(|e| (v.clone(), e)),
+                _ => Ok(Isa::detect()),
+            })
+            .clone()
+    }
+
+    /// The name [`ISA_ENV`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => "avxvnni",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+        }
     }
 
     /// Whether AVX2, FMA and F16C may be used.
@@ -804,13 +914,7 @@ mod tests {
 
     /// Every implementation this CPU can run.
     fn isas() -> Vec<Isa> {
-        match Isa::detect() {
-            #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni],
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512],
-            best => vec![Isa::Scalar, best],
-        }
+        Isa::available()
     }
 
     /// Every dot product agrees with dequantize-then-multiply on every ISA,
@@ -863,7 +967,7 @@ mod tests {
         let stride = kv_heads * hd;
         let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed) * 2.0).collect();
         let vals: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
-        let isa = Isa::detect();
+        let isa = Isa::from_env().expect("CAI_LOCAL_ISA");
         let (mut k, mut v) = (Vec::new(), Vec::new());
         extend_f16(isa, &mut k, &keys);
         extend_f16(isa, &mut v, &vals);

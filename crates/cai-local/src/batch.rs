@@ -26,11 +26,12 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::cache::{common_prefix, PrefixCache};
-use super::model::{Scratch, Seq, Session, PREFILL_CHUNK};
-use super::sampling::Sampler;
-use super::{GenStats, Inner, LocalError, DEFAULT_SEED};
-use crate::provider::{Completion, FinishReason, GenParams, TokenLogprob, Usage};
+use crate::cache::{common_prefix, PrefixCache};
+use crate::model::{Scratch, Seq, Session, PREFILL_CHUNK};
+use crate::sampling::Sampler;
+use crate::{
+    Finish, GenStats, Generation, Inner, LocalError, Sampling, TokenLogprob, DEFAULT_SEED,
+};
 
 /// Most rows (tokens of all sequences) in one step.
 pub const STEP_TOKENS: usize = PREFILL_CHUNK;
@@ -42,12 +43,12 @@ const SHARE_MIN: usize = 32;
 const LOGPROB_POSITIONS: usize = 3;
 
 /// What a request's caller gets back.
-pub type Outcome = Result<(Completion, GenStats), LocalError>;
+pub type Outcome = Result<Generation, LocalError>;
 
 /// One request for the loop: the prompt's tokens and how to sample.
 pub struct Job {
     pub ids: Vec<u32>,
-    pub params: GenParams,
+    pub params: Sampling,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -91,6 +92,8 @@ struct Running {
     budget: usize,
     /// The sampled token not yet fed to the model.
     next: Option<u32>,
+    /// Every token sampled so far, and their text.
+    generated: Vec<u32>,
     out: Vec<u8>,
     stats: GenStats,
     admitted: Instant,
@@ -114,16 +117,17 @@ struct Suspended {
     /// The prompt and the generated tokens whose KV state was computed.
     tokens: Vec<u32>,
     prompt_len: usize,
-    params: GenParams,
+    params: Sampling,
     sampler: Sampler,
     next: u32,
+    generated: Vec<u32>,
     out: Vec<u8>,
     completion_tokens: usize,
     logprobs: Option<Logprobs>,
 }
 
 /// Whether two requests sample alike apart from their token limits.
-fn same_sampling(a: &GenParams, b: &GenParams) -> bool {
+fn same_sampling(a: &Sampling, b: &Sampling) -> bool {
     let (mut a, mut b) = (a.clone(), b.clone());
     a.max_tokens = 0;
     b.max_tokens = 0;
@@ -277,6 +281,7 @@ fn resume(
         sampler: s.sampler,
         budget,
         next: Some(s.next),
+        generated: s.generated,
         out: s.out,
         admitted: now,
         first_token: Some(now),
@@ -293,7 +298,7 @@ fn budget(inner: &Inner, job: &Job) -> usize {
     (job.params.max_tokens as usize).min(context.saturating_sub(job.ids.len()))
 }
 
-fn stop_bytes(p: &GenParams) -> Vec<Vec<u8>> {
+fn stop_bytes(p: &Sampling) -> Vec<Vec<u8>> {
     p.stop
         .iter()
         .filter(|s| !s.is_empty())
@@ -318,12 +323,14 @@ fn admit(
         ..GenStats::default()
     };
     if budget == 0 {
-        let completion = Completion {
-            finish: FinishReason::Length,
-            usage: Some(Usage::plain(job.ids.len() as u64, 0)),
-            ..Completion::default()
+        let generation = Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            finish: Finish::Length,
+            first_token_logprobs: None,
+            stats: stats_one,
         };
-        let _ = job.reply.send(Ok((completion, stats_one)));
+        let _ = job.reply.send(Ok(generation));
         return None;
     }
     // At least the last prompt token is run, for the first logits.
@@ -356,6 +363,7 @@ fn admit(
         sess,
         budget,
         next: None,
+        generated: Vec::new(),
         out: Vec::new(),
         stats: stats_one,
         admitted,
@@ -426,6 +434,7 @@ fn step(
         let logits = &scratch.logits[row * vocab..(row + 1) * vocab];
         let r = &mut running[i];
         let tok = r.sampler.sample(logits);
+        r.generated.push(tok);
         if let Some(lp) = r.logprobs.as_mut().filter(|l| !l.done) {
             collect_logprobs(inner, lp, logits, tok, r.stats.completion_tokens);
         }
@@ -447,7 +456,7 @@ fn step(
         }
         let longest = r.stops.iter().map(Vec::len).max().unwrap_or(0);
         let from = before.saturating_sub(longest);
-        if let Some(cut) = super::find_stop(&r.out, &r.stops, from) {
+        if let Some(cut) = find_stop(&r.out, &r.stops, from) {
             r.out.truncate(cut);
             r.next = None;
             r.ended = true;
@@ -459,11 +468,11 @@ fn step(
 }
 
 /// How a sequence ended, if it did.
-fn finished(r: &Running) -> Option<FinishReason> {
+fn finished(r: &Running) -> Option<Finish> {
     if r.ended {
-        Some(FinishReason::Stop)
+        Some(Finish::Stop)
     } else if r.next.is_some() && r.stats.completion_tokens >= r.budget {
-        Some(FinishReason::Length)
+        Some(Finish::Length)
     } else {
         None
     }
@@ -472,7 +481,7 @@ fn finished(r: &Running) -> Option<FinishReason> {
 fn complete(
     inner: &Inner,
     mut r: Running,
-    finish: FinishReason,
+    finish: Finish,
     cache: &mut PrefixCache,
     suspended: &mut VecDeque<Suspended>,
     stats: &Stats,
@@ -480,7 +489,7 @@ fn complete(
     if let Some(first) = r.first_token {
         r.stats.decode = first.elapsed();
     }
-    if let (FinishReason::Length, Some(next)) = (&finish, r.next) {
+    if let (Finish::Length, Some(next)) = (&finish, r.next) {
         if suspended.len() == SUSPENDED_MAX {
             suspended.pop_front();
         }
@@ -490,6 +499,7 @@ fn complete(
             params: r.job.params.clone(),
             sampler: r.sampler,
             next,
+            generated: r.generated.clone(),
             out: r.out.clone(),
             completion_tokens: r.stats.completion_tokens,
             logprobs: r.logprobs.clone(),
@@ -511,21 +521,32 @@ fn complete(
     if inner.tokenizer.strips_leading_space() && text.starts_with(' ') {
         text.remove(0);
     }
-    let completion = Completion {
+    let generation = Generation {
         text,
+        tokens: r.generated,
         finish,
-        usage: Some(Usage::plain(
-            r.stats.prompt_tokens as u64,
-            r.stats.completion_tokens as u64,
-        )),
         first_token_logprobs,
-        ..Completion::default()
+        stats: r.stats,
     };
-    let _ = r.job.reply.send(Ok((completion, r.stats)));
+    let _ = r.job.reply.send(Ok(generation));
     cache.insert(r.sess);
     let bytes = cache.bytes();
     stats.cache_bytes.store(bytes, Ordering::Relaxed);
     stats.cache_peak.fetch_max(bytes, Ordering::Relaxed);
+}
+
+/// The earliest start of any stop string in `text[from..]`.
+fn find_stop<S: AsRef<[u8]>>(text: &[u8], stops: &[S], from: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter_map(|s| {
+            let s = s.as_ref();
+            text.get(from..)?
+                .windows(s.len())
+                .position(|w| w == s)
+                .map(|i| from + i)
+        })
+        .min()
 }
 
 /// Adds the top candidates of the position just sampled (`position`
@@ -576,5 +597,18 @@ fn collect_logprobs(
         lp.prefix_lp += logprob(chosen);
     } else {
         lp.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_across_token_boundaries() {
+        let stops: Vec<&[u8]> = vec![b"\nUser:", b"END"];
+        assert_eq!(find_stop(b"hello\nUser: hi", &stops, 0), Some(5));
+        assert_eq!(find_stop(b"xxEND\nUser:", &stops, 0), Some(2));
+        assert_eq!(find_stop(b"nothing here", &stops, 3), None);
     }
 }

@@ -3,12 +3,12 @@
 //! (attention biases, NeoX rotary) and Qwen3 (per-head q/k norms).
 //!
 //! The weights are shared by every sequence; each sequence owns a
-//! [`Session`] (its KV cache). [`Model::forward_batch`] runs one step for
+//! [`Session`] (its KV cache). [`Transformer::forward_batch`] runs one step for
 //! many sequences at once: their new tokens (one each while decoding, a
 //! chunk while reading a prompt) are stacked into one matrix, so every
 //! weight row is read once per step for all of them; only attention is per
 //! sequence. Q4_0, Q4_1 and Q8_0 matrices are repacked at load for the
-//! kernels in [`super::kernels`] (token embeddings are read from the memory
+//! kernels in [`crate::kernels`] (token embeddings are read from the memory
 //! map); other quantizations fall back to candle's `QMatMul`. Products are split across rayon's pool by rows.
 
 use std::fs::File;
@@ -20,8 +20,8 @@ use candle_core::{Device, Module, Tensor};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
-use super::kernels::{self, Isa, QVec, QK};
-use super::LocalError;
+use crate::kernels::{self, Isa, QVec, QK};
+use crate::LocalError;
 
 /// The architectures this module runs (`general.architecture`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,11 @@ impl Config {
 
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
+    }
+
+    /// Bytes of one position's keys and values over all layers (f16).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.layers * 2 * self.kv_dim() * 2
     }
 }
 
@@ -399,7 +404,7 @@ struct Ctx<'a> {
 }
 
 /// A loaded model; share it between threads behind an `Arc`.
-pub struct Model {
+pub struct Transformer {
     gguf: GgufFile,
     pub cfg: Config,
     isa: Isa,
@@ -439,6 +444,14 @@ impl Session {
     /// Bytes of key/value data held.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
+    }
+
+    /// Gives back the spare capacity of its buffers.
+    pub fn shrink_to_fit(&mut self) {
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.shrink_to_fit();
+        }
+        self.tokens.shrink_to_fit();
     }
 
     /// A new session holding the first `n` positions of this one.
@@ -489,10 +502,10 @@ pub struct Scratch {
     pub logits: Vec<f32>,
 }
 
-impl Model {
+impl Transformer {
     /// Reads the hyper-parameters and maps the weights of a GGUF model of a
-    /// supported architecture.
-    pub fn load(gguf: GgufFile) -> Result<Self, LocalError> {
+    /// supported architecture, for the kernels of `isa`.
+    pub fn load(gguf: GgufFile, isa: Isa) -> Result<Self, LocalError> {
         let name = gguf
             .meta_str("general.architecture")
             .unwrap_or("")
@@ -620,7 +633,7 @@ impl Model {
         Ok(Self {
             gguf,
             cfg,
-            isa: Isa::detect(),
+            isa,
             embed,
             layers,
             out_norm,
@@ -635,6 +648,10 @@ impl Model {
 
     pub fn gguf(&self) -> &GgufFile {
         &self.gguf
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// A fresh, empty sequence.
@@ -1050,7 +1067,7 @@ mod tests {
         for threads in [1, 2] {
             let ctx = Ctx {
                 mmap: &[],
-                isa: Isa::detect(),
+                isa: Isa::from_env().expect("CAI_LOCAL_ISA"),
                 threads,
             };
             let (mut out, mut parts) = (Vec::new(), Vec::new());

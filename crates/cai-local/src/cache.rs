@@ -9,7 +9,7 @@
 //! sequence continued from the cache computes exactly what it would have
 //! computed from scratch.
 
-use super::model::Session;
+use crate::model::Session;
 
 struct Entry {
     sess: Session,
@@ -81,7 +81,7 @@ impl PrefixCache {
     /// holds all they hold); if an entry already extends it, that entry is
     /// only marked as used. Least recently used entries go until it fits; a
     /// session larger than the whole cache is not kept.
-    pub fn insert(&mut self, sess: Session) {
+    pub fn insert(&mut self, mut sess: Session) {
         let bytes = sess.bytes();
         if sess.is_empty() || bytes > self.limit {
             return;
@@ -119,6 +119,9 @@ impl PrefixCache {
             let e = self.entries.swap_remove(oldest);
             self.bytes -= e.bytes;
         }
+        // A finished sequence's buffers grew by doubling; the cache counts
+        // (and should hold) only the bytes in use.
+        sess.shrink_to_fit();
         self.bytes += bytes;
         self.entries.push(Entry {
             sess,

@@ -1,13 +1,13 @@
 //! Model families against llama.cpp, without real models: for each family
 //! a tiny random-weight GGUF and what llama.cpp (llama-cpp-python) makes of
 //! it, both written by `scripts/make_local_fixtures.py` into
-//! `tests/fixtures/local/`. Token ids must match exactly on a multilingual
+//! `crates/cai-local/tests/fixtures/`. Token ids must match exactly on a multilingual
 //! string set; logits at every position of a sentence within
-//! [`TOLERANCE`].
+//! [`TOLERANCE`], on every ISA path of the kernels this CPU can run.
 
 use std::path::PathBuf;
 
-use cai::provider::local::LocalProvider;
+use cai_local::{Isa, LoadOptions, Model};
 use serde_json::Value;
 
 /// Largest allowed |ours − llama.cpp| per logit, relative to the row's
@@ -19,11 +19,15 @@ use serde_json::Value;
 const TOLERANCE: f64 = 2.5e-3;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/local/{name}"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}"))
 }
 
-fn reference(name: &str) -> (LocalProvider, Value) {
-    let model = LocalProvider::load(&fixture(&format!("{name}.gguf")))
+fn reference(name: &str, isa: Isa) -> (Model, Value) {
+    let options = LoadOptions {
+        isa: Some(isa),
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&fixture(&format!("{name}.gguf")), options)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let text = std::fs::read_to_string(fixture(&format!("{name}.json"))).expect("reference file");
     (model, serde_json::from_str(&text).expect("reference JSON"))
@@ -38,7 +42,13 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn check_family(name: &str) {
-    let (model, r) = reference(name);
+    for isa in Isa::available() {
+        check_family_on(name, isa);
+    }
+}
+
+fn check_family_on(name: &str, isa: Isa) {
+    let (model, r) = reference(name, isa);
     let mut mismatches = Vec::new();
     for case in r["tokenize"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text");
@@ -80,13 +90,13 @@ fn check_family(name: &str) {
         assert_eq!(
             argmax(&g64),
             argmax(&w),
-            "{name}: top token at position {pos}"
+            "{name} ({isa}): top token at position {pos}"
         );
     }
-    eprintln!("{name}: worst relative logit difference {worst:.2e}");
+    eprintln!("{name} ({isa}): worst relative logit difference {worst:.2e}");
     assert!(
         worst <= TOLERANCE,
-        "{name}: logits differ by {worst:.2e} (> {TOLERANCE:.0e})"
+        "{name} ({isa}): logits differ by {worst:.2e} (> {TOLERANCE:.0e})"
     );
 }
 

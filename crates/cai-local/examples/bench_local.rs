@@ -1,34 +1,45 @@
 //! Benchmark of the embedded local model.
 //!
-//! `cargo run --release --example bench_local -- [MODEL.gguf]` (default: the
-//! cached default model, fetched when missing) prints model load time,
+//! `cargo run --release -p cai-local --example bench_local -- [MODEL.gguf]`
+//! (default: the default model in cai's cache, where `cai model fetch`
+//! puts it) prints model load time,
 //! prompt-processing tokens/s, aggregate generation tokens/s with 1, 2 and 4
 //! sequences generated together (batched decoding; each the median of five
 //! interleaved rounds), the peak resident
 //! memory of the process, and the machine's load average before and after.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cai::provider::local::{GenStats, LocalProvider};
-use cai::provider::{ChatRequest, GenParams, Message, Provider};
+use cai_local::{GenRequest, GenStats, LoadOptions, Model, Sampling};
 
 const PARAGRAPH: &str = "The lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father had taught him, and lit the great lamp that warned the fishing boats away from the rocks. ";
 
-fn request(user: String, max_tokens: u32, seed: u64) -> ChatRequest {
-    ChatRequest {
-        cache: Default::default(),
-        messages: vec![Message::user(user)],
-        params: GenParams {
+/// One user turn in the ChatML format of the default model (SmolLM2).
+fn request(user: String, max_tokens: u32, seed: u64) -> GenRequest {
+    GenRequest {
+        prompt: format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+        sampling: Sampling {
             max_tokens,
             temperature: 0.8,
             top_p: 0.95,
             seed: Some(seed),
-            stop: Vec::new(),
-            ..GenParams::default()
+            ..Sampling::default()
         },
     }
+}
+
+/// The default model in cai's model cache (`cai model path`).
+fn default_model() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = var("CAI_HOME")
+        .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("cai")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("cai")))?;
+    Some(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -50,36 +61,41 @@ fn load_average() -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let path = match std::env::args_os().nth(1) {
         Some(p) => PathBuf::from(p),
-        // The default model, downloaded into the cache when missing.
-        None => rt.block_on(cai::provider::model_store::fetch_default(true))?,
+        None => default_model().ok_or("no cache directory: pass MODEL.gguf")?,
     };
+    if !path.is_file() {
+        return Err(format!("{} not found: run `cai model fetch`", path.display()).into());
+    }
     println!("load average     {} (before)", load_average());
     let start = Instant::now();
     // Cache off: every figure below is computed work, not reuse.
-    let provider = Arc::new(
-        LocalProvider::load(&path)?
-            .with_max_concurrent(4)
-            .with_cache_mb(0),
-    );
+    let model = Model::load(
+        &path,
+        LoadOptions {
+            max_batch: 4,
+            cache_bytes: Some(0),
+            isa: None,
+        },
+    )?;
     let load = start.elapsed();
     println!("model            {}", path.display());
-    println!("threads          {}", rayon::current_num_threads());
+    println!(
+        "threads          {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("kernels          {}", model.isa());
     println!("load time        {:.1} ms", load.as_secs_f64() * 1e3);
 
     // Warm-up (page in the mapped weights).
-    provider.generate(&request("Hi".into(), 4, 0))?;
+    model.generate(request("Hi".into(), 4, 0))?;
 
     // Prompt processing: ~500 prompt tokens, one generated token; best of 3.
     let long = PARAGRAPH.repeat(12) + "Summarise the story.";
     let mut best = GenStats::default();
     for i in 0..3 {
-        let (_, s) = provider.generate(&request(long.clone(), 1, i))?;
+        let s = model.generate(request(long.clone(), 1, i))?.stats;
         if best.prefill.is_zero() || s.prefill < best.prefill {
             best = s;
         }
@@ -91,8 +107,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_sec(best.prompt_tokens, best.prefill)
     );
 
-    // Generation with 1, 2 and 4 sequences at once through the async
-    // provider (sampled, so each runs to the token limit). The machine is
+    // Generation with 1, 2 and 4 sequences at once: all submitted, then
+    // awaited (sampled, so each runs to the token limit). The machine is
     // shared and noisy: the three are measured in turn, five times over, so
     // a slow spell hits all of them, and each figure is the median.
     let story = "Write a long, detailed story about a dragon who learns to bake bread.";
@@ -100,22 +116,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); widths.len()];
     for round in 0..5u64 {
         for (w, &n) in widths.iter().enumerate() {
-            let (toks, wall) = rt.block_on(async {
-                let start = Instant::now();
-                let mut tasks = Vec::new();
-                for i in 0..n {
-                    let p = Arc::clone(&provider);
-                    let req = request(story.into(), 128, 100 * round + 10 * n + i);
-                    tasks.push(tokio::spawn(async move { p.complete(&req).await }));
-                }
-                let mut toks = 0u64;
-                for t in tasks {
-                    let reply = t.await??;
-                    toks += reply.completion.usage.map_or(0, |u| u.completion_tokens);
-                }
-                Ok::<_, Box<dyn std::error::Error>>((toks, start.elapsed()))
-            })?;
-            rates[w].push(per_sec(toks as usize, wall));
+            let start = Instant::now();
+            let pending = (0..n)
+                .map(|i| model.submit(request(story.into(), 128, 100 * round + 10 * n + i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut toks = 0;
+            for p in pending {
+                toks += p.wait()?.stats.completion_tokens;
+            }
+            rates[w].push(per_sec(toks, start.elapsed()));
         }
     }
     let median = |xs: &mut Vec<f64>| {
@@ -132,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rates[w][rates[w].len() - 1]
         );
     }
-    let s = provider.engine_stats();
+    let s = model.stats();
     println!(
         "engine           {} steps, {:.2} rows per step",
         s.steps,

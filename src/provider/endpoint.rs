@@ -1,0 +1,141 @@
+//! What every HTTP backend holds: client, API root, model, key and how the
+//! key is sent, written once.
+//!
+//! The backends ([`super::openai`], [`super::anthropic`], [`super::gemini`],
+//! [`super::hf`]) differ in their bodies, not in how they address a service:
+//! each keeps one [`Endpoint`], answers the [`super::Provider`] accessors
+//! from it through [`endpoint_accessors!`], and
+//! builds every request (completions, batches, model lists) with
+//! [`Endpoint::request`], so the key is attached in exactly one place.
+
+use secrecy::SecretString;
+
+use super::http::{self, Bound, ReplyLimit};
+use super::registry::{Auth, Entry};
+use super::ProviderError;
+
+/// Largest model-list page read; a longer one is cut off and refused (the
+/// largest real lists are a few hundred KiB).
+pub const MODEL_LIST_MAX_BYTES: u64 = 32 << 20;
+
+/// Most model-list pages followed, so a server that always says "more"
+/// cannot loop us.
+pub const MAX_MODEL_PAGES: usize = 50;
+
+/// One service as a backend addresses it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The `--provider` value (journal keys, manifest, messages).
+    pub name: &'static str,
+    pub client: reqwest::Client,
+    /// The API root requests are built from (never holds a key).
+    pub base_url: String,
+    pub model: String,
+    pub key: Option<SecretString>,
+    /// The environment variable the key came from, for error messages.
+    pub key_var: Option<String>,
+    pub auth: Auth,
+    pub limit: ReplyLimit,
+}
+
+impl Endpoint {
+    /// An endpoint of the provider `entry` describes (its name and how its
+    /// key is sent) at `base_url`.
+    pub fn new(
+        entry: &Entry,
+        client: reqwest::Client,
+        base_url: &str,
+        model: impl Into<String>,
+        key: Option<SecretString>,
+        key_var: Option<String>,
+    ) -> Self {
+        Self {
+            name: entry.name,
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            model: model.into(),
+            key,
+            key_var,
+            auth: entry.auth,
+            limit: ReplyLimit::default(),
+        }
+    }
+
+    /// Bounds reply bodies (`--max-reply-bytes`); default: from each request.
+    pub fn with_reply_limit(mut self, limit: ReplyLimit) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// A request to `url` with the key attached the service's way.
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.auth
+            .apply(self.client.request(method, url), self.key.as_ref())
+    }
+
+    /// A JSON `POST` to `url`.
+    pub fn post(&self, url: &str, body: &impl serde::Serialize) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, url).json(body)
+    }
+
+    /// A `GET` of one model-list page, decoded. A rejected key (401/403)
+    /// says which variable it came from, or that none was sent.
+    pub async fn get_list<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ProviderError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(url, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = http::read_prefix(resp, http::ERROR_BODY_BYTES).await;
+            let mut body = super::snippet(&bytes, self.key.as_ref());
+            if matches!(status.as_u16(), 401 | 403) {
+                let hint = match &self.key_var {
+                    Some(v) => format!("the key in ${v} was rejected"),
+                    None => "no key was sent; set one with --api-key-env VAR".into(),
+                };
+                body = format!("{hint}. Server said: {body}");
+            }
+            return Err(ProviderError::Status {
+                status: status.as_u16(),
+                url: url.to_string(),
+                body,
+                retry_after: None,
+                rate: Box::default(),
+            });
+        }
+        let bound = Bound::new(MODEL_LIST_MAX_BYTES, "for a model list");
+        let bytes = http::read_limited(resp, url, &bound).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ProviderError::Malformed {
+            url: url.to_string(),
+            reason: format!(
+                "not a model list: {e}; body starts: {}",
+                super::snippet(&bytes, self.key.as_ref())
+            ),
+        })
+    }
+}
+
+/// The four [`super::Provider`] accessors of a backend that keeps its
+/// [`Endpoint`] in the field named by the argument.
+macro_rules! endpoint_accessors {
+    ($field:ident) => {
+        fn name(&self) -> &str {
+            self.$field.name
+        }
+        fn model(&self) -> &str {
+            &self.$field.model
+        }
+        fn endpoint(&self) -> String {
+            self.$field.base_url.clone()
+        }
+        fn key_var(&self) -> Option<&str> {
+            self.$field.key_var.as_deref()
+        }
+    };
+}
+pub(crate) use endpoint_accessors;
