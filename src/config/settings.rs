@@ -9,7 +9,7 @@
 //!    `timeout`, `max_tokens`, `temperature`, `top_p`, `seed`,
 //!    `concurrency`, `rpm`, `tpm`, `max_retries`, `rounds`, `price_in`,
 //!    `price_out`, `max_cost`, `max_reply_bytes`, `local_parallel`,
-//!    `local_cache_mb`. Tables `[endpoints.NAME]` (keys `provider`,
+//!    `local_cache_mb`, `prompt_cache`. Tables `[endpoints.NAME]` (keys `provider`,
 //!    `model`, `base_url`, `api_key_env`) define named endpoints, used as
 //!    `--provider NAME` (or `provider = "NAME"`): the endpoint's values
 //!    replace those of the file and the environment, and only flags given
@@ -62,6 +62,7 @@ pub const KEYS: &[&str] = &[
     "max_reply_bytes",
     "local_parallel",
     "local_cache_mb",
+    "prompt_cache",
 ];
 
 /// Keys an `[endpoints.NAME]` table may set.

@@ -491,8 +491,10 @@ impl Engine {
             let est = est_in + u64::from(req.params.max_tokens);
             // The worst case (the whole max_tokens) is held against
             // --max-cost while the attempt is out; the reply's usage settles it.
-            let mut held =
-                self.reserve(self.price_micros(est_in, u64::from(req.params.max_tokens)))?;
+            let mut held = self.reserve(self.price_micros(&crate::provider::Usage::plain(
+                est_in,
+                u64::from(req.params.max_tokens),
+            )))?;
             self.wait_turn(est).await?;
             held.sending();
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -548,7 +550,13 @@ impl Engine {
     /// stats and the limiter, its cost against the reservation `held`.
     fn account(&self, reply: Reply, est_in: u64, est: u64, held: Reservation) -> Completion {
         let (tin, tout) = usage_or_estimate(&reply.completion, est_in);
-        held.spend(self.price_micros(tin, tout).unwrap_or(0));
+        // Reported usage is priced part by part: cache reads at the cached
+        // price, so --max-cost and the manifest see what the bill says.
+        let usage = reply
+            .completion
+            .usage
+            .unwrap_or(crate::provider::Usage::plain(tin, tout));
+        held.spend(self.price_micros(&usage).unwrap_or(0));
         self.limiter.learn(&reply.rate);
         self.limiter.correct(est, tin + tout);
         self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
@@ -605,13 +613,13 @@ impl Engine {
         self.journal.recorded(key)
     }
 
-    /// The price of `tokens_in` and `tokens_out` in millionths of a USD
-    /// (`None` when the price is unknown).
-    fn price_micros(&self, tokens_in: u64, tokens_out: u64) -> Option<u64> {
+    /// The price of a reply's usage in millionths of a USD (`None` when
+    /// the price is unknown).
+    fn price_micros(&self, usage: &crate::provider::Usage) -> Option<u64> {
         self.cfg
             .price
             .as_ref()
-            .map(|p| crate::cost::to_micros(p.cost(tokens_in, tokens_out)))
+            .map(|p| crate::cost::to_micros(p.cost_usage(usage)))
     }
 
     /// After failed attempt number `attempt` (0-based): stop the run, give

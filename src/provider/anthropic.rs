@@ -50,6 +50,8 @@ pub struct Anthropic {
     ep: Endpoint,
     /// `{root}/v1/messages`.
     url: String,
+    /// `--prompt-cache auto`: mark breakpoints where a request's hint asks.
+    prompt_cache: bool,
 }
 
 impl Anthropic {
@@ -59,7 +61,14 @@ impl Anthropic {
         Self {
             url: format!("{}/v1/messages", ep.base_url),
             ep,
+            prompt_cache: true,
         }
+    }
+
+    /// `--prompt-cache off` (false): no `cache_control`, plain-string turns.
+    pub fn with_prompt_cache(mut self, on: bool) -> Self {
+        self.prompt_cache = on;
+        self
     }
 
     fn get(&self, url: &str) -> reqwest::RequestBuilder {
@@ -70,7 +79,11 @@ impl Anthropic {
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
-        let marks = breakpoints(&self.ep.model, req);
+        let marks = if self.prompt_cache {
+            breakpoints(&self.ep.model, req)
+        } else {
+            Vec::new()
+        };
         let blocks = !marks.is_empty();
         let mut system: Vec<Block<'a>> = Vec::new();
         let mut messages: Vec<Turn<'a>> = Vec::new();

@@ -343,3 +343,141 @@ async fn serve_sums_the_cached_tokens_of_its_upstream_calls() {
     assert_eq!(cached[0], Value::Null, "nothing cached the first time");
     assert!(cached[1].as_u64().is_some_and(|n| n >= MIN), "{cached:?}");
 }
+
+#[test]
+fn prompt_cache_key_goes_only_to_openais_own_endpoint() {
+    use cai::provider::build::{self, Flags, Keys};
+    use cai::provider::registry::ProviderKind;
+    use cai::provider::{CacheHint, ChatRequest, Message};
+    let req = ChatRequest {
+        messages: vec![Message::system("S"), Message::user("p")],
+        params: Default::default(),
+        cache: CacheHint {
+            shared: 1,
+            previous: 0,
+            extended: false,
+            scope: Some("initial:abc".into()),
+        },
+    };
+    let key_sent = |kind: ProviderKind, base: &[String], on: bool| {
+        let flags = Flags {
+            provider: Some(kind),
+            base_urls: base,
+            model: Some("gpt-4o-mini"),
+            api_key_env: None,
+            chat_template: "chatml",
+            timeout: 10.0,
+            max_reply_bytes: None,
+            offline: true,
+            local_parallel: None,
+            local_cache_mb: None,
+            prompt_cache: on,
+        };
+        let provider = build::plan(&flags, 1, Keys::Optional)
+            .and_then(|p| p.build())
+            .expect("builds");
+        let v = provider.preview(&req).expect("preview");
+        v["body"].get("prompt_cache_key").cloned()
+    };
+    let key = key_sent(ProviderKind::named("openai").unwrap(), &[], true).expect("sent to OpenAI");
+    assert!(key.as_str().is_some_and(|k| k.starts_with("cai-")));
+    // The same host given explicitly is still OpenAI's.
+    let own = ["https://api.openai.com/v1".to_string()];
+    assert_eq!(
+        key_sent(ProviderKind::named("openai").unwrap(), &own, true),
+        Some(key)
+    );
+    assert_eq!(
+        key_sent(ProviderKind::named("openai").unwrap(), &[], false),
+        None
+    );
+    let local = ["http://127.0.0.1:9/v1".to_string()];
+    assert_eq!(
+        key_sent(ProviderKind::named("openai").unwrap(), &local, true),
+        None
+    );
+    assert_eq!(
+        key_sent(ProviderKind::named("groq").unwrap(), &[], true),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_cache_off_sends_neither_breakpoints_nor_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_csv(dir.path(), 2);
+    let f = fake().await;
+    let out = dir.path().join("out");
+    let (code, err) = run(
+        anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out).args([
+            "--rounds",
+            "2",
+            "--prompt-cache",
+            "off",
+        ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    for (text, v) in bodies(&f) {
+        assert!(!text.contains("cache_control"), "{text}");
+        assert!(v["messages"][0]["content"].is_string(), "plain turns");
+    }
+    let stats = f.stats();
+    assert_eq!((stats.cache_control_requests, stats.cached_tokens), (0, 0));
+    assert_eq!(manifest(&out)["requests"]["tokens_cached"], 0);
+}
+
+/// Spend of a run, from its manifest.
+fn cost(out: &Path) -> f64 {
+    manifest(out)["cost_usd"].as_f64().expect("priced")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_cost_counts_cache_reads_at_the_cached_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_csv(dir.path(), 8);
+    async fn go(
+        prompts: &Path,
+        out: &Path,
+        cache: &str,
+        cap: Option<f64>,
+    ) -> ((i32, String), cai_fake::Stats) {
+        let f = fake().await;
+        let mut c = anthropic(&f.url(), "claude-sonnet-4-5", prompts, out);
+        c.args([
+            "--rounds",
+            "2",
+            "--max-tokens",
+            "64",
+            "--prompt-cache",
+            cache,
+        ]);
+        if let Some(cap) = cap {
+            c.args(["--max-cost", &cap.to_string()]);
+        }
+        let r = run(&mut c);
+        (r, f.stats())
+    }
+    let ((code, err), _) = go(&prompts, &dir.path().join("full"), "off", None).await;
+    assert_eq!(code, 0, "{err}");
+    let ((code, err), stats) = go(&prompts, &dir.path().join("cached"), "auto", None).await;
+    assert_eq!(code, 0, "{err}");
+    let (full, cached) = (
+        cost(&dir.path().join("full")),
+        cost(&dir.path().join("cached")),
+    );
+    // Sonnet: reads at $0.30, writes at $3.75, the rest at $3 per million.
+    let expected = (stats.cached_tokens as f64 * 0.30
+        + stats.cache_write_tokens as f64 * 3.75
+        + (stats.prompt_tokens - stats.cached_tokens - stats.cache_write_tokens) as f64 * 3.0
+        + stats.completion_tokens as f64 * 15.0)
+        / 1e6;
+    assert!((cached - expected).abs() < 1e-5, "{cached} vs {expected}");
+    assert!(cached < 0.6 * full, "cached {cached} vs full {full}");
+    // A cap between the two: the cached run fits (its reservations are
+    // the full worst case, so leave room for one), the uncached one stops.
+    let cap = (cached + full) / 2.0;
+    let ((code, err), _) = go(&prompts, &dir.path().join("capped-off"), "off", Some(cap)).await;
+    assert_eq!(code, 3, "stops at the cap without the cache: {err}");
+    let ((code, err), _) = go(&prompts, &dir.path().join("capped-auto"), "auto", Some(cap)).await;
+    assert_eq!(code, 0, "fits under the cap with the cache: {err}");
+}
