@@ -170,12 +170,8 @@ async fn every_request_of_a_stage_starts_with_the_same_bytes() {
     // OpenAI's shape.
     let f = fake().await;
     let out = dir.path().join("openai");
-    let (code, err) = run(&mut fake_generate(&f.url(), &prompts, &out).args([
-        "--rounds",
-        "1",
-        "--concurrency",
-        "1",
-    ]));
+    let (code, err) =
+        run(fake_generate(&f.url(), &prompts, &out).args(["--rounds", "1", "--concurrency", "1"]));
     assert_eq!(code, 0, "{err}");
     let b = bodies(&f);
     assert_eq!(b.len(), 9);
@@ -292,7 +288,7 @@ async fn openai_cached_tokens_reach_the_manifest_and_the_report() {
     let f = fake().await;
     let out = dir.path().join("out");
     let (code, err) = run(
-        &mut fake_generate_model(&f.url(), "gpt-4o-mini", &prompts, &out).args([
+        fake_generate_model(&f.url(), "gpt-4o-mini", &prompts, &out).args([
             "--rounds",
             "2",
             "--concurrency",
