@@ -482,8 +482,16 @@ impl EndpointArgs {
             offline: self.offline,
             local_parallel: self.local_parallel,
             local_cache_mb: self.local_cache_mb,
+            prompt_cache: self.prompt_cache == PromptCacheArg::Auto,
         }
     }
+}
+
+/// `--prompt-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PromptCacheArg {
+    Off,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -560,6 +568,9 @@ pub struct EndpointArgs {
     /// local: sequences generated together in one batch (default 8).
     #[arg(long, value_name = "N")]
     pub local_parallel: Option<usize>,
+    /// Provider prompt caching: `auto` marks each stage's shared prefix for Anthropic's cache (`cache_control`) and sends OpenAI's own endpoint a `prompt_cache_key`; `off` sends neither (automatic caches, which need nothing sent, still apply).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    pub prompt_cache: PromptCacheArg,
     /// local: prefix KV cache size in MiB (default: what the running sequences can reuse, about 1024 tokens of KV state each; 0: off).
     #[arg(long, value_name = "MB")]
     pub local_cache_mb: Option<usize>,

@@ -66,14 +66,42 @@ pub fn lookup(model: &str) -> Option<&'static PriceRow> {
 pub struct Price {
     pub input_per_m: f64,
     pub output_per_m: f64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cached_in_per_m: f64,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_write_per_m: f64,
     /// `"--price-in/--price-out"`, or `"price table: MODEL as of DATE"`.
     pub source: String,
 }
 
 impl Price {
-    /// USD for a number of tokens.
+    /// USD for a number of tokens, every input token at the full price.
     pub fn cost(&self, tokens_in: u64, tokens_out: u64) -> f64 {
         (tokens_in as f64 * self.input_per_m + tokens_out as f64 * self.output_per_m) / 1e6
+    }
+
+    /// USD for a reply's usage: cached and cache-written input tokens at
+    /// their own prices, the rest of the input at the full one.
+    pub fn cost_usage(&self, u: &crate::provider::Usage) -> f64 {
+        let cached = u.cached_tokens.min(u.prompt_tokens);
+        let written = u.cache_write_tokens.min(u.prompt_tokens - cached);
+        let plain = u.prompt_tokens - cached - written;
+        (plain as f64 * self.input_per_m
+            + cached as f64 * self.cached_in_per_m
+            + written as f64 * self.cache_write_per_m
+            + u.completion_tokens as f64 * self.output_per_m)
+            / 1e6
+    }
+
+    /// Every price times `factor` (the batch discount).
+    pub fn scaled(&self, factor: f64, why: &str) -> Price {
+        Price {
+            input_per_m: self.input_per_m * factor,
+            output_per_m: self.output_per_m * factor,
+            cached_in_per_m: self.cached_in_per_m * factor,
+            cache_write_per_m: self.cache_write_per_m * factor,
+            source: format!("{}, {why}", self.source),
+        }
     }
 }
 
@@ -82,16 +110,35 @@ impl Price {
 pub fn resolve(model: &str, price_in: Option<f64>, price_out: Option<f64>) -> Option<Price> {
     let table = lookup(model);
     if price_in.is_some() || price_out.is_some() {
+        let input = price_in.or(table.map(|r| r.input_per_m)).unwrap_or(0.0);
+        // The table's cache discounts, as ratios, carry over to a given
+        // input price; without a row the cache is priced like input.
+        let ratio = |part: fn(&PriceRow) -> f64| {
+            table
+                .filter(|r| r.input_per_m > 0.0)
+                .map_or(1.0, |r| part(r) / r.input_per_m)
+        };
         return Some(Price {
-            input_per_m: price_in.or(table.map(|r| r.input_per_m)).unwrap_or(0.0),
+            input_per_m: input,
             output_per_m: price_out.or(table.map(|r| r.output_per_m)).unwrap_or(0.0),
+            cached_in_per_m: input * ratio(|r| r.cached_in_per_m),
+            cache_write_per_m: input * ratio(|r| r.cache_write_per_m),
             source: "--price-in/--price-out".into(),
         });
     }
     table.map(|r| Price {
         input_per_m: r.input_per_m,
         output_per_m: r.output_per_m,
-        source: format!("price table: {} as of {}", r.model, r.as_of),
+        cached_in_per_m: r.cached_in_per_m,
+        cache_write_per_m: r.cache_write_per_m,
+        source: if r.cache_as_of == r.as_of {
+            format!("price table: {} as of {}", r.model, r.as_of)
+        } else {
+            format!(
+                "price table: {} as of {} (cache prices as of {})",
+                r.model, r.as_of, r.cache_as_of
+            )
+        },
     })
 }
 

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{AbortReason, Engine, ItemError};
 use crate::feedback::select::{JudgedPair, Undecided};
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
-use crate::provider::{ChatRequest, Completion, FinishReason, GenParams, Message, Usage};
+use crate::provider::{
+    CacheHint, ChatRequest, Completion, FinishReason, GenParams, Message, Usage,
+};
 use crate::template::{TemplateError, Templates};
 
 /// Everything the loop needs, shared by all prompts of a run.
@@ -228,25 +230,80 @@ pub fn initial_request(
     prompt: &str,
 ) -> Result<(String, ChatRequest), TemplateError> {
     let user = templates.render("initial.jinja", minijinja::context! { prompt })?;
-    let messages = messages(constitution, Stage::Initial, &[Message::user(user.clone())]);
-    Ok((
-        user,
-        ChatRequest {
-            messages,
-            params: params.clone(),
-        },
-    ))
+    let req = request(
+        constitution,
+        Stage::Initial,
+        &[Message::user(user.clone())],
+        params,
+        &Sent::new(),
+    );
+    Ok((user, req))
 }
 
-/// `[system?] + few_shots + convo` for a stage.
-fn messages(c: &Constitution, stage: Stage, convo: &[Message]) -> Vec<Message> {
+/// The requests already sent for one prompt, as (stage, message count):
+/// what a later request's [`CacheHint::previous`] is worked out from.
+pub type Sent = Vec<(Stage, usize)>;
+
+/// `[system?] + few_shots + convo` for a stage, with the [`CacheHint`]
+/// that says which of it other requests repeat: every request of the stage
+/// starts with the same system message and few-shots (in that order, the
+/// same bytes whatever the prompt), and, since a prompt's conversation only
+/// grows, every earlier request of the prompt whose stage has the same
+/// system message is a prefix of this one (the longest is `previous`).
+/// Whether a later request extends this one is set by the caller.
+fn request(
+    c: &Constitution,
+    stage: Stage,
+    convo: &[Message],
+    params: &GenParams,
+    sent: &Sent,
+) -> ChatRequest {
     let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
     if let Some(s) = c.system_for(stage) {
         m.push(Message::system(s));
     }
     m.extend(c.few_shots.iter().cloned());
+    let shared = m.len();
+    let scope = format!("{}:{}", stage.as_str(), prefix_digest(&m));
     m.extend(convo.iter().cloned());
-    m
+    let previous = sent
+        .iter()
+        .filter(|&&(s, n)| extends(c, s, stage) && n < m.len())
+        .map(|&(_, n)| n)
+        .max()
+        .unwrap_or(0);
+    ChatRequest {
+        messages: m,
+        params: params.clone(),
+        cache: CacheHint {
+            shared,
+            previous,
+            extended: false,
+            scope: Some(scope),
+        },
+    }
+}
+
+/// Whether a later request of `next` for the same prompt starts with the
+/// whole of an earlier request of `this`: the same system message (and
+/// the same few-shots, always), and the conversation only grows.
+fn extends(c: &Constitution, this: Stage, next: Stage) -> bool {
+    c.system_for(this) == c.system_for(next)
+}
+
+/// A short digest of a stage's shared messages: it changes with the
+/// constitution's system message and few-shots, so a cache key built on it
+/// keeps only requests with the same prefix together.
+fn prefix_digest(messages: &[Message]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in messages {
+        h.update(m.role.as_str().as_bytes());
+        h.update([0]);
+        h.update((m.content.len() as u64).to_le_bytes());
+        h.update(m.content.as_bytes());
+    }
+    crate::digest::hex(&h.finalize()[..8])
 }
 
 impl Pipeline {
@@ -257,6 +314,8 @@ impl Pipeline {
         if self.samples > 1 {
             req.params.n = Some(self.samples);
         }
+        req.cache.extended =
+            self.rounds > 0 && extends(&self.constitution, Stage::Initial, Stage::Critique);
         Ok((user, req))
     }
 
@@ -344,6 +403,7 @@ impl Pipeline {
         ];
         let mut answer = initial.clone();
         let mut rounds = Vec::new();
+        let mut sent: Sent = vec![(Stage::Initial, req.messages.len())];
 
         let reviser = Reviser {
             engine: &self.engine,
@@ -353,8 +413,11 @@ impl Pipeline {
             seed: self.seed,
         };
         for round in 1..=self.rounds {
+            let more = round < self.rounds;
             let (r, [critique, revision]) = match reviser
-                .round_with(&id, round, &prompt, &answer, &mut convo, reject_cut)
+                .round_after(
+                    &id, round, &prompt, &answer, &mut convo, &mut sent, more, reject_cut,
+                )
                 .await
             {
                 Ok(x) => x,
@@ -424,19 +487,35 @@ impl Reviser<'_> {
         answer: &str,
         convo: &mut Vec<Message>,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
-        self.round_with(id, round, prompt, answer, convo, false)
-            .await
+        self.round_after(
+            id,
+            round,
+            prompt,
+            answer,
+            convo,
+            &mut Sent::new(),
+            true,
+            false,
+        )
+        .await
     }
 
-    /// [`Reviser::round`]; with `reject_cut`, a reply cut off by the token
-    /// limit rejects the prompt before anything more is sent for it.
-    pub async fn round_with(
+    /// [`Reviser::round`] knowing the requests sent before it for the same
+    /// prompt (`sent`, to which this round's two are added) and whether
+    /// another round follows, so each request's [`CacheHint`] says what it
+    /// shares with an earlier one and whether a later one extends it; with
+    /// `reject_cut`, a reply cut off by the token limit rejects the prompt
+    /// before anything more is sent for it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn round_after(
         &self,
         id: &str,
         round: u32,
         prompt: &str,
         answer: &str,
         convo: &mut Vec<Message>,
+        sent: &mut Sent,
+        more: bool,
         reject_cut: bool,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
         let call = |stage: Stage, req: ChatRequest| async move {
@@ -464,10 +543,11 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, principle => &pctx, round },
         )?;
         convo.push(Message::user(critique_request.clone()));
-        let req = ChatRequest {
-            messages: messages(self.constitution, Stage::Critique, convo),
-            params: self.params.clone(),
-        };
+        let mut req = request(self.constitution, Stage::Critique, convo, self.params, sent);
+        // The revision (same system message) or the next round's critique
+        // starts with all of it.
+        req.cache.extended = more || extends(self.constitution, Stage::Critique, Stage::Revision);
+        sent.push((Stage::Critique, req.messages.len()));
         let c = call(Stage::Critique, req).await?;
         if reject_cut && c.finish == FinishReason::Length {
             return Err(RoundFail::Reject(
@@ -496,10 +576,11 @@ impl Reviser<'_> {
             minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
         )?;
         convo.push(Message::user(revision_request.clone()));
-        let req = ChatRequest {
-            messages: messages(self.constitution, Stage::Revision, convo),
-            params: self.params.clone(),
-        };
+        let mut req = request(self.constitution, Stage::Revision, convo, self.params, sent);
+        // The next round's critique and revision both grow this
+        // conversation; the revision at least shares its system message.
+        req.cache.extended = more;
+        sent.push((Stage::Revision, req.messages.len()));
         let c = call(Stage::Revision, req).await?;
         if reject_cut && c.finish == FinishReason::Length {
             return Err(RoundFail::Reject(

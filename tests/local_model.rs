@@ -51,6 +51,7 @@ fn provider() -> Option<&'static LocalProvider> {
 
 fn request(user: &str, max_tokens: u32, temperature: f32, seed: Option<u64>) -> ChatRequest {
     ChatRequest {
+        cache: Default::default(),
         messages: vec![Message::user(user)],
         params: GenParams {
             max_tokens,

@@ -77,6 +77,16 @@ pub struct Estimate {
     pub judging: Option<String>,
     pub price: Option<Price>,
     pub max_cost: Option<f64>,
+    /// Input tokens the provider's prompt cache can serve: each stage's
+    /// shared prefix (system message and few-shots) for every request but
+    /// the stage's first, and a round's whole earlier request of the same
+    /// stage; only prefixes at or above the provider's minimum.
+    pub cache_read: u64,
+    /// Input tokens written to the cache at the write price (Anthropic:
+    /// each stage's prefix once, and conversations a later round repeats).
+    pub cache_write: u64,
+    /// The provider has a batch API (`--batch`), so batch + caching applies.
+    pub batch: bool,
 }
 
 impl Estimate {
@@ -153,6 +163,24 @@ impl Estimate {
                     "estimated cost: ${est:.4} (at most ${max:.4} if every reply used --max-tokens {})",
                     self.max_tokens
                 );
+                if self.cache_read > 0 {
+                    let cached = est
+                        - self.cache_read as f64 * (p.input_per_m - p.cached_in_per_m) / 1e6
+                        + self.cache_write as f64 * (p.cache_write_per_m - p.input_per_m) / 1e6;
+                    let _ = writeln!(
+                        o,
+                        "with prompt caching: ${cached:.4} (~{} input tokens read from the cache at ${}/M, ~{} written at ${}/M)",
+                        self.cache_read, p.cached_in_per_m, self.cache_write, p.cache_write_per_m
+                    );
+                    if self.batch {
+                        let _ = writeln!(
+                            o,
+                            "with --batch: ${:.4}; with --batch and prompt caching: ${:.4}",
+                            est * crate::config::generate::BATCH_PRICE_FACTOR,
+                            cached * crate::config::generate::BATCH_PRICE_FACTOR
+                        );
+                    }
+                }
                 if let Some(cap) = self.max_cost {
                     let verdict = if max <= cap {
                         "the whole run fits"
@@ -313,6 +341,35 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         stage("judge"),
     );
     let judging = judging(cfg, reply, samples, rounds)?;
+    // Each stage's shared prefix, and the least the provider caches.
+    let anthropic = cfg.provider.name() == "anthropic";
+    let caching = cfg.endpoint.prompt_cache == crate::cli::PromptCacheArg::Auto || !anthropic;
+    let min = if anthropic {
+        crate::provider::anthropic::min_cacheable_tokens(&cfg.provider.model())
+    } else {
+        1024
+    };
+    let c = &cfg.inputs.constitution;
+    let prefix = |stage: crate::input::Stage| {
+        let few: u64 = c
+            .few_shots
+            .iter()
+            .map(|m| (m.content.len() as u64).div_ceil(4) + 4)
+            .sum();
+        let sys = c
+            .system_for(stage)
+            .map_or(0, |s| (s.len() as u64).div_ceil(4) + 4);
+        let p = few + sys;
+        if p >= min && caching {
+            p
+        } else {
+            0
+        }
+    };
+    use crate::input::Stage as S;
+    let (p_init, p_crit, p_rev) = (prefix(S::Initial), prefix(S::Critique), prefix(S::Revision));
+    let (mut cache_read, mut cache_write) = (0u64, 0u64);
+    let cacheable = |t: u64| if caching && t >= min { t } else { 0 };
     let mut prompts = 0u64;
     for rec in PromptReader::open(&cfg.inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;
@@ -331,6 +388,8 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         // Conversation before round r's critique request: the first
         // request and its reply, then (r-1) full rounds of two turns each.
         let round_growth = crit_req + reply_msg + rev_req + reply_msg;
+        let shared = if prompts == 1 { 0 } else { 1 };
+        cache_read += shared * p_init;
         for r in 0..rounds {
             let before = first + reply_msg + r * round_growth;
             critique.requests += 1;
@@ -339,6 +398,19 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
             revision.requests += 1;
             revision.tokens_in += before + crit_req + reply_msg + rev_req;
             revision.tokens_out += reply;
+            // Round r repeats round r-1's request of the same stage whole;
+            // round 1 only the stage's shared prefix.
+            if r == 0 {
+                cache_read += shared * (p_crit + p_rev);
+            } else {
+                let prev = before - round_growth;
+                cache_read +=
+                    cacheable(prev + crit_req) + cacheable(prev + crit_req + reply_msg + rev_req);
+            }
+            if anthropic && r + 1 < rounds {
+                cache_write += cacheable(before + crit_req).saturating_sub(p_crit)
+                    + cacheable(before + crit_req + reply_msg + rev_req).saturating_sub(p_rev);
+            }
         }
         if let Some(j) = &judging {
             judge.requests += j.questions;
@@ -368,5 +440,12 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         judging: judging_text,
         price: None,
         max_cost: None,
+        cache_read,
+        cache_write: if anthropic {
+            cache_write + p_init + p_crit + p_rev
+        } else {
+            0
+        },
+        batch: cfg.provider.entry().batch == crate::provider::registry::BatchSupport::Api,
     })
 }

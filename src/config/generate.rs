@@ -217,10 +217,11 @@ impl GenerateConfig {
             &provider.model(),
         )?;
         if matches!(batch, Some(crate::engine::batch::BatchMode::Submit { .. })) {
-            price = price.map(|p| Price {
-                input_per_m: p.input_per_m * BATCH_PRICE_FACTOR,
-                output_per_m: p.output_per_m * BATCH_PRICE_FACTOR,
-                source: format!("{}, at the batch price (x{BATCH_PRICE_FACTOR})", p.source),
+            price = price.map(|p| {
+                p.scaled(
+                    BATCH_PRICE_FACTOR,
+                    &format!("at the batch price (x{BATCH_PRICE_FACTOR})"),
+                )
             });
         }
         let mode = match (args.preference, selection) {

@@ -473,6 +473,7 @@ mod tests {
     #[test]
     fn keys_depend_on_every_part() {
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![Message::user("hi")],
             params: GenParams::default(),
         };
@@ -503,6 +504,7 @@ mod tests {
                 max_tokens,
                 ..GenParams::default()
             },
+            cache: Default::default(),
         };
         let cache = KeyCache::default();
         let reqs = [
@@ -523,6 +525,7 @@ mod tests {
         let other = ChatRequest {
             messages: vec![Message::system("other")],
             params: GenParams::default(),
+            cache: Default::default(),
         };
         assert_eq!(
             cache.key("openai", "m", "initial", &other),

@@ -130,6 +130,10 @@ pub struct Stats {
     pub failed: AtomicU64,
     pub tokens_in: AtomicU64,
     pub tokens_out: AtomicU64,
+    /// Of `tokens_in`: read from the provider's prompt cache.
+    pub tokens_cached: AtomicU64,
+    /// Of `tokens_in`: written to the provider's prompt cache.
+    pub tokens_cache_write: AtomicU64,
     pub in_flight: AtomicI64,
     /// Cost of the replies so far, in millionths of a USD (from `usage`).
     pub cost_micro_usd: AtomicU64,
@@ -148,6 +152,10 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Of `tokens_in`: read from the provider's prompt cache.
+    pub tokens_cached: u64,
+    /// Of `tokens_in`: written to the provider's prompt cache.
+    pub tokens_cache_write: u64,
     pub in_flight: i64,
     /// Running cost in millionths of a USD; 0 when the price is unknown.
     pub cost_micro_usd: u64,
@@ -164,6 +172,10 @@ impl StatsSnapshot {
             failed: self.failed.saturating_add(other.failed),
             tokens_in: self.tokens_in.saturating_add(other.tokens_in),
             tokens_out: self.tokens_out.saturating_add(other.tokens_out),
+            tokens_cached: self.tokens_cached.saturating_add(other.tokens_cached),
+            tokens_cache_write: self
+                .tokens_cache_write
+                .saturating_add(other.tokens_cache_write),
             in_flight: self.in_flight.saturating_add(other.in_flight),
             cost_micro_usd: self.cost_micro_usd.saturating_add(other.cost_micro_usd),
         }
@@ -171,6 +183,14 @@ impl StatsSnapshot {
 }
 
 impl Stats {
+    /// Adds a reply's prompt-cache reads and writes.
+    pub fn count_cache(&self, u: &crate::provider::Usage) {
+        self.tokens_cached
+            .fetch_add(u.cached_tokens, Ordering::Relaxed);
+        self.tokens_cache_write
+            .fetch_add(u.cache_write_tokens, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             requests: self.sent.load(Ordering::Relaxed),
@@ -180,6 +200,8 @@ impl Stats {
             failed: self.failed.load(Ordering::Relaxed),
             tokens_in: self.tokens_in.load(Ordering::Relaxed),
             tokens_out: self.tokens_out.load(Ordering::Relaxed),
+            tokens_cached: self.tokens_cached.load(Ordering::Relaxed),
+            tokens_cache_write: self.tokens_cache_write.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             cost_micro_usd: self.cost_micro_usd.load(Ordering::Relaxed),
         }
@@ -478,8 +500,10 @@ impl Engine {
             let est = est_in + u64::from(req.params.max_tokens);
             // The worst case (the whole max_tokens) is held against
             // --max-cost while the attempt is out; the reply's usage settles it.
-            let mut held =
-                self.reserve(self.price_micros(est_in, u64::from(req.params.max_tokens)))?;
+            let mut held = self.reserve(self.price_micros(&crate::provider::Usage::plain(
+                est_in,
+                u64::from(req.params.max_tokens),
+            )))?;
             self.wait_turn(est).await?;
             held.sending();
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -535,11 +559,20 @@ impl Engine {
     /// stats and the limiter, its cost against the reservation `held`.
     fn account(&self, reply: Reply, est_in: u64, est: u64, held: Reservation) -> Completion {
         let (tin, tout) = usage_or_estimate(&reply.completion, est_in);
-        held.spend(self.price_micros(tin, tout).unwrap_or(0));
+        // Reported usage is priced part by part: cache reads at the cached
+        // price, so --max-cost and the manifest see what the bill says.
+        let usage = reply
+            .completion
+            .usage
+            .unwrap_or(crate::provider::Usage::plain(tin, tout));
+        held.spend(self.price_micros(&usage).unwrap_or(0));
         self.limiter.learn(&reply.rate);
         self.limiter.correct(est, tin + tout);
         self.stats.tokens_in.fetch_add(tin, Ordering::Relaxed);
         self.stats.tokens_out.fetch_add(tout, Ordering::Relaxed);
+        if let Some(u) = &reply.completion.usage {
+            self.stats.count_cache(u);
+        }
         reply.completion
     }
 
@@ -589,13 +622,13 @@ impl Engine {
         self.journal.recorded(key)
     }
 
-    /// The price of `tokens_in` and `tokens_out` in millionths of a USD
-    /// (`None` when the price is unknown).
-    fn price_micros(&self, tokens_in: u64, tokens_out: u64) -> Option<u64> {
+    /// The price of a reply's usage in millionths of a USD (`None` when
+    /// the price is unknown).
+    fn price_micros(&self, usage: &crate::provider::Usage) -> Option<u64> {
         self.cfg
             .price
             .as_ref()
-            .map(|p| crate::cost::to_micros(p.cost(tokens_in, tokens_out)))
+            .map(|p| crate::cost::to_micros(p.cost_usage(usage)))
     }
 
     /// After failed attempt number `attempt` (0-based): stop the run, give

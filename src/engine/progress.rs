@@ -118,6 +118,10 @@ fn line(
         "{done}/{total} rows ({rejected} rejected) · {} · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
         speed(done, secs), s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
     );
+    if let Some(c) = cache_text(&s) {
+        text.push_str(" · ");
+        text.push_str(&c);
+    }
     if s.cost_micro_usd > 0 {
         text.push_str(&format!(
             " · cost ${:.4}",
@@ -141,6 +145,16 @@ fn line(
     (text, json)
 }
 
+/// `prompt cache N read / M written`, when the provider reported any.
+fn cache_text(s: &super::StatsSnapshot) -> Option<String> {
+    (s.tokens_cached > 0 || s.tokens_cache_write > 0).then(|| {
+        format!(
+            "prompt cache {} read / {} written",
+            s.tokens_cached, s.tokens_cache_write
+        )
+    })
+}
+
 /// The bar's message: requests in flight, retries, rejects, tokens, cost
 /// and the pool's endpoints.
 fn bar_message(stats: &Stats, rows: &Rows, endpoints: &[EndpointStats]) -> String {
@@ -154,6 +168,10 @@ fn bar_message(stats: &Stats, rows: &Rows, endpoints: &[EndpointStats]) -> Strin
         s.tokens_in,
         s.tokens_out
     );
+    if let Some(c) = cache_text(&s) {
+        msg.push_str(" · ");
+        msg.push_str(&c);
+    }
     if s.cost_micro_usd > 0 {
         msg.push_str(&format!(
             " · ${:.4}",

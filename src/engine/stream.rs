@@ -36,6 +36,7 @@ impl Engine {
                             stats
                                 .tokens_out
                                 .fetch_add(u.completion_tokens, Ordering::Relaxed);
+                            stats.count_cache(u);
                         }
                     })));
                 }

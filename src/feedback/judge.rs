@@ -306,6 +306,7 @@ impl Judge {
             };
             request_index += 1;
             let req = ChatRequest {
+                cache: Default::default(),
                 messages: vec![Message::user(question)],
                 params,
             };

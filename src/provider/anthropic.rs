@@ -11,7 +11,20 @@
 //! are not sent. The reply's text blocks are joined; `stop_reason` maps to
 //! [`FinishReason`] (`end_turn`/`stop_sequence` → stop, `max_tokens` →
 //! length, `refusal` → filtered) and `usage.input_tokens`/`output_tokens`
-//! to [`Usage`].
+//! to [`Usage`], with `cache_read_input_tokens` and
+//! `cache_creation_input_tokens` added to the input as its cached and
+//! cache-write parts.
+//!
+//! **Prompt caching**: when the request carries a [`CacheHint`] (a run's
+//! stages under `--prompt-cache auto`), the system prompt and every turn
+//! are sent as arrays of text blocks, one per message, and
+//! `cache_control: {"type": "ephemeral"}` marks the last block of the
+//! stage's shared prefix (system message and few-shots), the last block
+//! this request shares with the previous request of the same prompt (the
+//! conversation it extends), and its own last block when the next request
+//! will extend it: at most [`MAX_BREAKPOINTS`], each only where the prefix
+//! reaches the model's minimum cacheable length. Without a hint the body is
+//! the plain-string form, byte for byte what it was before caching.
 
 use std::sync::Arc;
 
@@ -21,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use super::batch::{BatchApi, BatchCodec};
 use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
 use super::http::check_reply;
+#[cfg(doc)]
+use super::CacheHint;
 use super::{
     post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
 };
@@ -35,6 +50,8 @@ pub struct Anthropic {
     ep: Endpoint,
     /// `{root}/v1/messages`.
     url: String,
+    /// `--prompt-cache auto`: mark breakpoints where a request's hint asks.
+    prompt_cache: bool,
 }
 
 impl Anthropic {
@@ -44,7 +61,14 @@ impl Anthropic {
         Self {
             url: format!("{}/v1/messages", ep.base_url),
             ep,
+            prompt_cache: true,
         }
+    }
+
+    /// `--prompt-cache off` (false): no `cache_control`, plain-string turns.
+    pub fn with_prompt_cache(mut self, on: bool) -> Self {
+        self.prompt_cache = on;
+        self
     }
 
     fn get(&self, url: &str) -> reqwest::RequestBuilder {
@@ -55,38 +79,147 @@ impl Anthropic {
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
         let p = &req.params;
-        let mut system: Vec<&str> = Vec::new();
-        let mut messages: Vec<Turn> = Vec::new();
-        for m in &req.messages {
+        let marks = if self.prompt_cache {
+            breakpoints(&self.ep.model, req)
+        } else {
+            Vec::new()
+        };
+        let blocks = !marks.is_empty();
+        let mut system: Vec<Block<'a>> = Vec::new();
+        let mut messages: Vec<Turn<'a>> = Vec::new();
+        for (i, m) in req.messages.iter().enumerate() {
+            let block = Block {
+                kind: "text",
+                text: &m.content,
+                cache_control: marks.contains(&i).then_some(Ephemeral::EPHEMERAL),
+            };
             let role = match m.role {
                 Role::System => {
-                    system.push(&m.content);
+                    system.push(block);
                     continue;
                 }
                 Role::User => "user",
                 Role::Assistant => "assistant",
             };
             match messages.last_mut() {
-                Some(last) if last.role == role => {
-                    last.content.push_str("\n\n");
-                    last.content.push_str(&m.content);
-                }
+                Some(last) if last.role == role => last.content.push(block),
                 _ => messages.push(Turn {
                     role,
-                    content: m.content.clone(),
+                    content: vec![block],
                 }),
             }
         }
         Body {
             model: &self.ep.model,
             max_tokens: p.max_tokens,
-            system: (!system.is_empty()).then(|| system.join("\n\n")),
-            messages,
+            system: (!system.is_empty()).then_some(Content {
+                blocks,
+                parts: system,
+            }),
+            messages: messages
+                .into_iter()
+                .map(|t| Message {
+                    role: t.role,
+                    content: Content {
+                        blocks,
+                        parts: t.content,
+                    },
+                })
+                .collect(),
             temperature: p.temperature,
             top_p: (p.top_p < 1.0).then_some(p.top_p),
             stop_sequences: &p.stop,
         }
     }
+}
+
+/// Anthropic's limit of `cache_control` breakpoints in one request.
+pub const MAX_BREAKPOINTS: usize = 4;
+
+/// The shortest prefix (in tokens) each model caches, by name prefix
+/// (docs.claude.com, prompt caching, read 2026-12-02); a shorter marked
+/// prefix is processed without caching, so marking it only wastes one of
+/// the four breakpoints. Unknown models get the most common minimum.
+const MIN_CACHEABLE: &[(&str, u64)] = &[
+    ("claude-opus-4-6", 4096),
+    ("claude-opus-4-5", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-sonnet-4-6", 2048),
+    ("claude-3-5-haiku", 2048),
+    ("claude-3-haiku", 2048),
+    ("claude-haiku-3", 2048),
+];
+
+/// The minimum cacheable prefix of `model`, in tokens.
+pub fn min_cacheable_tokens(model: &str) -> u64 {
+    MIN_CACHEABLE
+        .iter()
+        .filter(|(name, _)| model.starts_with(name))
+        .max_by_key(|(name, _)| name.len())
+        .map_or(1024, |&(_, n)| n)
+}
+
+/// Indices of the messages whose block carries `cache_control`: the last
+/// message of the stage's shared prefix, the last message this request
+/// shares with the previous request of its prompt, and its own last
+/// message when the next request will extend it — each only when the
+/// prefix up to it reaches the model's minimum, at most
+/// [`MAX_BREAKPOINTS`]. A skipped one is logged at debug level with why.
+fn breakpoints(model: &str, req: &ChatRequest) -> Vec<usize> {
+    let hint = &req.cache;
+    if !hint.wanted() {
+        return Vec::new();
+    }
+    let min = min_cacheable_tokens(model);
+    // Tokens up to and including each message, as the engine estimates.
+    let mut upto = Vec::with_capacity(req.messages.len());
+    let mut sum = 0u64;
+    for m in &req.messages {
+        sum += (m.content.len() as u64).div_ceil(4) + 4;
+        upto.push(sum);
+    }
+    let n = req.messages.len();
+    let wanted = [
+        ("shared prefix", hint.shared),
+        (
+            "conversation shared with the previous request",
+            hint.previous,
+        ),
+        (
+            "conversation the next request extends",
+            if hint.extended { n } else { 0 },
+        ),
+    ];
+    let mut marks: Vec<usize> = Vec::new();
+    for (what, count) in wanted {
+        let Some(at) = count.checked_sub(1).filter(|&i| i < n) else {
+            continue;
+        };
+        if marks.contains(&at) {
+            continue;
+        }
+        if upto[at] < min {
+            tracing::debug!(
+                model,
+                scope = hint.scope.as_deref().unwrap_or_default(),
+                breakpoint = what,
+                tokens = upto[at],
+                minimum = min,
+                "no cache_control: the prefix is below the model's minimum cacheable length"
+            );
+            continue;
+        }
+        if marks.len() == MAX_BREAKPOINTS {
+            tracing::debug!(
+                model,
+                breakpoint = what,
+                "no cache_control: four breakpoints already"
+            );
+            continue;
+        }
+        marks.push(at);
+    }
+    marks
 }
 
 /// `https://host/` and `https://host/v1` both become `https://host`.
@@ -100,8 +233,8 @@ struct Body<'a> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
-    messages: Vec<Turn>,
+    system: Option<Content<'a>>,
+    messages: Vec<Message<'a>>,
     temperature: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f32>,
@@ -109,32 +242,85 @@ struct Body<'a> {
     stop_sequences: &'a [String],
 }
 
-#[derive(Serialize)]
-struct Turn {
+/// A turn while the body is built: its messages' blocks in order.
+struct Turn<'a> {
     role: &'static str,
-    content: String,
+    content: Vec<Block<'a>>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: Content<'a>,
+}
+
+/// A system prompt or turn: one string (the parts joined by a blank line)
+/// when no cache is asked for, else one text block per message, so a
+/// breakpoint can sit on any message and the prefix before it is the same
+/// bytes in every request of the stage.
+struct Content<'a> {
+    blocks: bool,
+    parts: Vec<Block<'a>>,
+}
+
+impl Serialize for Content<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.blocks {
+            self.parts.serialize(s)
+        } else {
+            let texts: Vec<&str> = self.parts.iter().map(|b| b.text).collect();
+            s.serialize_str(&texts.join("\n\n"))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Block<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<Ephemeral>,
+}
+
+/// `{"type": "ephemeral"}`: the default five-minute cache, refreshed by
+/// every hit, which a run's requests of one stage keep alive.
+#[derive(Clone, Copy, Serialize)]
+struct Ephemeral {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl Ephemeral {
+    const EPHEMERAL: Ephemeral = Ephemeral { kind: "ephemeral" };
 }
 
 #[derive(Deserialize)]
 struct Response {
     #[serde(default)]
-    content: Vec<Block>,
+    content: Vec<ReplyBlock>,
     stop_reason: Option<String>,
     usage: Option<ApiUsage>,
 }
 
 #[derive(Deserialize)]
-struct Block {
+struct ReplyBlock {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     text: String,
 }
 
+/// Anthropic counts the three kinds of input apart: `input_tokens` is
+/// only what came after the last cache breakpoint.
 #[derive(Deserialize)]
 struct ApiUsage {
     input_tokens: u64,
     output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
 }
 
 fn finish_reason(s: Option<&str>) -> FinishReason {
@@ -211,9 +397,15 @@ fn completion(resp: Response) -> Completion {
     Completion {
         text,
         finish: finish_reason(resp.stop_reason.as_deref()),
-        usage: resp.usage.map(|u| Usage {
-            prompt_tokens: u.input_tokens,
-            completion_tokens: u.output_tokens,
+        usage: resp.usage.map(|u| {
+            let write = u.cache_creation_input_tokens.unwrap_or(0);
+            let read = u.cache_read_input_tokens.unwrap_or(0);
+            Usage {
+                prompt_tokens: u.input_tokens + write + read,
+                completion_tokens: u.output_tokens,
+                cached_tokens: read,
+                cache_write_tokens: write,
+            }
         }),
         ..Completion::default()
     }
@@ -270,6 +462,7 @@ mod tests {
         let p = provider();
         assert_eq!(p.url, "http://127.0.0.1:9/v1/messages");
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![
                 Message::system("S1"),
                 Message::user("a"),

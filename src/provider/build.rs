@@ -28,7 +28,7 @@ use super::http::ReplyLimit;
 use super::local::LocalProvider;
 use super::model_store::{self, ModelError};
 use super::pool::{Member, Pool};
-use super::registry::{Backend, Entry, ProviderKind, LOCAL_DEFAULT_MODEL};
+use super::registry::{Backend, Entry, PromptCache, ProviderKind, LOCAL_DEFAULT_MODEL};
 use super::{anthropic, gemini, hf, openai, Provider};
 
 /// Smallest `--max-reply-bytes` accepted: below it no real reply fits.
@@ -48,6 +48,8 @@ pub struct Flags<'a> {
     pub offline: bool,
     pub local_parallel: Option<usize>,
     pub local_cache_mb: Option<usize>,
+    /// `--prompt-cache auto` (true) or `off`.
+    pub prompt_cache: bool,
 }
 
 impl Flags<'_> {
@@ -453,11 +455,27 @@ fn remote(
     let base = flags.base_url().or(entry.base_url).unwrap_or_default();
     let ep = Endpoint::new(entry, client, base, model, key, key_var)
         .with_reply_limit(ReplyLimit::fixed(flags.max_reply_bytes));
+    // `prompt_cache_key` only where the table says the provider takes it
+    // and the requests go to that provider's own host, not to a server
+    // given with --base-url that may refuse unknown fields.
+    let own_host = |url: &str| {
+        reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+    };
+    let cache_key = flags.prompt_cache
+        && entry.prompt_cache == PromptCache::CacheKey
+        && entry
+            .base_url
+            .and_then(own_host)
+            .is_some_and(|h| own_host(base) == Some(h));
     Ok(match (entry.backend, template) {
-        (Backend::Anthropic, _) => Arc::new(anthropic::Anthropic::new(ep)),
+        (Backend::Anthropic, _) => {
+            Arc::new(anthropic::Anthropic::new(ep).with_prompt_cache(flags.prompt_cache))
+        }
         (Backend::Gemini, _) => Arc::new(gemini::Gemini::new(ep)),
         (Backend::Hf, Some(t)) => Arc::new(hf::Hf::new(ep, t)),
-        _ => Arc::new(openai::OpenAi::new(ep)),
+        _ => Arc::new(openai::OpenAi::new(ep).with_prompt_cache_key(cache_key)),
     })
 }
 

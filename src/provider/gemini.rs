@@ -14,7 +14,8 @@
 //! any candidate (`promptFeedback.blockReason`) is filtered too; the engine
 //! turns either into a reject carrying the reason. Usage comes from
 //! `usageMetadata`: `promptTokenCount` in, `candidatesTokenCount` plus
-//! `thoughtsTokenCount` (billed as output) out.
+//! `thoughtsTokenCount` (billed as output) out, and `cachedContentTokenCount`
+//! (the part of the prompt Gemini's implicit cache served) as cached.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -174,6 +175,10 @@ struct UsageMetadata {
     candidates_token_count: u64,
     #[serde(default)]
     thoughts_token_count: u64,
+    /// Part of `promptTokenCount` served by implicit or explicit context
+    /// caching.
+    #[serde(default)]
+    cached_content_token_count: u64,
 }
 
 fn finish_reason(s: Option<&str>) -> FinishReason {
@@ -251,6 +256,8 @@ impl Provider for Gemini {
         let usage = resp.usage_metadata.map(|u| Usage {
             prompt_tokens: u.prompt_token_count,
             completion_tokens: u.candidates_token_count + u.thoughts_token_count,
+            cached_tokens: u.cached_content_token_count.min(u.prompt_token_count),
+            cache_write_tokens: 0,
         });
         let mut candidates = resp.candidates.into_iter();
         let Some(first) = candidates.next() else {
@@ -322,6 +329,7 @@ mod tests {
             "http://127.0.0.1:9/v1beta/models/gemini-x:generateContent"
         );
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![
                 Message::system("S"),
                 Message::user("a"),

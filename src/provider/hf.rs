@@ -145,11 +145,11 @@ impl Provider for Hf {
             super::openai::finish_reason(details.as_ref().and_then(|d| d.finish_reason.as_deref()));
         let usage = details
             .and_then(|d| d.generated_tokens)
-            .map(|completion_tokens| Usage {
-                // TGI does not report the prompt length without
-                // `decoder_input_details`; estimate it the usual way.
-                prompt_tokens: (inputs.len() as u64).div_ceil(4),
-                completion_tokens,
+            // TGI does not report the prompt length without
+            // `decoder_input_details`, nor its prefix-cache hits; the
+            // prompt is estimated the usual way.
+            .map(|completion_tokens| {
+                Usage::plain((inputs.len() as u64).div_ceil(4), completion_tokens)
             });
         let mut text = generated.generated_text;
         // A server that ignores return_full_text echoes the prompt first.

@@ -350,6 +350,7 @@ mod tests {
     #[test]
     fn replies_longer_than_the_request_could_spell_are_refused_counts_are_kept() {
         let req = ChatRequest {
+            cache: Default::default(),
             messages: vec![],
             params: params(16, Some(2), None),
         };

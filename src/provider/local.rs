@@ -127,6 +127,10 @@ fn completion(g: Generation) -> Completion {
         usage: Some(Usage {
             prompt_tokens: g.stats.prompt_tokens as u64,
             completion_tokens: g.stats.completion_tokens as u64,
+            // KV state reused from the engine's prefix cache: free here,
+            // but counted like a provider's cache hits.
+            cached_tokens: g.stats.cached_tokens as u64,
+            cache_write_tokens: 0,
         }),
         first_token_logprobs: g.first_token_logprobs.map(|tops| {
             tops.into_iter()

@@ -112,10 +112,44 @@ pub struct TokenLogprob {
 }
 
 /// A conversation to complete.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     pub params: GenParams,
+    /// Which leading messages other requests share, for the provider's
+    /// prompt cache. Not part of the request's identity: never serialized,
+    /// never in a journal key.
+    #[serde(skip)]
+    pub cache: CacheHint,
+}
+
+/// Where the part of a request that other requests repeat ends, so a
+/// backend can ask the provider's prompt cache for it (Anthropic's
+/// `cache_control` breakpoints, OpenAI's `prompt_cache_key`). The default
+/// asks for nothing: `--prompt-cache off`, and requests that are not part
+/// of a run's stages (serve's approaches, judges, optimize).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheHint {
+    /// Leading messages every request of this stage starts with, whatever
+    /// the prompt (the system message and the few-shots).
+    pub shared: usize,
+    /// Leading messages this request has in common with the request sent
+    /// just before it for the same prompt (the conversation so far), when
+    /// it extends that one; 0 otherwise.
+    pub previous: usize,
+    /// The next request of this prompt will extend this one (its whole
+    /// conversation is the start of the next), so caching all of it pays.
+    pub extended: bool,
+    /// `stage:digest-of-the-shared-prefix`, for a cache key that keeps
+    /// requests of one stage together; `None` asks for no cache.
+    pub scope: Option<String>,
+}
+
+impl CacheHint {
+    /// Whether any caching is asked for.
+    pub fn wanted(&self) -> bool {
+        self.scope.is_some()
+    }
 }
 
 /// Why generation stopped.
@@ -134,10 +168,37 @@ pub enum FinishReason {
 }
 
 /// Token counts as reported by the endpoint (or counted locally).
+///
+/// `prompt_tokens` counts every input token, however billed; the two cache
+/// counts are parts of it (Anthropic reports the three apart, and they are
+/// added up here so every backend's numbers mean the same).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input tokens read from the provider's prompt cache (billed at the
+    /// cached-input price).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_tokens: u64,
+    /// Input tokens written to the prompt cache (Anthropic bills them at
+    /// the cache-write price; other providers write for free and report 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Usage {
+    /// Input and output counts only, for backends that report no cache.
+    pub fn plain(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            ..Self::default()
+        }
+    }
 }
 
 /// Rate-limit state an endpoint advertised in its reply headers

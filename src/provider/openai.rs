@@ -5,6 +5,14 @@
 //! Mistral, Together, DeepSeek and the Hugging Face router. Optional fields
 //! (`seed`, `stop`) are sent only when set, since some servers reject
 //! unknown or empty ones.
+//!
+//! Prompt caching is automatic on OpenAI (prompts of 1,024 tokens and
+//! more) and on vLLM, SGLang and llama.cpp's prefix caches; `cai` helps by
+//! sending every request of a stage with the same leading bytes, and, to
+//! OpenAI's own endpoint only, a `prompt_cache_key` (a digest of model,
+//! stage and shared prefix) that routes requests sharing a prefix to the
+//! same cache. Cached prompt tokens are read from
+//! `usage.prompt_tokens_details.cached_tokens`.
 
 use std::sync::Arc;
 
@@ -26,6 +34,10 @@ pub struct OpenAi {
     ep: Endpoint,
     /// `{base}/chat/completions`.
     url: String,
+    /// Send `prompt_cache_key` with requests that carry a cache hint: set
+    /// where the provider table says the endpoint takes it (OpenAI's own);
+    /// other servers may refuse an unknown field.
+    prompt_cache_key: bool,
 }
 
 impl OpenAi {
@@ -33,7 +45,32 @@ impl OpenAi {
         Self {
             url: format!("{}/chat/completions", ep.base_url),
             ep,
+            prompt_cache_key: false,
         }
+    }
+
+    /// Whether to send `prompt_cache_key` (default: no; the provider table
+    /// and `--prompt-cache` decide, see `provider::build`).
+    pub fn with_prompt_cache_key(mut self, send: bool) -> Self {
+        self.prompt_cache_key = send;
+        self
+    }
+
+    /// The `prompt_cache_key` for a request: a digest of the model and the
+    /// hint's scope (the stage and the digest of its shared prefix, which
+    /// stands for the constitution), so requests that share a prefix land
+    /// on the same cache and nothing else does.
+    fn cache_key(&self, req: &ChatRequest) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if !self.prompt_cache_key {
+            return None;
+        }
+        let scope = req.cache.scope.as_deref()?;
+        let mut h = Sha256::new();
+        h.update(self.ep.model.as_bytes());
+        h.update([0]);
+        h.update(scope.as_bytes());
+        Some(format!("cai-{}", crate::digest::hex(&h.finalize()[..16])))
     }
 
     fn body<'a>(&'a self, req: &'a ChatRequest) -> Body<'a> {
@@ -51,6 +88,7 @@ impl OpenAi {
             top_logprobs: p.top_logprobs,
             stream: false,
             stream_options: None,
+            prompt_cache_key: self.cache_key(req),
         }
     }
 }
@@ -70,10 +108,7 @@ impl OpenAi {
         Ok(Completion {
             text: choice.message.content.unwrap_or_default(),
             finish: finish_reason(choice.finish_reason.as_deref()),
-            usage: resp.usage.map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            }),
+            usage: resp.usage.map(ApiUsage::usage),
             first_token_logprobs,
             more: choices
                 .map(|c| c.message.content.unwrap_or_default())
@@ -129,6 +164,10 @@ struct Body<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    /// Last, after every field a server's prefix cache could hash, so the
+    /// fields before it are the same bytes with or without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_cache_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -208,10 +247,7 @@ impl SseReader {
                 }
             }
             if let Some(u) = chunk.usage {
-                self.pending.push_back(StreamEvent::Usage(Usage {
-                    prompt_tokens: u.prompt_tokens,
-                    completion_tokens: u.completion_tokens,
-                }));
+                self.pending.push_back(StreamEvent::Usage(u.usage()));
             }
         }
     }
@@ -307,6 +343,32 @@ struct ChoiceMessage {
 struct ApiUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
+    /// OpenAI, vLLM (with `--enable-prompt-tokens-details`), DeepSeek's
+    /// compatible shape and others: how much of the prompt the cache served.
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl ApiUsage {
+    fn usage(self) -> Usage {
+        let cached = self
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0);
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            // A server that reports more cached than sent is wrong about
+            // one of them; the bill cannot have cached more than the prompt.
+            cached_tokens: cached.min(self.prompt_tokens),
+            cache_write_tokens: 0,
+        }
+    }
 }
 
 pub(crate) fn finish_reason(s: Option<&str>) -> FinishReason {

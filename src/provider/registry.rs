@@ -102,6 +102,14 @@ pub struct PriceRow {
     pub output_per_m: f64,
     /// When the price was read.
     pub as_of: &'static str,
+    /// USD per million input tokens read from the prompt cache (the input
+    /// price where the table knows no discount).
+    pub cached_in_per_m: f64,
+    /// USD per million input tokens written to the prompt cache (Anthropic
+    /// 1.25x; the input price elsewhere).
+    pub cache_write_per_m: f64,
+    /// When the cache prices were read (`as_of` when there are none).
+    pub cache_as_of: &'static str,
 }
 
 impl PriceRow {
@@ -116,7 +124,18 @@ impl PriceRow {
             input_per_m,
             output_per_m,
             as_of,
+            cached_in_per_m: input_per_m,
+            cache_write_per_m: input_per_m,
+            cache_as_of: as_of,
         }
+    }
+
+    /// The row with its prompt-cache prices (USD per million tokens).
+    pub const fn cache(mut self, read_per_m: f64, write_per_m: f64, as_of: &'static str) -> Self {
+        self.cached_in_per_m = read_per_m;
+        self.cache_write_per_m = write_per_m;
+        self.cache_as_of = as_of;
+        self
     }
 }
 
@@ -253,31 +272,41 @@ const fn on_this_machine(
 }
 
 /// Prices of OpenAI's common models, USD per million tokens (standard
-/// tier, no batch or cache discounts), from openai.com/api/pricing as of
-/// 2026-05-07. Longer names come before their prefixes.
+/// tier, no batch discount), from openai.com/api/pricing as of 2026-05-07;
+/// cached input (OpenAI's "cached input" column: 0.5x for the 4o family,
+/// 0.25x for 4.1; writes cost nothing extra) as of 2026-12-02. Longer
+/// names come before their prefixes.
 const OPENAI_PRICES: &[PriceRow] = &[
-    PriceRow::new("gpt-4o-mini", 0.15, 0.60, "2026-05-07"),
-    PriceRow::new("gpt-4o", 2.50, 10.00, "2026-05-07"),
-    PriceRow::new("gpt-4.1-nano", 0.10, 0.40, "2026-05-07"),
-    PriceRow::new("gpt-4.1-mini", 0.40, 1.60, "2026-05-07"),
-    PriceRow::new("gpt-4.1", 2.00, 8.00, "2026-05-07"),
+    PriceRow::new("gpt-4o-mini", 0.15, 0.60, "2026-05-07").cache(0.075, 0.15, "2026-12-02"),
+    PriceRow::new("gpt-4o", 2.50, 10.00, "2026-05-07").cache(1.25, 2.50, "2026-12-02"),
+    PriceRow::new("gpt-4.1-nano", 0.10, 0.40, "2026-05-07").cache(0.025, 0.10, "2026-12-02"),
+    PriceRow::new("gpt-4.1-mini", 0.40, 1.60, "2026-05-07").cache(0.10, 0.40, "2026-12-02"),
+    PriceRow::new("gpt-4.1", 2.00, 8.00, "2026-05-07").cache(0.50, 2.00, "2026-12-02"),
 ];
 
-/// Anthropic (platform.claude.com pricing), as of 2025-11-25.
+/// Anthropic (platform.claude.com pricing), as of 2025-11-25; prompt
+/// caching (a read 0.1x the input price, a five-minute write 1.25x) as of
+/// 2026-12-02.
 const ANTHROPIC_PRICES: &[PriceRow] = &[
-    PriceRow::new("claude-haiku-4-5", 1.00, 5.00, "2025-11-25"),
-    PriceRow::new("claude-sonnet-4-5", 3.00, 15.00, "2025-11-25"),
-    PriceRow::new("claude-sonnet-4", 3.00, 15.00, "2025-11-25"),
-    PriceRow::new("claude-opus-4-1", 15.00, 75.00, "2025-11-25"),
+    PriceRow::new("claude-haiku-4-5", 1.00, 5.00, "2025-11-25").cache(0.10, 1.25, "2026-12-02"),
+    PriceRow::new("claude-sonnet-4-5", 3.00, 15.00, "2025-11-25").cache(0.30, 3.75, "2026-12-02"),
+    PriceRow::new("claude-sonnet-4", 3.00, 15.00, "2025-11-25").cache(0.30, 3.75, "2026-12-02"),
+    PriceRow::new("claude-opus-4-1", 15.00, 75.00, "2025-11-25").cache(1.50, 18.75, "2026-12-02"),
 ];
 
 /// Google Gemini API, paid tier, prompts up to 200k tokens
-/// (ai.google.dev/gemini-api/docs/pricing), as of 2025-11-25.
+/// (ai.google.dev/gemini-api/docs/pricing), as of 2025-11-25; implicit
+/// caching's cached input (0.1x for 2.5, 0.25x for 2.0; no write charge,
+/// no storage for implicit hits) as of 2026-12-02.
 const GEMINI_PRICES: &[PriceRow] = &[
-    PriceRow::new("gemini-2.5-flash-lite", 0.10, 0.40, "2025-11-25"),
-    PriceRow::new("gemini-2.5-flash", 0.30, 2.50, "2025-11-25"),
-    PriceRow::new("gemini-2.5-pro", 1.25, 10.00, "2025-11-25"),
-    PriceRow::new("gemini-2.0-flash", 0.10, 0.40, "2025-11-25"),
+    PriceRow::new("gemini-2.5-flash-lite", 0.10, 0.40, "2025-11-25").cache(
+        0.01,
+        0.10,
+        "2026-12-02",
+    ),
+    PriceRow::new("gemini-2.5-flash", 0.30, 2.50, "2025-11-25").cache(0.03, 0.30, "2026-12-02"),
+    PriceRow::new("gemini-2.5-pro", 1.25, 10.00, "2025-11-25").cache(0.125, 1.25, "2026-12-02"),
+    PriceRow::new("gemini-2.0-flash", 0.10, 0.40, "2025-11-25").cache(0.025, 0.10, "2026-12-02"),
 ];
 
 /// The table, in the order `--help` lists it.

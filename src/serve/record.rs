@@ -124,6 +124,7 @@ impl Recorder {
             r.usage = Some(usage.unwrap_or(Usage {
                 prompt_tokens: prompt_estimate,
                 completion_tokens: (text.len() as u64).div_ceil(4),
+                ..Usage::default()
             }));
             if let Some(e) = error {
                 r.error = Some(e.to_string());
@@ -206,6 +207,11 @@ impl Recorder {
             if let Some(x) = r.usage {
                 u.prompt_tokens += x.prompt_tokens;
                 u.completion_tokens += x.completion_tokens;
+                if x.cached_tokens > 0 {
+                    u.prompt_tokens_details
+                        .get_or_insert_with(Default::default)
+                        .cached_tokens += x.cached_tokens;
+                }
             }
         }
         u.total_tokens = u.prompt_tokens + u.completion_tokens;
@@ -227,10 +233,10 @@ fn current() -> Option<Arc<Recorder>> {
 
 /// Rough usage of a reply the endpoint reported none for.
 fn estimated(req: &ChatRequest, text: &str) -> Usage {
-    Usage {
-        prompt_tokens: crate::engine::estimate_tokens(req),
-        completion_tokens: (text.len() as u64).div_ceil(4),
-    }
+    Usage::plain(
+        crate::engine::estimate_tokens(req),
+        (text.len() as u64).div_ceil(4),
+    )
 }
 
 /// A provider that reports each attempt to the current request's recorder.
@@ -299,10 +305,10 @@ impl Provider for Recording {
         let finish = move |text: &str, usage: Option<Usage>, error: Option<String>| {
             rec.update(i, |r| {
                 r.latency_ms = ms(t.elapsed());
-                r.usage = Some(usage.unwrap_or(Usage {
-                    prompt_tokens: prompt_estimate,
-                    completion_tokens: (text.len() as u64).div_ceil(4),
-                }));
+                r.usage = Some(usage.unwrap_or(Usage::plain(
+                    prompt_estimate,
+                    (text.len() as u64).div_ceil(4),
+                )));
                 r.error = error;
                 if verbose {
                     r.reply = Some(text.to_string());

@@ -95,6 +95,7 @@ pub async fn respond(
         let opens = (0..p.n).map(|i| {
             let ctx = p.ctx(&shared, &engine, i);
             let req = ChatRequest {
+                cache: Default::default(),
                 messages: p.messages.clone(),
                 params: GenParams {
                     n: None,

@@ -305,6 +305,15 @@ pub struct WireUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    /// OpenAI's prompt-cache hits, summed into serve's own usage.
+    #[serde(default)]
+    prompt_tokens_details: Option<WireTokenDetails>,
+}
+
+#[derive(Deserialize)]
+pub struct WireTokenDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 impl From<WireUsage> for Usage {
@@ -312,6 +321,8 @@ impl From<WireUsage> for Usage {
         Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
+            cached_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -436,6 +447,7 @@ mod tests {
         let req = ChatRequest {
             messages: vec![crate::provider::Message::user("hi")],
             params: base.clone(),
+            cache: Default::default(),
         };
         let body = forward().body(&req, Some(&route));
         assert_eq!(body["model"], "client-model");
@@ -452,6 +464,7 @@ mod tests {
                 temperature: 0.0,
                 ..base
             },
+            cache: Default::default(),
         };
         let body = forward().body(&judge, Some(&route));
         assert_eq!(body["temperature"], 0.0);

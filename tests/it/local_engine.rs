@@ -48,6 +48,7 @@ fn load(batch: usize, cache_mb: usize) -> Option<LocalProvider> {
 
 fn greedy(messages: Vec<Message>, max_tokens: u32) -> ChatRequest {
     ChatRequest {
+        cache: Default::default(),
         messages,
         params: GenParams {
             max_tokens,

@@ -19,6 +19,7 @@ mod on_length;
 mod optimize;
 mod optimize_fallback;
 mod pool;
+mod prompt_cache;
 mod refresh;
 mod report;
 mod rundir;

@@ -407,46 +407,6 @@ fn answer(state: &State, body: &Value) -> Result<Value, String> {
     serde_json::from_slice(&out.body).map_err(|e| e.to_string())
 }
 
-/// The OpenAI form of Anthropic `params`: system first, then the turns.
-fn openai_body(params: &Value) -> Value {
-    let mut messages = Vec::new();
-    if let Some(s) = params["system"].as_str() {
-        messages.push(json!({"role": "system", "content": s}));
-    }
-    if let Some(turns) = params["messages"].as_array() {
-        messages.extend(turns.iter().cloned());
-    }
-    let mut b = json!({
-        "model": params["model"], "messages": messages,
-        "max_tokens": params["max_tokens"], "temperature": params["temperature"],
-    });
-    if let Some(stop) = params.get("stop_sequences") {
-        b["stop"] = stop.clone();
-    }
-    b
-}
-
-fn message(chat: &Value) -> Value {
-    let text = chat["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default();
-    let stop = if chat["choices"][0]["finish_reason"] == "length" {
-        "max_tokens"
-    } else {
-        "end_turn"
-    };
-    json!({
-        "id": format!("msg_{}", chat["id"].as_str().unwrap_or_default()),
-        "type": "message", "role": "assistant", "model": chat["model"],
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": stop, "stop_sequence": null,
-        "usage": {
-            "input_tokens": chat["usage"]["prompt_tokens"],
-            "output_tokens": chat["usage"]["completion_tokens"],
-        },
-    })
-}
-
 /// Ends a batch whose delay has passed: answers every item.
 fn finish(state: &State, inner: &mut Inner, id: &str) {
     let Some(b) = inner.batches.get(id) else {
@@ -466,7 +426,7 @@ fn finish(state: &State, inner: &mut Inner, id: &str) {
         let reply = match (&fate, kind) {
             (Fate::Answer, Kind::OpenAi) => answer(state, body),
             (Fate::Answer, Kind::Anthropic) => {
-                answer(state, &openai_body(body)).map(|c| message(&c))
+                super::message_reply(body, state, Fault::None).map(|(m, _)| m)
             }
             _ => Err(String::new()),
         };

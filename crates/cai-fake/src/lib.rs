@@ -11,6 +11,16 @@
 //! drawn from a seeded RNG. Counters in [`Stats`] let tests check what the
 //! client actually did. With every knob at its default it is a plain server
 //! whose own overhead is small next to the client under measurement.
+//!
+//! It also serves Anthropic's Messages API (`POST /v1/messages`) with the
+//! same answers, and can behave like the providers' prompt caches
+//! ([`FakeConfig::cache_min_tokens`]): on the OpenAI route a request whose
+//! leading messages were seen before (at least the minimum) reports them as
+//! `usage.prompt_tokens_details.cached_tokens`, as OpenAI's automatic cache
+//! does; on the Messages route (live and batched) only prefixes that end
+//! at a `cache_control` block are written and read, reported as
+//! `cache_creation_input_tokens` / `cache_read_input_tokens`, as
+//! Anthropic's does.
 
 mod batch;
 
@@ -99,6 +109,10 @@ pub struct FakeConfig {
     pub batch_expire_every: Option<u64>,
     /// Submissions of a faulty item that fail before it is answered.
     pub batch_fault_times: u32,
+    /// Behave like a provider's prompt cache: prefixes of at least this
+    /// many tokens are remembered and reported as cached when repeated.
+    /// `None` (the default): no cache, and replies carry no cache fields.
+    pub cache_min_tokens: Option<u64>,
 }
 
 impl Default for FakeConfig {
@@ -129,6 +143,7 @@ impl Default for FakeConfig {
             batch_fail_every: None,
             batch_expire_every: None,
             batch_fault_times: 1,
+            cache_min_tokens: None,
         }
     }
 }
@@ -224,6 +239,16 @@ counters! {
     batch_files,
     /// Polls of a batch's status.
     batch_polls,
+    /// `POST /v1/messages` (Anthropic Messages API).
+    messages_requests,
+    /// Prompt tokens reported as read from the prompt cache.
+    cached_tokens,
+    /// Prompt tokens reported as written to the prompt cache (Anthropic).
+    cache_write_tokens,
+    /// Requests that carried `prompt_cache_key`.
+    prompt_cache_keys,
+    /// Requests that carried at least one `cache_control` block.
+    cache_control_requests,
 }
 
 /// A completion request as received, kept when `record_last > 0`.
@@ -353,6 +378,8 @@ struct State {
     expected_auth: Option<String>,
     shutdown: watch::Receiver<bool>,
     batches: batch::Store,
+    /// Digests of the cached prefixes (see [`FakeConfig::cache_min_tokens`]).
+    prompt_cache: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl State {
@@ -383,6 +410,7 @@ impl State {
             counters: Counters::default(),
             shutdown,
             batches: batch::Store::default(),
+            prompt_cache: Mutex::new(Default::default()),
             config,
         }
     }
@@ -417,6 +445,33 @@ impl State {
             })
             .map_or(Fault::None, |(_, f)| f);
         (fault, c.jitter.mul_f64(j))
+    }
+
+    /// The prompt cache: `points` are the places a cached prefix may end,
+    /// each as (tokens up to there, digest of the prefix). Prefixes of at
+    /// least the minimum are remembered; returns the tokens of the longest
+    /// one seen before (read) and, past it, up to the last point (written),
+    /// and adds them to the counters (writes only when `writes` counts
+    /// them, as Anthropic's bill does).
+    fn cache(&self, points: &[(u64, u64)], writes: bool) -> (u64, u64) {
+        let Some(min) = self.config.cache_min_tokens else {
+            return (0, 0);
+        };
+        let (mut read, mut last) = (0, 0);
+        {
+            let mut seen = lock(&self.prompt_cache);
+            for &(tokens, digest) in points.iter().filter(|p| p.0 >= min) {
+                if !seen.insert(digest) {
+                    read = read.max(tokens);
+                }
+                last = last.max(tokens);
+            }
+        }
+        let write = if writes { last.saturating_sub(read) } else { 0 };
+        let c = &self.counters;
+        c.cached_tokens.fetch_add(read, Relaxed);
+        c.cache_write_tokens.fetch_add(write, Relaxed);
+        (read, write)
     }
 
     fn record(&self, path: &str, body: &Bytes) {
@@ -587,7 +642,11 @@ impl Drop for Gauge<'_> {
 #[derive(Clone, Copy, PartialEq)]
 enum Api {
     Chat,
-    Tgi { list: bool },
+    Tgi {
+        list: bool,
+    },
+    /// Anthropic's Messages API.
+    Messages,
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
@@ -599,6 +658,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
         (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {
             c.chat_requests.fetch_add(1, Relaxed);
             Api::Chat
+        }
+        (&Method::POST, "/v1/messages") => {
+            c.messages_requests.fetch_add(1, Relaxed);
+            Api::Messages
         }
         (&Method::POST, "/generate") => {
             c.generate_requests.fetch_add(1, Relaxed);
@@ -662,8 +725,18 @@ async fn complete(state: &State, api: Api, req: Request<Incoming>) -> Reply {
         resp
     };
     if let Some(expected) = &state.expected_auth {
-        let given = parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
-        if given != Some(expected.as_bytes()) {
+        // Anthropic sends the bare key in `x-api-key`.
+        let given = match api {
+            Api::Messages => parts
+                .headers
+                .get("x-api-key")
+                .map(|k| [b"Bearer ".as_slice(), k.as_bytes()].concat()),
+            _ => parts
+                .headers
+                .get(AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec()),
+        };
+        if given.as_deref() != Some(expected.as_bytes()) {
             return Ok(refuse(Refusal::Unauthorized, None));
         }
     }
@@ -811,6 +884,9 @@ fn error(api: Api, status: StatusCode, code: &str, message: &str) -> Response<Fu
             "message": message, "type": code, "param": null, "code": code
         }}),
         Api::Tgi { .. } => serde_json::json!({"error": message, "error_type": code}),
+        Api::Messages => serde_json::json!({"type": "error", "error": {
+            "type": code, "message": message
+        }}),
     };
     json(status, serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -893,6 +969,8 @@ struct ChatBody {
     #[serde(default)]
     logprobs: bool,
     top_logprobs: Option<u32>,
+    #[serde(default)]
+    prompt_cache_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -966,6 +1044,7 @@ struct TgiParams {
 enum Job {
     Chat(ChatBody),
     Tgi(TgiBody, bool),
+    Messages(serde_json::Value),
 }
 
 fn parse(api: Api, body: &[u8]) -> Result<Job, String> {
@@ -986,6 +1065,15 @@ fn parse(api: Api, body: &[u8]) -> Result<Job, String> {
                 b.parameters.temperature,
                 b.parameters.top_p,
                 Job::Tgi(b, list),
+            )
+        }
+        Api::Messages => {
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            check_messages(&v)?;
+            (
+                v["temperature"].as_f64(),
+                v["top_p"].as_f64(),
+                Job::Messages(v),
             )
         }
     };
@@ -1012,8 +1100,9 @@ struct Output {
 impl Job {
     fn run(self, state: &State, fault: Fault) -> Output {
         match self {
-            Job::Chat(b) => answer_chat(b, state, fault),
+            Job::Chat(b) => answer_chat(b, state, fault, true),
             Job::Tgi(b, list) => answer_tgi(b, list, fault),
+            Job::Messages(v) => answer_messages(&v, state, fault),
         }
     }
 }
@@ -1236,6 +1325,13 @@ struct Usage {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Serialize)]
+struct PromptTokensDetails {
+    cached_tokens: u64,
 }
 
 #[derive(Serialize)]
@@ -1315,14 +1411,29 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn answer_chat(b: ChatBody, state: &State, fault: Fault) -> Output {
+/// Answers a chat body. `auto_cache`: behave like OpenAI's automatic
+/// prompt cache (when the cache is on); the Messages route does its own.
+fn answer_chat(b: ChatBody, state: &State, fault: Fault, auto_cache: bool) -> Output {
     let mut h = Fnv::new().add(b.model.as_bytes());
+    let mut prefix = Fnv::new().add(b.model.as_bytes());
+    let mut points = Vec::with_capacity(b.messages.len());
     let mut prompt_tokens = 0;
     for m in &b.messages {
         let text = m.content.as_ref().map(Content::text).unwrap_or_default();
         prompt_tokens += tokens(&text) + 4;
         h = h.add(m.role.as_bytes()).add(text.as_bytes());
+        prefix = prefix.add(m.role.as_bytes()).add(text.as_bytes());
+        points.push((prompt_tokens, prefix.0));
     }
+    if b.prompt_cache_key.is_some() {
+        state.counters.prompt_cache_keys.fetch_add(1, Relaxed);
+    }
+    let cache_on = auto_cache && state.config.cache_min_tokens.is_some();
+    let cached = if cache_on {
+        state.cache(&points, false).0
+    } else {
+        0
+    };
     if let Some(seed) = b.seed {
         h = h.add(&seed.to_le_bytes());
     }
@@ -1382,6 +1493,9 @@ fn answer_chat(b: ChatBody, state: &State, fault: Fault) -> Output {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: cache_on.then_some(PromptTokensDetails {
+                cached_tokens: cached,
+            }),
         },
     };
     Output {
@@ -1389,6 +1503,135 @@ fn answer_chat(b: ChatBody, state: &State, fault: Fault) -> Output {
         prompt_tokens,
         completion_tokens,
         truncated,
+    }
+}
+
+// ---- Anthropic Messages ----------------------------------------------------
+
+/// What the Messages API checks before answering.
+fn check_messages(v: &serde_json::Value) -> Result<(), String> {
+    if !v["max_tokens"].is_u64() {
+        return Err("max_tokens: Field required".into());
+    }
+    match v["messages"].as_array() {
+        Some(m) if !m.is_empty() => {}
+        _ => return Err("messages: at least one message is required".into()),
+    }
+    let marks = blocks(v).iter().filter(|b| b.2).count();
+    if marks > 4 {
+        return Err(format!(
+            "A maximum of 4 blocks with cache_control may be provided. Found {marks}."
+        ));
+    }
+    Ok(())
+}
+
+/// Every text block of a Messages request in order, system first, as
+/// (role, text, carries `cache_control`); a string content is one block.
+fn blocks(v: &serde_json::Value) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    let mut push = |role: &str, content: &serde_json::Value| match content {
+        serde_json::Value::String(t) => out.push((role.to_owned(), t.clone(), false)),
+        serde_json::Value::Array(parts) => {
+            for p in parts {
+                out.push((
+                    role.to_owned(),
+                    p["text"].as_str().unwrap_or_default().to_owned(),
+                    p.get("cache_control").is_some_and(|c| !c.is_null()),
+                ));
+            }
+        }
+        _ => {}
+    };
+    push("system", &v["system"]);
+    for m in v["messages"].as_array().into_iter().flatten() {
+        push(m["role"].as_str().unwrap_or("user"), &m["content"]);
+    }
+    out
+}
+
+/// The Messages request as a chat body (one message per block) and the
+/// places its cache breakpoints end, as [`State::cache`] takes them.
+fn messages_as_chat(v: &serde_json::Value) -> (serde_json::Value, Vec<(u64, u64)>) {
+    let mut prefix = Fnv::new().add(v["model"].as_str().unwrap_or_default().as_bytes());
+    let mut sum = 0;
+    let mut points = Vec::new();
+    let mut messages = Vec::new();
+    for (role, text, mark) in blocks(v) {
+        sum += tokens(&text) + 4;
+        prefix = prefix.add(role.as_bytes()).add(text.as_bytes());
+        if mark {
+            points.push((sum, prefix.0));
+        }
+        messages.push(serde_json::json!({"role": role, "content": text}));
+    }
+    let mut b = serde_json::json!({
+        "model": v["model"], "messages": messages, "max_tokens": v["max_tokens"],
+    });
+    if let Some(t) = v.get("temperature") {
+        b["temperature"] = t.clone();
+    }
+    if let Some(stop) = v.get("stop_sequences") {
+        b["stop"] = stop.clone();
+    }
+    (b, points)
+}
+
+/// A Message for a Messages request, with Anthropic's usage: the prompt
+/// split into cache reads, cache writes and the rest.
+pub(crate) fn message_reply(
+    v: &serde_json::Value,
+    state: &State,
+    fault: Fault,
+) -> Result<(serde_json::Value, Output), String> {
+    let (chat, points) = messages_as_chat(v);
+    if !points.is_empty() {
+        state.counters.cache_control_requests.fetch_add(1, Relaxed);
+    }
+    let (read, write) = state.cache(&points, true);
+    let body: ChatBody = serde_json::from_value(chat).map_err(|e| e.to_string())?;
+    let out = answer_chat(body, state, fault, false);
+    let chat: serde_json::Value = serde_json::from_slice(&out.body).map_err(|e| e.to_string())?;
+    let text = chat["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let stop = if chat["choices"][0]["finish_reason"] == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
+    let mut usage = serde_json::json!({
+        "input_tokens": out.prompt_tokens.saturating_sub(read + write),
+        "output_tokens": out.completion_tokens,
+    });
+    if state.config.cache_min_tokens.is_some() {
+        usage["cache_creation_input_tokens"] = write.into();
+        usage["cache_read_input_tokens"] = read.into();
+    }
+    let msg = serde_json::json!({
+        "id": format!("msg_{}", chat["id"].as_str().unwrap_or_default()),
+        "type": "message", "role": "assistant", "model": chat["model"],
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop, "stop_sequence": null,
+        "usage": usage,
+    });
+    Ok((msg, out))
+}
+
+fn answer_messages(v: &serde_json::Value, state: &State, fault: Fault) -> Output {
+    match message_reply(v, state, fault) {
+        Ok((msg, out)) => Output {
+            body: serde_json::to_vec(&msg).unwrap_or_default(),
+            ..out
+        },
+        // The body was checked in `parse`; a reply that cannot be built
+        // is this fake's bug, shown as a malformed body.
+        Err(e) => Output {
+            body: e.into_bytes(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            truncated: false,
+        },
     }
 }
 

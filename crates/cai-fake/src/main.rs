@@ -87,6 +87,11 @@ struct Args {
     /// Submissions of a faulty batch item that fail before it is answered.
     #[arg(long, default_value_t = 1)]
     batch_fault_times: u32,
+    /// Behave like a prompt cache: repeated prefixes of at least N tokens
+    /// are reported as cached (OpenAI: any message boundary; Anthropic:
+    /// only at `cache_control` blocks).
+    #[arg(long)]
+    cache_min_tokens: Option<u64>,
 }
 
 /// Accepts `250ms`, `1.5s`, `2m`, or a bare number of milliseconds.
@@ -146,6 +151,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         batch_fail_every: a.batch_fail_every,
         batch_expire_every: a.batch_expire_every,
         batch_fault_times: a.batch_fault_times,
+        cache_min_tokens: a.cache_min_tokens,
     };
     let server = FakeServer::start(config).await?;
     // Scripts read the port from this line, so it goes out before anything else.

@@ -348,6 +348,7 @@ impl Critic {
         ChatRequest {
             messages,
             params: self.params(Role::Base, 0),
+            cache: Default::default(),
         }
     }
 
@@ -412,6 +413,7 @@ impl Critic {
                     top_logprobs: Some(TOP_LOGPROBS),
                     n: None,
                 },
+                cache: Default::default(),
             };
             let c = match self
                 .send(Role::Scorer, "optimize-score-logprobs", &q.id, &req)

@@ -290,6 +290,7 @@ impl Critic {
             let req = ChatRequest {
                 messages: vec![Message::user(text)],
                 params: self.params(role, attempt),
+                cache: Default::default(),
             };
             match self.send(role, stage, id, &req).await? {
                 Ok(c) => match parse(&c.text) {

@@ -267,6 +267,25 @@ fn requests(o: &mut String, r: &crate::engine::StatsSnapshot) {
         "tokens in / out",
         Some(format!("{} / {}", int(r.tokens_in), int(r.tokens_out))),
     );
+    // Shown even at 0 when the run counted them: "no cache hits" is worth
+    // seeing when the prefix was expected to be cached.
+    kv(
+        o,
+        "input tokens from the prompt cache (read / written)",
+        Some(format!(
+            "{} / {}{}",
+            int(r.tokens_cached),
+            int(r.tokens_cache_write),
+            if r.tokens_in > 0 && r.tokens_cached > 0 {
+                format!(
+                    " ({} of the input read)",
+                    pct(r.tokens_cached as f64 / r.tokens_in as f64)
+                )
+            } else {
+                String::new()
+            }
+        )),
+    );
 }
 
 fn opt_pct(x: Option<f64>) -> String {

@@ -211,6 +211,7 @@ impl Ctx {
     /// A request of `messages` with the intermediate parameters.
     pub fn request(&self, messages: Vec<Message>) -> ChatRequest {
         ChatRequest {
+            cache: Default::default(),
             messages,
             params: self.inner_params(),
         }

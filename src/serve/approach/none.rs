@@ -16,6 +16,7 @@ pub async fn run(
         return Ok(p);
     }
     let req = crate::provider::ChatRequest {
+        cache: Default::default(),
         messages: messages.to_vec(),
         params: crate::provider::GenParams {
             n: None,

@@ -21,6 +21,7 @@ fn endpoint(kind: ProviderKind) -> EndpointArgs {
         offline: false,
         local_parallel: None,
         local_cache_mb: None,
+        prompt_cache: cai::cli::PromptCacheArg::Auto,
     }
 }
 

@@ -21,6 +21,7 @@ fn flags<'a>(kind: ProviderKind, base: &'a [String]) -> Flags<'a> {
         offline: true,
         local_parallel: None,
         local_cache_mb: None,
+        prompt_cache: true,
     }
 }
 
