@@ -742,7 +742,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
                 "tie",
                 format!(
                     "expected an object {{intercept, disagreement, margin}}, found {}",
-                    other.map_or("nothing", kind)
+                    other.map_or("nothing", crate::input::json_kind)
                 ),
             );
             &empty
@@ -774,7 +774,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
             for (i, v) in a.iter().enumerate() {
                 let at = format!("judges[{i}]");
                 let Some(o) = v.as_object() else {
-                    r.err(&at, format!("expected an object, found {}", kind(v)));
+                    r.err(
+                        &at,
+                        format!("expected an object, found {}", crate::input::json_kind(v)),
+                    );
                     continue;
                 };
                 let judge = match o.get("judge") {
@@ -853,20 +856,12 @@ impl Reader<'_> {
                 _ => self.err(&p, "not a finite number".into()),
             },
             None => self.err(&p, "missing".into()),
-            Some(v) => self.err(&p, format!("expected a number, found {}", kind(v))),
+            Some(v) => self.err(
+                &p,
+                format!("expected a number, found {}", crate::input::json_kind(v)),
+            ),
         }
         0.0
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

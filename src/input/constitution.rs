@@ -302,7 +302,13 @@ impl Walker<'_> {
             }
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => {
-                self.err(&p, format!("expected a string, found {}", kind(other)));
+                self.err(
+                    &p,
+                    format!(
+                        "expected a string, found {}",
+                        crate::input::json_kind(other)
+                    ),
+                );
                 None
             }
         }
@@ -317,7 +323,10 @@ impl Walker<'_> {
             Some(other) => {
                 self.err(
                     &join(path, key),
-                    format!("expected a string, found {}", kind(other)),
+                    format!(
+                        "expected a string, found {}",
+                        crate::input::json_kind(other)
+                    ),
                 );
                 None
             }
@@ -339,7 +348,13 @@ impl Walker<'_> {
                 a
             }
             Some(other) => {
-                self.err(key, format!("expected an array, found {}", kind(other)));
+                self.err(
+                    key,
+                    format!(
+                        "expected an array, found {}",
+                        crate::input::json_kind(other)
+                    ),
+                );
                 &[]
             }
         }
@@ -348,7 +363,10 @@ impl Walker<'_> {
     fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
         let o = v.as_object();
         if o.is_none() {
-            self.err(path, format!("expected an object, found {}", kind(v)));
+            self.err(
+                path,
+                format!("expected an object, found {}", crate::input::json_kind(v)),
+            );
         }
         o
     }
@@ -436,7 +454,13 @@ impl Walker<'_> {
             match v {
                 Value::String(s) if !s.trim().is_empty() => comparison_principles.push(s.clone()),
                 Value::String(_) => self.err(&p, "empty"),
-                other => self.err(&p, format!("expected a string, found {}", kind(other))),
+                other => self.err(
+                    &p,
+                    format!(
+                        "expected a string, found {}",
+                        crate::input::json_kind(other)
+                    ),
+                ),
             }
         }
 
@@ -494,7 +518,10 @@ impl Walker<'_> {
             let Some(turns) = convo.as_array() else {
                 self.err(
                     &p,
-                    format!("expected an array of messages, found {}", kind(convo)),
+                    format!(
+                        "expected an array of messages, found {}",
+                        crate::input::json_kind(convo)
+                    ),
                 );
                 continue;
             };
@@ -594,7 +621,10 @@ impl Walker<'_> {
                             Value::String(_) => self.err(&format!("{prompt_path}[{i}]"), "empty"),
                             other => self.err(
                                 &format!("{prompt_path}[{i}]"),
-                                format!("expected a string, found {}", kind(other)),
+                                format!(
+                                    "expected a string, found {}",
+                                    crate::input::json_kind(other)
+                                ),
                             ),
                         }
                     }
@@ -605,7 +635,7 @@ impl Walker<'_> {
                         &prompt_path,
                         format!(
                             "expected a string or an array of strings, found {}",
-                            kind(other)
+                            crate::input::json_kind(other)
                         ),
                     );
                     Vec::new()
@@ -632,17 +662,6 @@ impl Walker<'_> {
             comparison_few_shots: Vec::new(),
             normalised: notes,
         })
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -81,3 +81,17 @@ impl From<InputError> for InputErrors {
         InputErrors(vec![e])
     }
 }
+
+/// What a JSON value is, for messages such as "expected an object, got a
+/// string".
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -318,7 +318,10 @@ fn json_span(text: &str, open: char, close: char) -> Result<Value, serde_json::E
 pub fn json_object(text: &str) -> Usable<Map<String, Value>> {
     match json_span(text, '{', '}') {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(format!("expected a JSON object, got {}", kind(&other))),
+        Ok(other) => Err(format!(
+            "expected a JSON object, got {}",
+            crate::input::json_kind(&other)
+        )),
         Err(e) => Err(format!("not JSON: {e}")),
     }
 }
@@ -333,19 +336,11 @@ fn json_list_or_object(text: &str) -> Usable<Value> {
     };
     match parsed {
         Ok(v @ (Value::Array(_) | Value::Object(_))) => Ok(v),
-        Ok(other) => Err(format!("expected a JSON list, got {}", kind(&other))),
+        Ok(other) => Err(format!(
+            "expected a JSON list, got {}",
+            crate::input::json_kind(&other)
+        )),
         Err(e) => Err(format!("not JSON: {e}")),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
