@@ -155,7 +155,10 @@ async fn batched_and_sequential_greedy_outputs_are_identical() {
     let batched = complete_together(&four, &reqs).await;
     for ((q, s), b) in questions.iter().zip(&sequential).zip(&batched) {
         assert_eq!(b.text, s.text, "{q}");
-        assert_eq!(b.usage, s.usage, "{q}");
+        // Token counts match; how many prompt tokens came from the prefix
+        // cache depends on what else was running, so that part may differ.
+        let counts = |c: &Completion| c.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+        assert_eq!(counts(b), counts(s), "{q}");
     }
     let (s1, s4) = (one.engine().stats(), four.engine().stats());
     assert_eq!(s1.rows, s1.prefilled_tokens + decode_rows(&sequential));

@@ -336,7 +336,11 @@ async fn serve_sums_the_cached_tokens_of_its_upstream_calls() {
         cached.push(r["usage"]["prompt_tokens_details"]["cached_tokens"].clone());
     }
     serve.terminate();
-    assert_eq!(cached[0], Value::Null, "nothing cached the first time");
+    // OpenAI reports 0 or leaves the field out when nothing was cached.
+    assert!(
+        cached[0].is_null() || cached[0] == Value::from(0),
+        "nothing cached the first time: {cached:?}"
+    );
     assert!(cached[1].as_u64().is_some_and(|n| n >= MIN), "{cached:?}");
 }
 
