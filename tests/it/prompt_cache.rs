@@ -338,7 +338,7 @@ async fn serve_sums_the_cached_tokens_of_its_upstream_calls() {
     serve.terminate();
     // OpenAI reports 0 or leaves the field out when nothing was cached.
     assert!(
-        cached[0].is_null() || cached[0] == Value::from(0),
+        cached[0].is_null() || cached[0] == 0,
         "nothing cached the first time: {cached:?}"
     );
     assert!(cached[1].as_u64().is_some_and(|n| n >= MIN), "{cached:?}");
