@@ -703,13 +703,7 @@ pub fn load(path: &Path) -> Result<Calibration, InputErrors> {
 
 /// Parses calibration JSON; `path` is for error messages.
 pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        InputError::new(
-            path,
-            Location::Line(e.line() as u64),
-            format!("not valid JSON: {e}"),
-        )
-    })?;
+    let value = crate::input::parse_json(path, text)?;
     let mut r = Reader {
         file: path,
         errors: Vec::new(),

@@ -158,13 +158,7 @@ impl Constitution {
     /// Parses constitution JSON; `path` is used in error messages only.
     pub fn parse(path: &Path, text: &str) -> Result<Self, InputErrors> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            InputError::new(
-                path,
-                Location::Line(e.line() as u64),
-                format!("not valid JSON: {e}"),
-            )
-        })?;
+        let value = crate::input::parse_json(path, text)?;
         let mut w = Walker {
             file: path,
             errors: Vec::new(),

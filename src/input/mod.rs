@@ -95,3 +95,15 @@ pub fn json_kind(v: &serde_json::Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// Parses a whole JSON file's `text`; a syntax error names the file and
+/// its line.
+pub fn parse_json(path: &Path, text: &str) -> Result<serde_json::Value, InputError> {
+    serde_json::from_str(text).map_err(|e| {
+        InputError::new(
+            path,
+            Location::Line(e.line() as u64),
+            format!("not valid JSON: {e}"),
+        )
+    })
+}
