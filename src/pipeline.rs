@@ -259,12 +259,9 @@ fn request(
     sent: &Sent,
 ) -> ChatRequest {
     let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
-    if let Some(s) = c.system_for(stage) {
-        m.push(Message::system(s));
-    }
-    m.extend(c.few_shots.iter().cloned());
+    m.extend(c.prefix(stage));
     let shared = m.len();
-    let scope = format!("{}:{}", stage.as_str(), prefix_digest(&m));
+    let scope = format!("{}:{}", stage.as_str(), c.prefix_digest(stage));
     m.extend(convo.iter().cloned());
     let previous = sent
         .iter()
@@ -289,21 +286,6 @@ fn request(
 /// the same few-shots, always), and the conversation only grows.
 fn extends(c: &Constitution, this: Stage, next: Stage) -> bool {
     c.system_for(this) == c.system_for(next)
-}
-
-/// A short digest of a stage's shared messages: it changes with the
-/// constitution's system message and few-shots, so a cache key built on it
-/// keeps only requests with the same prefix together.
-fn prefix_digest(messages: &[Message]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for m in messages {
-        h.update(m.role.as_str().as_bytes());
-        h.update([0]);
-        h.update((m.content.len() as u64).to_le_bytes());
-        h.update(m.content.as_bytes());
-    }
-    crate::digest::hex(&h.finalize()[..8])
 }
 
 impl Pipeline {

@@ -47,7 +47,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, ItemError};
 use crate::input::{pick_principle, Stage};
@@ -101,15 +101,32 @@ pub struct JudgeEndpoint {
 }
 
 /// How one judge's probability was obtained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Logprobs,
     Samples,
+    /// Read back from a file of another `cai` version that names a method
+    /// this one does not know (or none); never written.
+    #[default]
+    #[serde(other)]
+    Unknown,
 }
 
-/// One judge's view of one comparison.
-#[derive(Clone, Debug, Serialize)]
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Logprobs => "logprobs",
+            Method::Samples => "samples",
+            Method::Unknown => "unknown",
+        }
+    }
+}
+
+/// One judge's view of one comparison. Written into `trace.jsonl` and read
+/// back by the report (missing fields default, so other versions' files load).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JudgeVerdict {
     pub judge: String,
     /// P(x better), mean of the two orders.
@@ -121,8 +138,10 @@ pub struct JudgeVerdict {
     pub method: Method,
 }
 
-/// The result of judging x against y.
-#[derive(Clone, Debug, Serialize)]
+/// The result of judging x against y (a `judgments` entry of a
+/// `trace.jsonl` line; read back by the report like [`JudgeVerdict`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Comparison {
     /// Indices of x and y among the caller's candidates.
     pub x: usize,

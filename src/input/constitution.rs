@@ -78,7 +78,26 @@ pub struct Constitution {
     /// `harmful0.prompt[0]: removed `CritiqueRequest:`, `Critique:``.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub normalised: Vec<String>,
+    /// Each stage's prefix digest, worked out on first use
+    /// ([`Constitution::prefix_digest`]).
+    #[serde(skip)]
+    prefix_digests: PrefixDigests,
 }
+
+/// The per-stage digests of a constitution's shared prefix (system message
+/// and few-shots), computed once: every request of a run names its stage's
+/// prefix, and hashing kilobytes of few-shots per request was a tenth of
+/// the engine's CPU per request. Not part of the constitution's value.
+#[derive(Clone, Debug, Default)]
+struct PrefixDigests(std::sync::OnceLock<[String; 4]>);
+
+impl PartialEq for PrefixDigests {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PrefixDigests {}
 
 /// Leading labels of the paper's completion-style requests.
 const REQUEST_LABELS: &[&str] = &[
@@ -195,6 +214,40 @@ impl Constitution {
             _ => None,
         };
         specific.or(self.system_message.as_deref())
+    }
+
+    /// The messages every request of `stage` starts with, whatever the
+    /// prompt: its system message (if any), then the few-shots.
+    pub fn prefix(&self, stage: Stage) -> impl Iterator<Item = Message> + '_ {
+        self.system_for(stage)
+            .map(Message::system)
+            .into_iter()
+            .chain(self.few_shots.iter().cloned())
+    }
+
+    /// A short digest of [`prefix`](Self::prefix): it changes with the
+    /// stage's system message and the few-shots, so a prompt-cache key
+    /// built on it keeps only requests with the same prefix together.
+    pub fn prefix_digest(&self, stage: Stage) -> &str {
+        let all = self.prefix_digests.0.get_or_init(|| {
+            [
+                Stage::Initial,
+                Stage::Critique,
+                Stage::Revision,
+                Stage::Judge,
+            ]
+            .map(|s| {
+                let mut h = Sha256::new();
+                for m in self.prefix(s) {
+                    h.update(m.role.as_str().as_bytes());
+                    h.update([0]);
+                    h.update((m.content.len() as u64).to_le_bytes());
+                    h.update(m.content.as_bytes());
+                }
+                crate::digest::hex(&h.finalize()[..8])
+            })
+        });
+        &all[stage as usize]
     }
 }
 
@@ -492,6 +545,7 @@ impl Walker<'_> {
             comparison_principles,
             comparison_few_shots,
             normalised: Vec::new(),
+            prefix_digests: PrefixDigests::default(),
         })
     }
 
@@ -562,6 +616,7 @@ impl Walker<'_> {
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
             normalised: Vec::new(),
+            prefix_digests: PrefixDigests::default(),
         })
     }
 
@@ -655,6 +710,7 @@ impl Walker<'_> {
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
             normalised: notes,
+            prefix_digests: PrefixDigests::default(),
         })
     }
 }

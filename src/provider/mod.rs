@@ -18,6 +18,7 @@ pub mod local;
 pub mod model_store;
 pub mod openai;
 pub mod pool;
+pub mod prefix_json;
 pub mod registry;
 
 use std::time::Duration;

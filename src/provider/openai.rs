@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 use super::batch::{BatchApi, BatchCodec};
 use super::endpoint::{endpoint_accessors, Endpoint};
 use super::http::check_reply;
+use super::prefix_json::{Messages, PrefixJson};
 use super::{
-    post_json, ChatRequest, Completion, EventStream, FinishReason, Message, Provider,
-    ProviderError, Reply, StreamEvent, TokenLogprob, Usage,
+    post_json, ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
+    StreamEvent, TokenLogprob, Usage,
 };
 
 /// An OpenAI-compatible endpoint.
@@ -38,6 +39,8 @@ pub struct OpenAi {
     /// where the provider table says the endpoint takes it (OpenAI's own);
     /// other servers may refuse an unknown field.
     prompt_cache_key: bool,
+    /// The JSON of each stage's shared messages, serialized once.
+    prefix_json: PrefixJson,
 }
 
 impl OpenAi {
@@ -46,6 +49,7 @@ impl OpenAi {
             url: format!("{}/chat/completions", ep.base_url),
             ep,
             prompt_cache_key: false,
+            prefix_json: PrefixJson::default(),
         }
     }
 
@@ -77,7 +81,7 @@ impl OpenAi {
         let p = &req.params;
         Body {
             model: &self.ep.model,
-            messages: &req.messages,
+            messages: self.prefix_json.messages(req),
             max_tokens: p.max_tokens,
             temperature: p.temperature,
             top_p: p.top_p,
@@ -146,7 +150,7 @@ struct ModelId {
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
-    messages: &'a [Message],
+    messages: Messages<'a>,
     max_tokens: u32,
     temperature: f32,
     top_p: f32,

@@ -481,3 +481,85 @@ async fn max_cost_counts_cache_reads_at_the_cached_price() {
     let ((code, err), _) = go(&prompts, &dir.path().join("capped-auto"), "auto", Some(cap)).await;
     assert_eq!(code, 0, "fits under the cap with the cache: {err}");
 }
+
+/// A dollar figure following `label` in the dry run's text.
+fn dollars_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"));
+    let rest = &text[at + label.len()..];
+    let rest = rest.trim_start().trim_start_matches('$');
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("no figure after {label:?}: {rest}"))
+}
+
+/// The number after `~` that precedes `label` in the dry run's cache line.
+fn tokens_before(text: &str, label: &str) -> u64 {
+    let at = text.find(label).expect("label present");
+    let head = &text[..at];
+    let start = head.rfind('~').expect("a ~figure before the label") + 1;
+    head[start..].trim().parse().expect("a token count")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prices_caching_and_batch_and_a_run_confirms_the_cache_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_csv(dir.path(), 8);
+    let f = fake().await;
+    let dry = |cache: &str| {
+        let out = anthropic(
+            &f.url(),
+            "claude-sonnet-4-5",
+            &prompts,
+            &dir.path().join("dry"),
+        )
+        .args(["--rounds", "2", "--max-tokens", "64", "--batch"])
+        .args(["--prompt-cache", cache, "--dry-run"])
+        .output()
+        .expect("cai runs");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = dry("auto");
+    assert_eq!(f.stats().requests, 0, "a dry run sends nothing");
+    let naive = dollars_after(&text, "estimated cost:");
+    let cached = dollars_after(&text, "with prompt caching:");
+    let batch = dollars_after(&text, "with --batch:");
+    let both = dollars_after(&text, "with --batch and prompt caching:");
+    // The three lines and their order of cost: Sonnet reads at 0.1× and
+    // batch halves every rate, so batch + caching is the cheapest.
+    assert!(
+        cached < 0.7 * naive,
+        "caching {cached} vs naive {naive}\n{text}"
+    );
+    assert!((batch - naive / 2.0).abs() < 1e-3, "{text}");
+    assert!((both - cached / 2.0).abs() < 1e-3, "{text}");
+    // Without the cache: no caching line at all.
+    let off = dry("off");
+    assert!(!off.contains("with prompt caching"), "{off}");
+    assert!((dollars_after(&off, "estimated cost:") - naive).abs() < 1e-9);
+
+    // The run the estimate describes, live (no --batch): the fake's cache
+    // reads land near the estimate's (both count 4 characters a token).
+    let estimated_reads = tokens_before(&text, "input tokens read from the cache");
+    let out = dir.path().join("run");
+    let (code, err) = run(
+        anthropic(&f.url(), "claude-sonnet-4-5", &prompts, &out).args([
+            "--rounds",
+            "2",
+            "--max-tokens",
+            "64",
+        ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let read = f.stats().cached_tokens as f64;
+    let ratio = read / estimated_reads as f64;
+    assert!(
+        (0.8..1.25).contains(&ratio),
+        "dry run ~{estimated_reads} cached tokens, the run read {read}\n{text}"
+    );
+}

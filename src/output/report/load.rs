@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::diff::edit_share;
 use super::ReportError;
 use crate::engine::StatsSnapshot;
+use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
 use crate::pipeline::Round;
@@ -109,27 +110,6 @@ impl Round {
     }
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct VerdictView {
-    pub judge: String,
-    pub p: f64,
-    pub p_first: f64,
-    pub p_second: f64,
-    pub method: String,
-}
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct ComparisonView {
-    pub x: usize,
-    pub y: usize,
-    pub principle: String,
-    pub p: f64,
-    pub p_tie: f64,
-    pub judges: Vec<VerdictView>,
-}
-
 /// One line of `trace.jsonl`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -140,7 +120,7 @@ pub struct TraceView {
     pub init_response: String,
     pub rounds: Vec<Round>,
     pub samples: Vec<String>,
-    pub judgments: Option<Vec<ComparisonView>>,
+    pub judgments: Option<Vec<Comparison>>,
 }
 
 impl TraceView {

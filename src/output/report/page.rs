@@ -9,8 +9,9 @@ use serde::Serialize;
 use super::diff::{word_diff, Change};
 use super::html::{self, attr, one_line as preview, push_text, text};
 use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RejectView, RunData};
-use super::load::{ComparisonView, ManifestView, PrefData, PrefView, TraceView};
+use super::load::{ManifestView, PrefData, PrefView, TraceView};
 use super::svg::{self, int, num, pct, CalBin, Series};
+use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::Judgment;
 use crate::pipeline::Round;
 use crate::provider::pool::EndpointStats;
@@ -999,7 +1000,7 @@ fn pair_block(o: &mut String, pr: &PrefView) {
 }
 
 /// The judge's comparisons of a row's candidates.
-fn comparisons_table(o: &mut String, js: &[ComparisonView]) {
+fn comparisons_table(o: &mut String, js: &[Comparison]) {
     o.push_str("<table class=\"cmp\"><caption>Judge comparisons (candidates: 0 = initial answer, then samples, last = final revision)</caption><thead><tr><th>x vs y</th><th>P(x better)</th><th>P(tie)</th><th>judges: P(x) with x first / second</th><th>principle</th></tr></thead><tbody>");
     for c in js {
         let _ = write!(
@@ -1014,7 +1015,7 @@ fn comparisons_table(o: &mut String, js: &[ComparisonView]) {
                 text(&v.judge),
                 v.p_first,
                 v.p_second,
-                text(&v.method)
+                v.method.as_str()
             );
         }
         let _ = write!(
