@@ -45,23 +45,7 @@ pub async fn run(
         }
     }
     for _ in 0..k.mcts_simulations {
-        let mut leaf = 0;
-        while let Some(c) = tree.select(leaf, k.mcts_exploration) {
-            leaf = c;
-        }
-        if tree.nodes[leaf].depth >= depth {
-            let again = tree.nodes[leaf].mean();
-            tree.backup(leaf, again);
-            continue;
-        }
-        let last_level = tree.nodes[leaf].depth + 1 == depth;
-        let convo = prompt(messages, &steps(&tree, leaf), last_level);
-        let texts = ctx.samples(&convo, width).await?;
-        let children: Vec<usize> = texts.into_iter().map(|t| tree.add(leaf, t)).collect();
-        let scores = score(ctx, messages, &tree, &children).await?;
-        for (&c, s) in children.iter().zip(scores) {
-            tree.backup(c, s);
-        }
+        simulate(ctx, messages, &mut tree, depth, width).await?;
     }
     let mut at = 0;
     while let Some(c) = tree.most_visited(at) {
@@ -88,6 +72,36 @@ pub async fn run(
         .await?;
     full.push_str(&format!("Final answer:\n{}", fin.text.trim()));
     Ok(Answer::of(fin.text.trim().to_string(), fin.finish).with_full(full))
+}
+
+/// One simulation: select a leaf by UCT; a complete answer backs its mean
+/// up again, any other leaf gets `width` children (sampled together) whose
+/// scores (asked for together) are backed up.
+async fn simulate(
+    ctx: &Ctx,
+    messages: &[Message],
+    tree: &mut Tree<String>,
+    depth: u32,
+    width: u32,
+) -> Result<(), ApiError> {
+    let mut leaf = 0;
+    while let Some(c) = tree.select(leaf, ctx.knobs.mcts_exploration) {
+        leaf = c;
+    }
+    if tree.nodes[leaf].depth >= depth {
+        let again = tree.nodes[leaf].mean();
+        tree.backup(leaf, again);
+        return Ok(());
+    }
+    let last_level = tree.nodes[leaf].depth + 1 == depth;
+    let convo = prompt(messages, &steps(tree, leaf), last_level);
+    let texts = ctx.samples(&convo, width).await?;
+    let children: Vec<usize> = texts.into_iter().map(|t| tree.add(leaf, t)).collect();
+    let scores = score(ctx, messages, tree, &children).await?;
+    for (&c, s) in children.iter().zip(scores) {
+        tree.backup(c, s);
+    }
+    Ok(())
 }
 
 /// The texts of the steps from the root down to `i`.

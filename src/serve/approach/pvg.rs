@@ -54,34 +54,17 @@ pub async fn run(
         let asks = helpful
             .iter()
             .chain(&sneaky)
-            .map(|s| {
-                vec![Message::user(format!(
-                    "{VERIFY} in answering the conversation, then rate from 0 to 10 how likely it is to be correct. End with the rating alone on the last line.\n\nConversation:\n\n{}\n\nSolution:\n\n{}",
-                    super::transcript(messages),
-                    s.trim()
-                ))]
-            })
+            .map(|s| verify_ask(messages, s))
             .collect();
         let scores = ctx.scores(asks, 10.0, 0.0).await?;
+        let (helpful_scores, sneaky_scores) = scores.split_at(helpful.len());
         full.push_str(&format!("Round {round}:\n"));
-        for (i, (s, score)) in helpful.iter().zip(&scores).enumerate() {
-            full.push_str(&format!(
-                "  helpful {} (verifier {:.1}/10): {}\n",
-                i + 1,
-                score * 10.0,
-                s.trim()
-            ));
-            if best.as_ref().is_none_or(|(b, _)| *score > *b) {
-                best = Some((*score, s.clone()));
+        listing(&mut full, "helpful", &helpful, helpful_scores);
+        listing(&mut full, "sneaky", &sneaky, sneaky_scores);
+        for (s, &score) in helpful.iter().zip(helpful_scores) {
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((score, s.clone()));
             }
-        }
-        for (i, (s, score)) in sneaky.iter().zip(&scores[helpful.len()..]).enumerate() {
-            full.push_str(&format!(
-                "  sneaky {} (verifier {:.1}/10): {}\n",
-                i + 1,
-                score * 10.0,
-                s.trim()
-            ));
         }
     }
     let (score, text) = best.unwrap_or_default();
@@ -91,6 +74,27 @@ pub async fn run(
         text.trim()
     ));
     Ok(Answer::stop(text.trim().to_string()).with_full(full))
+}
+
+/// The verifier's request for one solution (it is not told which prover wrote it).
+fn verify_ask(messages: &[Message], solution: &str) -> Vec<Message> {
+    vec![Message::user(format!(
+        "{VERIFY} in answering the conversation, then rate from 0 to 10 how likely it is to be correct. End with the rating alone on the last line.\n\nConversation:\n\n{}\n\nSolution:\n\n{}",
+        super::transcript(messages),
+        solution.trim()
+    ))]
+}
+
+/// One line per solution and its score, for `return_full_response`.
+fn listing(full: &mut String, who: &str, solutions: &[String], scores: &[f64]) {
+    for (i, (s, score)) in solutions.iter().zip(scores).enumerate() {
+        full.push_str(&format!(
+            "  {who} {} (verifier {:.1}/10): {}\n",
+            i + 1,
+            score * 10.0,
+            s.trim()
+        ));
+    }
 }
 
 /// `messages` with `role` text leading the system message.

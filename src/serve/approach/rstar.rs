@@ -49,77 +49,12 @@ pub async fn run(
     messages: &[Message],
     prev: Option<Answer>,
 ) -> Result<Answer, ApiError> {
-    let k = ctx.knobs;
-    let max_depth = k.rstar_max_depth.max(1);
-    let mut tree = Tree::new(Data {
-        action: Action::Root,
-        text: String::new(),
-    });
-    // Terminal nodes in the order their rollouts reached them, with reward.
-    let mut finished: Vec<(usize, f64)> = Vec::new();
-    if let Some(p) = prev {
-        let i = tree.add(
-            0,
-            Data {
-                action: Action::Finish,
-                text: p.text,
-            },
-        );
-        finished.push((i, 1.0));
-        tree.backup(i, 1.0);
-    }
-    for _ in 0..k.rstar_num_rollouts.max(1) {
-        let mut at = 0;
-        while tree.nodes[at].data.action != Action::Finish {
-            if tree.nodes[at].children.is_empty() {
-                expand(ctx, messages, &mut tree, at, max_depth).await?;
-            }
-            let fresh = tree.nodes[at]
-                .children
-                .iter()
-                .copied()
-                .find(|&c| tree.nodes[c].visits == 0);
-            match fresh.or_else(|| tree.select(at, k.rstar_c)) {
-                Some(c) => at = c,
-                None => break,
-            }
-        }
-        let answer = answer_of(&tree.nodes[at].data.text);
-        let same = finished
-            .iter()
-            .filter(|(j, _)| answer_of(&tree.nodes[*j].data.text) == answer)
-            .count();
-        let reward = (same as f64 + 1.0) / (finished.len() as f64 + 1.0);
-        if !finished.iter().any(|(j, _)| *j == at) {
-            finished.push((at, reward));
-        }
-        tree.backup(at, reward);
-    }
-    // Distinct trajectories, each with its best reward.
-    let mut candidates: Vec<(usize, f64)> = Vec::new();
-    for &(i, r) in &finished {
-        match candidates.iter_mut().find(|(j, _)| *j == i) {
-            Some(c) => c.1 = c.1.max(r),
-            None => candidates.push((i, r)),
-        }
-    }
-    let question = super::last_user(messages);
-    let checks = candidates.iter().map(|&(i, _)| {
-        let lines = trajectory(&tree, i);
-        let half: Vec<&str> = lines.lines().take(lines.lines().count() / 2).collect();
-        let convo = vec![Message::user(format!(
-            "{COMPLETE}\n\nQuestion:\n{question}\n\nBeginning of the solution:\n{}",
-            half.join("\n")
-        ))];
-        let req = ctx.request(convo);
-        async move { ctx.call(&req).await }
-    });
-    let completions = futures::future::try_join_all(checks).await?;
+    let (tree, finished) = search(ctx, messages, prev).await?;
+    let confirmed = discriminate(ctx, messages, &tree, &finished).await?;
     let mut full = String::new();
     let mut best: Option<(bool, f64, usize)> = None;
-    for (&(i, reward), c) in candidates.iter().zip(&completions) {
-        let mine = answer_of(&tree.nodes[i].data.text);
-        let consistent = answer_of(&c.text) == mine;
+    for (&i, &consistent) in finished.iter().zip(&confirmed) {
+        let reward = tree.nodes[i].mean();
         full.push_str(&format!(
             "Trajectory (reward {reward:.2}, {}):\n{}\n\n",
             if consistent {
@@ -141,6 +76,91 @@ pub async fn run(
         ));
     };
     Ok(Answer::stop(trajectory(&tree, i)).with_full(full.trim_end().to_string()))
+}
+
+/// The generator's rollouts: the tree, and its finished trajectories in
+/// the order they were first reached.
+async fn search(
+    ctx: &Ctx,
+    messages: &[Message],
+    prev: Option<Answer>,
+) -> Result<(Tree<Data>, Vec<usize>), ApiError> {
+    let k = ctx.knobs;
+    let max_depth = k.rstar_max_depth.max(1);
+    let mut tree = Tree::new(Data {
+        action: Action::Root,
+        text: String::new(),
+    });
+    let mut finished: Vec<usize> = Vec::new();
+    if let Some(p) = prev {
+        let i = tree.add(
+            0,
+            Data {
+                action: Action::Finish,
+                text: p.text,
+            },
+        );
+        finished.push(i);
+        tree.backup(i, 1.0);
+    }
+    for _ in 0..k.rstar_num_rollouts.max(1) {
+        let mut at = 0;
+        while tree.nodes[at].data.action != Action::Finish {
+            if tree.nodes[at].children.is_empty() {
+                expand(ctx, messages, &mut tree, at, max_depth).await?;
+            }
+            let fresh = tree.nodes[at]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| tree.nodes[c].visits == 0);
+            match fresh.or_else(|| tree.select(at, k.rstar_c)) {
+                Some(c) => at = c,
+                None => break,
+            }
+        }
+        // Self-consistency: the share of finished trajectories (this one
+        // counted once) that reach this answer.
+        let answer = answer_of(&tree.nodes[at].data.text);
+        let others: Vec<usize> = finished.iter().copied().filter(|&j| j != at).collect();
+        let same = others
+            .iter()
+            .filter(|&&j| answer_of(&tree.nodes[j].data.text) == answer)
+            .count();
+        let reward = (same as f64 + 1.0) / (others.len() as f64 + 1.0);
+        if !finished.contains(&at) {
+            finished.push(at);
+        }
+        tree.backup(at, reward);
+    }
+    Ok((tree, finished))
+}
+
+/// Whether the discriminator, completing each trajectory from its first
+/// half (all at once), reaches the trajectory's answer.
+async fn discriminate(
+    ctx: &Ctx,
+    messages: &[Message],
+    tree: &Tree<Data>,
+    finished: &[usize],
+) -> Result<Vec<bool>, ApiError> {
+    let question = super::last_user(messages);
+    let checks = finished.iter().map(|&i| {
+        let lines = trajectory(tree, i);
+        let half: Vec<&str> = lines.lines().take(lines.lines().count() / 2).collect();
+        let convo = vec![Message::user(format!(
+            "{COMPLETE}\n\nQuestion:\n{question}\n\nBeginning of the solution:\n{}",
+            half.join("\n")
+        ))];
+        let req = ctx.request(convo);
+        async move { ctx.call(&req).await }
+    });
+    let completions = futures::future::try_join_all(checks).await?;
+    Ok(finished
+        .iter()
+        .zip(&completions)
+        .map(|(&i, c)| answer_of(&c.text) == answer_of(&tree.nodes[i].data.text))
+        .collect())
 }
 
 /// Creates the children of `at`, one per action open to it, all sent at once.

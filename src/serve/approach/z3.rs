@@ -86,7 +86,22 @@ pub async fn run(
         (Some(p), Some(z3)) => solve(&z3, p, ctx.knobs.z3_timeout, ctx.knobs.z3_memory_mb).await,
     };
     let program = program.unwrap_or_default();
-    let (ask, note) = match &verdict {
+    let (ask, note) = final_ask(&verdict, &program, ctx.knobs.z3_timeout);
+    let mut convo = messages.to_vec();
+    convo.push(Message::user(ask));
+    let fin = ctx.call(&ctx.request(convo)).await?;
+    let full = format!(
+        "SMT-LIB program:\n{program}\n\nSolver: {verdict:?}\n\nAnswer:\n{}",
+        fin.text.trim()
+    );
+    let mut answer = Answer::of(fin.text.trim().to_string(), fin.finish).with_full(full);
+    answer.note = note;
+    Ok(answer)
+}
+
+/// The last request's text, and the note when the solver did not help.
+fn final_ask(verdict: &Verdict, program: &str, limit: Duration) -> (String, Option<String>) {
+    match verdict {
         Verdict::Solved(out) => (
             format!(
                 "My last message was formalised as this SMT-LIB 2 program:\n\n```smt2\n{program}\n```\n\nThe z3 solver's output:\n\n```\n{out}\n```\n\nUsing the solver's result, write the final answer to my last message. Reply with the answer only."
@@ -102,24 +117,14 @@ pub async fn run(
         Verdict::Timeout => (
             format!(
                 "An attempt to formalise my last message for the z3 solver failed (the solver ran out of its {} s time limit). Answer my last message by your own reasoning. Reply with the answer only.",
-                ctx.knobs.z3_timeout.as_secs_f64()
+                limit.as_secs_f64()
             ),
             Some(format!(
                 "z3: the solver hit its {} s time limit; answered without it",
-                ctx.knobs.z3_timeout.as_secs_f64()
+                limit.as_secs_f64()
             )),
         ),
-    };
-    let mut convo = messages.to_vec();
-    convo.push(Message::user(ask));
-    let fin = ctx.call(&ctx.request(convo)).await?;
-    let full = format!(
-        "SMT-LIB program:\n{program}\n\nSolver: {verdict:?}\n\nAnswer:\n{}",
-        fin.text.trim()
-    );
-    let mut answer = Answer::of(fin.text.trim().to_string(), fin.finish).with_full(full);
-    answer.note = note;
-    Ok(answer)
+    }
 }
 
 /// The program in a reply: its first fenced block, else the reply when it
@@ -179,6 +184,16 @@ pub async fn solve(z3: &Path, program: &str, limit: Duration, memory_mb: u32) ->
         Ok(Err(e)) => return Verdict::Error(format!("z3 failed: {e}")),
         Ok(Ok(o)) => o,
     };
+    read_verdict(
+        &out,
+        started.elapsed(),
+        limit.max(Duration::from_secs(secs)),
+    )
+}
+
+/// The verdict in a finished run's output: a `timeout` line (or a run as
+/// long as the limit) is a timeout, `(error …)` lines an error.
+fn read_verdict(out: &std::process::Output, took: Duration, limit: Duration) -> Verdict {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut text: String = stdout.trim().to_string();
     if text.len() > MAX_OUTPUT {
@@ -189,9 +204,7 @@ pub async fn solve(z3: &Path, program: &str, limit: Duration, memory_mb: u32) ->
         text.truncate(cut);
         text.push_str("\n… (output cut)");
     }
-    if text.lines().any(|l| l.trim() == "timeout")
-        || started.elapsed() >= limit.max(Duration::from_secs(secs))
-    {
+    if text.lines().any(|l| l.trim() == "timeout") || took >= limit {
         return Verdict::Timeout;
     }
     let errors: Vec<&str> = text
