@@ -1,5 +1,5 @@
 //! `cai serve`'s search and solver approaches (`mcts`, `pvg`, `rstar`,
-//! `z3`, `re2`) and the ways of naming and combining approaches (`a|b`,
+//! `z3`, `re2`, `leap`) and the ways of naming and combining approaches (`a|b`,
 //! the `<optillm_approach>` tag, `return_full_response`), against a
 //! scripted upstream on 127.0.0.1 that answers each kind of request by a
 //! script and records when each call arrived. Calls that arrive within
@@ -83,6 +83,12 @@ fn kind(body: &Value) -> String {
         "z3-final"
     } else if last.contains("Read the question again") {
         "re2"
+    } else if last.contains("Compare the attempted answers with the reference answer") {
+        "leap-low"
+    } else if last.contains("Condense the principles below") {
+        "leap-high"
+    } else if system.contains("Principles learnt from mistakes") {
+        "leap-final"
     } else if system.contains("<thinking>") {
         "cot"
     } else {
@@ -747,4 +753,74 @@ async fn pipelines_joined_by_a_bar_run_at_once_tags_pick_and_full_responses_show
         }
     }
     assert_eq!(texts, ["re2 0".to_string(), "42".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leap_learns_principles_from_mistakes_on_the_conversations_examples() {
+    let up = Scripted::start(|k, text, i| match k {
+        "answer" if text.starts_with("2 + 2") => format!("5 (try {i})"),
+        "answer" => format!("answer {i}"),
+        "leap-low" => "Add carefully.".into(),
+        "leap-high" => "- Check sums twice.".into(),
+        "leap-final" => "42".into(),
+        other => format!("unexpected {other}"),
+    })
+    .await;
+    let serve = Serve::start(&up.url, &[], &[]);
+    let convo = json!([
+        {"role": "user", "content": "2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "3 + 3?"},
+        {"role": "assistant", "content": "6"},
+        {"role": "user", "content": "What is 6 x 7?"}
+    ]);
+    // Each example answered afresh (n = 3, both at once), each compared with
+    // its reference (at once), the principles condensed, the final answer.
+    let (status, r) = post(&serve, json!({"model": "leap-up-model", "messages": convo})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        up.waves(),
+        vec![
+            w(&[("answer", 2)]),
+            w(&[("leap-low", 2)]),
+            w(&[("leap-high", 1)]),
+            w(&[("leap-final", 1)])
+        ]
+    );
+    assert_eq!(r["choices"][0]["message"]["content"], "42");
+    assert_eq!(usage(&r), (60, 2 * 15 + 4 * 5));
+    let low = &up.bodies("leap-low")[0]["messages"][0]["content"];
+    let low = low.as_str().unwrap();
+    assert!(
+        low.contains("Reference answer:\n4") && low.contains("Attempt 3:\n5 (try 2)"),
+        "{low}"
+    );
+    let fin = &up.bodies("leap-final")[0]["messages"];
+    assert!(fin[0]["content"]
+        .as_str()
+        .unwrap()
+        .ends_with("- Check sums twice."));
+    assert_eq!(fin.as_array().unwrap().len(), 6);
+
+    // Two samples per example (the request's best_of_n), two choices, streamed.
+    up.clear();
+    let body = json!({"model": "leap-up-model", "messages": convo, "best_of_n": 2, "n": 2, "stream": true});
+    let (status, events) = post(&serve, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.waves().iter().map(Vec::len).collect::<Vec<_>>(),
+        [4, 4, 2, 2]
+    );
+    assert!(up.bodies("answer").iter().all(|b| b["n"] == 2));
+    assert_eq!(streamed(&events).0, vec!["42", "42"]);
+
+    // Without examples: answered directly, and said so.
+    up.clear();
+    let (status, r) = post(&serve, ask("leap-up-model", json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.waves(), vec![w(&[("answer", 1)])]);
+    assert!(r["cai"]["note"]
+        .as_str()
+        .unwrap()
+        .starts_with("leap: the conversation holds no example turns"));
 }

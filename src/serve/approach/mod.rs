@@ -13,6 +13,7 @@
 mod bon;
 mod cai;
 mod cot_reflection;
+mod leap;
 mod mcts;
 mod moa;
 mod none;
@@ -50,6 +51,7 @@ pub const KNOWN: &[&str] = &[
     "pvg",
     "rstar",
     "re2",
+    "leap",
 ];
 
 /// One step of a plan.
@@ -79,6 +81,8 @@ pub enum Step {
     Rstar,
     /// Re-reading: the question twice in one call.
     Re2,
+    /// Principles learnt from mistakes on the conversation's examples.
+    Leap,
 }
 
 impl Step {
@@ -105,6 +109,7 @@ impl Step {
             ("mcts", None) => Step::Mcts,
             ("pvg", None) => Step::Pvg,
             ("rstar", None) => Step::Rstar,
+            ("leap", None) => Step::Leap,
             ("re", Some(2)) => Step::Re2,
             _ if s == "z3" => Step::Z3,
             _ => return None,
@@ -127,6 +132,7 @@ impl Step {
             Step::Pvg => "pvg".into(),
             Step::Rstar => "rstar".into(),
             Step::Re2 => "re2".into(),
+            Step::Leap => "leap".into(),
         }
     }
 }
@@ -480,6 +486,7 @@ pub async fn run(ctx: &Ctx, steps: &[Step], messages: &[Message]) -> Result<Answ
             Step::Pvg => pvg::run(ctx, messages, p).await?,
             Step::Rstar => rstar::run(ctx, messages, p).await?,
             Step::Re2 => re2::run(ctx, messages, p).await?,
+            Step::Leap => leap::run(ctx, messages, p).await?,
         });
         if let Some(n) = prev.as_mut().and_then(|a| a.note.take()) {
             notes.push(n);
