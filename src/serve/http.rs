@@ -456,7 +456,9 @@ fn take_tag(body: &mut Map<String, Value>) -> Option<(String, String)> {
         ) {
             continue;
         }
-        let content = m.get_mut("content")?;
+        let Some(content) = m.get_mut("content") else {
+            continue;
+        };
         if let Value::String(text) = content {
             if let Some(name) = cut_tag(text) {
                 return Some((name, format!("messages[{i}].content")));
@@ -756,4 +758,50 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         },
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_approach_tag_is_cut_out_with_the_space_it_leaves() {
+        let cut = |s: &str| {
+            let mut t = s.to_string();
+            let name = cut_tag(&mut t);
+            (name, t)
+        };
+        let tag = |n: &str| format!("{TAG_OPEN}{n}{TAG_CLOSE}");
+        assert_eq!(
+            cut(&format!("Be brief. {}", tag("mcts"))),
+            (Some("mcts".into()), "Be brief.".into())
+        );
+        assert_eq!(
+            cut(&format!("{} What is 6 x 7?", tag(" bon|moa "))),
+            (Some("bon|moa".into()), "What is 6 x 7?".into())
+        );
+        assert_eq!(
+            cut(&format!("Line one\n{}\nLine two", tag("re2"))),
+            (Some("re2".into()), "Line one\nLine two".into())
+        );
+        assert_eq!(cut("no tag here"), (None, "no tag here".into()));
+        assert_eq!(cut(&format!("{TAG_OPEN}unclosed")).0, None);
+    }
+
+    #[test]
+    fn a_message_without_content_does_not_hide_a_later_tag() {
+        let mut body: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "messages": [
+                {"role": "user"},
+                {"role": "user", "content": [{"type": "text", "text": "<optillm_approach>z3</optillm_approach> Solve it"}]}
+            ]
+        }))
+        .unwrap();
+        let (name, path) = take_tag(&mut body).unwrap();
+        assert_eq!(
+            (name.as_str(), path.as_str()),
+            ("z3", "messages[1].content[0].text")
+        );
+        assert_eq!(body["messages"][1]["content"][0]["text"], "Solve it");
+    }
 }
