@@ -824,3 +824,32 @@ async fn leap_learns_principles_from_mistakes_on_the_conversations_examples() {
         .unwrap()
         .starts_with("leap: the conversation holds no example turns"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_full_response_flag_shows_reasoning_unless_the_request_says_otherwise() {
+    let up = Scripted::start(|k, _, _| match k {
+        "cot" => "<thinking>6 sevens</thinking><output>42</output>".into(),
+        other => format!("unexpected {other}"),
+    })
+    .await;
+    let serve = Serve::start(&up.url, &["--return-full-response"], &[]);
+    let (_, full) = post(&serve, ask("cot_reflection-up-model", json!({}))).await;
+    assert_eq!(
+        full["choices"][0]["message"]["content"],
+        "<thinking>6 sevens</thinking><output>42</output>"
+    );
+    let (_, short) = post(
+        &serve,
+        ask(
+            "cot_reflection-up-model",
+            json!({"return_full_response": false}),
+        ),
+    )
+    .await;
+    assert_eq!(short["choices"][0]["message"]["content"], "42");
+    // The field is the proxy's own: it never reaches the upstream.
+    assert!(up
+        .bodies("cot")
+        .iter()
+        .all(|b| b.get("return_full_response").is_none()));
+}
