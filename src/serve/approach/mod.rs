@@ -432,8 +432,8 @@ const N_HONOURED: u8 = 1;
 const N_IGNORED: u8 = 2;
 
 impl Ctx {
-    /// Scores read from the replies to `asks` (one call each, all at once): the first
-    /// number in each reply, divided by `scale` and clamped to [0, 1]; an
+    /// Scores read from the replies to `asks` (one call each, all at once):
+    /// each reply's [`rating`], divided by `scale` and clamped to [0, 1]; an
     /// unreadable reply scores `fallback`.
     pub async fn scores(
         &self,
@@ -448,9 +448,16 @@ impl Ctx {
         let replies = try_join_all(calls).await?;
         Ok(replies
             .iter()
-            .map(|c| first_number(&c.text).map_or(fallback, |x| (x / scale).clamp(0.0, 1.0)))
+            .map(|c| rating(&c.text).map_or(fallback, |x| (x / scale).clamp(0.0, 1.0)))
             .collect())
     }
+}
+
+/// The rating in a reply: the first number of the last line that holds
+/// one, so reasoning before a final "Rating: 7" does not count, and
+/// "8 out of 10" reads as 8.
+pub fn rating(text: &str) -> Option<f64> {
+    text.lines().rev().find_map(first_number)
 }
 
 /// The first number in `text` (`8`, `7.5`, `-1`), if any.
@@ -593,6 +600,9 @@ mod tests {
         assert_eq!(first_number("8."), Some(8.0));
         assert_eq!(first_number("-1 points"), Some(-1.0));
         assert_eq!(first_number("none"), None);
+        assert_eq!(rating("Step 1 is right, step 2 too.\nRating: 7"), Some(7.0));
+        assert_eq!(rating("8 out of 10\n"), Some(8.0));
+        assert_eq!(rating("no rating"), None);
     }
 
     #[test]
