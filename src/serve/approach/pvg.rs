@@ -42,7 +42,12 @@ pub async fn run(
             )));
         }
         let sneaky_convo = with_system(messages, SNEAKY);
-        let want_helpful = m - u32::from(carried.is_some()).min(m - 1);
+        // The previous step's answer takes a helpful seat in the first
+        // round, but the prover still writes at least one.
+        let want_helpful = match carried {
+            Some(_) => (m - 1).max(1),
+            None => m,
+        };
         let (mut helpful, sneaky) = try_join(
             ctx.samples(&helpful_convo, want_helpful),
             ctx.samples(&sneaky_convo, m),
