@@ -789,8 +789,16 @@ async fn leap_learns_principles_from_mistakes_on_the_conversations_examples() {
     );
     assert_eq!(r["choices"][0]["message"]["content"], "42");
     assert_eq!(usage(&r), (60, 2 * 15 + 4 * 5));
-    let low = &up.bodies("leap-low")[0]["messages"][0]["content"];
-    let low = low.as_str().unwrap();
+    // The first example's comparison (the two arrive in either order).
+    let lows: Vec<String> = up
+        .bodies("leap-low")
+        .iter()
+        .map(|b| b["messages"][0]["content"].as_str().unwrap().to_string())
+        .collect();
+    let low = lows
+        .iter()
+        .find(|l| l.contains("Question:\n2 + 2?"))
+        .unwrap();
     assert!(
         low.contains("Reference answer:\n4") && low.contains("Attempt 3:\n5 (try 2)"),
         "{low}"
@@ -852,4 +860,51 @@ async fn the_full_response_flag_shows_reasoning_unless_the_request_says_otherwis
         .bodies("cot")
         .iter()
         .all(|b| b.get("return_full_response").is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_pipeline_the_previous_answer_competes_inside_the_search() {
+    let up = Scripted::start(|k, text, i| match k {
+        "cot" => "<thinking>t</thinking><output>42</output>".into(),
+        "mcts-eval" if rated(text).ends_with("42") => "9".into(),
+        "pvg-verify" if text.ends_with("Solution:\n\n42") => "9".into(),
+        "mcts-eval" | "pvg-verify" => "2".into(),
+        "pvg-helpful" => format!("helpful c{i}"),
+        "pvg-sneaky" => format!("sneaky c{i}"),
+        _ => mcts_script(k, text, i),
+    })
+    .await;
+    let serve = Serve::start(&up.url, &[], &[]);
+    // mcts: the reflected answer and two fresh ones are the root's children.
+    let (status, r) = post(&serve, ask("cot_reflection&mcts-up-model", json!({}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        up.waves(),
+        vec![
+            w(&[("cot", 1)]),
+            w(&[("answer", 1)]),
+            w(&[("mcts-eval", 3)])
+        ]
+    );
+    assert_eq!(up.bodies("answer")[0]["n"], 2);
+    assert_eq!(r["choices"][0]["message"]["content"], "42");
+
+    // pvg: the reflected answer takes a helpful seat in the first round.
+    up.clear();
+    let body = ask(
+        "up-model",
+        json!({"approach": "cot_reflection&pvg", "pvg_rounds": 1, "pvg_solutions": 2}),
+    );
+    let (status, r) = post(&serve, body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        up.waves(),
+        vec![
+            w(&[("cot", 1)]),
+            w(&[("pvg-helpful", 1), ("pvg-sneaky", 1)]),
+            w(&[("pvg-verify", 4)])
+        ]
+    );
+    assert_eq!(r["choices"][0]["message"]["content"], "42");
+    assert_eq!(r["cai"]["approach"], "cot_reflection&pvg");
 }

@@ -35,17 +35,11 @@ pub async fn run(
     let depth = k.mcts_depth.max(1);
     let width = ctx.best_of_n.max(1);
     let mut tree: Tree<String> = Tree::new(String::new());
-    if let Some(p) = prev {
-        // The previous step's answer is one complete answer among the
-        // root's children, scored like the others.
-        let i = tree.add(0, p.text);
-        if depth == 1 {
-            let s = score(ctx, messages, &tree, &[i]).await?;
-            tree.backup(i, s[0]);
-        }
-    }
+    // The previous step's answer becomes one of the root's children, sampled
+    // and scored with the others.
+    let mut carried = prev.map(|p| p.text);
     for _ in 0..k.mcts_simulations {
-        simulate(ctx, messages, &mut tree, depth, width).await?;
+        simulate(ctx, messages, &mut tree, depth, width, &mut carried).await?;
     }
     let mut at = 0;
     while let Some(c) = tree.most_visited(at) {
@@ -75,14 +69,16 @@ pub async fn run(
 }
 
 /// One simulation: select a leaf by UCT; a complete answer backs its mean
-/// up again, any other leaf gets `width` children (sampled together) whose
-/// scores (asked for together) are backed up.
+/// up again, any other leaf gets `width` children (sampled together, the
+/// `carried` answer among the root's) whose scores (asked for together)
+/// are backed up.
 async fn simulate(
     ctx: &Ctx,
     messages: &[Message],
     tree: &mut Tree<String>,
     depth: u32,
     width: u32,
+    carried: &mut Option<String>,
 ) -> Result<(), ApiError> {
     let mut leaf = 0;
     while let Some(c) = tree.select(leaf, ctx.knobs.mcts_exploration) {
@@ -95,7 +91,12 @@ async fn simulate(
     }
     let last_level = tree.nodes[leaf].depth + 1 == depth;
     let convo = prompt(messages, &steps(tree, leaf), last_level);
-    let texts = ctx.samples(&convo, width).await?;
+    let mut texts = Vec::with_capacity(width as usize);
+    if leaf == 0 {
+        texts.extend(carried.take());
+    }
+    let want = width.saturating_sub(texts.len() as u32).max(1);
+    texts.extend(ctx.samples(&convo, want).await?);
     let children: Vec<usize> = texts.into_iter().map(|t| tree.add(leaf, t)).collect();
     let scores = score(ctx, messages, tree, &children).await?;
     for (&c, s) in children.iter().zip(scores) {
