@@ -908,3 +908,48 @@ async fn in_a_pipeline_the_previous_answer_competes_inside_the_search() {
     assert_eq!(r["choices"][0]["message"]["content"], "42");
     assert_eq!(r["cai"]["approach"], "cot_reflection&pvg");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_rstar_the_previous_answer_is_a_finished_trajectory_the_rollouts_reach() {
+    let up = Scripted::start(|k, text, i| match k {
+        "cot" => "<thinking>t</thinking><output>42</output>".into(),
+        _ => rstar_script(k, text, i),
+    })
+    .await;
+    let serve = Serve::start(&up.url, &[], &[]);
+    // Rollouts: the step then its finish; the root's finish; the rephrasing
+    // then its finish; the previous answer (no call). Four trajectories
+    // for the discriminator; it confirms the two reaching 41, and of those
+    // the rephrased branch has the higher reward (2/3 against 1/2).
+    let body = ask(
+        "cot_reflection&rstar-up-model",
+        json!({"rstar_max_depth": 2, "rstar_num_rollouts": 4, "return_full_response": true}),
+    );
+    let (status, r) = post(&serve, body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        up.waves(),
+        vec![
+            w(&[("cot", 1)]),
+            w(&[
+                ("rstar-step", 1),
+                ("rstar-finish", 1),
+                ("rstar-rephrase", 1)
+            ]),
+            w(&[("rstar-finish", 1)]),
+            w(&[("rstar-finish", 1)]),
+            w(&[("rstar-complete", 4)])
+        ]
+    );
+    let full = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        full.contains("Trajectory (reward 0.50, not confirmed):\n42"),
+        "{full}"
+    );
+    assert!(
+        full.contains(
+            "Trajectory (reward 0.67, confirmed by the discriminator):\nThe answer is: 41"
+        ),
+        "{full}"
+    );
+}

@@ -92,22 +92,19 @@ async fn search(
         text: String::new(),
     });
     let mut finished: Vec<usize> = Vec::new();
-    if let Some(p) = prev {
-        let i = tree.add(
-            0,
-            Data {
-                action: Action::Finish,
-                text: p.text,
-            },
-        );
-        finished.push(i);
-        tree.backup(i, 1.0);
-    }
+    // The previous step's answer joins the root's children when the root
+    // is expanded: a finished trajectory that rollouts reach and reward
+    // like the others.
+    let mut carried = prev.map(|p| p.text);
     for _ in 0..k.rstar_num_rollouts.max(1) {
         let mut at = 0;
         while tree.nodes[at].data.action != Action::Finish {
             if tree.nodes[at].children.is_empty() {
                 expand(ctx, messages, &mut tree, at, max_depth).await?;
+                if let Some(text) = carried.take().filter(|_| at == 0) {
+                    let action = Action::Finish;
+                    tree.add(0, Data { action, text });
+                }
             }
             let fresh = tree.nodes[at]
                 .children
