@@ -13,6 +13,10 @@
 //!    against its critical path of 2 × 200 ms (candidates with `n = 3`, then
 //!    all six judge calls at once). The upstream here is a small one in this
 //!    file that answers judge prompts with a verdict, which the fake does not.
+//! 3. The search and solver approaches (`mcts`, `pvg`, `rstar`, `z3`, `re2`)
+//!    with their default settings at the same latency: p50 wall time against
+//!    the number of calls on each one's critical path × 200 ms (`z3` also
+//!    runs the solver, which must be installed).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -165,6 +169,11 @@ async fn judge_upstream(latency: Duration) -> String {
             let text = |i: u64| {
                 if last.contains("Consider the following principle") {
                     "(A".to_string()
+                } else if last.contains("SMT-LIB 2 program") {
+                    "(declare-const x Int)(assert (= (* 6 x) 42))(check-sat)(get-value (x))"
+                        .to_string()
+                } else if last.contains("Rate from 0 to 10") || last.contains("You are a verifier") {
+                    format!("{}", 5 + i)
                 } else {
                     format!("Candidate answer number {i}.")
                 }
@@ -237,5 +246,28 @@ fn main() {
             walls[0],
             walls[walls.len() - 1]
         );
+        // (slug, calls on the critical path, all calls) with the defaults:
+        // mcts expands once (n = 3) and scores 3; pvg plays 2 rounds of both
+        // provers then 6 verdicts; rstar's 5 rollouts expand 5 times one
+        // after another (3 + 2 + 1 + 2 + 1 actions) before 4 discriminator
+        // calls at once; z3 formalises, solves, answers; re2 is one call.
+        println!("search and solver approaches, defaults, upstream latency 200 ms, 10 requests one after another:");
+        for (slug, path, calls) in [
+            ("mcts", 2, 4),
+            ("pvg", 4, 16),
+            ("rstar", 6, 13),
+            ("z3", 2, 2),
+            ("re2", 1, 1),
+        ] {
+            let model = format!("{slug}-m");
+            let _ = latencies(&serve.url, &model, 1).await;
+            let walls = latencies(&serve.url, &model, 10).await;
+            println!(
+                "  {slug:<6} p50 {:7.1} ms against a critical path of {path} x 200 = {} ms ({calls} calls in all: {} ms one after another)",
+                pct(&walls, 0.5),
+                path * 200,
+                calls * 200
+            );
+        }
     });
 }

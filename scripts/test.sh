@@ -6,7 +6,8 @@
 #   - the default local model (SmolLM2-135M-Instruct Q4_1), fetched once
 #     into the model cache by `cai model fetch`;
 #   - Debian's `chromium` and `websocket-client` (in the venv), for the
-#     report test that opens a page in a real headless browser.
+#     report test that opens a page in a real headless browser;
+#   - Debian's `z3`, the solver `cai serve`'s `z3` approach runs.
 # Nothing here contacts anything but the package registries; the tests
 # themselves talk only to servers on 127.0.0.1.
 set -euo pipefail
@@ -25,6 +26,13 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "test.sh: installing chromium" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+
+# The SMT solver of `cai serve`'s z3 approach (Debian's package).
+if ! command -v z3 >/dev/null; then
+    echo "test.sh: installing z3" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq z3
 fi
 
 cargo build --workspace --all-targets

@@ -145,9 +145,42 @@ pub struct ServeArgs {
     /// Approach for requests whose model name and body name none (`none`, `cai`, `bon`, ..., or a pipeline `cai&bon`).
     #[arg(long, value_name = "SLUG", default_value = "none")]
     pub approach: String,
-    /// Candidates of `bon` and `moa`, samples of `self_consistency`, unless the request says otherwise.
+    /// Candidates of `bon` and `moa`, samples of `self_consistency`, children of an `mcts` expansion, unless the request says otherwise.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub best_of_n: u32,
+    /// `mcts`: simulations (each selects, expands and scores once).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub mcts_simulations: u32,
+    /// `mcts`: UCT exploration weight.
+    #[arg(long, value_name = "C", default_value_t = 0.2)]
+    pub mcts_exploration: f64,
+    /// `mcts`: levels of the tree (the last level is the complete answer).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub mcts_depth: u32,
+    /// `pvg`: rounds of the prover–verifier game.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub pvg_rounds: u32,
+    /// `pvg`: solutions per prover (helpful and sneaky) per round.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub pvg_solutions: u32,
+    /// `rstar`: levels of the generator's tree.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rstar_max_depth: u32,
+    /// `rstar`: rollouts of the generator's search.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rstar_num_rollouts: u32,
+    /// `rstar`: UCT exploration constant.
+    #[arg(long, value_name = "C", default_value_t = 1.4)]
+    pub rstar_c: f64,
+    /// `z3`: time limit of one solver run, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub z3_timeout: f64,
+    /// `z3`: memory limit of one solver run, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub z3_memory: u32,
+    /// Reply with the approach's reasoning (thinking, candidates and verdicts, the search's best path) instead of the answer alone; a request's `return_full_response` overrides it.
+    #[arg(long)]
+    pub return_full_response: bool,
     /// Clients must send `Authorization: Bearer <key>` with the key held in this environment variable (/health is open).
     #[arg(long, value_name = "VAR")]
     pub auth_key_env: Option<String>,

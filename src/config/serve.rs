@@ -32,6 +32,10 @@ pub struct ServeConfig {
     pub grace: Duration,
     pub default_plan: Plan,
     pub best_of_n: u32,
+    /// The search approaches' settings (`--mcts-depth`, `--z3-timeout`, …).
+    pub knobs: approach::Knobs,
+    /// `--return-full-response`.
+    pub return_full_response: bool,
     /// SHA-256 of the key clients must send (`--auth-key-env`).
     pub auth: Option<[u8; 32]>,
     /// `--max-tokens`, `--temperature`, `--top-p`: what an approach uses
@@ -133,6 +137,8 @@ impl ServeConfig {
             grace: Duration::from_secs_f64(args.grace),
             default_plan,
             best_of_n: args.best_of_n,
+            knobs: knobs(args)?,
+            return_full_response: args.return_full_response,
             auth: auth_digest(args.auth_key_env.as_deref())?,
             defaults,
             seed: args.sampling.seed.unwrap_or(0),
@@ -154,6 +160,42 @@ impl ServeConfig {
             upstream: upstream(args)?,
         })
     }
+}
+
+/// The search approaches' settings from their flags, checked.
+fn knobs(args: &ServeArgs) -> Result<approach::Knobs, ConfigError> {
+    if !(args.z3_timeout.is_finite() && args.z3_timeout > 0.0) {
+        let why = format!("{} must be a positive number of seconds", args.z3_timeout);
+        return Err(ConfigError::flag("--z3-timeout", why));
+    }
+    let k = approach::Knobs {
+        mcts_simulations: args.mcts_simulations,
+        mcts_exploration: args.mcts_exploration,
+        mcts_depth: args.mcts_depth,
+        pvg_rounds: args.pvg_rounds,
+        pvg_solutions: args.pvg_solutions,
+        rstar_max_depth: args.rstar_max_depth,
+        rstar_num_rollouts: args.rstar_num_rollouts,
+        rstar_c: args.rstar_c,
+        z3_timeout: Duration::from_secs_f64(args.z3_timeout),
+        z3_memory_mb: args.z3_memory,
+    };
+    k.check().map_err(|bad| {
+        let flag = match bad.field {
+            "mcts_simulations" => "--mcts-simulations",
+            "mcts_exploration" => "--mcts-exploration",
+            "mcts_depth" => "--mcts-depth",
+            "pvg_rounds" => "--pvg-rounds",
+            "pvg_solutions" => "--pvg-solutions",
+            "rstar_max_depth" => "--rstar-max-depth",
+            "rstar_num_rollouts" => "--rstar-num-rollouts",
+            "rstar_c" => "--rstar-c",
+            "z3_memory_mb" => "--z3-memory",
+            _ => "--z3-timeout",
+        };
+        ConfigError::flag(flag, bad.why)
+    })?;
+    Ok(k)
 }
 
 /// The digest of the key clients must send, read from `var`.

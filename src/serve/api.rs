@@ -41,12 +41,50 @@ pub struct ProxyFields {
     pub best_of_n: Option<u32>,
     /// Critique→revision rounds of the `cai` approach.
     pub cai_rounds: Option<u32>,
+    /// The reasoning in the content instead of the answer alone.
+    pub return_full_response: Option<bool>,
+    /// Overrides of the search approaches' settings (`--mcts-depth`, …).
+    pub mcts_simulations: Option<u32>,
+    pub mcts_exploration: Option<f64>,
+    pub mcts_depth: Option<u32>,
+    pub pvg_rounds: Option<u32>,
+    pub pvg_solutions: Option<u32>,
+    pub rstar_max_depth: Option<u32>,
+    pub rstar_num_rollouts: Option<u32>,
+    pub rstar_c: Option<f64>,
 }
 
 impl ProxyFields {
     /// Names of the fields [`ProxyFields`] reads.
-    pub const NAMES: [&'static str; 4] =
-        ["approach", "optillm_approach", "best_of_n", "cai_rounds"];
+    pub const NAMES: [&'static str; 13] = [
+        "approach",
+        "optillm_approach",
+        "best_of_n",
+        "cai_rounds",
+        "return_full_response",
+        "mcts_simulations",
+        "mcts_exploration",
+        "mcts_depth",
+        "pvg_rounds",
+        "pvg_solutions",
+        "rstar_max_depth",
+        "rstar_num_rollouts",
+        "rstar_c",
+    ];
+
+    /// The server's settings with this request's overrides.
+    pub fn knobs(&self, server: crate::serve::approach::Knobs) -> crate::serve::approach::Knobs {
+        let mut k = server;
+        k.mcts_simulations = self.mcts_simulations.unwrap_or(k.mcts_simulations);
+        k.mcts_exploration = self.mcts_exploration.unwrap_or(k.mcts_exploration);
+        k.mcts_depth = self.mcts_depth.unwrap_or(k.mcts_depth);
+        k.pvg_rounds = self.pvg_rounds.unwrap_or(k.pvg_rounds);
+        k.pvg_solutions = self.pvg_solutions.unwrap_or(k.pvg_solutions);
+        k.rstar_max_depth = self.rstar_max_depth.unwrap_or(k.rstar_max_depth);
+        k.rstar_num_rollouts = self.rstar_num_rollouts.unwrap_or(k.rstar_num_rollouts);
+        k.rstar_c = self.rstar_c.unwrap_or(k.rstar_c);
+        k
+    }
 }
 
 /// The fields a typed call of an approach sets itself from

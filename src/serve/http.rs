@@ -36,6 +36,8 @@ use crate::provider::{GenParams, Message};
 const MAX_HEADER_BYTES: usize = 64 << 10;
 /// Most choices per request.
 const MAX_N: u32 = 16;
+/// Most pipelines run side by side (`a|b|…`).
+const MAX_PIPELINES: usize = 4;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
@@ -227,19 +229,45 @@ fn prepare(
     let (mut body, proxy, fields) = parse_body(raw)?;
     check_messages(shared, &body)?;
     let (mut plan, named) = plan_and_model(shared, fields.model.as_deref().unwrap_or(""))?;
-    if let Some(a) = proxy
+    // The body's field, else a tag in the conversation, else the model's prefix.
+    let tagged = take_tag(&mut body);
+    if let Some((a, field)) = proxy
         .approach
         .as_deref()
-        .or(proxy.optillm_approach.as_deref())
+        .map(|a| (a, "approach"))
+        .or(proxy
+            .optillm_approach
+            .as_deref()
+            .map(|a| (a, "optillm_approach")))
+        .or(tagged.as_ref().map(|(a, path)| (a.as_str(), path.as_str())))
     {
         plan = Plan::parse(a).map_err(|bad| {
-            ApiError::invalid(approach::unknown(&bad.0), Some("approach".into()))
+            ApiError::invalid(approach::unknown(&bad.0), Some(field.into()))
                 .code("unknown_approach")
         })?;
     }
+    if plan.0.len() > MAX_PIPELINES {
+        return Err(ApiError::invalid(
+            format!(
+                "approach: {} pipelines joined by |; at most {MAX_PIPELINES} are accepted",
+                plan.0.len()
+            ),
+            Some("approach".into()),
+        ));
+    }
     let model = upstream_model(shared, named)?;
     let (n, best_of_n) = counts(shared, &fields, &proxy, &mut plan)?;
+    let knobs = proxy.knobs(shared.knobs);
+    knobs
+        .check()
+        .map_err(|bad| ApiError::invalid(bad.to_string(), Some(bad.field.into())))?;
     let note = fall_back(shared, &body, &mut plan);
+    if plan.steps().any(|s| *s == approach::Step::Z3) && approach::z3::find().is_none() {
+        return Err(
+            ApiError::invalid(approach::z3::MISSING, Some("approach".into()))
+                .code("solver_missing"),
+        );
+    }
     let params = params(shared, &fields, &plan)?;
     if let Some(sys) = &shared.system_prompt {
         prepend_system(&mut body, sys);
@@ -280,6 +308,10 @@ fn prepare(
         stream: fields.stream,
         include_usage: fields.stream_options.is_some_and(|o| o.include_usage),
         best_of_n,
+        knobs,
+        full_response: proxy
+            .return_full_response
+            .unwrap_or(shared.return_full_response),
     })
 }
 
@@ -370,7 +402,7 @@ fn counts(
                 Some("cai_rounds".into()),
             ));
         }
-        for step in &mut plan.0 {
+        for step in plan.0.iter_mut().flatten() {
             if let approach::Step::Cai { rounds } = step {
                 *rounds = r;
             }
@@ -404,8 +436,63 @@ fn fall_back(shared: &Shared, body: &Map<String, Value>, plan: &mut Plan) -> Opt
         "approach {} answered as none (passed through unchanged): {why}, which its rewritten prompts cannot carry",
         plan.slug()
     );
-    *plan = Plan(vec![approach::Step::None]);
+    *plan = Plan::single(approach::Step::None);
     Some(note)
+}
+
+/// The tag that names an approach inside the conversation.
+const TAG_OPEN: &str = "<optillm_approach>";
+const TAG_CLOSE: &str = "</optillm_approach>";
+
+/// Takes the first `<optillm_approach>name</optillm_approach>` out of a
+/// system or user message (text content or a text part), so the upstream
+/// never sees it; returns the name and the JSON path it came from.
+fn take_tag(body: &mut Map<String, Value>) -> Option<(String, String)> {
+    let messages = body.get_mut("messages")?.as_array_mut()?;
+    for (i, m) in messages.iter_mut().enumerate() {
+        if !matches!(
+            m.get("role").and_then(Value::as_str),
+            Some("system" | "developer" | "user")
+        ) {
+            continue;
+        }
+        let Some(content) = m.get_mut("content") else {
+            continue;
+        };
+        if let Value::String(text) = content {
+            if let Some(name) = cut_tag(text) {
+                return Some((name, format!("messages[{i}].content")));
+            }
+        } else if let Value::Array(parts) = content {
+            for (j, part) in parts.iter_mut().enumerate() {
+                if let Some(Value::String(text)) = part.get_mut("text") {
+                    if let Some(name) = cut_tag(text) {
+                        return Some((name, format!("messages[{i}].content[{j}].text")));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the tag from `text` (and the space it leaves), returning its name.
+fn cut_tag(text: &mut String) -> Option<String> {
+    let start = text.find(TAG_OPEN)?;
+    let inner = start + TAG_OPEN.len();
+    let end = inner + text[inner..].find(TAG_CLOSE)?;
+    let name = text[inner..end].trim().to_string();
+    let rest = format!(
+        "{}{}",
+        text[..start].trim_end(),
+        if text[..start].trim().is_empty() {
+            text[end + TAG_CLOSE.len()..].trim_start().to_string()
+        } else {
+            text[end + TAG_CLOSE.len()..].to_string()
+        }
+    );
+    *text = rest.trim().to_string();
+    Some(name)
 }
 
 /// The approach a model name selects, and the model it names (`None`
@@ -595,7 +682,7 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .then(|| bearer(&parts.headers))
         .flatten()
         .map(|k| SecretString::from(k.to_string()));
-    let prepared = match prepare(&shared, id, &raw, client_key) {
+    let mut prepared = match prepare(&shared, id, &raw, client_key) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -607,16 +694,21 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         return super::stream::respond(shared, prepared, recorder, permit, started).await;
     }
     let engine = shared.engine();
-    let runs = (0..prepared.n).map(|i| {
+    let runs = prepared.choices().into_iter().map(|(pipe, i)| {
         let ctx = prepared.ctx(&shared, &engine, i);
-        let plan = &prepared.plan;
+        let steps = &prepared.plan.0[pipe];
         let messages = &prepared.messages;
-        async move { approach::run(&ctx, plan, messages).await }
+        async move { approach::run(&ctx, steps, messages).await }
     });
     let results = recorder
         .scope(prepared.route.clone().scope(join_all(runs)))
         .await;
     drop(permit);
+    prepared.add_notes(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|a| a.note.as_deref())),
+    );
     let mut choices = Vec::with_capacity(results.len());
     let mut failure = None;
     for (i, r) in results.into_iter().enumerate() {
@@ -625,7 +717,7 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 index: i as u32,
                 message: api::OutMessage {
                     role: "assistant",
-                    content: a.text,
+                    content: a.content(prepared.full_response).to_string(),
                 },
                 finish_reason: api::finish_str(&a.finish),
                 logprobs: a
@@ -666,4 +758,50 @@ async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         },
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_approach_tag_is_cut_out_with_the_space_it_leaves() {
+        let cut = |s: &str| {
+            let mut t = s.to_string();
+            let name = cut_tag(&mut t);
+            (name, t)
+        };
+        let tag = |n: &str| format!("{TAG_OPEN}{n}{TAG_CLOSE}");
+        assert_eq!(
+            cut(&format!("Be brief. {}", tag("mcts"))),
+            (Some("mcts".into()), "Be brief.".into())
+        );
+        assert_eq!(
+            cut(&format!("{} What is 6 x 7?", tag(" bon|moa "))),
+            (Some("bon|moa".into()), "What is 6 x 7?".into())
+        );
+        assert_eq!(
+            cut(&format!("Line one\n{}\nLine two", tag("re2"))),
+            (Some("re2".into()), "Line one\nLine two".into())
+        );
+        assert_eq!(cut("no tag here"), (None, "no tag here".into()));
+        assert_eq!(cut(&format!("{TAG_OPEN}unclosed")).0, None);
+    }
+
+    #[test]
+    fn a_message_without_content_does_not_hide_a_later_tag() {
+        let mut body: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "messages": [
+                {"role": "user"},
+                {"role": "user", "content": [{"type": "text", "text": "<optillm_approach>z3</optillm_approach> Solve it"}]}
+            ]
+        }))
+        .unwrap();
+        let (name, path) = take_tag(&mut body).unwrap();
+        assert_eq!(
+            (name.as_str(), path.as_str()),
+            ("z3", "messages[1].content[0].text")
+        );
+        assert_eq!(body["messages"][1]["content"][0]["text"], "Solve it");
+    }
 }

@@ -72,6 +72,10 @@ pub struct Shared {
     pub system_prompt: Option<String>,
     pub default_plan: Plan,
     pub best_of_n: u32,
+    /// The search approaches' settings (`--mcts-depth`, …).
+    pub knobs: approach::Knobs,
+    /// `--return-full-response`.
+    pub return_full_response: bool,
     pub defaults: GenParams,
     pub seed: u64,
     /// Whether the upstream honours `n` ([`approach::N_UNKNOWN`] until seen).
@@ -308,6 +312,8 @@ impl Shared {
             system_prompt: cfg.system_prompt,
             default_plan: cfg.default_plan,
             best_of_n: cfg.best_of_n,
+            knobs: cfg.knobs,
+            return_full_response: cfg.return_full_response,
             defaults: cfg.defaults,
             seed: cfg.seed,
             n_support: AtomicU8::new(approach::N_UNKNOWN),

@@ -40,6 +40,10 @@ pub struct Prepared {
     pub stream: bool,
     pub include_usage: bool,
     pub best_of_n: u32,
+    /// The search approaches' settings for this request.
+    pub knobs: super::approach::Knobs,
+    /// `return_full_response`: the reasoning in the content.
+    pub full_response: bool,
 }
 
 impl Prepared {
@@ -58,7 +62,28 @@ impl Prepared {
                 .wrapping_add(u64::from(i)),
             key: conversation_key(&self.messages),
             best_of_n: self.best_of_n,
+            knobs: self.knobs,
         }
+    }
+
+    /// Every choice of the reply: (pipeline, index within it), pipeline
+    /// by pipeline, so `a|b` with `n: 2` answers a, a, b, b.
+    pub fn choices(&self) -> Vec<(usize, u32)> {
+        (0..self.plan.0.len())
+            .flat_map(|p| (0..self.n).map(move |i| (p, i)))
+            .collect()
+    }
+
+    /// Adds the approaches' own notes (a solver that failed, …) to the
+    /// request's note.
+    pub fn add_notes<'a>(&mut self, notes: impl Iterator<Item = &'a str>) {
+        let mut all: Vec<String> = self.note.take().into_iter().collect();
+        for n in notes {
+            if !all.iter().any(|a| a == n) {
+                all.push(n.to_string());
+            }
+        }
+        self.note = (!all.is_empty()).then(|| all.join("; "));
     }
 }
 

@@ -78,7 +78,7 @@ impl Chunks {
 
 pub async fn respond(
     shared: Arc<Shared>,
-    p: Prepared,
+    mut p: Prepared,
     recorder: Arc<Recorder>,
     permit: tokio::sync::OwnedSemaphorePermit,
     started: Instant,
@@ -157,13 +157,18 @@ pub async fn respond(
             finish(&shared, &p, &recorder, &chunks, &tx, failure, started).await;
         });
     } else {
-        let runs = (0..p.n).map(|i| {
+        let runs = p.choices().into_iter().map(|(pipe, i)| {
             let ctx = p.ctx(&shared, &engine, i);
-            let plan = p.plan.clone();
-            let messages = p.messages.clone();
-            async move { approach::run(&ctx, &plan, &messages).await }
+            let steps = &p.plan.0[pipe];
+            let messages = &p.messages;
+            async move { approach::run(&ctx, steps, messages).await }
         });
         let results = recorder.scope(p.route.clone().scope(join_all(runs))).await;
+        p.add_notes(
+            results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().and_then(|a| a.note.as_deref())),
+        );
         let mut answers = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -180,7 +185,7 @@ pub async fn respond(
                 let i = i as u32;
                 let events = [
                     chunks.delta(i, true, None, None),
-                    chunks.delta(i, false, Some(a.text), None),
+                    chunks.delta(i, false, Some(a.content(p.full_response).to_string()), None),
                     chunks.delta(i, false, None, Some(api::finish_str(&a.finish))),
                 ];
                 for e in events {

@@ -24,6 +24,7 @@ mod refresh;
 mod report;
 mod rundir;
 mod serve;
+mod serve_approaches;
 mod serve_dropin;
 mod serve_for_optimize;
 mod serve_support;

@@ -259,8 +259,8 @@ async fn client_models_reach_the_upstream_and_models_mirrors_its_list() {
     let listed: Vec<String> = serde_json::from_value(out[0]["models"].clone()).unwrap();
     assert_eq!(
         listed.len(),
-        3 * 8,
-        "3 models, each bare and behind 7 slugs"
+        3 * 14,
+        "3 models, each bare and behind 13 slugs"
     );
 }
 

@@ -22,7 +22,16 @@ pub async fn run(
     let want = n.max(1).saturating_sub(candidates.len() as u32);
     candidates.extend(ctx.samples(messages, want).await?);
     let best = pick(ctx, messages, &candidates).await?;
-    Ok(Answer::stop(candidates.swap_remove(best)))
+    let mut full = String::new();
+    for (i, c) in candidates.iter().enumerate() {
+        let mark = if i == best {
+            " (chosen by the judge)"
+        } else {
+            ""
+        };
+        full.push_str(&format!("Candidate {}{mark}:\n{}\n\n", i + 1, c.trim()));
+    }
+    Ok(Answer::stop(candidates.swap_remove(best)).with_full(full.trim_end().to_string()))
 }
 
 /// The index of the judge's favourite among `candidates`. Identical

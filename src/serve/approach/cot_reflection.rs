@@ -32,11 +32,7 @@ pub async fn run(
         ));
     }
     let c = ctx.call(&ctx.request(convo)).await?;
-    Ok(Answer {
-        text: output_of(&c.text),
-        finish: c.finish,
-        logprobs: None,
-    })
+    Ok(Answer::of(output_of(&c.text), c.finish).with_full(c.text.trim().to_string()))
 }
 
 /// The text inside `<output>` (to the end when it is not closed).

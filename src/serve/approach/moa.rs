@@ -33,9 +33,10 @@ pub async fn run(
         "Using the candidates and the critique, write the single best response to the last message of the original conversation. Reply with that response only, without mentioning the candidates or the critique.",
     ));
     let fin = ctx.call(&ctx.request(convo)).await?;
-    Ok(Answer {
-        text: fin.text.trim().to_string(),
-        finish: fin.finish,
-        logprobs: None,
-    })
+    let full = format!(
+        "{listing}Critique:\n{}\n\nAnswer:\n{}",
+        critique.text.trim(),
+        fin.text.trim()
+    );
+    Ok(Answer::of(fin.text.trim().to_string(), fin.finish).with_full(full))
 }

@@ -1,20 +1,29 @@
 //! Approaches: how a request spends upstream calls to answer better.
 //!
-//! A request names a [`Plan`], one or more [`Step`]s joined by `&`; each
-//! step refines the answer of the one before it (the previous answer stands
-//! in for the step's own first draft, so `cai&bon` revises the answer and
-//! then lets it compete with fresh candidates). Every step is a small file
-//! over [`Ctx::call`], which sends through the shared engine. Calls that do
-//! not depend on each other are awaited together, so a request's wall time
-//! is its critical path.
+//! A request names a [`Plan`]: one or more pipelines joined by `|`, each
+//! one or more [`Step`]s joined by `&`. In a pipeline each step refines the
+//! answer of the one before it (the previous answer stands in for the
+//! step's own first draft, so `cai&bon` revises the answer and then lets it
+//! compete with fresh candidates). Pipelines joined by `|` run at once and
+//! each gives its own choice (`bon|moa`: two choices). Every step is a
+//! small file over [`Ctx::call`], which sends through the shared engine.
+//! Calls that do not depend on each other are awaited together, so a
+//! request's wall time is its critical path.
 
 mod bon;
 mod cai;
 mod cot_reflection;
+mod leap;
+mod mcts;
 mod moa;
 mod none;
+mod pvg;
+mod re2;
+mod rstar;
 mod rto;
 mod self_consistency;
+mod tree;
+pub mod z3;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +46,12 @@ pub const KNOWN: &[&str] = &[
     "self_consistency",
     "rto",
     "cot_reflection",
+    "mcts",
+    "z3",
+    "pvg",
+    "rstar",
+    "re2",
+    "leap",
 ];
 
 /// One step of a plan.
@@ -56,6 +71,18 @@ pub enum Step {
     Rto,
     /// Think, reflect, answer; only the answer is returned.
     CotReflection,
+    /// Monte Carlo tree search over reasoning steps, scored by the model.
+    Mcts,
+    /// The problem as SMT-LIB, solved by `z3`, answered from its result.
+    Z3,
+    /// Prover–verifier game: helpful and sneaky provers, a verifier.
+    Pvg,
+    /// rStar: a generator's tree search, a discriminator's agreement.
+    Rstar,
+    /// Re-reading: the question twice in one call.
+    Re2,
+    /// Principles learnt from mistakes on the conversation's examples.
+    Leap,
 }
 
 impl Step {
@@ -79,6 +106,12 @@ impl Step {
             ("self_consistency", None) => Step::SelfConsistency,
             ("rto", None) => Step::Rto,
             ("cot_reflection", None) => Step::CotReflection,
+            ("mcts", None) => Step::Mcts,
+            ("pvg", None) => Step::Pvg,
+            ("rstar", None) => Step::Rstar,
+            ("leap", None) => Step::Leap,
+            ("re", Some(2)) => Step::Re2,
+            _ if s == "z3" => Step::Z3,
             _ => return None,
         })
     }
@@ -94,6 +127,12 @@ impl Step {
             Step::SelfConsistency => "self_consistency".into(),
             Step::Rto => "rto".into(),
             Step::CotReflection => "cot_reflection".into(),
+            Step::Mcts => "mcts".into(),
+            Step::Z3 => "z3".into(),
+            Step::Pvg => "pvg".into(),
+            Step::Rstar => "rstar".into(),
+            Step::Re2 => "re2".into(),
+            Step::Leap => "leap".into(),
         }
     }
 }
@@ -103,38 +142,55 @@ impl Step {
 #[error("unknown approach `{0}`")]
 pub struct UnknownApproach(pub String);
 
-/// Steps run one after another.
+/// Pipelines run side by side (`|`), each of steps run one after another
+/// (`&`): `&` binds tighter, so `a&b|c` is `(a&b) | c`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan(pub Vec<Step>);
+pub struct Plan(pub Vec<Vec<Step>>);
 
 impl Plan {
-    /// Reads `a&b&c`; the error names the first unknown part.
+    /// One pipeline of one step.
+    pub fn single(step: Step) -> Plan {
+        Plan(vec![vec![step]])
+    }
+
+    /// Reads `a&b|c`; the error names the first unknown part.
     pub fn parse(s: &str) -> Result<Plan, UnknownApproach> {
-        let steps = s
-            .split('&')
-            .map(|p| Step::parse(p.trim()).ok_or_else(|| UnknownApproach(p.trim().to_string())))
+        let pipelines = s
+            .split('|')
+            .map(|pipe| {
+                pipe.split('&')
+                    .map(|p| {
+                        Step::parse(p.trim()).ok_or_else(|| UnknownApproach(p.trim().to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Plan(steps))
+        Ok(Plan(pipelines))
     }
 
     pub fn slug(&self) -> String {
         self.0
             .iter()
-            .map(|s| s.slug())
+            .map(|pipe| pipe.iter().map(|s| s.slug()).collect::<Vec<_>>().join("&"))
             .collect::<Vec<_>>()
-            .join("&")
+            .join("|")
     }
 
     /// Plain pass-through: streamed token by token.
     pub fn is_passthrough(&self) -> bool {
-        self.0 == [Step::None]
+        self.0 == [vec![Step::None]]
+    }
+
+    /// Every step of every pipeline.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.0.iter().flatten()
     }
 }
 
 /// The message for an unknown approach.
 pub fn unknown(name: &str) -> String {
     format!(
-        "unknown approach `{name}`; known approaches: {} (join them with & for a pipeline, e.g. cai&bon; cai2 and bon5 set rounds and candidates)",
+        "unknown approach `{name}`; known approaches: {} (join them with & for a pipeline, e.g. cai&bon, or with | to run several at once, one choice each, e.g. bon|moa; cai2 and bon5 set rounds and candidates)",
         KNOWN.join(", ")
     )
 }
@@ -149,7 +205,7 @@ pub fn split_model(model: &str) -> Result<Option<(Plan, &str)>, UnknownApproach>
     match Plan::parse(prefix) {
         Ok(plan) if !rest.is_empty() => Ok(Some((plan, rest))),
         Ok(_) => Ok(None),
-        Err(bad) if prefix.contains('&') => Err(bad),
+        Err(bad) if prefix.contains(['&', '|']) => Err(bad),
         Err(_) => Ok(None),
     }
 }
@@ -162,14 +218,129 @@ pub struct Answer {
     /// First-token candidates of the call that wrote `text`, when the
     /// client asked for them (`none` only).
     pub logprobs: Option<Vec<crate::provider::TokenLogprob>>,
+    /// The reasoning behind `text` (thinking, candidates and verdicts, the
+    /// tree's best path), returned instead of `text` with
+    /// `return_full_response`; `None` when the approach has none.
+    pub full: Option<String>,
+    /// Why the answer is not what the approach normally gives (the solver
+    /// failed, …); said in `cai.note`.
+    pub note: Option<String>,
 }
 
 impl Answer {
     fn stop(text: String) -> Self {
+        Self::of(text, FinishReason::Stop)
+    }
+
+    fn of(text: String, finish: FinishReason) -> Self {
         Self {
             text,
-            finish: FinishReason::Stop,
+            finish,
             logprobs: None,
+            full: None,
+            note: None,
+        }
+    }
+
+    fn with_full(mut self, full: String) -> Self {
+        self.full = Some(full);
+        self
+    }
+
+    /// What the client gets as the message content.
+    pub fn content(&self, full_response: bool) -> &str {
+        match (&self.full, full_response) {
+            (Some(f), true) => f,
+            _ => &self.text,
+        }
+    }
+}
+
+/// A setting outside its range: the field (`mcts_depth`; the flag is the
+/// same with dashes) and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct BadKnob {
+    pub field: &'static str,
+    pub why: String,
+}
+
+/// Settings of the search approaches: the server's flags, each overridden
+/// by the request field of the same name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Knobs {
+    pub mcts_simulations: u32,
+    pub mcts_exploration: f64,
+    pub mcts_depth: u32,
+    pub pvg_rounds: u32,
+    pub pvg_solutions: u32,
+    pub rstar_max_depth: u32,
+    pub rstar_num_rollouts: u32,
+    pub rstar_c: f64,
+    /// Wall-clock limit of one `z3` run.
+    pub z3_timeout: std::time::Duration,
+    /// Memory limit of one `z3` run, in MiB.
+    pub z3_memory_mb: u32,
+}
+
+impl Knobs {
+    /// Every setting within the range this server accepts (the bounds keep
+    /// one request's calls bounded).
+    pub fn check(&self) -> Result<(), BadKnob> {
+        let count = |field: &'static str, v: u32, max: u32| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(BadKnob {
+                    field,
+                    why: format!("{v} is outside 1..={max}"),
+                })
+            }
+        };
+        let real = |field: &'static str, v: f64| {
+            if v.is_finite() && (0.0..=10.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(BadKnob {
+                    field,
+                    why: format!("{v} is outside [0, 10]"),
+                })
+            }
+        };
+        count("mcts_simulations", self.mcts_simulations, 32)?;
+        real("mcts_exploration", self.mcts_exploration)?;
+        count("mcts_depth", self.mcts_depth, 8)?;
+        count("pvg_rounds", self.pvg_rounds, 8)?;
+        count("pvg_solutions", self.pvg_solutions, 8)?;
+        count("rstar_max_depth", self.rstar_max_depth, 8)?;
+        count("rstar_num_rollouts", self.rstar_num_rollouts, 32)?;
+        real("rstar_c", self.rstar_c)?;
+        count("z3_memory_mb", self.z3_memory_mb, 65536)?;
+        let t = self.z3_timeout.as_secs_f64();
+        if !(t > 0.0 && t <= 600.0) {
+            return Err(BadKnob {
+                field: "z3_timeout",
+                why: format!("{t} s is outside (0, 600]"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Knobs {
+    /// The papers' (and the other proxy's) defaults.
+    fn default() -> Self {
+        Self {
+            mcts_simulations: 2,
+            mcts_exploration: 0.2,
+            mcts_depth: 1,
+            pvg_rounds: 2,
+            pvg_solutions: 3,
+            rstar_max_depth: 3,
+            rstar_num_rollouts: 5,
+            rstar_c: 1.4,
+            z3_timeout: std::time::Duration::from_secs(10),
+            z3_memory_mb: 512,
         }
     }
 }
@@ -184,8 +355,10 @@ pub struct Ctx {
     pub seed: u64,
     /// Names the conversation in principle choices (a hash of it).
     pub key: String,
-    /// N of `bon`/`moa`/`self_consistency` when the slug gives none.
+    /// N of `bon`/`moa`/`self_consistency` when the slug gives none (and
+    /// the children of an `mcts` expansion).
     pub best_of_n: u32,
+    pub knobs: Knobs,
 }
 
 impl Ctx {
@@ -258,10 +431,52 @@ pub const N_UNKNOWN: u8 = 0;
 const N_HONOURED: u8 = 1;
 const N_IGNORED: u8 = 2;
 
-/// Runs every step of `plan` over `messages`.
-pub async fn run(ctx: &Ctx, plan: &Plan, messages: &[Message]) -> Result<Answer, ApiError> {
+impl Ctx {
+    /// Scores read from the replies to `asks` (one call each, all at once):
+    /// each reply's [`rating`], divided by `scale` and clamped to [0, 1]; an
+    /// unreadable reply scores `fallback`.
+    pub async fn scores(
+        &self,
+        asks: Vec<Vec<Message>>,
+        scale: f64,
+        fallback: f64,
+    ) -> Result<Vec<f64>, ApiError> {
+        let calls = asks.into_iter().map(|m| {
+            let req = self.request(m);
+            async move { self.call(&req).await }
+        });
+        let replies = try_join_all(calls).await?;
+        Ok(replies
+            .iter()
+            .map(|c| rating(&c.text).map_or(fallback, |x| (x / scale).clamp(0.0, 1.0)))
+            .collect())
+    }
+}
+
+/// The rating in a reply: the first number of the last line that holds
+/// one, so reasoning before a final "Rating: 7" does not count, and
+/// "8 out of 10" reads as 8.
+pub fn rating(text: &str) -> Option<f64> {
+    text.lines().rev().find_map(first_number)
+}
+
+/// The first number in `text` (`8`, `7.5`, `-1`), if any.
+pub fn first_number(text: &str) -> Option<f64> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let neg = text[..start].ends_with('-');
+    let tail = &text[start..];
+    let end = tail
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(tail.len());
+    let x: f64 = tail[..end].trim_end_matches('.').parse().ok()?;
+    Some(if neg { -x } else { x })
+}
+
+/// Runs the steps of one pipeline over `messages`.
+pub async fn run(ctx: &Ctx, steps: &[Step], messages: &[Message]) -> Result<Answer, ApiError> {
     let mut prev: Option<Answer> = None;
-    for step in &plan.0 {
+    let mut notes: Vec<String> = Vec::new();
+    for step in steps {
         let p = prev.take();
         prev = Some(match *step {
             Step::None => none::run(ctx, messages, p).await?,
@@ -273,9 +488,21 @@ pub async fn run(ctx: &Ctx, plan: &Plan, messages: &[Message]) -> Result<Answer,
             }
             Step::Rto => rto::run(ctx, messages, p).await?,
             Step::CotReflection => cot_reflection::run(ctx, messages, p).await?,
+            Step::Mcts => mcts::run(ctx, messages, p).await?,
+            Step::Z3 => z3::run(ctx, messages, p).await?,
+            Step::Pvg => pvg::run(ctx, messages, p).await?,
+            Step::Rstar => rstar::run(ctx, messages, p).await?,
+            Step::Re2 => re2::run(ctx, messages, p).await?,
+            Step::Leap => leap::run(ctx, messages, p).await?,
         });
+        if let Some(n) = prev.as_mut().and_then(|a| a.note.take()) {
+            notes.push(n);
+        }
     }
-    prev.ok_or_else(|| ApiError::invalid("empty approach", Some("approach".into())))
+    let mut answer =
+        prev.ok_or_else(|| ApiError::invalid("empty approach", Some("approach".into())))?;
+    answer.note = (!notes.is_empty()).then(|| notes.join("; "));
+    Ok(answer)
 }
 
 /// The text of the last user message (what the judge and critiques call
@@ -330,8 +557,17 @@ mod tests {
         assert_eq!(Step::parse("cai0"), None);
         assert_eq!(
             Plan::parse("cai&bon").unwrap().0,
-            vec![Step::Cai { rounds: 1 }, Step::Bon { n: None }]
+            vec![vec![Step::Cai { rounds: 1 }, Step::Bon { n: None }]]
         );
+        assert_eq!(
+            Plan::parse("cai&bon|mcts").unwrap().0,
+            vec![
+                vec![Step::Cai { rounds: 1 }, Step::Bon { n: None }],
+                vec![Step::Mcts]
+            ]
+        );
+        assert_eq!(Plan::parse("z3|re2").unwrap().slug(), "z3|re2");
+        assert_eq!(Step::parse("re3"), None);
         assert_eq!(
             Plan::parse("cai&nope"),
             Err(UnknownApproach("nope".to_string()))
@@ -350,6 +586,23 @@ mod tests {
         );
         let (plan, _) = split_model("cai&bon-m").unwrap().unwrap();
         assert_eq!(plan.slug(), "cai&bon");
+        let (plan, model) = split_model("mcts|pvg-m").unwrap().unwrap();
+        assert_eq!((plan.slug().as_str(), model), ("mcts|pvg", "m"));
+        assert_eq!(
+            split_model("z3|nope-m"),
+            Err(UnknownApproach("nope".to_string()))
+        );
+    }
+
+    #[test]
+    fn the_first_number_of_a_reply_is_read() {
+        assert_eq!(first_number("Score: 7.5/10"), Some(7.5));
+        assert_eq!(first_number("8."), Some(8.0));
+        assert_eq!(first_number("-1 points"), Some(-1.0));
+        assert_eq!(first_number("none"), None);
+        assert_eq!(rating("Step 1 is right, step 2 too.\nRating: 7"), Some(7.0));
+        assert_eq!(rating("8 out of 10\n"), Some(8.0));
+        assert_eq!(rating("no rating"), None);
     }
 
     #[test]

@@ -24,9 +24,7 @@ pub async fn run(
         },
     };
     let c = ctx.call(&req).await?;
-    Ok(Answer {
-        text: c.text,
-        finish: c.finish,
-        logprobs: c.first_token_logprobs,
-    })
+    let mut a = Answer::of(c.text, c.finish);
+    a.logprobs = c.first_token_logprobs;
+    Ok(a)
 }

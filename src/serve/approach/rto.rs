@@ -40,9 +40,5 @@ pub async fn run(
         c2.trim()
     )));
     let fin = ctx.call(&ctx.request(convo)).await?;
-    Ok(Answer {
-        text: fin.text.trim().to_string(),
-        finish: fin.finish,
-        logprobs: None,
-    })
+    Ok(Answer::of(fin.text.trim().to_string(), fin.finish))
 }
