@@ -145,19 +145,7 @@ impl Provider for Completions {
     endpoint_accessors!(ep);
 
     async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
-        #[derive(Deserialize)]
-        struct Page {
-            #[serde(default)]
-            data: Vec<Id>,
-        }
-        #[derive(Deserialize)]
-        struct Id {
-            id: String,
-        }
-        let url = format!("{}/models", self.ep.base_url);
-        let req = self.ep.request(reqwest::Method::GET, &url);
-        let page: Page = self.ep.get_list(req, &url).await?;
-        Ok(page.data.into_iter().map(|m| m.id).collect())
+        self.ep.openai_models().await
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
