@@ -177,3 +177,62 @@ impl Provider for Completions {
         Ok(Reply { completion, rate })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::registry::ProviderKind;
+    use crate::provider::{FinishReason, GenParams, Message};
+
+    fn backend() -> Completions {
+        let entry = ProviderKind::named("vllm").map(|k| k.entry());
+        let ep = Endpoint::new(
+            entry.expect("vllm row"),
+            reqwest::Client::new(),
+            "http://127.0.0.1:9/v1",
+            "base",
+            None,
+            None,
+        );
+        let template = ChatTemplate::builtin("chatml").expect("chatml");
+        Completions::new(ep, template)
+    }
+
+    #[test]
+    fn the_body_carries_prompt_stop_and_the_alternatives_count() {
+        let c = backend();
+        let req = ChatRequest {
+            messages: vec![Message::user("Hi")],
+            params: GenParams {
+                stop: vec!["\n# Query:".into()],
+                top_logprobs: Some(5),
+                ..GenParams::default()
+            },
+            ..ChatRequest::default()
+        };
+        let body = serde_json::to_value(c.body("PROMPT", &req)).unwrap();
+        assert_eq!(body["prompt"], "PROMPT");
+        assert_eq!(body["stop"], serde_json::json!(["\n# Query:"]));
+        assert_eq!(body["logprobs"], 5);
+        assert!(body.get("messages").is_none() && body.get("seed").is_none());
+        assert_eq!(c.url, "http://127.0.0.1:9/v1/completions");
+    }
+
+    #[test]
+    fn a_reply_gives_its_text_finish_usage_and_first_token_alternatives_best_first() {
+        let resp: Response = serde_json::from_value(serde_json::json!({
+            "choices": [{"text": " (A)", "finish_reason": "length",
+                         "logprobs": {"tokens": [" (A"], "token_logprobs": [-0.1],
+                                      "top_logprobs": [{" (B": -2.5, " (A": -0.1}]}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
+        }))
+        .unwrap();
+        let got = backend().completion(resp).unwrap();
+        assert_eq!(got.text, " (A)");
+        assert_eq!(got.finish, FinishReason::Length);
+        assert_eq!(got.usage.map(|u| u.prompt_tokens), Some(12));
+        let tops = got.first_token_logprobs.unwrap();
+        assert_eq!(tops[0].token, " (A");
+        assert_eq!(tops[1].token, " (B");
+    }
+}
