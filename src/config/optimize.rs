@@ -244,9 +244,15 @@ impl OptimizeConfig {
             dry,
             run.concurrency,
         )?;
+        // The label names the plain format, as the base model's journal
+        // keys do (`NAME+plain`), so a report says how it was prompted.
+        let plain_suffix = match c.base_format {
+            BaseFormat::Plain => "+plain",
+            BaseFormat::Chat => "",
+        };
         let base_label = base_provider
             .as_ref()
-            .map(|p| format!("{}:{}", p.name(), p.model()))
+            .map(|p| format!("{}{plain_suffix}:{}", p.name(), p.model()))
             .unwrap_or_default();
         let price = match &base_provider {
             Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, &p.model())?,

@@ -177,6 +177,8 @@ async fn optimize_aligns_a_base_model_through_completions_in_the_plain_format() 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["best_reward"], 3.5);
+    assert_eq!(report["base"], "vllm+plain:base");
+    assert_eq!(report["evaluator"], "openai:evaluator");
 }
 
 #[tokio::test(flavor = "multi_thread")]
