@@ -464,3 +464,56 @@ fn an_api_or_format_the_endpoint_does_not_serve_is_refused_before_sending() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optimize_eval_places_the_examples_as_earlier_sections_of_the_plain_document() {
+    let fake = fake().await;
+    let judge = judge_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("held_out.csv");
+    std::fs::write(&q, format!("id,query\nb,{BREAD}\ne,{ENGINE}\n")).unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(&prompt, "Answer like a careful expert.\n").unwrap();
+    let judge_url = format!("{}/v1", judge.uri());
+    cai()
+        .args(["optimize", "eval", "--quiet", "--seed", "7"])
+        .args([
+            "--provider",
+            "vllm",
+            "--model",
+            "base",
+            "--api",
+            "completions",
+        ])
+        .args([
+            "--base-format",
+            "plain",
+            "--num-examples",
+            "2",
+            "--examples",
+        ])
+        .arg(bank(dir.path()))
+        .arg("--base-url")
+        .arg(format!("{}/v1", fake.url()))
+        .arg("--evaluator")
+        .arg(format!("openai:evaluator@{judge_url}"))
+        .arg("--prompt")
+        .arg(&prompt)
+        .arg("--queries")
+        .arg(&q)
+        .arg("--out")
+        .arg(dir.path().join("eval"))
+        .assert()
+        .code(0);
+    let sent = completion_bodies(&fake);
+    assert_eq!(sent.len(), 2, "one answer per held-out query");
+    for b in &sent {
+        let p = b["prompt"].as_str().unwrap();
+        let expected = if p.contains(BREAD) {
+            format!("# Instructions\n\nAnswer like a careful expert.\n\n# Query:\nsourdough bread recipe\n\n# Answer:\nANSWER-A\n\n# Query:\nbread recipe ideas\n\n# Answer:\nANSWER-B\n\n# Query:\n{BREAD}\n\n# Answer:\n")
+        } else {
+            format!("# Instructions\n\nAnswer like a careful expert.\n\n# Query:\ncar engine repair\n\n# Answer:\nANSWER-C\n\n# Query:\nsourdough bread recipe\n\n# Answer:\nANSWER-A\n\n# Query:\n{ENGINE}\n\n# Answer:\n")
+        };
+        assert_eq!(p, expected);
+    }
+}
