@@ -142,6 +142,8 @@ pub struct ServeArgs {
     /// A system message put before every conversation (file holding its text).
     #[arg(long, value_name = "FILE")]
     pub system_prompt: Option<PathBuf>,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
     /// Approach for requests whose model name and body name none (`none`, `cai`, `bon`, ..., or a pipeline `cai&bon`).
     #[arg(long, value_name = "SLUG", default_value = "none")]
     pub approach: String,
@@ -236,6 +238,21 @@ pub struct MergeArgs {
     pub prompts: Option<PathBuf>,
 }
 
+/// How the model answering is prompted: `generate` and `serve` (`optimize`
+/// has its own `--examples`, which is also its example bank).
+#[derive(Debug, Args, Clone)]
+pub struct InferenceArgs {
+    /// `plain`: prompt a base model with DRPO's plain text (`# Instructions`, `# Query:`, `# Answer:`, stopping at the next heading); needs --api completions, --provider hf or local.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "chat")]
+    pub base_format: crate::provider::plain::BaseFormat,
+    /// Optimized examples (`examples.json` of `cai optimize`, or `query`/`answer` CSV or JSONL): the --num-examples best BM25 matches are placed before each query as turns.
+    #[arg(long, value_name = "FILE")]
+    pub examples: Option<PathBuf>,
+    /// Examples placed before each query with --examples (the paper's 2).
+    #[arg(long, value_name = "K", default_value_t = 2, requires = "examples")]
+    pub num_examples: usize,
+}
+
 /// Shared by `cai optimize` and `cai optimize eval`.
 #[derive(Debug, Args, Clone)]
 pub struct OptimizeCommonArgs {
@@ -265,6 +282,9 @@ pub struct OptimizeCommonArgs {
     /// Seed sent with every request (re-asks use the next seeds); also fixes the training order.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// `plain`: prompt the base model with DRPO's plain text (`# Instructions`, `# Query:`, `# Answer:`, stopping at the next heading), so a base model is the one aligned; needs --api completions, --provider hf or local. The evaluator and optimizer stay on chat.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "chat")]
+    pub base_format: crate::provider::plain::BaseFormat,
     /// The base model's temperature (the paper's 0: greedy).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub base_temperature: f32,
@@ -516,6 +536,7 @@ impl EndpointArgs {
             local_parallel: self.local_parallel,
             local_cache_mb: self.local_cache_mb,
             prompt_cache: self.prompt_cache == PromptCacheArg::Auto,
+            api: self.api,
         }
     }
 }
@@ -586,7 +607,10 @@ pub struct EndpointArgs {
     /// Environment variable holding the API key (default: the provider's, e.g. OPENAI_API_KEY, HF_TOKEN, ANTHROPIC_API_KEY, GEMINI_API_KEY, GROQ_API_KEY).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
-    /// hf: chat template, a built-in name (chatml, zephyr, mistral, llama3) or a file holding a Jinja chat template.
+    /// `completions`: raw text through an OpenAI-compatible server's /v1/completions (base models; the conversation rendered with --chat-template, or --base-format plain), where the provider serves it; hf and local take raw text either way.
+    #[arg(long, value_enum, value_name = "API", default_value = "chat")]
+    pub api: crate::provider::registry::Api,
+    /// hf and --api completions: chat template, a built-in name (chatml, zephyr, mistral, llama3) or a file holding a Jinja chat template.
     #[arg(long, value_name = "NAME|FILE", default_value = "chatml")]
     pub chat_template: String,
     /// Per-request timeout in seconds.
@@ -691,6 +715,8 @@ pub struct GenerateArgs {
     /// System prompt file: replaces the constitution's system message (e.g. `cai optimize`'s system_prompt.txt).
     #[arg(long, value_name = "FILE")]
     pub system_prompt: Option<PathBuf>,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
     /// Count requests per stage and estimate tokens and cost; send nothing.
     #[arg(long)]
     pub dry_run: bool,

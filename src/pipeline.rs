@@ -1,7 +1,7 @@
 //! The critique → revision loop for one prompt, run depth-first.
 //!
 //! ```text
-//! messages = [system?] + few_shots + [user: prompt]          → initial answer
+//! messages = [system?] + few_shots + examples? + [user: prompt]  → initial answer
 //! for round in 1..=rounds:
 //!     principle = pick(seed, prompt id, round)
 //!     messages += [user: critique request]                   → critique
@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{AbortReason, Engine, ItemError};
+use crate::feedback::examples::Retriever;
 use crate::feedback::select::{JudgedPair, Undecided};
 use crate::input::{pick_principle, Constitution, Principle, PromptRecord, Stage};
 use crate::provider::{
@@ -50,6 +51,10 @@ pub struct Pipeline {
     /// What a reply cut off by the token limit becomes. The engine must
     /// hand such replies over (`keep_truncated`) unless this is `Retry`.
     pub on_length: OnLength,
+    /// Optimized examples (`--examples`) and how many go before each
+    /// prompt (`--num-examples`): the best matches, as earlier turns of the
+    /// prompt's conversation, so every stage of the prompt sees them.
+    pub examples: Option<(std::sync::Arc<Retriever>, usize)>,
 }
 
 /// The policy for a reply cut off by the token limit (`--on-length`).
@@ -229,14 +234,22 @@ pub fn initial_request(
     params: &GenParams,
     prompt: &str,
 ) -> Result<(String, ChatRequest), TemplateError> {
+    initial_request_after(constitution, templates, params, &[], prompt)
+}
+
+/// [`initial_request`] with `examples` (user/assistant turns) before the
+/// prompt, after the system message and the few-shots.
+pub fn initial_request_after(
+    constitution: &Constitution,
+    templates: &Templates,
+    params: &GenParams,
+    examples: &[Message],
+    prompt: &str,
+) -> Result<(String, ChatRequest), TemplateError> {
     let user = templates.render("initial.jinja", minijinja::context! { prompt })?;
-    let req = request(
-        constitution,
-        Stage::Initial,
-        &[Message::user(user.clone())],
-        params,
-        &Sent::new(),
-    );
+    let mut convo = examples.to_vec();
+    convo.push(Message::user(user.clone()));
+    let req = request(constitution, Stage::Initial, &convo, params, &Sent::new());
     Ok((user, req))
 }
 
@@ -291,14 +304,28 @@ fn extends(c: &Constitution, this: Stage, next: Stage) -> bool {
 impl Pipeline {
     /// The first-stage request of a prompt, exactly as it will be sent.
     pub fn initial_request(&self, prompt: &str) -> Result<(String, ChatRequest), TemplateError> {
-        let (user, mut req) =
-            initial_request(&self.constitution, &self.templates, &self.params, prompt)?;
+        let examples = self.example_turns(prompt);
+        let (user, mut req) = initial_request_after(
+            &self.constitution,
+            &self.templates,
+            &self.params,
+            &examples,
+            prompt,
+        )?;
         if self.samples > 1 {
             req.params.n = Some(self.samples);
         }
         req.cache.extended =
             self.rounds > 0 && extends(&self.constitution, Stage::Initial, Stage::Critique);
         Ok((user, req))
+    }
+
+    /// The examples placed before `prompt`, best match first.
+    fn example_turns(&self, prompt: &str) -> Vec<Message> {
+        match &self.examples {
+            Some((bank, k)) => bank.turns(prompt, *k),
+            None => Vec::new(),
+        }
     }
 
     async fn call(
@@ -379,10 +406,9 @@ impl Pipeline {
             samples.push(c.text.trim().to_string());
             k += 1;
         }
-        let mut convo = vec![
-            Message::user(user.clone()),
-            Message::assistant(initial.clone()),
-        ];
+        let mut convo = self.example_turns(&prompt);
+        convo.push(Message::user(user.clone()));
+        convo.push(Message::assistant(initial.clone()));
         let mut answer = initial.clone();
         let mut rounds = Vec::new();
         let mut sent: Sent = vec![(Stage::Initial, req.messages.len())];

@@ -200,10 +200,14 @@ async fn open_provider(cfg: &GenerateConfig) -> Result<Arc<dyn Provider>, RunErr
     })
     .await
     .map_err(crate::config::ConfigError::from)?;
-    Ok(cfg
+    let provider = cfg
         .provider
         .build()
-        .map_err(crate::config::ConfigError::from)?)
+        .map_err(crate::config::ConfigError::from)?;
+    Ok(crate::provider::plain::with_format(
+        provider,
+        cfg.inference.format,
+    ))
 }
 
 /// The run's engine, sending through the batch provider when `--batch`
@@ -353,6 +357,7 @@ fn job(cfg: GenerateConfig, engine: Arc<Engine>, selector: Option<Selector>) -> 
             seed: cfg.seed,
             samples: cfg.samples,
             on_length: cfg.on_length,
+            examples: cfg.inference.examples,
         },
         selector,
     }

@@ -24,6 +24,7 @@ use crate::feedback::drpo::{self, Critic, Evaluation, Finished, RunState, Search
 use crate::feedback::examples::Retriever;
 use crate::output::optimize::{self as files, DepthReward, Events, PathNode, Report};
 use crate::output::OutputError;
+use crate::provider::plain::BaseFormat;
 
 /// What a finished command prints.
 pub struct Outcome {
@@ -73,8 +74,13 @@ fn open_engines(
 ) -> Result<Opened, RunError> {
     let stats = Arc::new(Stats::default());
     let stop = StopSignal::default();
+    let chat = BaseFormat::Chat;
     let ecfg = cfg.run.engine(cfg.price.clone(), cfg.max_cost);
-    let open = |role: &Role, file: &str, keep_truncated: bool| -> Result<Arc<Engine>, RunError> {
+    let open = |role: &Role,
+                file: &str,
+                keep_truncated: bool,
+                format: BaseFormat|
+     -> Result<Arc<Engine>, RunError> {
         let path = dir.state_dir().join(file);
         // Two prompts with the same answer ask the same score: within a
         // run, a reply recorded earlier answers it too.
@@ -87,6 +93,7 @@ fn open_engines(
             .ok_or_else(|| RunError::Internal("no provider for a live run".into()))?
             .build()
             .map_err(crate::config::ConfigError::from)?;
+        let provider = crate::provider::plain::with_format(provider, format);
         let ecfg = crate::engine::EngineConfig {
             keep_truncated,
             ..ecfg.clone()
@@ -95,13 +102,20 @@ fn open_engines(
             Engine::new(provider, journal, ecfg, stop.clone()).with_stats(stats.clone()),
         ))
     };
-    let base = open(&cfg.base, "journal.jsonl", false)?;
-    let evaluator = open(&cfg.evaluator, "journal-evaluator.jsonl", false)?;
+    // Only the base model is the one being aligned: the evaluator and the
+    // optimizer read and write JSON in chat form whatever it is prompted in.
+    let base = open(&cfg.base, "journal.jsonl", false, cfg.base_format)?;
+    let evaluator = open(&cfg.evaluator, "journal-evaluator.jsonl", false, chat)?;
     // Only the first token of a log-probability score is read, so a reply
     // cut off at its few tokens is complete.
-    let scorer = open(&cfg.evaluator, "journal-evaluator-logprobs.jsonl", true)?;
+    let scorer = open(
+        &cfg.evaluator,
+        "journal-evaluator-logprobs.jsonl",
+        true,
+        chat,
+    )?;
     let optimizer = match optimizer {
-        Some(r) => open(r, "journal-optimizer.jsonl", false)?,
+        Some(r) => open(r, "journal-optimizer.jsonl", false, chat)?,
         None => evaluator.clone(),
     };
     Ok(Opened {

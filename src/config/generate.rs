@@ -146,6 +146,8 @@ pub struct GenerateConfig {
     pub batch: Option<crate::engine::batch::BatchMode>,
     /// `--on-length`, or its default for the provider (see [`on_length`]).
     pub on_length: OnLength,
+    /// `--base-format`, `--examples`, `--num-examples`.
+    pub inference: super::inference::Inference,
 }
 
 /// `--on-length`, else the provider's default: `keep` for the embedded
@@ -208,6 +210,20 @@ impl GenerateConfig {
         } else {
             super::plan(&args.endpoint, run.concurrency)?
         };
+        let inference = super::inference::Inference::from_args(&args.inference, &args.endpoint)?;
+        let raw_text = inference.format == crate::provider::plain::BaseFormat::Plain
+            || args.endpoint.api == crate::provider::registry::Api::Completions;
+        let batching = args.batch.batch
+            || args.batch.batch_export.is_some()
+            || args.batch.batch_import.is_some();
+        if raw_text && batching {
+            return Err(ConfigError::conflict(
+                "--batch",
+                "--api",
+                "batch files hold chat requests: --batch, --batch-export and --batch-import cannot be used with --api completions or --base-format plain",
+            )
+            .into());
+        }
         let (provider_note, missing_key) = (provider.note.clone(), provider.missing_key.clone());
         let batch = batch_mode(&args.batch, &args.endpoint, &provider)?;
         let mut price = budget_price(
@@ -253,6 +269,7 @@ impl GenerateConfig {
             out: args.out.clone(),
             system_prompt,
             batch,
+            inference,
         })
     }
 
@@ -269,6 +286,16 @@ impl GenerateConfig {
                     use sha2::Digest;
                     let h = crate::digest::hex(&sha2::Sha256::digest(s.as_bytes()));
                     obj.insert("system_prompt_sha256".into(), h.into());
+                }
+                if let Some(obj) = p.as_object_mut() {
+                    let i = &self.inference;
+                    if i.format != crate::provider::plain::BaseFormat::Chat {
+                        obj.insert("base_format".into(), serde_json::json!(i.format));
+                    }
+                    if let (Some(h), Some((_, k))) = (&i.examples_sha256, &i.examples) {
+                        obj.insert("examples_sha256".into(), h.clone().into());
+                        obj.insert("num_examples".into(), (*k).into());
+                    }
                 }
                 p
             },

@@ -76,6 +76,9 @@ pub fn parse_spec(
     e.model = Some(model.trim().to_string());
     e.base_urls = url.into_iter().collect();
     e.api_key_env = None;
+    // A judge, evaluator or optimizer reads and writes JSON or verdicts:
+    // it is a chat model, whatever API the base endpoint is reached by.
+    e.api = crate::provider::registry::Api::Chat;
     Ok(e)
 }
 

@@ -6,6 +6,7 @@
 //! command line) and held as [`SecretString`], which does not print.
 
 pub mod generate;
+pub mod inference;
 pub mod judge;
 pub mod label;
 pub mod optimize;

@@ -18,6 +18,7 @@ use crate::feedback::drpo::{self, Aspect, Sampling, SearchOptions};
 use crate::input::queries::{self, Example};
 use crate::input::PromptRecord;
 use crate::provider::build::Plan;
+use crate::provider::plain::{self, BaseFormat};
 use crate::provider::GenParams;
 
 /// The paper's depth: 20 prompts on a path, the start prompt's included.
@@ -57,6 +58,8 @@ pub struct OptimizeConfig {
     pub k: usize,
     pub templates: Templates,
     pub base: Role,
+    /// How the base model is prompted (`--base-format`).
+    pub base_format: BaseFormat,
     pub evaluator: Role,
     pub task: Task,
     pub sampling: Sampling,
@@ -229,6 +232,10 @@ impl OptimizeConfig {
         } else {
             (Some(super::plan(&c.endpoint, run.concurrency)?), None)
         };
+        if let Some(p) = &base_provider {
+            plain::check(c.base_format, p.entry(), c.endpoint.api)
+                .map_err(|e| ConfigError::flag("--base-format", e.to_string()))?;
+        }
         let evaluator = role(
             "--evaluator",
             c.evaluator.as_deref(),
@@ -237,9 +244,15 @@ impl OptimizeConfig {
             dry,
             run.concurrency,
         )?;
+        // The label names the plain format, as the base model's journal
+        // keys do (`NAME+plain`), so a report says how it was prompted.
+        let plain_suffix = match c.base_format {
+            BaseFormat::Plain => "+plain",
+            BaseFormat::Chat => "",
+        };
         let base_label = base_provider
             .as_ref()
-            .map(|p| format!("{}:{}", p.name(), p.model()))
+            .map(|p| format!("{}{plain_suffix}:{}", p.name(), p.model()))
             .unwrap_or_default();
         let price = match &base_provider {
             Some(p) => budget_price(c.price_in, c.price_out, c.max_cost, &p.model())?,
@@ -257,6 +270,7 @@ impl OptimizeConfig {
                 provider: base_provider,
                 label: base_label,
             },
+            base_format: c.base_format,
             evaluator,
             task: Task::Eval {
                 prompts: Vec::new(),
@@ -413,6 +427,7 @@ impl OptimizeConfig {
             templates_sha256: self.templates.digest().to_string(),
             params: serde_json::json!({
                 "params": self.sampling, "evaluator": self.evaluator.label, "k": self.k,
+                "base_format": self.base_format,
                 "asks": drpo::MAX_ASKS, "search": extra,
             }),
             rounds: 0,

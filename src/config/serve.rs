@@ -54,6 +54,9 @@ pub struct ServeConfig {
     pub max_body: usize,
     pub max_messages: usize,
     pub upstream: UpstreamConfig,
+    /// `--base-format` (applied to a typed upstream) and `--examples`
+    /// (placed before the last user turn of every request).
+    pub inference: crate::config::inference::Inference,
 }
 
 /// Where upstream calls go.
@@ -158,6 +161,10 @@ impl ServeConfig {
             max_body: args.max_body_bytes,
             max_messages: args.max_messages,
             upstream: upstream(args)?,
+            inference: crate::config::inference::Inference::from_args(
+                &args.inference,
+                &args.endpoint,
+            )?,
         })
     }
 }
@@ -235,14 +242,19 @@ fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, ConfigError> {
     let e = &args.endpoint;
     let (kind, _) = crate::config::select_provider(e);
     let preset = kind.entry();
-    if kind.backend() != crate::provider::registry::Backend::OpenAi {
+    // Raw text (a base model) cannot take forwarded chat bodies: such an
+    // upstream gets typed calls, rendered by its provider.
+    let raw_text = e.api == crate::provider::registry::Api::Completions
+        || args.inference.base_format == crate::provider::plain::BaseFormat::Plain;
+    if kind.backend() != crate::provider::registry::Backend::OpenAi || raw_text {
         if !args.models.is_empty() || args.allow_any_model || args.forward_client_key {
             return Err(ConfigError::conflict(
                 "--models",
                 "--provider",
                 format!(
-                    "--models, --allow-any-model and --forward-client-key need an OpenAI-compatible upstream, not --provider {}",
-                    kind.name()
+                    "--models, --allow-any-model and --forward-client-key need an OpenAI-compatible chat upstream, not --provider {}{}",
+                    kind.name(),
+                    if raw_text { " with --api completions or --base-format plain" } else { "" }
                 ),
             ));
         }

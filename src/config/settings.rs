@@ -9,7 +9,7 @@
 //!    `timeout`, `max_tokens`, `temperature`, `top_p`, `seed`,
 //!    `concurrency`, `rpm`, `tpm`, `max_retries`, `rounds`, `price_in`,
 //!    `price_out`, `max_cost`, `max_reply_bytes`, `local_parallel`,
-//!    `local_cache_mb`, `prompt_cache`, and `cai optimize`'s per-role sampling:
+//!    `local_cache_mb`, `prompt_cache`, `api`, `base_format`, and `cai optimize`'s per-role sampling:
 //!    `base_temperature`, `base_max_tokens`, `evaluator_temperature`,
 //!    `evaluator_max_tokens`, `optimizer_temperature`, `optimizer_top_p`,
 //!    `optimizer_max_tokens`. Tables `[endpoints.NAME]` (keys `provider`,
@@ -66,6 +66,8 @@ pub const KEYS: &[&str] = &[
     "local_parallel",
     "local_cache_mb",
     "prompt_cache",
+    "api",
+    "base_format",
     "base_temperature",
     "base_max_tokens",
     "evaluator_temperature",

@@ -28,8 +28,8 @@ use super::http::ReplyLimit;
 use super::local::LocalProvider;
 use super::model_store::{self, ModelError};
 use super::pool::{Member, Pool};
-use super::registry::{Backend, Entry, PromptCache, ProviderKind, LOCAL_DEFAULT_MODEL};
-use super::{anthropic, gemini, hf, openai, Provider};
+use super::registry::{Api, Backend, Entry, PromptCache, ProviderKind, LOCAL_DEFAULT_MODEL};
+use super::{anthropic, completions, gemini, hf, openai, Provider};
 
 /// Smallest `--max-reply-bytes` accepted: below it no real reply fits.
 pub const MIN_REPLY_BYTES: u64 = 1024;
@@ -50,6 +50,8 @@ pub struct Flags<'a> {
     pub local_cache_mb: Option<usize>,
     /// `--prompt-cache auto` (true) or `off`.
     pub prompt_cache: bool,
+    /// `--api`: chat turns, or raw text through `completions`.
+    pub api: Api,
 }
 
 impl Flags<'_> {
@@ -81,6 +83,12 @@ pub enum BuildError {
     PoolWeight(String),
     #[error("several --base-url (an endpoint pool) work with OpenAI-compatible and hf (TGI) servers, not --provider {0}")]
     PoolUnsupported(&'static str),
+    #[error("--api {api} is not served by --provider {provider} (it serves: {served})")]
+    ApiUnsupported {
+        api: &'static str,
+        provider: &'static str,
+        served: String,
+    },
     #[error("--provider {0} needs --model NAME (list them with `cai models --provider {0}`)")]
     NeedsModel(&'static str),
     #[error("--provider hf without --base-url needs --model (the Inference API model id)")]
@@ -349,9 +357,27 @@ pub struct Plan {
     opened: Arc<std::sync::Mutex<Option<Arc<dyn Provider>>>>,
 }
 
+/// Whether `kind` serves `api` (the table's `apis` column).
+pub fn check_api(kind: ProviderKind, api: Api) -> Result<(), BuildError> {
+    let apis = kind.entry().apis;
+    if apis.contains(&api) {
+        return Ok(());
+    }
+    Err(BuildError::ApiUnsupported {
+        api: api.as_str(),
+        provider: kind.name(),
+        served: apis
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
 /// Checks `flags` into a [`Plan`]; reads keys but opens nothing.
 pub fn plan(flags: &Flags, concurrency: usize, keys: Keys) -> Result<Plan, BuildError> {
     let (kind, mut note) = select_provider(flags);
+    check_api(kind, flags.api)?;
     if !(flags.timeout.is_finite() && flags.timeout > 0.0) {
         return Err(BuildError::Timeout(flags.timeout));
     }
@@ -447,8 +473,11 @@ fn remote(
         }
         (r, _) => r?,
     };
-    let template = match entry.backend {
-        Backend::Hf => Some(load_chat_template(flags.chat_template)?),
+    // Backends that complete raw text render conversations on the client.
+    let template = match (entry.backend, flags.api) {
+        (Backend::Hf, _) | (Backend::OpenAi, Api::Completions) => {
+            Some(load_chat_template(flags.chat_template)?)
+        }
         _ => None,
     };
     let client = http_client(Duration::from_secs_f64(flags.timeout), concurrency)?;
@@ -475,6 +504,7 @@ fn remote(
         }
         (Backend::Gemini, _) => Arc::new(gemini::Gemini::new(ep)),
         (Backend::Hf, Some(t)) => Arc::new(hf::Hf::new(ep, t)),
+        (Backend::OpenAi, Some(t)) => Arc::new(completions::Completions::new(ep, t)),
         _ => Arc::new(openai::OpenAi::new(ep).with_prompt_cache_key(cache_key)),
     })
 }

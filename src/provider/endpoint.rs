@@ -78,6 +78,24 @@ impl Endpoint {
         self.request(reqwest::Method::POST, url).json(body)
     }
 
+    /// OpenAI's model list, `GET {base}/models` (ids in `data[].id`), which
+    /// every OpenAI-compatible server answers for both its APIs.
+    pub async fn openai_models(&self) -> Result<Vec<String>, ProviderError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            data: Vec<Id>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let url = format!("{}/models", self.base_url);
+        let req = self.request(reqwest::Method::GET, &url);
+        let page: Page = self.get_list(req, &url).await?;
+        Ok(page.data.into_iter().map(|m| m.id).collect())
+    }
+
     /// A `GET` of one model-list page, decoded. A rejected key (401/403)
     /// says which variable it came from, or that none was sent.
     pub async fn get_list<T: serde::de::DeserializeOwned>(

@@ -124,7 +124,11 @@ impl Provider for Hf {
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let inputs = self.render(req)?;
-        let body = body(&inputs, req);
+        self.complete_text(&inputs, req).await
+    }
+
+    async fn complete_text(&self, inputs: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        let body = body(inputs, req);
         let url = &self.ep.base_url;
         let http = self.ep.post(url, &body);
         let bound = self.ep.limit.for_request(&req.params);
@@ -153,7 +157,7 @@ impl Provider for Hf {
             });
         let mut text = generated.generated_text;
         // A server that ignores return_full_text echoes the prompt first.
-        if let Some(rest) = text.strip_prefix(&inputs) {
+        if let Some(rest) = text.strip_prefix(inputs) {
             text = rest.to_string();
         }
         check_reply(

@@ -178,10 +178,19 @@ impl Provider for LocalProvider {
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        let prompt = self.render_prompt(&req.messages)?;
+        self.complete_text(&prompt, req).await
+    }
+
+    async fn complete_text(&self, prompt: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        let request = GenRequest {
+            prompt: prompt.to_string(),
+            sampling: sampling(&req.params),
+        };
         // Dropping the pending reply (a cancelled caller) drops the sequence.
         let g = self
             .engine
-            .submit(self.request(req)?)
+            .submit(request)
             .map_err(classify)?
             .await
             .map_err(classify)?;

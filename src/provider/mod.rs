@@ -10,6 +10,7 @@ pub mod anthropic;
 pub mod batch;
 pub mod build;
 pub mod chat_template;
+pub mod completions;
 pub mod endpoint;
 pub mod gemini;
 pub mod hf;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod local;
 pub mod model_store;
 pub mod openai;
+pub mod plain;
 pub mod pool;
 pub mod prefix_json;
 pub mod registry;
@@ -350,6 +352,19 @@ pub trait Provider: Send + Sync {
     }
     /// One attempt at a completion.
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError>;
+    /// One attempt at completing `prompt`, raw text exactly as the model
+    /// reads it, for the backends that take raw text
+    /// ([`registry::Api::Completions`]: `/v1/completions`, TGI `generate`,
+    /// the embedded model). `req` gives the parameters sent; its messages
+    /// are what `prompt` was rendered from. The default refuses: a chat API
+    /// cannot be handed a prompt format of the client's.
+    async fn complete_text(&self, prompt: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        let _ = (prompt, req);
+        Err(ProviderError::Fatal(format!(
+            "provider {} takes chat turns, not raw text (use --api completions with an OpenAI-compatible server, --provider hf or local)",
+            self.name()
+        )))
+    }
     /// One attempt at a completion whose text arrives in pieces as the model
     /// writes it. An error before the stream is returned can be retried; one
     /// inside the stream ends it. The default waits for [`Provider::complete`]

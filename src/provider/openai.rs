@@ -136,17 +136,6 @@ impl BatchCodec for OpenAi {
     }
 }
 
-#[derive(Deserialize)]
-struct ModelPage {
-    #[serde(default)]
-    data: Vec<ModelId>,
-}
-
-#[derive(Deserialize)]
-struct ModelId {
-    id: String,
-}
-
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
@@ -394,10 +383,7 @@ impl Provider for OpenAi {
     endpoint_accessors!(ep);
 
     async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
-        let url = format!("{}/models", self.ep.base_url);
-        let req = self.ep.request(reqwest::Method::GET, &url);
-        let page: ModelPage = self.ep.get_list(req, &url).await?;
-        Ok(page.data.into_iter().map(|m| m.id).collect())
+        self.ep.openai_models().await
     }
 
     fn preview(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {

@@ -302,6 +302,23 @@ impl Provider for Pool {
     }
 
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        self.attempt(req, None).await
+    }
+
+    async fn complete_text(&self, prompt: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
+        self.attempt(req, Some(prompt)).await
+    }
+}
+
+impl Pool {
+    /// One request on the least loaded member, and on another when that
+    /// one fails in a way another may not: a conversation, or with
+    /// `prompt` that raw text ([`Provider::complete_text`]).
+    async fn attempt(
+        &self,
+        req: &ChatRequest,
+        prompt: Option<&str>,
+    ) -> Result<Reply, ProviderError> {
         let mut tried: Vec<usize> = Vec::with_capacity(2);
         let mut last: Option<ProviderError> = None;
         while let Some(i) = self.pick(&tried) {
@@ -313,7 +330,10 @@ impl Provider for Pool {
             };
             slot.outstanding.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let result = slot.member.provider.complete(req).await;
+            let result = match prompt {
+                Some(p) => slot.member.provider.complete_text(p, req).await,
+                None => slot.member.provider.complete(req).await,
+            };
             self.record(i, started.elapsed(), &result);
             guard.recorded = true;
             drop(guard);

@@ -19,7 +19,7 @@
 //! | `openai` | `https://api.openai.com/v1` | `OPENAI_API_KEY` | default model `gpt-4o-mini` |
 //! | `groq` | `https://api.groq.com/openai/v1` | `GROQ_API_KEY` | e.g. `llama-3.1-8b-instant`; rejects `logprobs` and `n` > 1 |
 //! | `mistral` | `https://api.mistral.ai/v1` | `MISTRAL_API_KEY` | e.g. `mistral-small-latest` |
-//! | `together` | `https://api.together.xyz/v1` | `TOGETHER_API_KEY` | model ids like `meta-llama/Llama-3.3-70B-Instruct-Turbo` |
+//! | `together` | `https://api.together.xyz/v1` | `TOGETHER_API_KEY` | model ids like `meta-llama/Llama-3.3-70B-Instruct-Turbo`; also `completions` |
 //! | `deepseek` | `https://api.deepseek.com/v1` | `DEEPSEEK_API_KEY` | `deepseek-chat`; the `/v1` is not a model version |
 //! | `openrouter` | `https://openrouter.ai/api/v1` | `OPENROUTER_API_KEY` | model ids like `openai/gpt-4o-mini` |
 //! | `hf-router` | `https://router.huggingface.co/v1` | `HF_TOKEN` | Hugging Face Inference Providers; `model:provider` picks one |
@@ -27,6 +27,13 @@
 //! | `tgi` | `http://127.0.0.1:8080/v1` | none | TGI's Messages API |
 //! | `llamacpp` | `http://127.0.0.1:8080/v1` | none | `llama-server` |
 //! | `ollama` | `http://127.0.0.1:11434/v1` | none | `ollama serve`; model e.g. `llama3.2` |
+//!
+//! `--api completions` (raw text through `{base}/completions`, for base
+//! models) is accepted where the `apis` column lists it: `openai`,
+//! `together`, `openrouter` and every server on this machine (vLLM, TGI,
+//! llama.cpp, Ollama serve `/v1/completions`); `hf` and `local` take raw
+//! text natively. Groq, Mistral, DeepSeek and the Hugging Face router
+//! serve chat only.
 //!
 //! Base URLs are those the services document for OpenAI client libraries
 //! (checked November 2025). With `--base-url` a row only names the key
@@ -178,12 +185,28 @@ pub enum PromptCache {
     CacheKey,
 }
 
-/// An API a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An API a provider speaks (`--api`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Api {
     /// Chat turns (`chat/completions`, Messages, `generateContent`, or a chat
     /// template rendered on the client).
+    #[default]
     Chat,
+    /// Raw text in, raw text out: an OpenAI-compatible server's
+    /// `completions` ([`super::completions`]), TGI `generate`, the embedded
+    /// model. Conversations are rendered on the client (the chat template,
+    /// or `--base-format plain`), so base models can be prompted.
+    Completions,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+        }
+    }
 }
 
 /// One `--provider` value.
@@ -222,6 +245,8 @@ impl Entry {
 pub const LOCAL_DEFAULT_MODEL: &str = "default";
 
 const CHAT: &[Api] = &[Api::Chat];
+/// Chat, and raw text through `completions` (or natively: hf, local).
+const CHAT_AND_TEXT: &[Api] = &[Api::Chat, Api::Completions];
 
 /// A hosted OpenAI-compatible service: bearer key, OpenAI's model list.
 const fn hosted(
@@ -266,7 +291,7 @@ const fn on_this_machine(
         prices: Prices::Free,
         batch: BatchSupport::Files,
         prompt_cache: PromptCache::Automatic,
-        apis: CHAT,
+        apis: CHAT_AND_TEXT,
         help,
     }
 }
@@ -322,12 +347,13 @@ pub const ENTRIES: &[Entry] = &[
         prices: Prices::Free,
         batch: BatchSupport::None,
         prompt_cache: PromptCache::Automatic,
-        apis: CHAT,
+        apis: CHAT_AND_TEXT,
         help: "embedded GGUF model on CPU",
     },
     Entry {
         prices: Prices::Table(OPENAI_PRICES),
         batch: BatchSupport::Api,
+        apis: CHAT_AND_TEXT,
         ..hosted(
             "openai",
             "https://api.openai.com/v1",
@@ -348,7 +374,7 @@ pub const ENTRIES: &[Entry] = &[
         prices: Prices::Unlisted,
         batch: BatchSupport::None,
         prompt_cache: PromptCache::Automatic,
-        apis: CHAT,
+        apis: CHAT_AND_TEXT,
         help: "Hugging Face Inference API / TGI generate",
     },
     Entry {
@@ -395,14 +421,17 @@ pub const ENTRIES: &[Entry] = &[
         PromptCache::None,
         "Mistral AI",
     ),
-    hosted(
-        "together",
-        "https://api.together.xyz/v1",
-        &["TOGETHER_API_KEY"],
-        None,
-        PromptCache::None,
-        "Together AI",
-    ),
+    Entry {
+        apis: CHAT_AND_TEXT,
+        ..hosted(
+            "together",
+            "https://api.together.xyz/v1",
+            &["TOGETHER_API_KEY"],
+            None,
+            PromptCache::None,
+            "Together AI",
+        )
+    },
     hosted(
         "deepseek",
         "https://api.deepseek.com/v1",
@@ -411,14 +440,17 @@ pub const ENTRIES: &[Entry] = &[
         PromptCache::Automatic,
         "DeepSeek",
     ),
-    hosted(
-        "openrouter",
-        "https://openrouter.ai/api/v1",
-        &["OPENROUTER_API_KEY"],
-        None,
-        PromptCache::None,
-        "OpenRouter",
-    ),
+    Entry {
+        apis: CHAT_AND_TEXT,
+        ..hosted(
+            "openrouter",
+            "https://openrouter.ai/api/v1",
+            &["OPENROUTER_API_KEY"],
+            None,
+            PromptCache::None,
+            "OpenRouter",
+        )
+    },
     hosted(
         "hf-router",
         "https://router.huggingface.co/v1",

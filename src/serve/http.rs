@@ -272,6 +272,9 @@ fn prepare(
     if let Some(sys) = &shared.system_prompt {
         prepend_system(&mut body, sys);
     }
+    if let Some((bank, k)) = &shared.examples {
+        place_examples(&mut body, bank, *k);
+    }
     body.insert("model".into(), Value::String(model.clone()));
     let passthrough = shared.forward.is_some() && plan.is_passthrough();
     let messages = if passthrough {
@@ -620,6 +623,40 @@ fn prepend_system(body: &mut Map<String, Value>, sys: &str) {
         }
     }
     messages.insert(0, serde_json::json!({"role": "system", "content": sys}));
+}
+
+/// `--examples`: the `k` best matches for the last user turn, placed just
+/// before it as user/assistant turns (best first), in the body every
+/// approach and the forwarded request are built from.
+fn place_examples(
+    body: &mut Map<String, Value>,
+    bank: &crate::feedback::examples::Retriever,
+    k: usize,
+) {
+    let Some(Value::Array(messages)) = body.get_mut("messages") else {
+        return;
+    };
+    let Some(at) = messages
+        .iter()
+        .rposition(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    else {
+        return;
+    };
+    let query = match messages[at].get("content") {
+        Some(Value::String(s)) => s.clone(),
+        // Content parts: the text ones stand for the query.
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => return,
+    };
+    let turns = bank
+        .turns(&query, k)
+        .into_iter()
+        .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content}));
+    messages.splice(at..at, turns);
 }
 
 /// The conversation as the approaches take it (text turns).

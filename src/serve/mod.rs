@@ -86,6 +86,8 @@ pub struct Shared {
     pub inflight: Arc<tokio::sync::Semaphore>,
     pub max_body: usize,
     pub max_messages: usize,
+    /// `--examples` and `--num-examples`: placed before the last user turn.
+    pub examples: Option<(Arc<crate::feedback::examples::Retriever>, usize)>,
 }
 
 struct EngineSlot {
@@ -143,6 +145,9 @@ pub fn run(args: &ServeArgs) -> Result<u8, RunError> {
 async fn serve(args: &ServeArgs) -> Result<u8, RunError> {
     let cfg = ServeConfig::from_args(args)?;
     let (provider, forward) = connect(&cfg.upstream, cfg.max_inflight).await?;
+    // A base model behind the proxy answers in the plain format (a typed
+    // upstream: config/serve.rs sends raw-text upstreams no bodies).
+    let provider = crate::provider::plain::with_format(provider, cfg.inference.format);
     let grace = cfg.grace;
     let addr = cfg.addr.clone();
     let shared = Arc::new(Shared::new(cfg, provider, forward)?);
@@ -322,6 +327,7 @@ impl Shared {
             inflight: Arc::new(tokio::sync::Semaphore::new(cfg.max_inflight)),
             max_body: cfg.max_body,
             max_messages: cfg.max_messages,
+            examples: cfg.inference.examples,
         })
     }
 }

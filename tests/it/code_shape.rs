@@ -137,7 +137,6 @@ fn the_scanner_finds_string_errors_and_nothing_else() {
 /// wrong and where), never a bare `String` a caller can only print or
 /// pattern-match by prefix.
 #[test]
-#[ignore = "enabled by the lead once all rooms are converted"]
 fn no_result_with_a_string_error_in_src() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut findings = Vec::new();

@@ -1,5 +1,6 @@
 //! Integration tests: the `cai` binary against local fake servers.
 
+mod base_models;
 mod batch;
 mod bounds;
 mod code_shape;

@@ -372,6 +372,7 @@ fn prompt_cache_key_goes_only_to_openais_own_endpoint() {
             local_parallel: None,
             local_cache_mb: None,
             prompt_cache: on,
+            api: Default::default(),
         };
         let provider = build::plan(&flags, 1, Keys::Optional)
             .and_then(|p| p.build())

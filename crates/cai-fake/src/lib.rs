@@ -12,7 +12,8 @@
 //! client actually did. With every knob at its default it is a plain server
 //! whose own overhead is small next to the client under measurement.
 //!
-//! It also serves Anthropic's Messages API (`POST /v1/messages`) with the
+//! It serves OpenAI's text completion (`POST /v1/completions`) as a base
+//! model would answer it (see the `completions` module), and Anthropic's Messages API (`POST /v1/messages`) with the
 //! same answers, and can behave like the providers' prompt caches
 //! ([`FakeConfig::cache_min_tokens`]): on the OpenAI route a request whose
 //! leading messages were seen before (at least the minimum) reports them as
@@ -23,6 +24,7 @@
 //! Anthropic's does.
 
 mod batch;
+mod completions;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -185,6 +187,8 @@ counters! {
     requests,
     /// `POST /v1/chat/completions` and `/chat/completions`.
     chat_requests,
+    /// `POST /v1/completions` and `/completions` (text completion).
+    completion_requests,
     /// `POST /generate` and `POST /models/<id>`.
     generate_requests,
     /// `GET /v1/models` and `GET /v1beta/models`.
@@ -647,6 +651,8 @@ enum Api {
     },
     /// Anthropic's Messages API.
     Messages,
+    /// OpenAI's text completion (`/v1/completions`).
+    Text,
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
@@ -662,6 +668,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
         (&Method::POST, "/v1/messages") => {
             c.messages_requests.fetch_add(1, Relaxed);
             Api::Messages
+        }
+        (&Method::POST, "/v1/completions" | "/completions") => {
+            c.completion_requests.fetch_add(1, Relaxed);
+            Api::Text
         }
         (&Method::POST, "/generate") => {
             c.generate_requests.fetch_add(1, Relaxed);
@@ -880,7 +890,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 /// OpenAI-style `{"error":{…}}` on chat routes, TGI-style `{"error","error_type"}` otherwise.
 fn error(api: Api, status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = match api {
-        Api::Chat => serde_json::json!({"error": {
+        Api::Chat | Api::Text => serde_json::json!({"error": {
             "message": message, "type": code, "param": null, "code": code
         }}),
         Api::Tgi { .. } => serde_json::json!({"error": message, "error_type": code}),
@@ -1045,6 +1055,7 @@ enum Job {
     Chat(ChatBody),
     Tgi(TgiBody, bool),
     Messages(serde_json::Value),
+    Text(completions::CompletionBody),
 }
 
 fn parse(api: Api, body: &[u8]) -> Result<Job, String> {
@@ -1066,6 +1077,12 @@ fn parse(api: Api, body: &[u8]) -> Result<Job, String> {
                 b.parameters.top_p,
                 Job::Tgi(b, list),
             )
+        }
+        Api::Text => {
+            let b: completions::CompletionBody =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            b.check()?;
+            (b.temperature, b.top_p, Job::Text(b))
         }
         Api::Messages => {
             let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
@@ -1103,6 +1120,7 @@ impl Job {
             Job::Chat(b) => answer_chat(b, state, fault, true),
             Job::Tgi(b, list) => answer_tgi(b, list, fault),
             Job::Messages(v) => answer_messages(&v, state, fault),
+            Job::Text(b) => completions::answer(b, fault),
         }
     }
 }

@@ -40,8 +40,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    get_ci, json_object, Critic, Role, Usable, DIGIT_MAX_TOKENS, MAX_ASPECTS, MIN_ASPECTS,
-    MIN_DIGIT_MASS, TOP_LOGPROBS,
+    get_ci, json_object, Critic, Role, Unusable, Usable, DIGIT_MAX_TOKENS, MAX_ASPECTS,
+    MIN_ASPECTS, MIN_DIGIT_MASS, TOP_LOGPROBS,
 };
 use crate::engine::ItemError;
 use crate::input::PromptRecord;
@@ -190,7 +190,9 @@ pub fn parse_aspects(text: &str, known: &[Aspect]) -> Usable<AspectChoice> {
     let list = get_ci(holder, "selected_aspects")
         .or_else(|| get_ci(holder, "aspects"))
         .and_then(Value::as_array)
-        .ok_or("no `aspects_selection.selected_aspects` (or `aspects`) array")?;
+        .ok_or_else(|| {
+            Unusable::Missing("`aspects_selection.selected_aspects` (or `aspects`) array".into())
+        })?;
     let mut out: Vec<Aspect> = Vec::new();
     for a in list.iter().filter_map(|i| named_aspect(i, known)) {
         if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&a.name)) {
@@ -198,9 +200,12 @@ pub fn parse_aspects(text: &str, known: &[Aspect]) -> Usable<AspectChoice> {
         }
     }
     if out.len() < MIN_ASPECTS {
-        return Err(format!(
-            "{} usable aspect(s) named (at least {MIN_ASPECTS})",
-            out.len()
+        return Err(Unusable::invalid(
+            "aspects",
+            format!(
+                "{} usable aspect(s) named (at least {MIN_ASPECTS})",
+                out.len()
+            ),
         ));
     }
     out.truncate(MAX_ASPECTS);
@@ -238,7 +243,8 @@ pub fn parse_scores(text: &str, aspects: &[Aspect]) -> Usable<Vec<AspectScore>> 
     let m = listed.unwrap_or(m);
     let mut out = Vec::with_capacity(aspects.len());
     for a in aspects {
-        let v = get_ci(&m, &a.name).ok_or_else(|| format!("no score for `{}`", a.name))?;
+        let v = get_ci(&m, &a.name)
+            .ok_or_else(|| Unusable::Missing(format!("score for `{}`", a.name)))?;
         let (score, rationale) = match v {
             Value::Object(o) => (
                 get_ci(o, "score").and_then(score_of),
@@ -249,8 +255,9 @@ pub fn parse_scores(text: &str, aspects: &[Aspect]) -> Usable<Vec<AspectScore>> 
             ),
             other => (score_of(other), String::new()),
         };
-        let score =
-            score.ok_or_else(|| format!("`{}`: the score is not an integer 1–5", a.name))?;
+        let score = score.ok_or_else(|| {
+            Unusable::invalid(format!("`{}`", a.name), "the score is not an integer 1–5")
+        })?;
         out.push(AspectScore {
             aspect: a.name.clone(),
             score: f64::from(score),
@@ -330,7 +337,7 @@ impl Critic {
                 }
                 AspectChoice {
                     aspects: a,
-                    fallback: Some(why),
+                    fallback: Some(why.to_string()),
                     ..AspectChoice::default()
                 }
             }
@@ -377,7 +384,10 @@ impl Critic {
             Err(why) => self
                 .score_by_logprobs(q, aspects, answer)
                 .await?
-                .map_err(|lp| format!("{why}; log-probability fallback: {lp}")),
+                .map_err(|lp| Unusable::Fallback {
+                    first: Box::new(why),
+                    fallback: Box::new(lp),
+                }),
         };
         Ok(got
             .map(|scores| Evaluation {
@@ -385,7 +395,7 @@ impl Critic {
                 reward: mean(&scores),
                 scores,
             })
-            .map_err(|why| format!("evaluator: {why}")))
+            .map_err(|why| why.within("evaluator")))
     }
 
     /// The scoring fallback (module docs): one first-token request per
@@ -420,22 +430,21 @@ impl Critic {
                 .await?
             {
                 Ok(c) => c,
-                Err(why) => return Ok(Err(format!("`{}`: {why}", a.name))),
+                Err(why) => return Ok(Err(why.within(format!("`{}`", a.name)))),
             };
             let Some(tops) = c.first_token_logprobs.as_deref() else {
-                return Ok(Err("the endpoint returned no log-probabilities".into()));
+                return Ok(Err(Unusable::NoLogprobs));
             };
             let Some((score, mass)) = expected_digit(tops) else {
-                return Ok(Err(format!(
-                    "`{}`: no digit 1–5 among the top {} first tokens",
-                    a.name,
-                    tops.len()
+                return Ok(Err(Unusable::invalid(
+                    format!("`{}`", a.name),
+                    format!("no digit 1–5 among the top {} first tokens", tops.len()),
                 )));
             };
             if mass < MIN_DIGIT_MASS {
-                return Ok(Err(format!(
-                    "`{}`: the digits 1–5 hold {mass:.3} of the first-token probability (at least {MIN_DIGIT_MASS})",
-                    a.name
+                return Ok(Err(Unusable::invalid(
+                    format!("`{}`", a.name),
+                    format!("the digits 1–5 hold {mass:.3} of the first-token probability (at least {MIN_DIGIT_MASS})"),
                 )));
             }
             out.push(AspectScore {
@@ -462,7 +471,7 @@ impl Critic {
             .await?
         {
             Ok(c) => c.text.trim().to_string(),
-            Err(why) => return Ok(Err(format!("base model: {why}"))),
+            Err(why) => return Ok(Err(why.within("base model"))),
         };
         self.score(q, choice, &answer).await
     }
@@ -504,12 +513,15 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert!(parse_scores(r#"{"Clarity": {"score": 4}}"#, &a)
             .unwrap_err()
+            .to_string()
             .contains("no score for `Depth`"));
         assert!(parse_scores(r#"{"Clarity": 6, "Depth": 3}"#, &a)
             .unwrap_err()
+            .to_string()
             .contains("not an integer 1–5"));
         assert!(parse_scores("no json here", &a)
             .unwrap_err()
+            .to_string()
             .starts_with("not JSON"));
     }
 
@@ -531,6 +543,7 @@ mod tests {
         assert_eq!(got.analysis, ["main topic: bread", "user intent: bake it"]);
         assert!(parse_aspects(r#"{"aspects": ["Clarity"]}"#, &known)
             .unwrap_err()
+            .to_string()
             .contains("at least 2"));
     }
 

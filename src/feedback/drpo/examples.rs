@@ -63,7 +63,7 @@ impl Critic {
                 list.truncate(candidates);
                 list
             }
-            Err(why) => vec![Err(format!("optimizer: {why}"))],
+            Err(why) => vec![Err(why.within("optimizer"))],
         })
     }
 

@@ -90,7 +90,87 @@ pub const MIN_DIGIT_MASS: f64 = 0.05;
 pub const MIN_PROMPT_CHARS: usize = 20;
 
 /// Either a value, or why the model never gave a usable one.
-pub type Usable<T> = Result<T, String>;
+pub type Usable<T> = Result<T, Unusable>;
+
+/// Why a model's reply (or the lack of one) cannot be used. Recorded in
+/// `search.jsonl` and the report by its text.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Unusable {
+    /// The engine gave up on the request (cut off, blocked, failed), in
+    /// this run or an earlier one (`dropped.jsonl`); the engine's reason.
+    #[error("{0}")]
+    Dropped(String),
+    /// No JSON value could be read from the reply.
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON of another kind than asked for.
+    #[error("expected a JSON {expected}, got {got}")]
+    Shape {
+        expected: &'static str,
+        got: &'static str,
+    },
+    /// Something the reply must hold is missing or empty.
+    #[error("no {0}")]
+    Missing(String),
+    /// A value out of its range, or too few of something.
+    #[error("{what}: {why}")]
+    Invalid { what: String, why: String },
+    /// The log-probability fallback got none from the endpoint.
+    #[error("the endpoint returned no log-probabilities")]
+    NoLogprobs,
+    /// A list reply shorter than asked.
+    #[error("the reply held {held} of {want} proposals")]
+    TooFew { held: usize, want: usize },
+    /// Every ask of [`MAX_ASKS`] was unusable.
+    #[error("{asks} replies unusable; last: {last}")]
+    Exhausted { asks: u64, last: Box<Unusable> },
+    /// The optimizer's list ask, its plain-text fallback and the ask per
+    /// proposal all failed.
+    #[error("optimizer: {json}; plain-text fallback: {markers}; one per call: {one}")]
+    Proposals {
+        json: Box<Unusable>,
+        markers: Box<Unusable>,
+        one: Box<Unusable>,
+    },
+    /// The first way failed and so did the fallback.
+    #[error("{first}; log-probability fallback: {fallback}")]
+    Fallback {
+        first: Box<Unusable>,
+        fallback: Box<Unusable>,
+    },
+    /// Said of one role (`base model`, `evaluator`) or one aspect.
+    #[error("{part}: {source}")]
+    In {
+        part: String,
+        #[source]
+        source: Box<Unusable>,
+    },
+}
+
+/// Written as its text (`search.jsonl`, `report.json`).
+impl Serialize for Unusable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Unusable {
+    /// This reason, said of `part`.
+    pub fn within(self, part: impl Into<String>) -> Unusable {
+        Unusable::In {
+            part: part.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// `what` is out of range or short: `why`.
+    pub fn invalid(what: impl Into<String>, why: impl Into<String>) -> Unusable {
+        Unusable::Invalid {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}
 
 /// Sampling parameters per role (paper defaults in `cli.rs`); the seed is
 /// set per ask from `--seed`.
@@ -257,7 +337,7 @@ impl Critic {
             // A reply journaled since (by --retry-dropped) wins.
             if engine.journal().get(&key).is_none() {
                 engine.stats().cached.fetch_add(1, Ordering::Relaxed);
-                return Ok(Err(why));
+                return Ok(Err(Unusable::Dropped(why)));
             }
         }
         match engine.complete(stage, id, req).await {
@@ -269,7 +349,7 @@ impl Critic {
                 self.state.record_drop(&key, stage, id, &why).map_err(|e| {
                     ItemError::Stop(format!("cannot write {}: {e}", self.state.path().display()))
                 })?;
-                Ok(Err(why))
+                Ok(Err(Unusable::Dropped(why)))
             }
             Err(e) => Err(e),
         }
@@ -285,7 +365,7 @@ impl Critic {
         text: &str,
         parse: impl Fn(&str) -> Usable<T>,
     ) -> Result<Usable<T>, ItemError> {
-        let mut last = String::new();
+        let mut last = Unusable::TooFew { held: 0, want: 1 };
         for attempt in 0..MAX_ASKS {
             let req = ChatRequest {
                 messages: vec![Message::user(text)],
@@ -300,7 +380,10 @@ impl Critic {
                 Err(why) => last = why,
             }
         }
-        Ok(Err(format!("{MAX_ASKS} replies unusable; last: {last}")))
+        Ok(Err(Unusable::Exhausted {
+            asks: MAX_ASKS,
+            last: Box::new(last),
+        }))
     }
 }
 
@@ -318,11 +401,11 @@ fn json_span(text: &str, open: char, close: char) -> Result<Value, serde_json::E
 pub fn json_object(text: &str) -> Usable<Map<String, Value>> {
     match json_span(text, '{', '}') {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(format!(
-            "expected a JSON object, got {}",
-            crate::input::json_kind(&other)
-        )),
-        Err(e) => Err(format!("not JSON: {e}")),
+        Ok(other) => Err(Unusable::Shape {
+            expected: "object",
+            got: crate::input::json_kind(&other),
+        }),
+        Err(e) => Err(Unusable::NotJson(e.to_string())),
     }
 }
 
@@ -336,11 +419,11 @@ fn json_list_or_object(text: &str) -> Usable<Value> {
     };
     match parsed {
         Ok(v @ (Value::Array(_) | Value::Object(_))) => Ok(v),
-        Ok(other) => Err(format!(
-            "expected a JSON list, got {}",
-            crate::input::json_kind(&other)
-        )),
-        Err(e) => Err(format!("not JSON: {e}")),
+        Ok(other) => Err(Unusable::Shape {
+            expected: "list",
+            got: crate::input::json_kind(&other),
+        }),
+        Err(e) => Err(Unusable::NotJson(e.to_string())),
     }
 }
 

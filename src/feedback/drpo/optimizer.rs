@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    get_ci, json_list_or_object, Critic, Evaluation, Role, Usable, HISTORY, MAX_NEW_BULLETS,
-    MAX_PROMPT_CHARS, MIN_PROMPT_CHARS,
+    get_ci, json_list_or_object, Critic, Evaluation, Role, Unusable, Usable, HISTORY,
+    MAX_NEW_BULLETS, MAX_PROMPT_CHARS, MIN_PROMPT_CHARS,
 };
 use crate::engine::ItemError;
 use crate::input::PromptRecord;
@@ -45,17 +45,20 @@ pub struct Proposal {
 /// One proposal object: `analysis`, `thought` and the new text in `field`.
 fn proposal_of(item: &Value, field: &str, max_chars: usize) -> Usable<Proposal> {
     let Value::Object(m) = item else {
-        return Err("a list item is not an object".into());
+        return Err(Unusable::Shape {
+            expected: "object as list item",
+            got: crate::input::json_kind(item),
+        });
     };
     let s = |k: &str| get_ci(m, k).and_then(Value::as_str).map(str::trim);
-    let new = s(field).ok_or_else(|| format!("no `{field}` string"))?;
-    if new.is_empty() {
-        return Err(format!("`{field}` is empty"));
-    }
+    let new = s(field)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Unusable::Missing(format!("`{field}` string")))?;
     let chars = new.chars().count();
     if chars > max_chars {
-        return Err(format!(
-            "`{field}` has {chars} characters (at most {max_chars})"
+        return Err(Unusable::invalid(
+            format!("`{field}`"),
+            format!("{chars} characters (at most {max_chars})"),
         ));
     }
     Ok(Proposal {
@@ -87,7 +90,7 @@ pub fn parse_proposals(text: &str, field: &str, max_chars: usize) -> Usable<Vec<
     }
     Err(match got.into_iter().next() {
         Some(Err(why)) => why,
-        _ => "an empty list".into(),
+        _ => Unusable::TooFew { held: 0, want: 1 },
     })
 }
 
@@ -108,7 +111,9 @@ pub fn parse_marked_prompts(text: &str, max_chars: usize) -> Usable<Vec<Usable<P
         .filter(|&i| starts_line(i))
         .collect();
     if opens.is_empty() {
-        return Err("no line starting with `<prompt>` in a plain-text reply".into());
+        return Err(Unusable::Missing(
+            "line starting with `<prompt>` in a plain-text reply".into(),
+        ));
     }
     let mut out = Vec::new();
     for (n, &open) in opens.iter().enumerate() {
@@ -117,18 +122,22 @@ pub fn parse_marked_prompts(text: &str, max_chars: usize) -> Usable<Vec<Usable<P
         let block = match text[start..].find(CLOSE) {
             Some(end) if start + end <= next_open => text[start..start + end].trim(),
             _ => {
-                out.push(Err("no `</prompt>` after a `<prompt>`".to_string()));
+                out.push(Err(Unusable::Missing(
+                    "`</prompt>` after a `<prompt>`".into(),
+                )));
                 continue;
             }
         };
         let chars = block.chars().count();
         out.push(if chars < MIN_PROMPT_CHARS {
-            Err(format!(
-                "the prompt between the markers has {chars} characters (at least {MIN_PROMPT_CHARS})"
+            Err(Unusable::invalid(
+                "the prompt between the markers",
+                format!("{chars} characters (at least {MIN_PROMPT_CHARS})"),
             ))
         } else if chars > max_chars {
-            Err(format!(
-                "the prompt between the markers has {chars} characters (at most {max_chars})"
+            Err(Unusable::invalid(
+                "the prompt between the markers",
+                format!("{chars} characters (at most {max_chars})"),
             ))
         } else {
             Ok(Proposal {
@@ -144,7 +153,7 @@ pub fn parse_marked_prompts(text: &str, max_chars: usize) -> Usable<Vec<Usable<P
     }
     Err(match out.into_iter().next() {
         Some(Err(why)) => why,
-        _ => "no block".into(),
+        _ => Unusable::TooFew { held: 0, want: 1 },
     })
 }
 
@@ -154,7 +163,7 @@ fn take(mut got: Vec<Usable<Proposal>>, want: usize) -> Vec<Usable<Proposal>> {
     let held = got.len();
     got.truncate(want);
     while got.len() < want {
-        got.push(Err(format!("the reply held {held} of {want} proposals")));
+        got.push(Err(Unusable::TooFew { held, want }));
     }
     got
 }
@@ -216,13 +225,13 @@ impl Critic {
                     Ok(list) => list
                         .into_iter()
                         .find_map(Result::ok)
-                        .ok_or_else(|| "no usable block".to_string()),
+                        .ok_or_else(|| Unusable::Missing("usable `<prompt>` block".into())),
                     Err(why) => Err(why),
                 }
-                .map_err(|one| {
-                    format!(
-                        "optimizer: {json}; plain-text fallback: {markers}; one per call: {one}"
-                    )
+                .map_err(|one| Unusable::Proposals {
+                    json: Box::new(json.clone()),
+                    markers: Box::new(markers.clone()),
+                    one: Box::new(one),
                 }),
             );
         }
@@ -247,6 +256,7 @@ mod tests {
         assert!(got[1]
             .as_ref()
             .unwrap_err()
+            .to_string()
             .contains("no `new_system_prompt`"));
         assert_eq!(got[2].as_ref().unwrap().analysis, "");
         // One object, or an object with a list, is read as well.
@@ -261,6 +271,7 @@ mod tests {
         assert!(
             parse_proposals(r#"[{"analysis": "a"}]"#, "new_system_prompt", 10)
                 .unwrap_err()
+                .to_string()
                 .contains("no `new_system_prompt`")
         );
         let short = take(
@@ -274,7 +285,7 @@ mod tests {
         );
         assert_eq!(short.len(), 3);
         assert_eq!(
-            short[2].as_ref().unwrap_err(),
+            short[2].as_ref().unwrap_err().to_string(),
             "the reply held 1 of 3 proposals"
         );
     }
@@ -294,10 +305,12 @@ mod tests {
         assert_eq!(got[1].as_ref().unwrap().format, "markers");
         assert!(parse_marked_prompts("You are a careful assistant.", 100)
             .unwrap_err()
+            .to_string()
             .contains("no line starting with `<prompt>`"));
         assert!(
             parse_marked_prompts("<prompt>\nYou are a careful assistant.", 100)
                 .unwrap_err()
+                .to_string()
                 .contains("no `</prompt>`")
         );
         // An echo of the instruction names the markers mid-sentence.
@@ -306,13 +319,16 @@ mod tests {
             100
         )
         .unwrap_err()
+        .to_string()
         .contains("no line starting with `<prompt>`"));
         assert!(parse_marked_prompts("<prompt>\nBe nice.\n</prompt>", 100)
             .unwrap_err()
+            .to_string()
             .contains("at least 20"));
         assert!(
             parse_marked_prompts("<prompt>You are a careful assistant.</prompt>", 25)
                 .unwrap_err()
+                .to_string()
                 .contains("at most 25")
         );
     }

@@ -483,7 +483,7 @@ impl Search {
         id: usize,
         q: &PromptRecord,
         ev: Option<&Evaluation>,
-        dropped: Option<&String>,
+        dropped: Option<&super::Unusable>,
         proposal: Option<&Proposal>,
     ) -> Value {
         let n = &self.nodes[id];

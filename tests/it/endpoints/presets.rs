@@ -22,6 +22,7 @@ fn endpoint(kind: ProviderKind) -> EndpointArgs {
         local_parallel: None,
         local_cache_mb: None,
         prompt_cache: cai::cli::PromptCacheArg::Auto,
+        api: Default::default(),
     }
 }
 

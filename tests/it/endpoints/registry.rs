@@ -22,6 +22,7 @@ fn flags<'a>(kind: ProviderKind, base: &'a [String]) -> Flags<'a> {
         local_parallel: None,
         local_cache_mb: None,
         prompt_cache: true,
+        api: Default::default(),
     }
 }
 
