@@ -393,13 +393,19 @@ pub fn dotn_packed<const N: usize>(
     }
 }
 
-/// Appends `src` to `dst` as IEEE half-precision bits (the KV cache's
-/// storage: half the memory and memory traffic of `f32`, as llama.cpp
-/// keeps it).
+/// Appends `src` to `dst` as IEEE half-precision bits (see [`to_f16`]).
+#[cfg(test)]
 pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
     let at = dst.len();
     dst.resize(at + src.len(), 0);
-    let out = &mut dst[at..];
+    to_f16(isa, src, &mut dst[at..]);
+}
+
+/// Writes `src` into `out` (of the same length) as IEEE half-precision
+/// bits: the KV cache's storage, half the memory and memory traffic of
+/// `f32`, as llama.cpp keeps it.
+pub fn to_f16(isa: Isa, src: &[f32], out: &mut [u16]) {
+    assert_eq!(src.len(), out.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: F16C was detected at run time; lengths are equal.

@@ -271,6 +271,24 @@ impl GgufFile {
         })
     }
 
+    /// Lets the kernel drop the mapped pages read so far. Loading copies
+    /// every matrix out of the map (repacked for the kernels); afterwards
+    /// only token-embedding rows are read from it, a few pages each, and
+    /// those come back on demand. Without this the whole file stays in the
+    /// process's resident memory beside its repacked copy (98 MB of the
+    /// default model's footprint).
+    fn release_pages(&self) {
+        // SAFETY: the map is a read-only private file mapping that nobody
+        // writes, so MADV_DONTNEED only drops clean pages; the next read of
+        // one faults the same bytes back in from the file. A failure only
+        // means the pages stay resident.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+
     pub fn meta(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
     }
@@ -585,14 +603,102 @@ pub struct Transformer {
     inv_freq_local: Option<Vec<f32>>,
 }
 
+/// Positions a sequence's KV maps are reserved for (address space, not
+/// memory); longer sequences move to larger maps as they grow.
+const RESERVED_POSITIONS: usize = 4096;
+
+/// One layer's keys (or values) of one sequence: IEEE half-precision bits,
+/// position after position, in an anonymous memory map of their own rather
+/// than a `Vec`. A running sequence's map is reserved up front (for
+/// [`RESERVED_POSITIONS`]), which costs address space only: pages become resident as
+/// positions are written, so a sequence neither holds the unused half of a
+/// doubled buffer nor copies itself to grow, and a dropped one returns its
+/// memory to the system at once. `Vec`s of these sizes (hundreds of KB,
+/// allocated and freed all run long) left the allocator's heaps holding
+/// far more than the live KV state.
+#[derive(Default)]
+pub(crate) struct KvRows {
+    map: Option<memmap2::MmapMut>,
+    len: usize,
+}
+
+impl KvRows {
+    /// Room for `cap` values (none when 0).
+    fn with_capacity(cap: usize) -> Self {
+        if cap == 0 {
+            return Self::default();
+        }
+        let map = memmap2::MmapMut::map_anon(cap * 2).unwrap_or_else(|_| {
+            // Out of address space or memory: what a `Vec` does then.
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u16; 1]>())
+        });
+        Self {
+            map: Some(map),
+            len: 0,
+        }
+    }
+
+    /// A copy of `src` with room for `cap` values (at least `src.len()`).
+    pub(crate) fn from_slice(src: &[u16], cap: usize) -> Self {
+        let mut rows = Self::with_capacity(cap.max(src.len()));
+        rows.push(src.len(), 0).copy_from_slice(src);
+        rows
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len() / 2)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u16] {
+        match &self.map {
+            // SAFETY: a map is page-aligned (so aligned for u16) and holds
+            // `capacity() >= len` values, of which the first `len` were
+            // written; anonymous pages read as zero before that anyway.
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<u16>(), self.len) },
+            None => &[],
+        }
+    }
+
+    /// `n` more values at the end, for the caller to fill; when they do not
+    /// fit, the rows move to a map with room for `cap` values, or for twice
+    /// what they need past that.
+    pub(crate) fn push(&mut self, n: usize, cap: usize) -> &mut [u16] {
+        if self.len + n > self.capacity() {
+            *self = Self::from_slice(self.as_slice(), cap.max(2 * (self.len + n)));
+        }
+        let at = self.len;
+        self.len += n;
+        match &mut self.map {
+            // SAFETY: as in `as_slice`; `at + n <= capacity()` after the
+            // growth above, and the borrow of `self` keeps the map alive.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u16>().add(at), n)
+            },
+            None => &mut [],
+        }
+    }
+}
+
+impl Clone for KvRows {
+    fn clone(&self) -> Self {
+        Self::from_slice(self.as_slice(), self.capacity())
+    }
+}
+
 /// One sequence's KV cache: for each layer, the keys and values of every
 /// position so far, row after row, as IEEE half-precision bits (like
 /// llama.cpp's default cache type), and the tokens they were computed from.
 #[derive(Clone, Default)]
 pub struct Session {
-    pub(crate) k: Vec<Vec<u16>>,
-    pub(crate) v: Vec<Vec<u16>>,
+    pub(crate) k: Vec<KvRows>,
+    pub(crate) v: Vec<KvRows>,
     pub(crate) tokens: Vec<u32>,
+    /// Values a growing sequence reserves for a layer's keys (or values).
+    pub(crate) cap: usize,
 }
 
 impl Session {
@@ -615,25 +721,30 @@ impl Session {
         self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
     }
 
-    /// Gives back the spare capacity of its buffers.
+    /// Gives back the room reserved for growth (a finished sequence kept
+    /// in the prefix cache holds exactly its positions).
     pub fn shrink_to_fit(&mut self) {
         for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.shrink_to_fit();
+            if l.capacity() > l.len() {
+                *l = KvRows::from_slice(l.as_slice(), 0);
+            }
         }
         self.tokens.shrink_to_fit();
     }
 
-    /// A new session holding the first `n` positions of this one.
+    /// A new session holding the first `n` positions of this one, with
+    /// room to grow to the full context.
     pub fn prefix(&self, n: usize) -> Session {
         let n = n.min(self.len());
-        let per = |l: &Vec<u16>| {
+        let per = |l: &KvRows| {
             let row = l.len() / self.len().max(1);
-            l[..n * row].to_vec()
+            KvRows::from_slice(&l.as_slice()[..n * row], self.cap)
         };
         Session {
             k: self.k.iter().map(per).collect(),
             v: self.v.iter().map(per).collect(),
             tokens: self.tokens[..n].to_vec(),
+            cap: self.cap,
         }
     }
 }
@@ -840,6 +951,7 @@ impl Transformer {
             .any(|l| l.sliding)
             .then(|| table(cfg.rope_base_local, 1.0))
             .filter(|local| *local != inv_freq);
+        gguf.release_pages();
         Ok(Self {
             gguf,
             cfg,
@@ -868,9 +980,10 @@ impl Transformer {
     /// A fresh, empty sequence.
     pub fn session(&self) -> Session {
         Session {
-            k: vec![Vec::new(); self.cfg.layers],
-            v: vec![Vec::new(); self.cfg.layers],
+            k: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
+            v: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
             tokens: Vec::new(),
+            cap: self.cfg.context.min(RESERVED_POSITIONS) * self.cfg.kv_dim(),
         }
     }
 
@@ -1016,15 +1129,16 @@ impl Transformer {
             let mut r = 0;
             for q in seqs.iter_mut() {
                 let n = q.tokens.len();
-                kernels::extend_f16(
+                let cap = q.sess.cap;
+                kernels::to_f16(
                     ctx.isa,
-                    &mut q.sess.k[li],
                     &s.k[r * kv_dim..(r + n) * kv_dim],
+                    q.sess.k[li].push(n * kv_dim, cap),
                 );
-                kernels::extend_f16(
+                kernels::to_f16(
                     ctx.isa,
-                    &mut q.sess.v[li],
                     &s.v[r * kv_dim..(r + n) * kv_dim],
+                    q.sess.v[li].push(n * kv_dim, cap),
                 );
                 r += n;
             }
