@@ -34,7 +34,9 @@ const MISTRAL: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for 
 // Gemma has no system role either (Gemma 2's own template rejects one): a
 // system message is folded into the first user turn, blank-line separated,
 // as Gemma 3's own template does. The assistant's role is called `model`.
-const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}{% if message.role == 'system' %}{% set ns.system = ns.system + (message.content | trim) + '\n\n' %}{% else %}<start_of_turn>{% if message.role == 'assistant' %}model{% else %}{{ message.role }}{% endif %}\n{% if message.role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ message.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+// The newline after the role is an expression: trim_blocks would eat a
+// literal one after `{% endif %}`.
+const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}{% if message.role == 'system' %}{% set ns.system = ns.system + (message.content | trim) + '\n\n' %}{% else %}<start_of_turn>{% if message.role == 'assistant' %}model{% else %}{{ message.role }}{% endif %}{{ '\\n' }}{% if message.role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ message.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
 const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message.role }}<|end_header_id|>\n\n{{ message.content | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
 
