@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchApi, BatchCodec};
 use super::endpoint::{endpoint_accessors, Endpoint};
-use super::http::check_reply;
+use super::http::check_completion;
 use super::prefix_json::{Messages, PrefixJson};
 use super::{
-    post_json, ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
+    ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
     StreamEvent, TokenLogprob, Usage,
 };
 
@@ -441,17 +441,9 @@ impl Provider for OpenAi {
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
         let http = self.ep.post(&self.url, &body);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, &self.url, req).await?;
         let completion = self.completion(resp)?;
-        check_reply(
-            &self.url,
-            req,
-            std::iter::once(completion.text.as_str())
-                .chain(completion.more.iter().map(String::as_str)),
-            completion.usage.map(|u| u.completion_tokens),
-        )?;
+        check_completion(&self.url, req, &completion)?;
         Ok(Reply { completion, rate })
     }
 }
