@@ -52,11 +52,7 @@ struct Judge;
 impl Respond for Judge {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default();
+        let last = crate::common::last_message(&body);
         if last.starts_with("# Task: choose evaluation aspects") {
             chat(&json!({"query_analysis": {"main_topic": "t", "user_intent": "u"},
                         "aspects_selection": {"reasoning": "r", "selected_aspects": ["Helpfulness", "Clarity"]}})

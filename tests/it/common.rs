@@ -44,17 +44,24 @@ pub fn fake_reply(last: &str, whole: &str) -> String {
     }
 }
 
+/// The content of the last message of a chat request body (`""` when there
+/// is none).
+pub fn last_message(body: &Value) -> &str {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+}
+
 /// OpenAI `chat/completions` with deterministic replies.
 pub struct ChatReply;
 
 impl Respond for ChatReply {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let msgs = body["messages"].as_array().expect("messages");
-        let last = msgs
-            .last()
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("");
+        assert!(body["messages"].is_array(), "messages");
+        let last = last_message(&body);
         let text = fake_reply(last, &body["messages"].to_string());
         ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "id": "x",
