@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cai_fake::process::peak_rss_kib;
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
@@ -60,16 +61,6 @@ fn write_prompts(path: &Path, n: usize) {
         .expect("row");
     }
     w.flush().expect("flush");
-}
-
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// utime + stime of a live process, in seconds (clock ticks of 1/100 s,
@@ -121,7 +112,7 @@ fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
         if let Some(status) = child.try_wait().expect("wait") {
             break status.code().unwrap_or(-1);
         }
-        if let Some(kb) = vm_hwm_kb(pid) {
+        if let Some(kb) = peak_rss_kib(pid) {
             peak = peak.max(kb);
         }
         if let Some(c) = cpu_seconds(pid) {
