@@ -21,11 +21,11 @@
 //!    and 1,000,000 prompts (`--sizes`): peak RSS, CPU per request, and the
 //!    disk a finished prompt costs in each file of the run directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cai_fake::process::peak_rss_kib;
+use cai_fake::process::{cai_bin, peak_rss_kib};
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
@@ -36,18 +36,6 @@ struct Outcome {
     /// User + system CPU seconds of the cai process (last sample before exit).
     cpu_s: f64,
     code: i32,
-}
-
-fn cai_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAI_BIN") {
-        return p.into();
-    }
-    // target/release/examples/bench_engine → target/release/cai
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("cai"))
-        .expect("target dir")
 }
 
 fn write_prompts(path: &Path, n: usize) {

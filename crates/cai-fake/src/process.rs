@@ -1,7 +1,23 @@
-//! What the tests and benchmarks measure of the `cai` process they run
-//! against the fake: its peak resident memory, read from Linux's `/proc`.
-//! Kept here, in the dev-only crate, so the measuring code never ships in
-//! `cai` itself.
+//! The `cai` process that benchmarks run against the fake: where its
+//! binary is, and what they measure of it (its peak resident memory, read
+//! from Linux's `/proc`). Kept here, in the dev-only crate, so the
+//! measuring code never ships in `cai` itself.
+
+use std::path::{Path, PathBuf};
+
+/// The `cai` binary a benchmark example runs: `$CAI_BIN`, else the one
+/// built beside the example (`target/<profile>/examples/bench_x` →
+/// `target/<profile>/cai`).
+pub fn cai_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAI_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("cai"))
+        .expect("target dir")
+}
 
 /// Peak resident memory (`VmHWM` in `/proc/<pid>/status`) of a live
 /// process, in KiB; `None` once the process is gone or off Linux.
