@@ -92,6 +92,17 @@ impl Respond for TgiReply {
     }
 }
 
+/// The in-repo fake with every reply delayed by `ms` milliseconds and no
+/// other fault.
+pub async fn fake_with_latency(ms: u64) -> cai_fake::FakeServer {
+    cai_fake::FakeServer::start(cai_fake::FakeConfig {
+        latency: std::time::Duration::from_millis(ms),
+        ..cai_fake::FakeConfig::default()
+    })
+    .await
+    .expect("fake server starts")
+}
+
 pub async fn openai_server() -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
