@@ -406,25 +406,13 @@ impl Provider for OpenAi {
         body.stream_options = Some(StreamOptions {
             include_usage: true,
         });
-        let resp = self
-            .ep
-            .post(&self.url, &body)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let rate = super::rate_hints(resp.headers());
-            let retry_after = super::retry_after(resp.headers());
-            let bytes = super::http::read_prefix(resp, super::http::ERROR_BODY_BYTES).await;
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                url: self.url.clone(),
-                body: super::snippet(&bytes, self.ep.key.as_ref()),
-                retry_after,
-                rate: Box::new(rate),
-            });
-        }
+        let resp = super::send_ok(
+            self.ep.post(&self.url, &body),
+            &self.url,
+            self.ep.key.as_ref(),
+            super::http::ERROR_BODY_BYTES,
+        )
+        .await?;
         let reader = SseReader {
             resp,
             url: self.url.clone(),
