@@ -212,12 +212,7 @@ async fn without_stop_sequences_honoured_the_answer_is_still_cut_at_the_next_hea
         ])
         .args(["--base-format", "plain", "--rounds", "0", "--base-url"])
         .arg(format!("{}/v1", server.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .assert()
         .code(0);
     let rows = read_jsonl(&out.join("sft.jsonl"));
@@ -278,12 +273,7 @@ async fn generate_places_the_k_best_examples_before_each_prompt() {
         .arg(bank(dir.path()))
         .arg("--base-url")
         .arg(format!("{}/v1", fake.url()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .assert()
         .code(0);
     let sent = completion_bodies(&fake);
@@ -448,12 +438,7 @@ fn an_api_or_format_the_endpoint_does_not_serve_is_refused_before_sending() {
                 "http://127.0.0.1:9/v1",
             ])
             .args(args)
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--constitution")
-            .arg(repo("principles/harmless.json"))
-            .arg("--out")
-            .arg(dir.path().join("out"))
+            .args(harmless_files(&prompts, &dir.path().join("out")))
             .assert()
             .code(2);
         let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();

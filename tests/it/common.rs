@@ -149,6 +149,19 @@ pub async fn bodies(server: &MockServer) -> Vec<Value> {
         .collect()
 }
 
+/// `--prompts PROMPTS --constitution <the shipped harmless.json> --out OUT`:
+/// the files of most test runs.
+pub fn harmless_files(prompts: &Path, out: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "--prompts".into(),
+        prompts.into(),
+        "--constitution".into(),
+        repo("principles/harmless.json").into(),
+        "--out".into(),
+        out.into(),
+    ]
+}
+
 /// Writes a CSV of `n` prompts with ids `p0..`.
 pub fn prompts_csv(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("prompts.csv");
@@ -213,12 +226,7 @@ pub fn fake_generate_model(
         .args(["--model", model])
         .arg("--base-url")
         .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
+        .args(harmless_files(prompts, out))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

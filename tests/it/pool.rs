@@ -53,12 +53,7 @@ async fn a_pool_ejects_the_failing_endpoint_and_gives_the_slow_one_less_work() {
             &urls[2],
         ])
         .args(["--concurrency", "8", "--max-retries", "3"])
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .output()
         .unwrap();
     assert_eq!(

@@ -191,12 +191,7 @@ fn dry_run_needs_no_key_and_says_it_is_missing() {
         .env_remove("MY_SECRET_KEY")
         .args(["generate", "--provider", "openai", "--model", "gpt-4o-mini"])
         .args(["--api-key-env", "MY_SECRET_KEY", "--dry-run"])
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
