@@ -42,6 +42,7 @@ use crate::pipeline::initial_request;
 pub fn dry_run(cfg: &GenerateConfig) -> Result<String, RunError> {
     let mut estimate = estimate(cfg)?;
     estimate.price = cfg.price.clone();
+    estimate.batch_factor = cfg.batch_price_factor();
     estimate.max_cost = cfg.max_cost;
     let mut out = estimate.render();
     if let Some(missing) = &cfg.missing_key {
@@ -87,6 +88,9 @@ pub struct Estimate {
     pub cache_write: u64,
     /// The provider has a batch API (`--batch`), so batch + caching applies.
     pub batch: bool,
+    /// The share of the list price `price` already holds: 0.5 when this
+    /// run submits batches (`--batch`), else 1.
+    pub batch_factor: f64,
 }
 
 impl Estimate {
@@ -172,7 +176,15 @@ impl Estimate {
                         "with prompt caching: ${cached:.4} (~{} input tokens read from the cache at ${}/M, ~{} written at ${}/M)",
                         self.cache_read, p.cached_in_per_m, self.cache_write, p.cache_write_per_m
                     );
-                    if self.batch {
+                    if self.batch && self.batch_factor < 1.0 {
+                        // The figures above are at the batch price already.
+                        let _ = writeln!(
+                            o,
+                            "live (without --batch): ${:.4}; live with prompt caching: ${:.4}",
+                            est / self.batch_factor,
+                            cached / self.batch_factor
+                        );
+                    } else if self.batch {
                         let _ = writeln!(
                             o,
                             "with --batch: ${:.4}; with --batch and prompt caching: ${:.4}",
@@ -447,5 +459,6 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
             0
         },
         batch: cfg.provider.entry().batch == crate::provider::registry::BatchSupport::Api,
+        batch_factor: 1.0,
     })
 }

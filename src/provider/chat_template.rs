@@ -20,6 +20,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("zephyr", ZEPHYR),
     ("mistral", MISTRAL),
     ("llama3", LLAMA3),
+    ("gemma", GEMMA),
 ];
 
 const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
@@ -30,6 +31,13 @@ const ZEPHYR: &str = "{% for message in messages %}<|{{ message.role }}|>\n{{ me
 // first user turn, as Mistral's own templates do.
 const MISTRAL: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}{% if message.role == 'system' %}{% set ns.system = message.content + '\n\n' %}{% elif message.role == 'user' %}[INST] {{ ns.system }}{{ message.content }} [/INST]{% set ns.system = '' %}{% elif message.role == 'assistant' %}{{ message.content }}{{ eos_token }}{% endif %}{% endfor %}";
 
+// Gemma has no system role either (Gemma 2's own template rejects one): a
+// system message is folded into the first user turn, blank-line separated,
+// as Gemma 3's own template does. The assistant's role is called `model`.
+// The newline after the role is an expression: trim_blocks would eat a
+// literal one after `{% endif %}`.
+const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}{% if message.role == 'system' %}{% set ns.system = ns.system + (message.content | trim) + '\n\n' %}{% else %}<start_of_turn>{% if message.role == 'assistant' %}model{% else %}{{ message.role }}{% endif %}{{ '\\n' }}{% if message.role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}{{ message.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+
 const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message.role }}<|end_header_id|>\n\n{{ message.content | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
 
 /// Default special tokens of the built-in templates.
@@ -38,8 +46,28 @@ fn builtin_tokens(name: &str) -> (&'static str, &'static str) {
         "zephyr" => ("<s>", "</s>"),
         "mistral" => ("<s>", "</s>"),
         "llama3" => ("<|begin_of_text|>", "<|eot_id|>"),
+        "gemma" => ("<bos>", "<end_of_turn>"),
         _ => ("", "<|im_end|>"),
     }
+}
+
+/// The template a model of `family` (GGUF `general.architecture`) is
+/// rendered with, given its own (`None` when the file has none): the
+/// built-in `gemma` for the Gemma family, whose own templates reject (Gemma
+/// 2) or differ on (Gemma 3) the system message every cai request carries;
+/// else the model's own; else ChatML, which models without a template are
+/// almost always trained on.
+pub fn source_for<'a>(family: &str, own: Option<&'a str>) -> &'a str {
+    let builtin = |name: &str| {
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(CHATML, |(_, s)| *s)
+    };
+    if family.starts_with("gemma") {
+        return builtin("gemma");
+    }
+    own.unwrap_or_else(|| builtin("chatml"))
 }
 
 /// A compiled chat template with its special tokens.
@@ -197,6 +225,10 @@ mod tests {
                 "<s>[INST] Be kind.\n\nHi {{ x }} [/INST]Hello.</s>[INST] Why? [/INST]",
             ),
             (
+                "gemma",
+                "<bos><start_of_turn>user\nBe kind.\n\nHi {{ x }}<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n",
+            ),
+            (
                 "llama3",
                 "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe kind.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi {{ x }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
             ),
@@ -205,6 +237,32 @@ mod tests {
             let t = ChatTemplate::builtin(name).unwrap();
             assert_eq!(t.render(&convo(), true).unwrap(), want, "template {name}");
         }
+    }
+
+    /// Gemma's template: no system turn of its own, and a conversation
+    /// without a system message renders as Gemma's own template does.
+    #[test]
+    fn gemma_folds_the_system_message_into_the_first_user_turn() {
+        let t = ChatTemplate::builtin("gemma").unwrap();
+        let plain = t
+            .render(&[Message::user("Hi"), Message::assistant("Hello.")], false)
+            .unwrap();
+        assert_eq!(
+            plain,
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        );
+        let folded = t.render(&convo(), true).unwrap();
+        assert!(!folded.contains("system"), "{folded}");
+        assert_eq!(folded.matches("Be kind.").count(), 1, "{folded}");
+    }
+
+    #[test]
+    fn gemma_models_get_the_gemma_template_and_others_their_own() {
+        let own = "{{ messages[0].content }}";
+        assert_eq!(source_for("gemma2", Some(own)), GEMMA);
+        assert_eq!(source_for("gemma3", None), GEMMA);
+        assert_eq!(source_for("llama", Some(own)), own);
+        assert_eq!(source_for("qwen2", None), CHATML);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //!
 //! This adapter owns what is about chats rather than tokens: it renders a
 //! conversation with the model's own chat template (ChatML when the file has
-//! none), maps [`GenParams`] to the engine's sampling settings, and the
-//! engine's [`Generation`] and errors back to a [`Completion`] and a
-//! [`ProviderError`]. Everything below — tokenizer, kernels, batching, the
-//! prefix cache — is in `cai_local`.
+//! none; the built-in Gemma one for Gemma models, see
+//! [`chat_template::source_for`]), maps [`GenParams`] to the engine's
+//! sampling settings, and the engine's [`Generation`] and errors back to a
+//! [`Completion`] and a [`ProviderError`]. Everything below — tokenizer,
+//! kernels, batching, the prefix cache — is in `cai_local`.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 pub use cai_local::{EngineStats, LoadOptions, LocalError, Model, DEFAULT_MAX_BATCH};
 use cai_local::{Finish, GenRequest, Generation, Sampling};
 
-use super::chat_template::{ChatTemplate, BUILTIN};
+use super::chat_template::{self, ChatTemplate};
 use super::{
     ChatRequest, Completion, FinishReason, GenParams, Message, Provider, ProviderError, RateHints,
     Reply, TokenLogprob, Usage,
@@ -47,13 +48,7 @@ impl LocalProvider {
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self, LocalLoadError> {
         let engine = Model::load(path, options)?;
         let meta = engine.metadata();
-        // Models without a template are almost always ChatML-trained.
-        let source = meta.chat_template.as_deref().unwrap_or_else(|| {
-            BUILTIN
-                .iter()
-                .find(|(n, _)| *n == "chatml")
-                .map_or("", |(_, s)| s)
-        });
+        let source = chat_template::source_for(&meta.family, meta.chat_template.as_deref());
         let template =
             ChatTemplate::new(source, &meta.bos_token, &meta.eos_token).map_err(|source| {
                 LocalLoadError::Template {

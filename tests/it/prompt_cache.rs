@@ -506,36 +506,60 @@ async fn dry_run_prices_caching_and_batch_and_a_run_confirms_the_cache_reads() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 8);
     let f = fake().await;
-    let dry = |cache: &str| {
-        let out = anthropic(
+    let dry = |cache: &str, batch: bool| {
+        let mut c = anthropic(
             &f.url(),
             "claude-sonnet-4-5",
             &prompts,
             &dir.path().join("dry"),
-        )
-        .args(["--rounds", "2", "--max-tokens", "64", "--batch"])
-        .args(["--prompt-cache", cache, "--dry-run"])
-        .output()
-        .expect("cai runs");
+        );
+        c.args(["--rounds", "2", "--max-tokens", "64"]).args([
+            "--prompt-cache",
+            cache,
+            "--dry-run",
+        ]);
+        if batch {
+            c.arg("--batch");
+        }
+        let out = c.output().expect("cai runs");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
-    let text = dry("auto");
+    let text = dry("auto", false);
     assert_eq!(f.stats().requests, 0, "a dry run sends nothing");
     let naive = dollars_after(&text, "estimated cost:");
     let cached = dollars_after(&text, "with prompt caching:");
     let batch = dollars_after(&text, "with --batch:");
     let both = dollars_after(&text, "with --batch and prompt caching:");
-    // The three lines and their order of cost: Sonnet reads at 0.1× and
-    // batch halves every rate, so batch + caching is the cheapest.
+    // The four figures: Sonnet reads at 0.1× and batch halves every rate,
+    // so batch + caching is the cheapest.
     assert!(
         cached < 0.7 * naive,
         "caching {cached} vs naive {naive}\n{text}"
     );
     assert!((batch - naive / 2.0).abs() < 1e-3, "{text}");
     assert!((both - cached / 2.0).abs() < 1e-3, "{text}");
+    // With --batch the estimate is at the batch price already, and the
+    // live figures are the ones beside it (not halved twice).
+    let batched = dry("auto", true);
+    assert!(
+        (dollars_after(&batched, "estimated cost:") - batch).abs() < 1e-3,
+        "{batched}"
+    );
+    assert!(
+        (dollars_after(&batched, "with prompt caching:") - both).abs() < 1e-3,
+        "{batched}"
+    );
+    assert!(
+        (dollars_after(&batched, "live (without --batch):") - naive).abs() < 1e-3,
+        "{batched}"
+    );
+    assert!(
+        (dollars_after(&batched, "live with prompt caching:") - cached).abs() < 1e-3,
+        "{batched}"
+    );
     // Without the cache: no caching line at all.
-    let off = dry("off");
+    let off = dry("off", false);
     assert!(!off.contains("with prompt caching"), "{off}");
     assert!((dollars_after(&off, "estimated cost:") - naive).abs() < 1e-9);
 

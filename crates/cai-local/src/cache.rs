@@ -134,14 +134,17 @@ impl PrefixCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::KvRows;
 
     /// A session of `tokens` with one layer of `width` floats per position.
     fn sess(tokens: &[u32], width: usize) -> Session {
         let fill = |t: &u32| vec![*t as u16; width];
+        let rows: Vec<u16> = tokens.iter().flat_map(fill).collect();
         Session {
-            k: vec![tokens.iter().flat_map(fill).collect()],
-            v: vec![tokens.iter().flat_map(fill).collect()],
+            k: vec![KvRows::from_slice(&rows, 0)],
+            v: vec![KvRows::from_slice(&rows, 0)],
             tokens: tokens.to_vec(),
+            cap: 64 * width,
         }
     }
 
@@ -160,7 +163,7 @@ mod tests {
         let (s, n) = c.longest(&[1, 2, 3, 4], 3).unwrap();
         let p = s.prefix(n);
         assert_eq!(p.tokens(), &[1, 2, 3]);
-        assert_eq!(p.k[0], vec![1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+        assert_eq!(p.k[0].as_slice(), [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
     }
 
     #[test]

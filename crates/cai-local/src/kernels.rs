@@ -393,13 +393,19 @@ pub fn dotn_packed<const N: usize>(
     }
 }
 
-/// Appends `src` to `dst` as IEEE half-precision bits (the KV cache's
-/// storage: half the memory and memory traffic of `f32`, as llama.cpp
-/// keeps it).
+/// Appends `src` to `dst` as IEEE half-precision bits (see [`to_f16`]).
+#[cfg(test)]
 pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
     let at = dst.len();
     dst.resize(at + src.len(), 0);
-    let out = &mut dst[at..];
+    to_f16(isa, src, &mut dst[at..]);
+}
+
+/// Writes `src` into `out` (of the same length) as IEEE half-precision
+/// bits: the KV cache's storage, half the memory and memory traffic of
+/// `f32`, as llama.cpp keeps it.
+pub fn to_f16(isa: Isa, src: &[f32], out: &mut [u16]) {
+    assert_eq!(src.len(), out.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: F16C was detected at run time; lengths are equal.
@@ -409,6 +415,15 @@ pub fn extend_f16(isa: Isa, dst: &mut Vec<u16>, src: &[f32]) {
                 *o = f16::from_f32(*v).to_bits();
             }
         }
+    }
+}
+
+/// `x = cap·tanh(x/cap)` (Gemma 2's soft-capping of attention scores and
+/// logits): values stay within ±cap, small ones barely move.
+pub fn soft_cap(xs: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for x in xs {
+        *x = cap * (*x * inv).tanh();
     }
 }
 
@@ -448,8 +463,9 @@ fn attend_kernels(isa: Isa, hd: usize, group: usize) -> Option<AttendKernels> {
 /// is read once for all the heads. For head `h`, `out[h * (hd + 2)..]`
 /// receives the un-normalised weighted sum of values (`hd` values), then
 /// the largest score and the sum of `exp(score - largest)`, so parts are
-/// merged exactly like one long softmax. `scores` is scratch of at least
-/// `group * (j1 - j0)` values.
+/// merged exactly like one long softmax. A score is `scale·q·k`, then
+/// `cap·tanh(score/cap)` when `softcap` is `Some(cap)` (Gemma 2). `scores`
+/// is scratch of at least `group * (j1 - j0)` values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
@@ -457,7 +473,7 @@ pub fn attend(
     (k, v): (&[u16], &[u16]),
     (stride, off, hd): (usize, usize, usize),
     (j0, j1): (usize, usize),
-    scale: f32,
+    (scale, softcap): (f32, Option<f32>),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -484,6 +500,11 @@ pub fn attend(
                 scores[h * n + j] = dot * scale;
             }
         }
+    }
+    if let Some(cap) = softcap {
+        // Portable on every path: tanh is rare (Gemma 2 only) and cheap
+        // next to the dot products.
+        soft_cap(&mut scores[..group * n], cap);
     }
     for h in 0..group {
         let s = &mut scores[h * n..(h + 1) * n];
@@ -959,7 +980,8 @@ mod tests {
 
     /// Grouped attention over f16 keys and values agrees with a plain
     /// softmax over the same (rounded) values, for every ISA and for groups
-    /// the fast path takes (3) and leaves to the portable code (9).
+    /// the fast path takes (3) and leaves to the portable code (9), with
+    /// and without soft-capped scores.
     #[test]
     fn attend_matches_a_plain_softmax() {
         let mut seed = 11;
@@ -976,7 +998,10 @@ mod tests {
             let qs: Vec<f32> = (0..group * hd).map(|_| lcg(&mut seed)).collect();
             let scale = 0.25;
             let g = 1;
-            for chosen in isas() {
+            for (chosen, softcap) in isas()
+                .into_iter()
+                .flat_map(|i| [(i, None), (i, Some(0.3f32))])
+            {
                 let mut scores = vec![0f32; group * n];
                 let mut out = vec![0f32; group * (hd + 2)];
                 attend(
@@ -985,7 +1010,7 @@ mod tests {
                     (&k, &v),
                     (stride, g * hd, hd),
                     (0, n),
-                    scale,
+                    (scale, softcap),
                     &mut scores,
                     &mut out,
                 );
@@ -994,7 +1019,9 @@ mod tests {
                     let s: Vec<f32> = (0..n)
                         .map(|j| {
                             let kr = &k[j * stride + g * hd..j * stride + (g + 1) * hd];
-                            q.iter().zip(kr).map(|(a, b)| a * round(*b)).sum::<f32>() * scale
+                            let s =
+                                q.iter().zip(kr).map(|(a, b)| a * round(*b)).sum::<f32>() * scale;
+                            softcap.map_or(s, |c| c * (s / c).tanh())
                         })
                         .collect();
                     let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));

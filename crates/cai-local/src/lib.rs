@@ -1,7 +1,7 @@
 //! An embedded GGUF chat model run in-process on the CPU.
 //!
-//! [`Model::load`] maps a GGUF file once (llama, Mistral, Qwen2, Qwen3
-//! architectures), builds its tokenizer from the file's own metadata and
+//! [`Model::load`] maps a GGUF file once (llama, Mistral, Qwen2, Qwen3,
+//! Gemma 1–3 architectures), builds its tokenizer from the file's own metadata and
 //! then serves generation requests from any number of threads or tasks.
 //! Each request is a prompt already rendered as text (the caller owns the
 //! chat template; [`Metadata::chat_template`] is the model's own) plus its
@@ -71,7 +71,7 @@ pub enum LocalError {
     },
     #[error("{} is not a usable GGUF model: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{} is a model of architecture {arch:?}; supported: llama (also Mistral, TinyLlama, SmolLM), qwen2, qwen3", path.display())]
+    #[error("{} is a model of architecture {arch:?}; supported: llama (also Mistral, TinyLlama, SmolLM), qwen2, qwen3, gemma, gemma2, gemma3", path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     #[error("{}: {source}", path.display())]
     Tokenizer {

@@ -1,6 +1,9 @@
 //! A decoder-only transformer read from a memory-mapped GGUF file: the
 //! llama family (Llama 1–3, Mistral, TinyLlama, SmolLM), Qwen2/2.5
-//! (attention biases, NeoX rotary) and Qwen3 (per-head q/k norms).
+//! (attention biases, NeoX rotary), Qwen3 (per-head q/k norms) and Gemma 1–3
+//! (embeddings scaled by √dim, a GELU-gated feed-forward, norms after the
+//! attention and feed-forward blocks, sliding-window layers, soft-capped
+//! scores and logits; see [`Arch`]).
 //!
 //! The weights are shared by every sequence; each sequence owns a
 //! [`Session`] (its KV cache). [`Transformer::forward_batch`] runs one step for
@@ -29,6 +32,17 @@ pub enum Arch {
     Llama,
     Qwen2,
     Qwen3,
+    /// Gemma 1: Llama's block with embeddings scaled by √dim, GELU instead
+    /// of SiLU and NeoX rotary.
+    Gemma,
+    /// Gemma 2: Gemma 1 plus norms after the attention and feed-forward
+    /// blocks, every other layer (the first of each pair) attending to a
+    /// sliding window, and scores and logits soft-capped (`cap·tanh(x/cap)`).
+    Gemma2,
+    /// Gemma 3: Gemma 2 without the soft-capping, with Qwen3's per-head q/k
+    /// norms, five sliding-window layers to each global one, and a rotary
+    /// base of its own (10 000) for the sliding-window layers.
+    Gemma3,
 }
 
 impl Arch {
@@ -37,9 +51,25 @@ impl Arch {
             "llama" | "mistral" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
+            "gemma" => Some(Arch::Gemma),
+            "gemma2" => Some(Arch::Gemma2),
+            "gemma3" => Some(Arch::Gemma3),
             _ => None,
         }
     }
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Arch::Gemma | Arch::Gemma2 | Arch::Gemma3)
+    }
+}
+
+/// The feed-forward block's gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (Llama, Qwen).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
 }
 
 /// Hyper-parameters from `<arch>.*` metadata.
@@ -56,9 +86,27 @@ pub struct Config {
     pub rope_base: f32,
     pub rope_dims: usize,
     /// NeoX rotary layout (rotate the two halves of a head) instead of
-    /// adjacent pairs; Qwen models use it.
+    /// adjacent pairs; Qwen and Gemma models use it.
     pub rope_neox: bool,
+    /// Rotary base of the sliding-window layers (Gemma 3 keeps 10 000
+    /// there while its global layers use a much larger one).
+    pub rope_base_local: f32,
+    /// Linear rotary scaling of the global layers (`rope.scaling.factor`:
+    /// positions are divided by it); 1 when there is none.
+    pub rope_scale: f32,
     pub vocab: usize,
+    /// Multiplier of the token embeddings (√dim for Gemma).
+    pub embed_scale: Option<f32>,
+    /// Multiplier of `q·k` before the softmax: 1/√head_dim except for the
+    /// Gemma models whose queries are scaled by 1/√(dim/heads).
+    pub attn_scale: f32,
+    /// Attention scores become `cap·tanh(score/cap)` (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Output logits become `cap·tanh(logit/cap)` (Gemma 2).
+    pub final_softcap: Option<f32>,
+    pub activation: Activation,
+    /// Positions a sliding-window layer attends to, its own included.
+    pub window: usize,
 }
 
 impl Config {
@@ -74,6 +122,118 @@ impl Config {
     /// Bytes of one position's keys and values over all layers (f16).
     pub fn kv_bytes_per_token(&self) -> usize {
         self.layers * 2 * self.kv_dim() * 2
+    }
+}
+
+/// What sets the Gemma architectures apart, read from their metadata with
+/// llama.cpp's defaults for what a file may leave out. Other architectures
+/// get the neutral values.
+#[derive(Default)]
+struct GemmaParams {
+    /// Which layers attend to a sliding window.
+    sliding: Vec<bool>,
+    window: usize,
+    rope_base_local: Option<f32>,
+    attn_scale: Option<f32>,
+    attn_softcap: Option<f32>,
+    final_softcap: Option<f32>,
+}
+
+impl GemmaParams {
+    fn read(
+        g: &GgufFile,
+        arch: Arch,
+        name: &str,
+        layers: usize,
+        dim: usize,
+        heads: usize,
+    ) -> Result<Self, LocalError> {
+        let key = |k: &str| format!("{name}.{k}");
+        let cap =
+            |k: &str, default: Option<f32>| g.meta_f32(&key(k)).or(default).filter(|c| *c > 0.0);
+        let window = g.meta_u64(&key("attention.sliding_window"));
+        // The 27B models scale queries by 1/√(dim/heads) rather than
+        // 1/√head_dim; their files do not say so, and llama.cpp, whose
+        // behaviour the files are made for, tells them by layer count.
+        let big = (dim / heads) as f32;
+        match arch {
+            Arch::Gemma2 => Ok(Self {
+                sliding: sliding_layers(g, name, layers, 2)?,
+                window: window.map_or(4096, |w| w as usize),
+                rope_base_local: g.meta_f32(&key("rope.freq_base_swa")),
+                attn_scale: (layers == 46).then(|| 1.0 / big.sqrt()),
+                attn_softcap: cap("attn_logit_softcapping", Some(50.0)),
+                final_softcap: cap("final_logit_softcapping", Some(30.0)),
+            }),
+            Arch::Gemma3 => {
+                // Without a window every layer is global.
+                let window = window.map_or(0, |w| w as usize);
+                Ok(Self {
+                    sliding: if window > 0 {
+                        sliding_layers(g, name, layers, 6)?
+                    } else {
+                        Vec::new()
+                    },
+                    window,
+                    rope_base_local: Some(
+                        g.meta_f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0),
+                    ),
+                    attn_scale: (layers == 62).then(|| 1.0 / big.sqrt()),
+                    attn_softcap: None,
+                    final_softcap: cap("final_logit_softcapping", None),
+                })
+            }
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+/// Which of `layers` layers use the sliding window:
+/// `<arch>.attention.sliding_window_pattern` as one flag per layer, or as
+/// `n` (all but every `n`-th layer, counting from 1), else `n = default`.
+fn sliding_layers(
+    g: &GgufFile,
+    name: &str,
+    layers: usize,
+    default: u64,
+) -> Result<Vec<bool>, LocalError> {
+    let key = format!("{name}.attention.sliding_window_pattern");
+    if let Some(Value::Array(flags)) = g.meta(&key) {
+        let flags: Option<Vec<bool>> = flags
+            .iter()
+            .map(|v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        return match flags {
+            Some(f) if f.len() == layers => Ok(f),
+            _ => Err(g.corrupt(format!(
+                "metadata {key} is not one true/false flag for each of the {layers} layers"
+            ))),
+        };
+    }
+    let n = g.meta_u64(&key).unwrap_or(default);
+    Ok((0..layers as u64)
+        .map(|i| n == 0 || i % n < n - 1)
+        .collect())
+}
+
+/// Linear rotary scaling (`<arch>.rope.scaling.factor` when the scaling
+/// type is linear or unnamed, as llama.cpp defaults it): the factor
+/// positions are divided by; 1 for none.
+fn linear_rope_scale(g: &GgufFile, name: &str) -> f32 {
+    let kind = g
+        .meta_str(&format!("{name}.rope.scaling.type"))
+        .unwrap_or("linear");
+    let factor = g
+        .meta_f32(&format!("{name}.rope.scaling.factor"))
+        .or_else(|| g.meta_f32(&format!("{name}.rope.scale_linear")))
+        .unwrap_or(0.0);
+    if kind == "linear" && factor > 0.0 {
+        factor
+    } else {
+        1.0
     }
 }
 
@@ -109,6 +269,24 @@ impl GgufFile {
             content,
             mmap,
         })
+    }
+
+    /// Lets the kernel drop the mapped pages read so far. Loading copies
+    /// every matrix out of the map (repacked for the kernels); afterwards
+    /// only token-embedding rows are read from it, a few pages each, and
+    /// those come back on demand. Without this the whole file stays in the
+    /// process's resident memory beside its repacked copy (98 MB of the
+    /// default model's footprint).
+    fn release_pages(&self) {
+        // SAFETY: the map is a read-only private file mapping that nobody
+        // writes, so MADV_DONTNEED only drops clean pages; the next read of
+        // one faults the same bytes back in from the file. A failure only
+        // means the pages stay resident.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.mmap
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 
     pub fn meta(&self, key: &str) -> Option<&Value> {
@@ -390,10 +568,17 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     wo: Linear,
+    /// Gemma 2/3's norm of the attention output before the residual sum.
+    attn_post_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// Gemma 2/3's norm of the feed-forward output before the residual sum.
+    ffn_post_norm: Option<Vec<f32>>,
+    /// Attends to the last [`Config::window`] positions only, with the
+    /// local rotary table.
+    sliding: bool,
 }
 
 /// Read-only state every forward pass needs.
@@ -414,6 +599,94 @@ pub struct Transformer {
     output: Linear,
     /// Per rotary pair, the angle per position.
     inv_freq: Vec<f32>,
+    /// The same for the sliding-window layers, when it differs.
+    inv_freq_local: Option<Vec<f32>>,
+}
+
+/// Positions a sequence's KV maps are reserved for (address space, not
+/// memory); longer sequences move to larger maps as they grow.
+const RESERVED_POSITIONS: usize = 4096;
+
+/// One layer's keys (or values) of one sequence: IEEE half-precision bits,
+/// position after position, in an anonymous memory map of their own rather
+/// than a `Vec`. A running sequence's map is reserved up front (for
+/// [`RESERVED_POSITIONS`]), which costs address space only: pages become resident as
+/// positions are written, so a sequence neither holds the unused half of a
+/// doubled buffer nor copies itself to grow, and a dropped one returns its
+/// memory to the system at once. `Vec`s of these sizes (hundreds of KB,
+/// allocated and freed all run long) left the allocator's heaps holding
+/// far more than the live KV state.
+#[derive(Default)]
+pub(crate) struct KvRows {
+    map: Option<memmap2::MmapMut>,
+    len: usize,
+}
+
+impl KvRows {
+    /// Room for `cap` values (none when 0).
+    fn with_capacity(cap: usize) -> Self {
+        if cap == 0 {
+            return Self::default();
+        }
+        let map = memmap2::MmapMut::map_anon(cap * 2).unwrap_or_else(|_| {
+            // Out of address space or memory: what a `Vec` does then.
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u16; 1]>())
+        });
+        Self {
+            map: Some(map),
+            len: 0,
+        }
+    }
+
+    /// A copy of `src` with room for `cap` values (at least `src.len()`).
+    pub(crate) fn from_slice(src: &[u16], cap: usize) -> Self {
+        let mut rows = Self::with_capacity(cap.max(src.len()));
+        rows.push(src.len(), 0).copy_from_slice(src);
+        rows
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.as_ref().map_or(0, |m| m.len() / 2)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u16] {
+        match &self.map {
+            // SAFETY: a map is page-aligned (so aligned for u16) and holds
+            // `capacity() >= len` values, of which the first `len` were
+            // written; anonymous pages read as zero before that anyway.
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<u16>(), self.len) },
+            None => &[],
+        }
+    }
+
+    /// `n` more values at the end, for the caller to fill; when they do not
+    /// fit, the rows move to a map with room for `cap` values, or for twice
+    /// what they need past that.
+    pub(crate) fn push(&mut self, n: usize, cap: usize) -> &mut [u16] {
+        if self.len + n > self.capacity() {
+            *self = Self::from_slice(self.as_slice(), cap.max(2 * (self.len + n)));
+        }
+        let at = self.len;
+        self.len += n;
+        match &mut self.map {
+            // SAFETY: as in `as_slice`; `at + n <= capacity()` after the
+            // growth above, and the borrow of `self` keeps the map alive.
+            Some(m) => unsafe {
+                std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<u16>().add(at), n)
+            },
+            None => &mut [],
+        }
+    }
+}
+
+impl Clone for KvRows {
+    fn clone(&self) -> Self {
+        Self::from_slice(self.as_slice(), self.capacity())
+    }
 }
 
 /// One sequence's KV cache: for each layer, the keys and values of every
@@ -421,9 +694,11 @@ pub struct Transformer {
 /// llama.cpp's default cache type), and the tokens they were computed from.
 #[derive(Clone, Default)]
 pub struct Session {
-    pub(crate) k: Vec<Vec<u16>>,
-    pub(crate) v: Vec<Vec<u16>>,
+    pub(crate) k: Vec<KvRows>,
+    pub(crate) v: Vec<KvRows>,
     pub(crate) tokens: Vec<u32>,
+    /// Values a growing sequence reserves for a layer's keys (or values).
+    pub(crate) cap: usize,
 }
 
 impl Session {
@@ -446,25 +721,30 @@ impl Session {
         self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
     }
 
-    /// Gives back the spare capacity of its buffers.
+    /// Gives back the room reserved for growth (a finished sequence kept
+    /// in the prefix cache holds exactly its positions).
     pub fn shrink_to_fit(&mut self) {
         for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.shrink_to_fit();
+            if l.capacity() > l.len() {
+                *l = KvRows::from_slice(l.as_slice(), 0);
+            }
         }
         self.tokens.shrink_to_fit();
     }
 
-    /// A new session holding the first `n` positions of this one.
+    /// A new session holding the first `n` positions of this one, with
+    /// room to grow to the full context.
     pub fn prefix(&self, n: usize) -> Session {
         let n = n.min(self.len());
-        let per = |l: &Vec<u16>| {
+        let per = |l: &KvRows| {
             let row = l.len() / self.len().max(1);
-            l[..n * row].to_vec()
+            KvRows::from_slice(&l.as_slice()[..n * row], self.cap)
         };
         Session {
             k: self.k.iter().map(per).collect(),
             v: self.v.iter().map(per).collect(),
             tokens: self.tokens[..n].to_vec(),
+            cap: self.cap,
         }
     }
 }
@@ -496,6 +776,9 @@ pub struct Scratch {
     parts: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// Rotary angles of the sliding-window layers' table, when it differs.
+    cos_local: Vec<f32>,
+    sin_local: Vec<f32>,
     /// For each row: its sequence and position.
     rows: Vec<(usize, usize)>,
     /// Logits of the sequences that asked for them, in batch order.
@@ -538,9 +821,12 @@ impl Transformer {
         }
         let (_, embd_dims, _, _) = gguf.tensor("token_embd.weight")?;
         let vocab = embd_dims.first().copied().unwrap_or(0);
+        let layer_count = gguf.required(&key("block_count"))?;
+        let rope_base = gguf.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let gemma = GemmaParams::read(&gguf, arch, &name, layer_count, dim, heads)?;
         let cfg = Config {
             dim,
-            layers: gguf.required(&key("block_count"))?,
+            layers: layer_count,
             heads,
             kv_heads,
             head_dim,
@@ -551,13 +837,25 @@ impl Transformer {
             rms_eps: gguf
                 .meta_f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
-            rope_base: gguf.meta_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base,
             rope_dims: gguf
                 .meta_u64(&key("rope.dimension_count"))
                 .map_or(head_dim, |v| v as usize)
                 .min(head_dim),
-            rope_neox: matches!(arch, Arch::Qwen2 | Arch::Qwen3),
+            rope_neox: matches!(arch, Arch::Qwen2 | Arch::Qwen3) || arch.is_gemma(),
+            rope_base_local: gemma.rope_base_local.unwrap_or(rope_base),
+            rope_scale: linear_rope_scale(&gguf, &name),
             vocab,
+            embed_scale: arch.is_gemma().then(|| (dim as f32).sqrt()),
+            attn_scale: gemma.attn_scale.unwrap_or(1.0 / (head_dim as f32).sqrt()),
+            attn_softcap: gemma.attn_softcap,
+            final_softcap: gemma.final_softcap,
+            activation: if arch.is_gemma() {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            window: gemma.window,
         };
         if embd_dims != [vocab, dim] || dim % QK != 0 {
             return Err(gguf.corrupt(format!(
@@ -576,9 +874,17 @@ impl Transformer {
                     Ok(None)
                 }
             };
-            let norm = |s: &str| -> Result<Option<Vec<f32>>, LocalError> {
+            let norm = |s: &str, len: usize| -> Result<Option<Vec<f32>>, LocalError> {
                 if gguf.has_tensor(&n(s)) {
-                    gguf.f32_vec(&n(s), head_dim).map(Some)
+                    gguf.f32_vec(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            // Gemma 2/3 cannot run without them; elsewhere they are absent.
+            let post_norm = |s: &str| -> Result<Option<Vec<f32>>, LocalError> {
+                if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+                    gguf.f32_vec(&n(s), dim).map(Some)
                 } else {
                     Ok(None)
                 }
@@ -591,22 +897,27 @@ impl Transformer {
                 bq: bias("attn_q", q_dim)?,
                 bk: bias("attn_k", kv_dim)?,
                 bv: bias("attn_v", kv_dim)?,
-                q_norm: norm("attn_q_norm")?,
-                k_norm: norm("attn_k_norm")?,
+                q_norm: norm("attn_q_norm", head_dim)?,
+                k_norm: norm("attn_k_norm", head_dim)?,
                 wo: Linear::load(&gguf, &n("attn_output"), dim, q_dim)?,
+                attn_post_norm: post_norm("post_attention_norm")?,
                 ffn_norm: gguf.f32_vec(&n("ffn_norm"), dim)?,
                 gate: Linear::load(&gguf, &n("ffn_gate"), cfg.ffn_dim, dim)?,
                 up: Linear::load(&gguf, &n("ffn_up"), cfg.ffn_dim, dim)?,
                 down: Linear::load(&gguf, &n("ffn_down"), dim, cfg.ffn_dim)?,
+                ffn_post_norm: post_norm("post_ffw_norm")?,
+                sliding: gemma.sliding.get(i).copied().unwrap_or(false),
             });
         }
         let out_norm = gguf.f32_vec("output_norm.weight", dim)?;
-        // Tied embeddings: small models reuse token_embd as the output head.
-        let output = if gguf.has_tensor("output.weight") {
-            Linear::load(&gguf, "output.weight", vocab, dim)?
-        } else {
-            Linear::load(&gguf, "token_embd.weight", vocab, dim)?
-        };
+        // Tied embeddings: small models reuse token_embd as the output head
+        // (Gemma 1 and 2 always do, as llama.cpp has them).
+        let output =
+            if gguf.has_tensor("output.weight") && !matches!(arch, Arch::Gemma | Arch::Gemma2) {
+                Linear::load(&gguf, "output.weight", vocab, dim)?
+            } else {
+                Linear::load(&gguf, "token_embd.weight", vocab, dim)?
+            };
         let embed = {
             let (dtype, _, start, bytes) = gguf.tensor("token_embd.weight")?;
             if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0) {
@@ -620,9 +931,12 @@ impl Transformer {
             }
         };
         let half = cfg.rope_dims / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| cfg.rope_base.powf(-(2.0 * i as f32) / cfg.rope_dims as f32))
-            .collect();
+        let table = |base: f32, scale: f32| -> Vec<f32> {
+            (0..half)
+                .map(|i| base.powf(-(2.0 * i as f32) / cfg.rope_dims as f32) * scale)
+                .collect()
+        };
+        let mut inv_freq = table(cfg.rope_base, 1.0 / cfg.rope_scale);
         if gguf.has_tensor("rope_freqs.weight") {
             // Llama 3.1-style scaled rotary frequencies.
             let factors = gguf.f32_vec("rope_freqs.weight", half)?;
@@ -630,6 +944,14 @@ impl Transformer {
                 *f /= s;
             }
         }
+        // Sliding-window layers keep their own base and no scaling (as
+        // llama.cpp reads Gemma 3: `rope.freq_base_swa`, default 10 000).
+        let inv_freq_local = layers
+            .iter()
+            .any(|l| l.sliding)
+            .then(|| table(cfg.rope_base_local, 1.0))
+            .filter(|local| *local != inv_freq);
+        gguf.release_pages();
         Ok(Self {
             gguf,
             cfg,
@@ -639,6 +961,7 @@ impl Transformer {
             out_norm,
             output,
             inv_freq,
+            inv_freq_local,
         })
     }
 
@@ -657,9 +980,10 @@ impl Transformer {
     /// A fresh, empty sequence.
     pub fn session(&self) -> Session {
         Session {
-            k: vec![Vec::new(); self.cfg.layers],
-            v: vec![Vec::new(); self.cfg.layers],
+            k: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
+            v: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
             tokens: Vec::new(),
+            cap: self.cfg.context.min(RESERVED_POSITIONS) * self.cfg.kv_dim(),
         }
     }
 
@@ -750,18 +1074,17 @@ impl Transformer {
                 Embedding::F32(all) => out.copy_from_slice(&all[row * d..(row + 1) * d]),
             }
         }
+        if let Some(k) = cfg.embed_scale {
+            for v in s.x.iter_mut() {
+                *v *= k;
+            }
+        }
 
         // Rotary angles for each row's position.
         let half = cfg.rope_dims / 2;
-        s.cos.resize(m * half, 0.0);
-        s.sin.resize(m * half, 0.0);
-        for (t, &(_, pos)) in s.rows.iter().enumerate() {
-            let p = pos as f32;
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let (sn, cs) = (p * f).sin_cos();
-                s.cos[t * half + i] = cs;
-                s.sin[t * half + i] = sn;
-            }
+        rotary_angles(&self.inv_freq, &s.rows, &mut s.cos, &mut s.sin);
+        if let Some(local) = &self.inv_freq_local {
+            rotary_angles(local, &s.rows, &mut s.cos_local, &mut s.sin_local);
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
@@ -796,20 +1119,26 @@ impl Transformer {
             if let Some(w) = &layer.k_norm {
                 rms_norm_in_place(&mut s.k, w, cfg.rms_eps);
             }
-            rope(&mut s.q, m, cfg, half, &s.cos, &s.sin);
-            rope(&mut s.k, m, cfg, half, &s.cos, &s.sin);
+            let (cos, sin) = if layer.sliding && self.inv_freq_local.is_some() {
+                (&s.cos_local, &s.sin_local)
+            } else {
+                (&s.cos, &s.sin)
+            };
+            rope(&mut s.q, m, cfg, half, cos, sin);
+            rope(&mut s.k, m, cfg, half, cos, sin);
             let mut r = 0;
             for q in seqs.iter_mut() {
                 let n = q.tokens.len();
-                kernels::extend_f16(
+                let cap = q.sess.cap;
+                kernels::to_f16(
                     ctx.isa,
-                    &mut q.sess.k[li],
                     &s.k[r * kv_dim..(r + n) * kv_dim],
+                    q.sess.k[li].push(n * kv_dim, cap),
                 );
-                kernels::extend_f16(
+                kernels::to_f16(
                     ctx.isa,
-                    &mut q.sess.v[li],
                     &s.v[r * kv_dim..(r + n) * kv_dim],
+                    q.sess.v[li].push(n * kv_dim, cap),
                 );
                 r += n;
             }
@@ -817,16 +1146,34 @@ impl Transformer {
                 .iter()
                 .map(|q| (q.sess.k[li].as_slice(), q.sess.v[li].as_slice()))
                 .collect();
-            attention(cfg, &ctx, &s.q, &caches, &s.rows, &mut s.att, &mut s.parts);
+            let window = if layer.sliding {
+                cfg.window
+            } else {
+                usize::MAX
+            };
+            attention(
+                cfg,
+                &ctx,
+                &s.q,
+                &caches,
+                &s.rows,
+                window,
+                &mut s.att,
+                &mut s.parts,
+            );
             s.hq.quantize_rows(&s.att, q_dim);
             layer
                 .wo
                 .forward(&ctx, &s.att, &s.hq, m, &mut s.o, &mut s.tmp)?;
-            for (x, o) in s.x.iter_mut().zip(&s.o) {
-                *x += o;
-            }
+            add_residual(
+                &mut s.x,
+                &s.o,
+                layer.attn_post_norm.as_deref(),
+                cfg,
+                &mut s.h,
+            );
 
-            // Feed-forward block (SwiGLU).
+            // Feed-forward block (gated: SwiGLU or GeGLU).
             rms_norm_rows(&s.x, &layer.ffn_norm, cfg.rms_eps, d, &mut s.h);
             s.hq.quantize_rows(&s.h, d);
             layer
@@ -835,16 +1182,29 @@ impl Transformer {
             layer
                 .up
                 .forward(&ctx, &s.h, &s.hq, m, &mut s.u, &mut s.tmp)?;
-            for (g, u) in s.g.iter_mut().zip(&s.u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            match cfg.activation {
+                Activation::Silu => {
+                    for (g, u) in s.g.iter_mut().zip(&s.u) {
+                        *g = *g / (1.0 + (-*g).exp()) * u;
+                    }
+                }
+                Activation::GeluTanh => {
+                    for (g, u) in s.g.iter_mut().zip(&s.u) {
+                        *g = gelu_tanh(*g) * u;
+                    }
+                }
             }
             s.hq.quantize_rows(&s.g, cfg.ffn_dim);
             layer
                 .down
                 .forward(&ctx, &s.g, &s.hq, m, &mut s.o, &mut s.tmp)?;
-            for (x, o) in s.x.iter_mut().zip(&s.o) {
-                *x += o;
-            }
+            add_residual(
+                &mut s.x,
+                &s.o,
+                layer.ffn_post_norm.as_deref(),
+                cfg,
+                &mut s.h,
+            );
         }
         for q in seqs.iter_mut() {
             q.sess.tokens.extend_from_slice(q.tokens);
@@ -870,8 +1230,53 @@ impl Transformer {
         }
         self.output
             .forward(&ctx, &s.h, &s.hq, n, &mut s.logits, &mut s.tmp)?;
+        if let Some(cap) = cfg.final_softcap {
+            kernels::soft_cap(&mut s.logits, cap);
+        }
         Ok(())
     }
+}
+
+/// `cos`/`sin` of each row's position times each rotary frequency.
+fn rotary_angles(
+    inv_freq: &[f32],
+    rows: &[(usize, usize)],
+    cos: &mut Vec<f32>,
+    sin: &mut Vec<f32>,
+) {
+    let half = inv_freq.len();
+    cos.resize(rows.len() * half, 0.0);
+    sin.resize(rows.len() * half, 0.0);
+    for (t, &(_, pos)) in rows.iter().enumerate() {
+        let p = pos as f32;
+        for (i, f) in inv_freq.iter().enumerate() {
+            let (sn, cs) = (p * f).sin_cos();
+            cos[t * half + i] = cs;
+            sin[t * half + i] = sn;
+        }
+    }
+}
+
+/// `x += out`, or `x += norm(out)` for the Gemma 2/3 blocks that normalise
+/// their output before the residual sum (`h` is scratch).
+fn add_residual(x: &mut [f32], out: &[f32], norm: Option<&[f32]>, cfg: &Config, h: &mut Vec<f32>) {
+    let out = match norm {
+        Some(w) => {
+            rms_norm_rows(out, w, cfg.rms_eps, cfg.dim, h);
+            h.as_slice()
+        }
+        None => out,
+    };
+    for (x, o) in x.iter_mut().zip(out) {
+        *x += o;
+    }
+}
+
+/// GELU with the tanh approximation Gemma was trained with (llama.cpp's
+/// `ggml_gelu`).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// Largest number of prompt tokens of one sequence processed in one step;
@@ -933,31 +1338,34 @@ fn rope(x: &mut [f32], m: usize, cfg: &Config, half: usize, cos: &[f32], sin: &[
 const ATT_PART: usize = 256;
 
 /// Causal grouped-query attention of each row over its own sequence's
-/// cache, up to and including its position. The work is cut into one item
-/// per row, key/value head and part of [`ATT_PART`] positions; an item
-/// reads each key and value once for all the query heads sharing it.
+/// cache, up to and including its position and at most `window` positions
+/// back (its own included). The work is cut into one item per row,
+/// key/value head and part of [`ATT_PART`] positions; an item reads each
+/// key and value once for all the query heads sharing it.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     cfg: &Config,
     ctx: &Ctx<'_>,
     q: &[f32],
     caches: &[(&[u16], &[u16])],
     rows: &[(usize, usize)],
+    window: usize,
     out: &mut Vec<f32>,
     parts: &mut Vec<f32>,
 ) {
     let hd = cfg.head_dim;
     let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
     let group = cfg.heads / cfg.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     let width = group * (hd + 2);
     // Items in order: row, then key/value head, then part.
     let mut items: Vec<(usize, usize, usize)> = Vec::new();
     let mut work = 0;
     for (t, &(_, pos)) in rows.iter().enumerate() {
         let n = pos + 1;
-        work += n;
+        let lo = n.saturating_sub(window);
+        work += n - lo;
         for g in 0..cfg.kv_heads {
-            for j0 in (0..n).step_by(ATT_PART) {
+            for j0 in (lo..n).step_by(ATT_PART) {
                 items.push((t, g, j0));
             }
         }
@@ -974,7 +1382,7 @@ fn attention(
             caches[seq],
             (kv_dim, g * hd, hd),
             (j0, j1),
-            scale,
+            (cfg.attn_scale, cfg.attn_softcap),
             scores,
             o,
         );
@@ -1045,7 +1453,15 @@ mod tests {
             rope_base: 10_000.0,
             rope_dims: 16,
             rope_neox: false,
+            rope_base_local: 10_000.0,
+            rope_scale: 1.0,
             vocab: 8,
+            embed_scale: None,
+            attn_scale: 0.25,
+            attn_softcap: None,
+            final_softcap: None,
+            activation: Activation::Silu,
+            window: usize::MAX,
         };
         let n = 4 * ATT_PART + 77;
         let mut seed = 5u64;
@@ -1071,7 +1487,16 @@ mod tests {
                 threads,
             };
             let (mut out, mut parts) = (Vec::new(), Vec::new());
-            attention(&cfg, &ctx, &q, &[(k, v)], &rows, &mut out, &mut parts);
+            attention(
+                &cfg,
+                &ctx,
+                &q,
+                &[(k, v)],
+                &rows,
+                usize::MAX,
+                &mut out,
+                &mut parts,
+            );
             for (t, &(_, pos)) in rows.iter().enumerate() {
                 for h in 0..cfg.heads {
                     let qh = &q[t * cfg.q_dim() + h * hd..][..hd];

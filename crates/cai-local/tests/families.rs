@@ -119,3 +119,22 @@ fn qwen2_with_attention_biases_matches_llama_cpp() {
 fn qwen3_with_query_key_norms_matches_llama_cpp() {
     check_family("qwen3");
 }
+
+#[test]
+fn gemma_with_scaled_embeddings_and_gelu_matches_llama_cpp() {
+    check_family("gemma");
+}
+
+/// Post-block norms, a sliding window on every other layer, soft-capped
+/// attention scores and logits, and Gemma's SentencePiece setup.
+#[test]
+fn gemma2_with_sliding_windows_and_soft_caps_matches_llama_cpp() {
+    check_family("gemma2");
+}
+
+/// Five sliding-window layers with their own rotary base to each global
+/// one (whose rotary is linearly scaled), and q/k norms.
+#[test]
+fn gemma3_with_local_and_global_layers_matches_llama_cpp() {
+    check_family("gemma3");
+}
