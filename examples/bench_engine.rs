@@ -21,10 +21,11 @@
 //!    and 1,000,000 prompts (`--sizes`): peak RSS, CPU per request, and the
 //!    disk a finished prompt costs in each file of the run directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cai_fake::process::{cai_bin, peak_rss_kib};
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::Value;
 
@@ -35,18 +36,6 @@ struct Outcome {
     /// User + system CPU seconds of the cai process (last sample before exit).
     cpu_s: f64,
     code: i32,
-}
-
-fn cai_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAI_BIN") {
-        return p.into();
-    }
-    // target/release/examples/bench_engine → target/release/cai
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("cai"))
-        .expect("target dir")
 }
 
 fn write_prompts(path: &Path, n: usize) {
@@ -60,16 +49,6 @@ fn write_prompts(path: &Path, n: usize) {
         .expect("row");
     }
     w.flush().expect("flush");
-}
-
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// utime + stime of a live process, in seconds (clock ticks of 1/100 s,
@@ -121,7 +100,7 @@ fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
         if let Some(status) = child.try_wait().expect("wait") {
             break status.code().unwrap_or(-1);
         }
-        if let Some(kb) = vm_hwm_kb(pid) {
+        if let Some(kb) = peak_rss_kib(pid) {
             peak = peak.max(kb);
         }
         if let Some(c) = cpu_seconds(pid) {

@@ -8,22 +8,12 @@
 //! cargo build --release && cargo run --release --example bench_pool [-- PROMPTS]
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cai_fake::process::cai_bin;
 use cai_fake::{FakeConfig, FakeServer};
-
-fn cai_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAI_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("cai"))
-        .expect("target dir")
-}
 
 fn write_prompts(path: &Path, n: usize) {
     let mut w = csv::Writer::from_path(path).expect("prompts file");

@@ -19,26 +19,14 @@
 //!    runs the solver, which must be installed).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cai_fake::process::cai_bin;
 use cai_fake::{FakeConfig, FakeServer};
 use serde_json::{json, Value};
-
-fn cai_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAI_BIN") {
-        return p.into();
-    }
-    // target/<profile>/examples/bench_serve → target/<profile>/cai
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("cai"))
-        .expect("target dir")
-}
 
 struct Serve {
     child: Child,

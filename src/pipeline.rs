@@ -508,6 +508,29 @@ impl Reviser<'_> {
         .await
     }
 
+    /// The text of a critique or revision reply without its `label`; a
+    /// reply cut off by the token limit (with `reject_cut`) or empty
+    /// rejects the prompt at `stage`.
+    fn labelled(
+        &self,
+        c: &Completion,
+        stage: Stage,
+        label: &str,
+        reject_cut: bool,
+    ) -> Result<String, RoundFail> {
+        if reject_cut && c.finish == FinishReason::Length {
+            return Err(RoundFail::Reject(stage, cut_off(self.params.max_tokens)));
+        }
+        let text = strip_label(&c.text, label);
+        if text.is_empty() {
+            return Err(RoundFail::Reject(
+                stage,
+                format!("empty {}", label.to_lowercase()),
+            ));
+        }
+        Ok(text)
+    }
+
     /// [`Reviser::round`] knowing the requests sent before it for the same
     /// prompt (`sent`, to which this round's two are added) and whether
     /// another round follows, so each request's [`CacheHint`] says what it
@@ -557,16 +580,7 @@ impl Reviser<'_> {
         req.cache.extended = more || extends(self.constitution, Stage::Critique, Stage::Revision);
         sent.push((Stage::Critique, req.messages.len()));
         let c = call(Stage::Critique, req).await?;
-        if reject_cut && c.finish == FinishReason::Length {
-            return Err(RoundFail::Reject(
-                Stage::Critique,
-                cut_off(self.params.max_tokens),
-            ));
-        }
-        let critique = strip_label(&c.text, "Critique");
-        if critique.is_empty() {
-            return Err(RoundFail::Reject(Stage::Critique, "empty critique".into()));
-        }
+        let critique = self.labelled(&c, Stage::Critique, "Critique", reject_cut)?;
         let critique_step = TraceStep {
             stage: Stage::Critique,
             round,
@@ -590,16 +604,7 @@ impl Reviser<'_> {
         req.cache.extended = more;
         sent.push((Stage::Revision, req.messages.len()));
         let c = call(Stage::Revision, req).await?;
-        if reject_cut && c.finish == FinishReason::Length {
-            return Err(RoundFail::Reject(
-                Stage::Revision,
-                cut_off(self.params.max_tokens),
-            ));
-        }
-        let revision = strip_label(&c.text, "Revision");
-        if revision.is_empty() {
-            return Err(RoundFail::Reject(Stage::Revision, "empty revision".into()));
-        }
+        let revision = self.labelled(&c, Stage::Revision, "Revision", reject_cut)?;
         if is_refusal_to_revise(&revision) {
             return Err(RoundFail::Reject(
                 Stage::Revision,

@@ -16,24 +16,15 @@ use cai::provider::local::{LoadOptions, LocalLoadError, LocalProvider};
 use cai::provider::model_store::{self, ModelError, Source};
 use cai::provider::{ChatRequest, GenParams, Message, Provider, ProviderError};
 
+// Its cache path goes unused here: cai's own `model_store` says where the
+// cache is.
+#[allow(dead_code)]
+#[path = "../crates/cai-local/tests/support/mod.rs"]
+mod support;
+
+/// The default model (`CAI_TEST_MODEL`, else cai's model cache).
 fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("CAI_TEST_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| model_store::default_model_path().ok())?;
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "model {} missing under CI: run `cai model fetch` or set CAI_TEST_MODEL",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: model {} not found (run `cai model fetch` or set CAI_TEST_MODEL)",
-        path.display()
-    );
-    None
+    support::test_model(|| model_store::default_model_path().ok())
 }
 
 /// The model, loaded once for all tests of this binary.

@@ -470,6 +470,18 @@ mod tests {
         }
     }
 
+    /// A fresh journal in its own directory, open, with `entries` (key,
+    /// prompt id, reply text) recorded.
+    fn journal(entries: &[(&str, &str, &str)]) -> (tempfile::TempDir, PathBuf, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::open(&path, &IdSet::empty()).unwrap();
+        for (k, id, text) in entries {
+            j.record(k, id, &completion(text)).unwrap();
+        }
+        (dir, path, j)
+    }
+
     #[test]
     fn keys_depend_on_every_part() {
         let req = ChatRequest {
@@ -535,13 +547,8 @@ mod tests {
 
     #[test]
     fn reopen_repairs_torn_line_and_skips_done_prompts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.jsonl");
-        {
-            let j = Journal::open(&path, &IdSet::empty()).unwrap();
-            j.record("k1", "a", &completion("one")).unwrap();
-            j.record("k2", "b", &completion("two")).unwrap();
-        }
+        let (dir, path, j) = journal(&[("k1", "a", "one"), ("k2", "b", "two")]);
+        drop(j);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"k\":\"k3\",\"id\":\"c\",\"c\":{\"te")
             .unwrap();
@@ -563,12 +570,8 @@ mod tests {
 
     #[test]
     fn compaction_keeps_only_prompts_not_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.jsonl");
-        let j = Journal::open(&path, &IdSet::empty()).unwrap();
-        j.record("k1", "a", &completion("one")).unwrap();
-        j.record("k2", "b", &completion("two")).unwrap();
-        j.record("k3", "a", &completion("three")).unwrap();
+        let (_dir, path, j) =
+            journal(&[("k1", "a", "one"), ("k2", "b", "two"), ("k3", "a", "three")]);
         j.committed("a");
         let kept = j.compact().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -586,12 +589,8 @@ mod tests {
 
     #[test]
     fn a_compaction_cut_short_before_its_rename_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.jsonl");
-        {
-            let j = Journal::open(&path, &IdSet::empty()).unwrap();
-            j.record("k1", "a", &completion("one")).unwrap();
-        }
+        let (_dir, path, j) = journal(&[("k1", "a", "one")]);
+        drop(j);
         // A crash while the new file was being written.
         std::fs::write(tmp_path(&path), "{\"k\":\"k9\",\"id\":\"z\"").unwrap();
         let j = Journal::open(&path, &IdSet::empty()).unwrap();

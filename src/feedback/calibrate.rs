@@ -56,6 +56,7 @@ use serde_json::{Map, Value};
 
 use crate::feedback::metrics::Judgment;
 use crate::input::pairs::Winner;
+use crate::input::walk::Walker;
 use crate::input::{InputError, InputErrors, Location};
 
 /// Judge probabilities are clipped to [CLIP, 1 − CLIP] before the logit, so
@@ -704,12 +705,9 @@ pub fn load(path: &Path) -> Result<Calibration, InputErrors> {
 /// Parses calibration JSON; `path` is for error messages.
 pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
     let value = crate::input::parse_json(path, text)?;
-    let mut r = Reader {
-        file: path,
-        errors: Vec::new(),
-    };
+    let mut r = Walker::new(path);
     let Some(obj) = value.as_object() else {
-        r.err("", "a calibration must be a JSON object".into());
+        r.err("", "a calibration must be a JSON object");
         return Err(InputErrors(r.errors));
     };
     match obj.get("format").and_then(Value::as_str) {
@@ -753,25 +751,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
             for (i, v) in a.iter().enumerate() {
                 match v.as_f64() {
                     Some(x) if (0.0..=1.0).contains(&x) => prior[i] = x,
-                    _ => r.err(
-                        &format!("prior[{i}]"),
-                        "expected a probability in [0, 1]".into(),
-                    ),
+                    _ => r.err(&format!("prior[{i}]"), "expected a probability in [0, 1]"),
                 }
             }
         }
-        _ => r.err("prior", "expected three probabilities [a, b, tie]".into()),
+        _ => r.err("prior", "expected three probabilities [a, b, tie]"),
     }
     let mut judges = Vec::new();
     match obj.get("judges") {
         Some(Value::Array(a)) if !a.is_empty() => {
             for (i, v) in a.iter().enumerate() {
                 let at = format!("judges[{i}]");
-                let Some(o) = v.as_object() else {
-                    r.err(
-                        &at,
-                        format!("expected an object, found {}", crate::input::json_kind(v)),
-                    );
+                let Some(o) = r.object(v, &at) else {
                     continue;
                 };
                 let judge = match o.get("judge") {
@@ -779,7 +770,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
                     _ => {
                         r.err(
                             &format!("{at}.judge"),
-                            "expected the judge's `provider:model`".into(),
+                            "expected the judge's `provider:model`",
                         );
                         String::new()
                     }
@@ -790,7 +781,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
                     _ => {
                         r.err(
                             &format!("{at}.temperature"),
-                            "expected a positive number, or null for a judge without signal".into(),
+                            "expected a positive number, or null for a judge without signal",
                         );
                         None
                     }
@@ -803,7 +794,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
                 });
             }
         }
-        _ => r.err("judges", "expected a non-empty array of judges".into()),
+        _ => r.err("judges", "expected a non-empty array of judges"),
     }
     if !r.errors.is_empty() {
         return Err(InputErrors(r.errors));
@@ -820,43 +811,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
             .get("held_out")
             .and_then(|v| serde_json::from_value(v.clone()).ok()),
     })
-}
-
-/// Collects every problem of a calibration file with its JSON path.
-struct Reader<'a> {
-    file: &'a Path,
-    errors: Vec<InputError>,
-}
-
-impl Reader<'_> {
-    fn err(&mut self, at: &str, message: String) {
-        self.errors.push(InputError::new(
-            self.file,
-            Location::Path(at.to_string()),
-            message,
-        ));
-    }
-
-    /// A required finite number `key` of `o` (at JSON path `at`).
-    fn number(&mut self, o: &Map<String, Value>, at: &str, key: &str) -> f64 {
-        let p = if at.is_empty() {
-            key.to_string()
-        } else {
-            format!("{at}.{key}")
-        };
-        match o.get(key) {
-            Some(v @ Value::Number(_)) => match v.as_f64() {
-                Some(x) if x.is_finite() => return x,
-                _ => self.err(&p, "not a finite number".into()),
-            },
-            None => self.err(&p, "missing".into()),
-            Some(v) => self.err(
-                &p,
-                format!("expected a number, found {}", crate::input::json_kind(v)),
-            ),
-        }
-        0.0
-    }
 }
 
 #[cfg(test)]

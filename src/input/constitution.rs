@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::walk::{join, Walker};
 use super::{InputError, InputErrors, Location};
 use crate::provider::{Message, Role};
 
@@ -178,10 +179,7 @@ impl Constitution {
     pub fn parse(path: &Path, text: &str) -> Result<Self, InputErrors> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let value = crate::input::parse_json(path, text)?;
-        let mut w = Walker {
-            file: path,
-            errors: Vec::new(),
-        };
+        let mut w = Walker::new(path);
         let Some(obj) = value.as_object() else {
             w.err("", "a constitution must be a JSON object");
             return Err(InputErrors(w.errors));
@@ -313,111 +311,9 @@ const NATIVE_KEYS: &[&str] = &[
 /// Descriptive keys a native file may carry; ignored.
 const METADATA_KEYS: &[&str] = &["name", "description", "version", "license", "author"];
 
-struct Walker<'a> {
-    file: &'a Path,
-    errors: Vec<InputError>,
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
+/// The constitution's own readers over the shared field readers of
+/// [`Walker`].
 impl Walker<'_> {
-    fn err(&mut self, path: &str, msg: impl Into<String>) {
-        self.errors.push(InputError::new(
-            self.file,
-            Location::Path(path.to_string()),
-            msg,
-        ));
-    }
-
-    /// A required, non-blank string field of `obj`.
-    fn string(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
-        let p = join(path, key);
-        match obj.get(key) {
-            None | Some(Value::Null) => {
-                self.err(&p, "missing");
-                None
-            }
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                self.err(&p, "empty");
-                None
-            }
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                self.err(
-                    &p,
-                    format!(
-                        "expected a string, found {}",
-                        crate::input::json_kind(other)
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// An optional string field: absent, null and "" all mean none.
-    fn opt_string(&mut self, obj: &Map<String, Value>, path: &str, key: &str) -> Option<String> {
-        match obj.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.trim().is_empty() => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                self.err(
-                    &join(path, key),
-                    format!(
-                        "expected a string, found {}",
-                        crate::input::json_kind(other)
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// An array field; `required` arrays must also be non-empty.
-    fn array<'v>(&mut self, obj: &'v Map<String, Value>, key: &str, required: bool) -> &'v [Value] {
-        match obj.get(key) {
-            None | Some(Value::Null) if required => {
-                self.err(key, "missing");
-                &[]
-            }
-            None | Some(Value::Null) => &[],
-            Some(Value::Array(a)) => {
-                if required && a.is_empty() {
-                    self.err(key, "must not be empty");
-                }
-                a
-            }
-            Some(other) => {
-                self.err(
-                    key,
-                    format!(
-                        "expected an array, found {}",
-                        crate::input::json_kind(other)
-                    ),
-                );
-                &[]
-            }
-        }
-    }
-
-    fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
-        let o = v.as_object();
-        if o.is_none() {
-            self.err(
-                path,
-                format!("expected an object, found {}", crate::input::json_kind(v)),
-            );
-        }
-        o
-    }
-
     /// A required array of `{<critique_key>, revision}` objects.
     fn principles(
         &mut self,

@@ -10,6 +10,7 @@ pub mod constitution;
 pub mod pairs;
 pub mod prompts;
 pub mod queries;
+pub mod walk;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -33,12 +33,10 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchApi, BatchCodec};
 use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
-use super::http::check_reply;
+use super::http::check_completion;
 #[cfg(doc)]
 use super::CacheHint;
-use super::{
-    post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
-};
+use super::{ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage};
 
 /// The API version header value this client speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -373,16 +371,9 @@ impl Provider for Anthropic {
             .ep
             .post(&self.url, &body)
             .header("anthropic-version", ANTHROPIC_VERSION);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, &self.url, req).await?;
         let completion = completion(resp);
-        check_reply(
-            &self.url,
-            req,
-            [completion.text.as_str()],
-            completion.usage.map(|u| u.completion_tokens),
-        )?;
+        check_completion(&self.url, req, &completion)?;
         Ok(Reply { completion, rate })
     }
 }

@@ -19,11 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::chat_template::ChatTemplate;
 use super::endpoint::{endpoint_accessors, Endpoint};
-use super::http::check_reply;
+use super::http::check_completion;
 use super::openai::finish_reason;
-use super::{
-    post_json, ChatRequest, Completion, Provider, ProviderError, Reply, TokenLogprob, Usage,
-};
+use super::{ChatRequest, Completion, Provider, ProviderError, Reply, TokenLogprob, Usage};
 
 /// A text-completion endpoint and the chat template conversations are
 /// rendered with.
@@ -163,17 +161,9 @@ impl Provider for Completions {
     async fn complete_text(&self, prompt: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(prompt, req);
         let http = self.ep.post(&self.url, &body);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, &self.url, req).await?;
         let completion = self.completion(resp)?;
-        check_reply(
-            &self.url,
-            req,
-            std::iter::once(completion.text.as_str())
-                .chain(completion.more.iter().map(String::as_str)),
-            completion.usage.map(|u| u.completion_tokens),
-        )?;
+        check_completion(&self.url, req, &completion)?;
         Ok(Reply { completion, rate })
     }
 }

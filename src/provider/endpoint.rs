@@ -78,6 +78,19 @@ impl Endpoint {
         self.request(reqwest::Method::POST, url).json(body)
     }
 
+    /// Sends a POST built by [`Self::post`] for `req` and decodes its typed
+    /// JSON reply, read under the reply limit for the request's parameters;
+    /// the key is scrubbed from any echoed body (see [`super::post_json`]).
+    pub async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        http: reqwest::RequestBuilder,
+        url: &str,
+        req: &super::ChatRequest,
+    ) -> Result<(T, super::RateHints), ProviderError> {
+        let bound = self.limit.for_request(&req.params);
+        super::post_json(http, url, self.key.as_ref(), &bound).await
+    }
+
     /// OpenAI's model list, `GET {base}/models` (ids in `data[].id`), which
     /// every OpenAI-compatible server answers for both its APIs.
     pub async fn openai_models(&self) -> Result<Vec<String>, ProviderError> {

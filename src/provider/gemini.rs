@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
 use super::http::check_reply;
-use super::{
-    post_json, ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage,
-};
+use super::{ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage};
 
 /// A Gemini `generateContent` endpoint.
 pub struct Gemini {
@@ -244,9 +242,7 @@ impl Provider for Gemini {
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
         let http = self.ep.post(&self.url, &body);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, &self.url, req).await?;
         // Only the visible candidates are held against maxOutputTokens:
         // whether thinking counts toward it has varied between models.
         let visible = resp

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::chat_template::ChatTemplate;
 use super::endpoint::{endpoint_accessors, Endpoint};
 use super::http::check_reply;
-use super::{post_json, ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
+use super::{ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
 
 /// A `generate` endpoint.
 pub struct Hf {
@@ -131,9 +131,7 @@ impl Provider for Hf {
         let body = body(inputs, req);
         let url = &self.ep.base_url;
         let http = self.ep.post(url, &body);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, url, req).await?;
         let generated = match resp {
             Response::One(g) => g,
             Response::Many(v) => v

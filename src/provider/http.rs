@@ -22,7 +22,7 @@
 //! (a model archive, a batch API's result file) goes to disk under its own
 //! bound without being held in memory.
 
-use super::{ChatRequest, GenParams, ProviderError};
+use super::{ChatRequest, Completion, GenParams, ProviderError};
 
 /// Body allowance that does not depend on the request: JSON framing, ids,
 /// usage, provider metadata, an HTML error page.
@@ -252,6 +252,21 @@ pub async fn read_prefix(mut resp: reqwest::Response, max: u64) -> Vec<u8> {
         }
     }
     body
+}
+
+/// [`check_reply`] over every choice of a completion, with the completion
+/// tokens its usage reports.
+pub fn check_completion(
+    url: &str,
+    req: &ChatRequest,
+    completion: &Completion,
+) -> Result<(), ProviderError> {
+    check_reply(
+        url,
+        req,
+        std::iter::once(completion.text.as_str()).chain(completion.more.iter().map(String::as_str)),
+        completion.usage.map(|u| u.completion_tokens),
+    )
 }
 
 /// Refuses a parsed reply that the request could not have produced: a text

@@ -409,29 +409,43 @@ pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
     secret: Option<&secrecy::SecretString>,
     bound: &http::Bound,
 ) -> Result<(T, RateHints), ProviderError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(url, e))?;
-    let status = resp.status();
+    let resp = send_ok(req, url, secret, http::ERROR_BODY_BYTES.min(bound.bytes)).await?;
     let rate = rate_hints(resp.headers());
-    let retry = retry_after(resp.headers());
-    if !status.is_success() {
-        let bytes = http::read_prefix(resp, http::ERROR_BODY_BYTES.min(bound.bytes)).await;
-        return Err(ProviderError::Status {
-            status: status.as_u16(),
-            url: url.to_string(),
-            body: snippet(&bytes, secret),
-            retry_after: retry,
-            rate: Box::new(rate),
-        });
-    }
     let bytes = http::read_limited(resp, url, bound).await?;
     let value = serde_json::from_slice::<T>(&bytes).map_err(|e| ProviderError::Malformed {
         url: url.to_string(),
         reason: format!("{e}; body starts: {}", snippet(&bytes, secret)),
     })?;
     Ok((value, rate))
+}
+
+/// Sends `req`; a reply whose status is not a success becomes
+/// [`ProviderError::Status`] with the start of its body (at most `limit`
+/// bytes, `secret` masked) and its rate and Retry-After hints.
+pub(crate) async fn send_ok(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    secret: Option<&secrecy::SecretString>,
+    limit: u64,
+) -> Result<reqwest::Response, ProviderError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| ProviderError::from_reqwest(url, e))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let rate = rate_hints(resp.headers());
+    let retry_after = retry_after(resp.headers());
+    let bytes = http::read_prefix(resp, limit).await;
+    Err(ProviderError::Status {
+        status: status.as_u16(),
+        url: url.to_string(),
+        body: snippet(&bytes, secret),
+        retry_after,
+        rate: Box::new(rate),
+    })
 }
 
 /// The start of a body as text, with the key (if echoed) masked.

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchApi, BatchCodec};
 use super::endpoint::{endpoint_accessors, Endpoint};
-use super::http::check_reply;
+use super::http::check_completion;
 use super::prefix_json::{Messages, PrefixJson};
 use super::{
-    post_json, ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
+    ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
     StreamEvent, TokenLogprob, Usage,
 };
 
@@ -406,25 +406,13 @@ impl Provider for OpenAi {
         body.stream_options = Some(StreamOptions {
             include_usage: true,
         });
-        let resp = self
-            .ep
-            .post(&self.url, &body)
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(&self.url, e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let rate = super::rate_hints(resp.headers());
-            let retry_after = super::retry_after(resp.headers());
-            let bytes = super::http::read_prefix(resp, super::http::ERROR_BODY_BYTES).await;
-            return Err(ProviderError::Status {
-                status: status.as_u16(),
-                url: self.url.clone(),
-                body: super::snippet(&bytes, self.ep.key.as_ref()),
-                retry_after,
-                rate: Box::new(rate),
-            });
-        }
+        let resp = super::send_ok(
+            self.ep.post(&self.url, &body),
+            &self.url,
+            self.ep.key.as_ref(),
+            super::http::ERROR_BODY_BYTES,
+        )
+        .await?;
         let reader = SseReader {
             resp,
             url: self.url.clone(),
@@ -441,17 +429,9 @@ impl Provider for OpenAi {
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = self.body(req);
         let http = self.ep.post(&self.url, &body);
-        let bound = self.ep.limit.for_request(&req.params);
-        let (resp, rate): (Response, _) =
-            post_json(http, &self.url, self.ep.key.as_ref(), &bound).await?;
+        let (resp, rate): (Response, _) = self.ep.send_json(http, &self.url, req).await?;
         let completion = self.completion(resp)?;
-        check_reply(
-            &self.url,
-            req,
-            std::iter::once(completion.text.as_str())
-                .chain(completion.more.iter().map(String::as_str)),
-            completion.usage.map(|u| u.completion_tokens),
-        )?;
+        check_completion(&self.url, req, &completion)?;
         Ok(Reply { completion, rate })
     }
 }

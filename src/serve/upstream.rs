@@ -198,25 +198,7 @@ impl Forward {
         if let Some(k) = key {
             http = http.bearer_auth(k.expose_secret());
         }
-        let resp = http
-            .send()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(url, e))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let rate = crate::provider::rate_hints(resp.headers());
-        let retry_after = crate::provider::retry_after(resp.headers());
-        let bytes =
-            crate::provider::http::read_prefix(resp, crate::provider::http::ERROR_BODY_BYTES).await;
-        Err(ProviderError::Status {
-            status: status.as_u16(),
-            url: url.to_string(),
-            body: crate::provider::snippet(&bytes, key),
-            retry_after,
-            rate: Box::new(rate),
-        })
+        crate::provider::send_ok(http, url, key, crate::provider::http::ERROR_BODY_BYTES).await
     }
 
     /// The upstream's own model list (`GET {base}/models`), or `None` when

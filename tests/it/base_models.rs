@@ -52,11 +52,7 @@ struct Judge;
 impl Respond for Judge {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default();
+        let last = crate::common::last_message(&body);
         if last.starts_with("# Task: choose evaluation aspects") {
             chat(&json!({"query_analysis": {"main_topic": "t", "user_intent": "u"},
                         "aspects_selection": {"reasoning": "r", "selected_aspects": ["Helpfulness", "Clarity"]}})
@@ -216,12 +212,7 @@ async fn without_stop_sequences_honoured_the_answer_is_still_cut_at_the_next_hea
         ])
         .args(["--base-format", "plain", "--rounds", "0", "--base-url"])
         .arg(format!("{}/v1", server.uri()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .assert()
         .code(0);
     let rows = read_jsonl(&out.join("sft.jsonl"));
@@ -282,12 +273,7 @@ async fn generate_places_the_k_best_examples_before_each_prompt() {
         .arg(bank(dir.path()))
         .arg("--base-url")
         .arg(format!("{}/v1", fake.url()))
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .assert()
         .code(0);
     let sent = completion_bodies(&fake);
@@ -452,12 +438,7 @@ fn an_api_or_format_the_endpoint_does_not_serve_is_refused_before_sending() {
                 "http://127.0.0.1:9/v1",
             ])
             .args(args)
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--constitution")
-            .arg(repo("principles/harmless.json"))
-            .arg("--out")
-            .arg(dir.path().join("out"))
+            .args(harmless_files(&prompts, &dir.path().join("out")))
             .assert()
             .code(2);
         let err = String::from_utf8_lossy(&a.get_output().stderr).to_string();

@@ -132,12 +132,7 @@ async fn anthropic_message_batches_complete_a_run_at_the_batch_price() {
         .args(["generate", "--provider", "anthropic", "--quiet"])
         .args(["--model", "claude-haiku-4-5", "--base-url", &batches.url()])
         .args(["--batch", "--batch-poll", "0.05"])
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -345,12 +340,7 @@ async fn bad_batch_combinations_exit_2_before_any_request() {
             .current_dir(dir.path())
             .args(["generate", "--quiet", "--model", "m"])
             .args(&args)
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--constitution")
-            .arg(repo("principles/harmless.json"))
-            .arg("--out")
-            .arg(&out)
+            .args(harmless_files(&prompts, &out))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

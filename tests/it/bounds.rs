@@ -9,7 +9,7 @@
 //! that is never held in memory, announce a length they do not send, or
 //! trickle bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -243,14 +243,14 @@ async fn generate(provider: &str, base: &str, extra: &[&str]) -> Outcome {
 fn run_measured(mut cmd: Command) -> (i32, String, u64, Duration) {
     let start = Instant::now();
     let mut child = cmd.spawn().expect("cai starts");
-    let status_path = format!("/proc/{}/status", child.id());
+    let pid = child.id();
     let mut peak = 0u64;
     let deadline = start + Duration::from_secs(180);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        if let Some(kib) = vm_hwm_kib(Path::new(&status_path)) {
+        if let Some(kib) = cai_fake::process::peak_rss_kib(pid) {
             peak = peak.max(kib);
         }
         if Instant::now() > deadline {
@@ -265,14 +265,6 @@ fn run_measured(mut cmd: Command) -> (i32, String, u64, Duration) {
         let _ = e.read_to_string(&mut stderr);
     }
     (status.code().unwrap_or(-1), stderr, peak, start.elapsed())
-}
-
-/// `VmHWM` (peak resident set) of a live process, in KiB.
-fn vm_hwm_kib(status: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(status).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Asserts the run rejected its one prompt after three attempts (two

@@ -44,17 +44,24 @@ pub fn fake_reply(last: &str, whole: &str) -> String {
     }
 }
 
+/// The content of the last message of a chat request body (`""` when there
+/// is none).
+pub fn last_message(body: &Value) -> &str {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+}
+
 /// OpenAI `chat/completions` with deterministic replies.
 pub struct ChatReply;
 
 impl Respond for ChatReply {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let msgs = body["messages"].as_array().expect("messages");
-        let last = msgs
-            .last()
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("");
+        assert!(body["messages"].is_array(), "messages");
+        let last = last_message(&body);
         let text = fake_reply(last, &body["messages"].to_string());
         ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "id": "x",
@@ -83,6 +90,17 @@ impl Respond for TgiReply {
             "details": {"finish_reason": "eos_token", "generated_tokens": 7}
         }))
     }
+}
+
+/// The in-repo fake with every reply delayed by `ms` milliseconds and no
+/// other fault.
+pub async fn fake_with_latency(ms: u64) -> cai_fake::FakeServer {
+    cai_fake::FakeServer::start(cai_fake::FakeConfig {
+        latency: std::time::Duration::from_millis(ms),
+        ..cai_fake::FakeConfig::default()
+    })
+    .await
+    .expect("fake server starts")
 }
 
 pub async fn openai_server() -> MockServer {
@@ -129,6 +147,19 @@ pub async fn bodies(server: &MockServer) -> Vec<Value> {
         .iter()
         .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
         .collect()
+}
+
+/// `--prompts PROMPTS --constitution <the shipped harmless.json> --out OUT`:
+/// the files of most test runs.
+pub fn harmless_files(prompts: &Path, out: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "--prompts".into(),
+        prompts.into(),
+        "--constitution".into(),
+        repo("principles/harmless.json").into(),
+        "--out".into(),
+        out.into(),
+    ]
 }
 
 /// Writes a CSV of `n` prompts with ids `p0..`.
@@ -195,12 +226,7 @@ pub fn fake_generate_model(
         .args(["--model", model])
         .arg("--base-url")
         .arg(format!("{base}/v1"))
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
+        .args(harmless_files(prompts, out))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());

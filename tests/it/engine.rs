@@ -107,12 +107,7 @@ async fn every_prompt_ends_as_a_row_or_a_reject_under_faults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
-    let fake = FakeServer::start(FakeConfig {
-        latency: Duration::from_millis(3),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = fake_with_latency(3).await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 200);
 
@@ -147,12 +142,7 @@ async fn sigkill_at_several_points_then_resume_gives_the_same_rows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_stops_cleanly_with_exit_3_and_resumes() {
-    let fake = FakeServer::start(FakeConfig {
-        latency: Duration::from_millis(20),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = fake_with_latency(20).await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 150);
     let reference = dir.path().join("reference");

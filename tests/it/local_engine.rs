@@ -12,23 +12,15 @@ use cai::provider::{ChatRequest, Completion, GenParams, Message, Provider};
 
 use crate::common::*;
 
+// Its cache path goes unused here: cai's own `model_store` says where the
+// cache is.
+#[allow(dead_code)]
+#[path = "../../crates/cai-local/tests/support/mod.rs"]
+mod support;
+
+/// The default model (`CAI_TEST_MODEL`, else cai's model cache).
 fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("CAI_TEST_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| cai::provider::model_store::default_model_path().ok())?;
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "model {} missing under CI: run `cai model fetch`",
-        path.display()
-    );
-    eprintln!(
-        "SKIP: model {} not found (run `cai model fetch`)",
-        path.display()
-    );
-    None
+    support::test_model(|| cai::provider::model_store::default_model_path().ok())
 }
 
 fn load(batch: usize, cache_mb: usize) -> Option<LocalProvider> {

@@ -12,20 +12,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use cai_fake::process::peak_rss_kib;
 use cai_fake::{FakeConfig, FakeServer};
 
 use crate::common::*;
-
-/// Peak resident memory (`VmHWM`) of a live process, in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 fn tiny_prompts(dir: &Path, n: usize) -> std::path::PathBuf {
     let path = dir.join(format!("tiny{n}.csv"));
@@ -58,7 +48,7 @@ fn peak_of_run(base: &str, dir: &Path, n: usize) -> (i32, u64) {
         }
         // VmHWM only grows: the last reading before exit is the peak, up
         // to the last 20 ms.
-        if let Some(kib) = vm_hwm_kib(pid) {
+        if let Some(kib) = peak_rss_kib(pid) {
             peak = peak.max(kib);
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -17,11 +17,7 @@ struct CutOff {
 impl Respond for CutOff {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("");
+        let last = crate::common::last_message(&body);
         let initial = !last.contains("CRITIQUE-REQ") && !last.contains("REVISION-REQ");
         let cut = initial && body["max_tokens"].as_u64().unwrap_or(0) < self.below;
         let text = fake_reply(last, &body["messages"].to_string());

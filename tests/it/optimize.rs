@@ -37,12 +37,7 @@ enum Kind {
 }
 
 pub(crate) fn last_user(body: &Value) -> String {
-    body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_string()
+    crate::common::last_message(body).to_string()
 }
 
 fn kind(body: &Value) -> Kind {

@@ -27,12 +27,7 @@ async fn a_pool_ejects_the_failing_endpoint_and_gives_the_slow_one_less_work() {
     })
     .await
     .unwrap();
-    let slow = FakeServer::start(FakeConfig {
-        latency: Duration::from_millis(250),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let slow = fake_with_latency(250).await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 80);
     let out = dir.path().join("out");
@@ -58,12 +53,7 @@ async fn a_pool_ejects_the_failing_endpoint_and_gives_the_slow_one_less_work() {
             &urls[2],
         ])
         .args(["--concurrency", "8", "--max-retries", "3"])
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .output()
         .unwrap();
     assert_eq!(

@@ -36,12 +36,7 @@ fn anthropic(base: &str, model: &str, prompts: &Path, out: &Path) -> Command {
         .args(["generate", "--provider", "anthropic", "--quiet"])
         .args(["--model", model, "--base-url", base])
         .args(["--concurrency", "1", "--seed", "7"])
-        .arg("--prompts")
-        .arg(prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(out)
+        .args(harmless_files(prompts, out))
         .stdin(std::process::Stdio::null());
     c
 }

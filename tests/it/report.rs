@@ -73,12 +73,7 @@ async fn hostile_run(dir: &Path) -> (PathBuf, FakeServer) {
         ])
         .arg("--base-url")
         .arg(format!("{}/v1", server.url()))
-        .arg("--prompts")
-        .arg(hostile_prompts(dir))
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&hostile_prompts(dir), &out))
         .output()
         .unwrap();
     assert!(

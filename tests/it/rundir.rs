@@ -26,12 +26,7 @@ fn committed(out: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_run_on_the_same_directory_is_refused_and_the_first_finishes_alone() {
-    let fake = FakeServer::start(FakeConfig {
-        latency: Duration::from_millis(20),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = fake_with_latency(20).await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 120);
     let out = dir.path().join("out");
@@ -64,12 +59,7 @@ async fn a_second_run_on_the_same_directory_is_refused_and_the_first_finishes_al
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_killed_with_sigkill_leaves_no_lock_behind() {
-    let fake = FakeServer::start(FakeConfig {
-        latency: Duration::from_millis(10),
-        ..FakeConfig::default()
-    })
-    .await
-    .unwrap();
+    let fake = fake_with_latency(10).await;
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 60);
     let out = dir.path().join("out");
@@ -201,12 +191,7 @@ fn dry_run_needs_no_key_and_says_it_is_missing() {
         .env_remove("MY_SECRET_KEY")
         .args(["generate", "--provider", "openai", "--model", "gpt-4o-mini"])
         .args(["--api-key-env", "MY_SECRET_KEY", "--dry-run"])
-        .arg("--prompts")
-        .arg(&prompts)
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&prompts, &out))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);

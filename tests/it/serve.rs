@@ -609,22 +609,15 @@ async fn generate_runs_against_cai_serve() {
     let dir = tempfile::tempdir().unwrap();
     let prompts = prompts_csv(dir.path(), 2);
     let out = dir.path().join("out");
-    let url = serve.url.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        cai()
-            .args(["generate", "--provider", "openai", "--quiet"])
-            .args(["--base-url", &url, "--model", "cai-up-model"])
-            .arg("--prompts")
-            .arg(&prompts)
-            .arg("--constitution")
-            .arg(&constitution)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let status = generate_through(
+        &serve.url,
+        "cai-up-model",
+        &[],
+        &prompts,
+        &constitution,
+        &out,
+    )
+    .await;
     assert!(
         status.status.success(),
         "{}",

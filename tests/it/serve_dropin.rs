@@ -352,24 +352,18 @@ async fn generate_through_cai_serve_writes_every_row_and_prices_the_summed_usage
         let dir = tempfile::tempdir().unwrap();
         let prompts = prompts_csv(dir.path(), 6);
         let out = dir.path().join("out");
-        let url = serve.url.clone();
-        let constitution = constitution.clone();
-        let status = tokio::task::spawn_blocking(move || {
-            cai()
-                .args(["generate", "--provider", "openai", "--quiet"])
-                .args(["--base-url", &url, "--model", model, "--rounds", rounds])
-                .args(["--max-tokens", "32", "--price-in", "1", "--price-out", "2"])
-                .arg("--prompts")
-                .arg(&prompts)
-                .arg("--constitution")
-                .arg(&constitution)
-                .arg("--out")
-                .arg(&out)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let extra = [
+            "--rounds",
+            rounds,
+            "--max-tokens",
+            "32",
+            "--price-in",
+            "1",
+            "--price-out",
+            "2",
+        ];
+        let status =
+            generate_through(&serve.url, model, &extra, &prompts, &constitution, &out).await;
         let stderr = String::from_utf8_lossy(&status.stderr);
         assert_eq!(status.status.code(), Some(0), "{model}: {stderr}");
         let sft = std::fs::read_to_string(dir.path().join("out/sft.jsonl")).unwrap();

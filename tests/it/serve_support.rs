@@ -4,6 +4,7 @@
 //! `openai` Python client driver.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -449,6 +450,32 @@ impl Drop for Serve {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `cai generate` through a running `cai serve` at `url` (the `openai`
+/// provider, quiet) as `model` with `extra` arguments, run off the async
+/// runtime that serves the upstream.
+pub async fn generate_through(
+    url: &str,
+    model: &str,
+    extra: &[&str],
+    prompts: &Path,
+    constitution: &Path,
+    out: &Path,
+) -> std::process::Output {
+    let mut cmd = crate::common::cai();
+    cmd.args(["generate", "--provider", "openai", "--quiet"])
+        .args(["--base-url", url, "--model", model])
+        .args(extra)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(constitution)
+        .arg("--out")
+        .arg(out);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
 }
 
 /// The Python that has the `openai` package, or `None` to skip (CI must

@@ -25,6 +25,7 @@
 
 mod batch;
 mod completions;
+pub mod process;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use cai_local::{GenRequest, GenStats, LoadOptions, Model, Sampling};
 
+// Only the cache path is used here; the test-model lookup serves the tests.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const PARAGRAPH: &str = "The lighthouse keeper climbed the spiral stairs every evening, counting the steps as his father had taught him, and lit the great lamp that warned the fishing boats away from the rocks. ";
 
 /// One user turn in the ChatML format of the default model (SmolLM2).
@@ -27,19 +32,6 @@ fn request(user: String, max_tokens: u32, seed: u64) -> GenRequest {
             ..Sampling::default()
         },
     }
-}
-
-/// The default model in cai's model cache (`cai model path`).
-fn default_model() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = var("CAI_HOME")
-        .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("cai")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache").join("cai")))?;
-    Some(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -63,7 +55,7 @@ fn load_average() -> String {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = match std::env::args_os().nth(1) {
         Some(p) => PathBuf::from(p),
-        None => default_model().ok_or("no cache directory: pass MODEL.gguf")?,
+        None => support::cached_model().ok_or("no cache directory: pass MODEL.gguf")?,
     };
     if !path.is_file() {
         return Err(format!("{} not found: run `cai model fetch`", path.display()).into());

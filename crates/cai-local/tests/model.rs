@@ -13,40 +13,11 @@ use std::sync::OnceLock;
 
 use cai_local::{Finish, GenRequest, Generation, LoadOptions, LocalError, Model, Sampling};
 
-const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod support;
 
-/// Where cai's model cache keeps the default model (the order of
-/// `cai model path`).
-fn cached_model() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = var("CAI_HOME")
-        .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("cai")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache").join("cai")))?;
-    Some(dir.join(DEFAULT_MODEL_FILE))
-}
-
+/// The default model (`CAI_TEST_MODEL`, else cai's model cache).
 fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("CAI_TEST_MODEL")
-        .map(PathBuf::from)
-        .or_else(cached_model)?;
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "model {} missing under CI: run `cai model fetch` or set CAI_TEST_MODEL",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIP: model {} not found (run `cai model fetch` or set CAI_TEST_MODEL)",
-        path.display()
-    );
-    None
+    support::test_model(support::cached_model)
 }
 
 /// The model, loaded once for all tests of this binary.
@@ -54,9 +25,11 @@ fn model() -> Option<&'static Model> {
     static MODEL: OnceLock<Option<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            model_path().map(|p| match Model::load(&p, LoadOptions::default()) {
-                Ok(m) => m,
-                Err(e) => panic!("loading {}: {e}", p.display()),
+            support::test_model(support::cached_model).map(|p| {
+                match Model::load(&p, LoadOptions::default()) {
+                    Ok(m) => m,
+                    Err(e) => panic!("loading {}: {e}", p.display()),
+                }
             })
         })
         .as_ref()

@@ -37,18 +37,23 @@ impl AnthropicBatch {
             .header("anthropic-version", self.version)
     }
 
+    /// The body of a `GET` of `url`.
+    async fn get(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
+        send(
+            self.request(reqwest::Method::GET, url),
+            url,
+            self.ep.key.as_ref(),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v1/messages/batches{path}", self.ep.base_url)
     }
 
     async fn batch(&self, id: &str) -> Result<Batch, ProviderError> {
         let url = self.url(&format!("/{id}"));
-        let bytes = send(
-            self.request(reqwest::Method::GET, &url),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
+        let bytes = self.get(&url).await?;
         decode(&url, &bytes)
     }
 }
@@ -169,12 +174,7 @@ impl BatchApi for AnthropicBatch {
                 reason: "the batch ended without a results_url".into(),
             });
         };
-        let bytes = send(
-            self.request(reqwest::Method::GET, &url),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
+        let bytes = self.get(&url).await?;
         let text = String::from_utf8_lossy(&bytes);
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {

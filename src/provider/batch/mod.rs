@@ -182,23 +182,7 @@ pub(crate) async fn send(
     url: &str,
     secret: Option<&secrecy::SecretString>,
 ) -> Result<Vec<u8>, ProviderError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ProviderError::from_reqwest(url, e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let rate = super::rate_hints(resp.headers());
-        let retry_after = super::retry_after(resp.headers());
-        let bytes = super::http::read_prefix(resp, super::http::ERROR_BODY_BYTES).await;
-        return Err(ProviderError::Status {
-            status: status.as_u16(),
-            url: url.to_string(),
-            body: super::snippet(&bytes, secret),
-            retry_after,
-            rate: Box::new(rate),
-        });
-    }
+    let resp = super::send_ok(req, url, secret, super::http::ERROR_BODY_BYTES).await?;
     let bytes = resp
         .bytes()
         .await

@@ -37,18 +37,23 @@ impl OpenAiBatch {
         self.ep.request(method, url)
     }
 
+    /// The body of a `GET` of `url`.
+    async fn get(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
+        send(
+            self.request(reqwest::Method::GET, url),
+            url,
+            self.ep.key.as_ref(),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/{path}", self.ep.base_url)
     }
 
     async fn file_lines(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
         let url = self.url(&format!("files/{id}/content"));
-        let bytes = send(
-            self.request(reqwest::Method::GET, &url),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
+        let bytes = self.get(&url).await?;
         let text = String::from_utf8_lossy(&bytes);
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -161,12 +166,7 @@ impl BatchApi for OpenAiBatch {
 
     async fn poll(&self, id: &str) -> Result<Poll, ProviderError> {
         let url = self.url(&format!("batches/{id}"));
-        let bytes = send(
-            self.request(reqwest::Method::GET, &url),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
+        let bytes = self.get(&url).await?;
         let b: Batch = decode(&url, &bytes)?;
         Ok(match b.status.as_str() {
             "completed" | "expired" | "failed" | "cancelled" => Poll::Ended { status: b.status },
@@ -182,12 +182,7 @@ impl BatchApi for OpenAiBatch {
 
     async fn results(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
         let url = self.url(&format!("batches/{id}"));
-        let bytes = send(
-            self.request(reqwest::Method::GET, &url),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
+        let bytes = self.get(&url).await?;
         let b: Batch = decode(&url, &bytes)?;
         debug_assert_eq!(b.id, id);
         let mut out = Vec::new();

@@ -18,9 +18,7 @@ pub async fn run(
     prev: Option<Answer>,
     n: u32,
 ) -> Result<Answer, ApiError> {
-    let mut candidates: Vec<String> = prev.map(|p| vec![p.text]).unwrap_or_default();
-    let want = n.max(1).saturating_sub(candidates.len() as u32);
-    candidates.extend(ctx.samples(messages, want).await?);
+    let mut candidates = ctx.candidates(messages, prev, n.max(1)).await?;
     let best = pick(ctx, messages, &candidates).await?;
     let mut full = String::new();
     for (i, c) in candidates.iter().enumerate() {

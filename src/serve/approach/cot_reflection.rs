@@ -2,9 +2,9 @@
 //! in `<reflection>` and answer in `<output>`; only the output is returned
 //! (the whole reply when the model ignored the format).
 
-use crate::provider::{Message, Role};
+use crate::provider::Message;
 
-use super::{Answer, Ctx};
+use super::{with_system, Answer, Ctx, Lead};
 use crate::serve::error::ApiError;
 
 const SYSTEM: &str = "Answer in three parts. First think the problem through step by step inside <thinking></thinking>. Then check that reasoning for mistakes or gaps inside <reflection></reflection>, correcting them. Finally give the answer for the user inside <output></output>; the user sees only the output, so it must stand on its own.";
@@ -14,17 +14,7 @@ pub async fn run(
     messages: &[Message],
     prev: Option<Answer>,
 ) -> Result<Answer, ApiError> {
-    let mut convo: Vec<Message> = Vec::with_capacity(messages.len() + 1);
-    match messages.first() {
-        Some(m) if m.role == Role::System => {
-            convo.push(Message::system(format!("{}\n\n{SYSTEM}", m.content)));
-            convo.extend(messages[1..].iter().cloned());
-        }
-        _ => {
-            convo.push(Message::system(SYSTEM));
-            convo.extend(messages.iter().cloned());
-        }
-    }
+    let mut convo = with_system(messages, SYSTEM, Lead::Theirs);
     if let Some(p) = prev {
         convo.push(Message::assistant(p.text));
         convo.push(Message::user(

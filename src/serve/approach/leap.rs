@@ -17,7 +17,7 @@ use futures::future::try_join_all;
 
 use crate::provider::{Message, Role};
 
-use super::{Answer, Ctx};
+use super::{with_system, Answer, Ctx, Lead};
 use crate::serve::error::ApiError;
 
 /// Most examples used (the paper's prompts hold a few).
@@ -100,19 +100,7 @@ fn examples(messages: &[Message]) -> Vec<(&Message, &Message)> {
 
 /// `messages` with the principles added to (or as) the system message.
 fn with_principles(messages: &[Message], principles: &str) -> Vec<Message> {
-    let block = format!("{USE}:\n{principles}");
-    let mut convo = Vec::with_capacity(messages.len() + 1);
-    match messages.first() {
-        Some(m) if m.role == Role::System => {
-            convo.push(Message::system(format!("{}\n\n{block}", m.content)));
-            convo.extend(messages[1..].iter().cloned());
-        }
-        _ => {
-            convo.push(Message::system(block));
-            convo.extend(messages.iter().cloned());
-        }
-    }
-    convo
+    with_system(messages, &format!("{USE}:\n{principles}"), Lead::Theirs)
 }
 
 #[cfg(test)]

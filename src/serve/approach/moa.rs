@@ -13,9 +13,7 @@ pub async fn run(
     prev: Option<Answer>,
     n: u32,
 ) -> Result<Answer, ApiError> {
-    let mut candidates: Vec<String> = prev.map(|p| vec![p.text]).unwrap_or_default();
-    let want = n.saturating_sub(candidates.len() as u32);
-    candidates.extend(ctx.samples(messages, want).await?);
+    let candidates = ctx.candidates(messages, prev, n).await?;
 
     let mut listing = String::new();
     for (i, c) in candidates.iter().enumerate() {

@@ -424,6 +424,20 @@ impl Ctx {
         out.extend(try_join_all(calls).await?);
         Ok(out.into_iter().map(|t| t.trim().to_string()).collect())
     }
+
+    /// `n` candidate answers to `messages`: the previous step's answer, if
+    /// any, and fresh [`Self::samples`] for the rest.
+    pub async fn candidates(
+        &self,
+        messages: &[Message],
+        prev: Option<Answer>,
+        n: u32,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut out: Vec<String> = prev.map(|p| vec![p.text]).unwrap_or_default();
+        let want = n.saturating_sub(out.len() as u32);
+        out.extend(self.samples(messages, want).await?);
+        Ok(out)
+    }
 }
 
 /// Whether the upstream honours `n` (learnt from its first reply to it).
@@ -530,6 +544,37 @@ pub fn transcript(messages: &[Message]) -> String {
         out.push_str("\n\n");
     }
     out.trim_end().to_string()
+}
+
+/// Where an approach's own instruction stands in the system message when
+/// the client sent one.
+#[derive(Clone, Copy)]
+pub enum Lead {
+    /// The instruction first, then the client's system text.
+    Ours,
+    /// The client's system text first, then the instruction.
+    Theirs,
+}
+
+/// `messages` with `text` joined to the client's system message (a blank
+/// line between, in the order `lead` says), or as the system message where
+/// the client sent none.
+pub fn with_system(messages: &[Message], text: &str, lead: Lead) -> Vec<Message> {
+    let mut convo = Vec::with_capacity(messages.len() + 1);
+    match messages.first() {
+        Some(m) if m.role == Role::System => {
+            convo.push(Message::system(match lead {
+                Lead::Ours => format!("{text}\n\n{}", m.content),
+                Lead::Theirs => format!("{}\n\n{text}", m.content),
+            }));
+            convo.extend(messages[1..].iter().cloned());
+        }
+        _ => {
+            convo.push(Message::system(text));
+            convo.extend(messages.iter().cloned());
+        }
+    }
+    convo
 }
 
 /// Text with case, punctuation and spacing folded, for comparing answers.

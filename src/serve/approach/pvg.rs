@@ -12,9 +12,9 @@
 
 use futures::future::try_join;
 
-use crate::provider::{Message, Role};
+use crate::provider::Message;
 
-use super::{Answer, Ctx};
+use super::{with_system, Answer, Ctx, Lead};
 use crate::serve::error::ApiError;
 
 const HELPFUL: &str =
@@ -33,7 +33,7 @@ pub async fn run(
     let mut carried = prev.map(|p| p.text);
     let mut full = String::new();
     for round in 1..=k.pvg_rounds.max(1) {
-        let mut helpful_convo = with_system(messages, HELPFUL);
+        let mut helpful_convo = with_system(messages, HELPFUL, Lead::Ours);
         if let Some((score, text)) = &best {
             helpful_convo.push(Message::user(format!(
                 "A verifier scored this earlier solution {:.0}/10:\n\n{}\n\nWrite a better, fully correct solution to my previous message.",
@@ -41,7 +41,7 @@ pub async fn run(
                 text.trim()
             )));
         }
-        let sneaky_convo = with_system(messages, SNEAKY);
+        let sneaky_convo = with_system(messages, SNEAKY, Lead::Ours);
         // The previous step's answer takes a helpful seat in the first
         // round, but the prover still writes at least one.
         let want_helpful = match carried {
@@ -100,20 +100,4 @@ fn listing(full: &mut String, who: &str, solutions: &[String], scores: &[f64]) {
             s.trim()
         ));
     }
-}
-
-/// `messages` with `role` text leading the system message.
-fn with_system(messages: &[Message], role: &str) -> Vec<Message> {
-    let mut convo = Vec::with_capacity(messages.len() + 1);
-    match messages.first() {
-        Some(m) if m.role == Role::System => {
-            convo.push(Message::system(format!("{role}\n\n{}", m.content)));
-            convo.extend(messages[1..].iter().cloned());
-        }
-        _ => {
-            convo.push(Message::system(role));
-            convo.extend(messages.iter().cloned());
-        }
-    }
-    convo
 }

@@ -20,9 +20,7 @@ pub async fn run(
     prev: Option<Answer>,
     k: u32,
 ) -> Result<Answer, ApiError> {
-    let mut samples: Vec<String> = prev.map(|p| vec![p.text]).unwrap_or_default();
-    let want = k.saturating_sub(samples.len() as u32);
-    samples.extend(ctx.samples(messages, want).await?);
+    let mut samples = ctx.candidates(messages, prev, k).await?;
     let winner = majority(&samples);
     Ok(Answer::stop(samples.swap_remove(winner)))
 }

@@ -12,11 +12,7 @@ pub struct MessagesReply;
 impl Respond for MessagesReply {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("");
+        let last = crate::common::last_message(&body);
         let text = fake_reply(last, &body["messages"].to_string());
         ResponseTemplate::new(200).set_body_json(json!({
             "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],

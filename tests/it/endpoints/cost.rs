@@ -3,6 +3,7 @@
 
 use super::presets::chat_server;
 use super::support::*;
+use crate::common::harmless_files;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_on_the_shipped_samples_estimates_and_sends_nothing() {
@@ -13,12 +14,7 @@ async fn dry_run_on_the_shipped_samples_estimates_and_sends_nothing() {
         .args(["generate", "--provider", "openai", "--model", "gpt-4o-mini"])
         .arg("--base-url")
         .arg(format!("{}/v1", server.uri()))
-        .arg("--prompts")
-        .arg(repo("prompts/harmless_sample.csv"))
-        .arg("--constitution")
-        .arg(repo("principles/harmless.json"))
-        .arg("--out")
-        .arg(&out)
+        .args(harmless_files(&repo("prompts/harmless_sample.csv"), &out))
         .args(["--rounds", "2", "--dry-run", "--max-cost", "1"])
         .assert()
         .code(0);

@@ -113,11 +113,7 @@ struct ChatReply;
 impl Respond for ChatReply {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or("");
+        let last = crate::common::last_message(&body);
         let text = fake_reply(last, &body["messages"].to_string());
         ResponseTemplate::new(200).set_body_json(json!({
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
