@@ -45,11 +45,10 @@ status=0
 cargo test --workspace --all-targets --no-fail-fast -- "$@" || status=$?
 
 # The run above used the fastest kernels this CPU has. The embedded model's
-# kernel tests and its family fixtures (logits against llama.cpp's) run again
-# on every slower ISA path it can run (CAI_LOCAL_ISA), so the paths of CPUs
-# without AVX-512 or AVX-VNNI are covered on this one. Its generation tests
-# with the real model are not repeated: tests/isa.rs already decodes the
-# default model on every path in one process and compares them.
+# kernel tests, family fixtures (logits against llama.cpp's) and generation
+# tests run again on every slower ISA path it can run (CAI_LOCAL_ISA), so the
+# paths of CPUs without AVX-512 or AVX-VNNI are covered on this one.
+# tests/isa.rs is not repeated: it already runs every path in one process.
 flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
 has() { [[ "$flags" == *" $1 "* ]]; }
 isas=(scalar)
@@ -63,6 +62,8 @@ fi
 unset 'isas[${#isas[@]}-1]'
 for isa in "${isas[@]}"; do
     echo "test.sh: cai-local tests with CAI_LOCAL_ISA=$isa" >&2
-    CAI_LOCAL_ISA=$isa cargo test -p cai-local --lib --test families --no-fail-fast -- "$@" || status=$?
+    # --workspace (not -p cai-local): the same feature set as the run above, so
+    # nothing is compiled again; the other crates' unit tests are fast.
+    CAI_LOCAL_ISA=$isa cargo test --workspace --lib --test families --test model --no-fail-fast -- "$@" || status=$?
 done
 exit "$status"
