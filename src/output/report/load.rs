@@ -235,14 +235,67 @@ pub struct JudgeTally {
     pub first_wins: u64,
 }
 
+/// Values a figure draws from more rows than it needs to hold.
+const SAMPLE_CAP: usize = 100_000;
+
+/// The values of one figure, at most [`SAMPLE_CAP`] of them: past the cap
+/// a seeded reservoir sample (every row equally likely to be kept, the same
+/// sample on every run), so the report of a ten-million-row run draws its
+/// histograms and medians from bounded memory instead of a vector a row.
+/// Counts come from [`Sampled::seen`], never from the sample's length.
+#[derive(Debug)]
+pub struct Sampled {
+    values: Vec<f64>,
+    seen: u64,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Default for Sampled {
+    fn default() -> Self {
+        use rand::SeedableRng;
+        Sampled {
+            values: Vec::new(),
+            seen: 0,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed),
+        }
+    }
+}
+
+impl Sampled {
+    pub fn push(&mut self, v: f64) {
+        use rand::Rng;
+        self.seen += 1;
+        if self.values.len() < SAMPLE_CAP {
+            self.values.push(v);
+        } else {
+            let j = self.rng.random_range(0..self.seen);
+            if let Some(slot) = self.values.get_mut(j as usize) {
+                *slot = v;
+            }
+        }
+    }
+
+    /// Values pushed, kept or not.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+}
+
+impl std::ops::Deref for Sampled {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.values
+    }
+}
+
 /// Everything about a `generate` (or merged) run's rows.
 #[derive(Debug, Default)]
 pub struct GenData {
     pub rows_total: u64,
     pub rows: Vec<GenRow>,
-    pub initial_chars: Vec<f64>,
-    pub final_chars: Vec<f64>,
-    pub edit_shares: Vec<f64>,
+    pub initial_chars: Sampled,
+    pub final_chars: Sampled,
+    pub edit_shares: Sampled,
     pub unchanged: u64,
     /// Uses per principle, over every round of every row.
     pub principles: BTreeMap<String, u64>,
@@ -256,8 +309,8 @@ pub struct GenData {
 #[derive(Debug, Default)]
 pub struct PrefData {
     pub rows: u64,
-    pub chosen_scores: Vec<f64>,
-    pub rejected_scores: Vec<f64>,
+    pub chosen_scores: Sampled,
+    pub rejected_scores: Sampled,
     pub chosen_longer: u64,
     pub same_length: u64,
     pub chosen_shorter: u64,
@@ -299,7 +352,7 @@ pub struct LabelData {
     pub report: Option<Report>,
     pub total: u64,
     pub rows: Vec<Judgment>,
-    pub p_a: Vec<f64>,
+    pub p_a: Sampled,
     /// Calibration: per tenth of P(A better), sum of P, sum of the human
     /// outcome (A = 1, tie = ½, B = 0) and count, over human-labelled pairs.
     pub calibration: [(f64, f64, u64); 10],
@@ -669,6 +722,25 @@ fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_figure_keeps_a_bounded_sample_that_still_finds_the_median() {
+        let mut s = Sampled::default();
+        let n = SAMPLE_CAP as u64 * 3;
+        for i in 0..n {
+            s.push(i as f64);
+        }
+        assert_eq!(s.len(), SAMPLE_CAP);
+        assert_eq!(s.seen(), n);
+        let mut v = s.to_vec();
+        v.sort_by(f64::total_cmp);
+        let median = v[v.len() / 2];
+        let truth = (n / 2) as f64;
+        assert!(
+            (median - truth).abs() < 0.01 * n as f64,
+            "{median} vs {truth}"
+        );
+    }
 
     #[test]
     fn consistency_counts_both_orders_on_one_side() {

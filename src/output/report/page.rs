@@ -547,7 +547,7 @@ fn scores_figure(out: &mut String, pr: &PrefData) {
         let all: Vec<f64> = sorted(
             &pr.chosen_scores
                 .iter()
-                .chain(&pr.rejected_scores)
+                .chain(pr.rejected_scores.iter())
                 .copied()
                 .collect::<Vec<_>>(),
         );
@@ -579,7 +579,7 @@ fn scores_figure(out: &mut String, pr: &PrefData) {
             ),
             &format!(
                 "{} scored pairs, {} flagged as ties.",
-                int(pr.chosen_scores.len() as u64),
+                int(pr.chosen_scores.seen()),
                 int(pr.ties)
             ),
         );
