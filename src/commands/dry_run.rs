@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::config::generate::{GenerateConfig, Selection};
 use crate::cost::{Price, REPLY_FRACTION};
-use crate::engine::estimate_tokens;
+use crate::engine::{estimate_message_tokens, estimate_tokens};
 use crate::error::RunError;
 use crate::feedback::judge::{Judge, VERDICT_MAX_TOKENS};
 use crate::input::{InputErrors, PromptReader};
@@ -362,26 +362,15 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         1024
     };
     let c = &cfg.inputs.constitution;
-    let prefix = |stage: crate::input::Stage| {
-        let few: u64 = c
-            .few_shots
-            .iter()
-            .map(|m| (m.content.len() as u64).div_ceil(4) + 4)
-            .sum();
-        let sys = c
-            .system_for(stage)
-            .map_or(0, |s| (s.len() as u64).div_ceil(4) + 4);
-        let p = few + sys;
-        if p >= min && caching {
-            p
-        } else {
-            0
-        }
+    let cacheable = |t: u64| if caching && t >= min { t } else { 0 };
+    let prefix = |stage| {
+        cacheable(estimate_message_tokens(
+            &c.prefix(stage).collect::<Vec<_>>(),
+        ))
     };
     use crate::input::Stage as S;
     let (p_init, p_crit, p_rev) = (prefix(S::Initial), prefix(S::Critique), prefix(S::Revision));
     let (mut cache_read, mut cache_write) = (0u64, 0u64);
-    let cacheable = |t: u64| if caching && t >= min { t } else { 0 };
     let mut prompts = 0u64;
     for rec in PromptReader::open(&cfg.inputs.spec).map_err(InputErrors::from)? {
         let rec = rec.map_err(InputErrors::from)?;

@@ -33,7 +33,9 @@ pub use journal::Journal;
 pub use limit::Limiter;
 use retry::{Backoff, Verdict};
 
-use crate::provider::{ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply};
+use crate::provider::{
+    ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
+};
 
 /// Why a run stopped early; every one leaves it resumable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -257,10 +259,12 @@ impl StopSignal {
 /// few tokens of chat framing per message. Used for `--tpm` before the
 /// reply's real `usage` corrects it.
 pub fn estimate_tokens(req: &ChatRequest) -> u64 {
-    req.messages
-        .iter()
-        .map(|m| (m.content.len() as u64).div_ceil(4) + 4)
-        .sum()
+    estimate_message_tokens(&req.messages)
+}
+
+/// [`estimate_tokens`] of a run of messages (a stage's shared prefix).
+pub fn estimate_message_tokens<'a>(messages: impl IntoIterator<Item = &'a Message>) -> u64 {
+    messages.into_iter().map(Message::estimated_tokens).sum()
 }
 
 /// Tokens in and out of a reply: its `usage`, or estimated from the

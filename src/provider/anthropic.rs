@@ -173,7 +173,7 @@ fn breakpoints(model: &str, req: &ChatRequest) -> Vec<usize> {
     let mut upto = Vec::with_capacity(req.messages.len());
     let mut sum = 0u64;
     for m in &req.messages {
-        sum += (m.content.len() as u64).div_ceil(4) + 4;
+        sum += m.estimated_tokens();
         upto.push(sum);
     }
     let n = req.messages.len();

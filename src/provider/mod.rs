@@ -55,6 +55,13 @@ pub struct Message {
 }
 
 impl Message {
+    /// Rough token count: about four characters a token, plus a few tokens
+    /// of chat framing. What `--tpm`, budgets, the dry run and Anthropic's
+    /// breakpoint minimum count before a reply's real `usage` is known.
+    pub fn estimated_tokens(&self) -> u64 {
+        (self.content.len() as u64).div_ceil(4) + 4
+    }
+
     pub fn system(content: impl Into<String>) -> Self {
         Self {
             role: Role::System,
