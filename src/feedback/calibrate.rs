@@ -817,18 +817,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator (the tests must not depend on the
-    /// `rand` stream staying the same across versions).
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use cai_fake::lcg::Lcg;
 
     /// Pairs whose true log-odds q = quality difference; humans answer from
     /// q (ties likelier when q is small); each judge sees q with its own

@@ -25,6 +25,7 @@
 
 mod batch;
 mod completions;
+pub mod lcg;
 pub mod process;
 
 use std::collections::VecDeque;

@@ -10,18 +10,8 @@ use std::sync::atomic::Ordering;
 
 use super::support::*;
 
-/// A deterministic generator, so the data set is fixed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+// A deterministic generator, so the data set is fixed.
+use cai_fake::lcg::Lcg;
 
 struct Synth {
     id: String,
