@@ -73,8 +73,9 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// One request and its reply, as recorded in `trace.jsonl`.
-#[derive(Clone, Debug, Serialize)]
+/// One request and its reply, as recorded in `trace.jsonl` (and read
+/// back by the report).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceStep {
     pub stage: Stage,
     pub round: u32,

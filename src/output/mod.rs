@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod merge;
 pub mod optimize;
 pub mod report;
+pub mod trace;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -28,8 +29,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::ids::IdSet;
-use crate::pipeline::{Finished, Outcome, Round, TraceStep};
+use crate::pipeline::{Finished, Outcome};
 use crate::provider::Message;
+use trace::TraceLine;
 
 /// Output file names, in the order the commit log records their lengths.
 pub const FILES: [&str; 6] = [
@@ -287,8 +289,10 @@ impl AppendFiles {
     }
 }
 
-/// Counts of what a writer wrote in this invocation.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Counts of what a writer wrote in this invocation (read back from a
+/// manifest with a count an older run did not write as 0).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WriteCounts {
     pub sft_rows: u64,
     pub preference_rows: u64,
@@ -417,29 +421,7 @@ impl Writer {
             self.write_judged(f, prompt_msgs)?;
         }
 
-        let last = f.rounds.last();
-        self.files.jsonl(
-            TRACE,
-            &TraceLine {
-                id: &f.id,
-                prompt: &f.prompt,
-                system: f.system.as_deref(),
-                init_prompt: &f.user_message,
-                init_response: &f.initial,
-                critic_prompt: last.map(|r| r.critique_request.as_str()),
-                critic_response: last.map(|r| r.critique.as_str()),
-                revision_prompt: last.map(|r| r.revision_request.as_str()),
-                revision_response: last.map(|r| r.revision.as_str()),
-                rounds: &f.rounds,
-                steps: &f.steps,
-                samples: &f.samples,
-                judgments: f
-                    .judged
-                    .as_ref()
-                    .and_then(|j| j.as_ref().ok())
-                    .map(|j| &j.comparisons),
-            },
-        )
+        self.files.jsonl(TRACE, &TraceLine::of(f))
     }
 
     /// The preference row of a judged (or heuristically scored) prompt; a
@@ -592,32 +574,11 @@ struct Scores<'a> {
     tie: bool,
 }
 
-#[derive(Serialize)]
-struct TraceLine<'a> {
-    id: &'a str,
-    prompt: &'a str,
-    system: Option<&'a str>,
-    init_prompt: &'a str,
-    init_response: &'a str,
-    critic_prompt: Option<&'a str>,
-    critic_response: Option<&'a str>,
-    revision_prompt: Option<&'a str>,
-    revision_response: Option<&'a str>,
-    rounds: &'a [Round],
-    steps: &'a [TraceStep],
-    /// Further sampled answers (`--samples N`), after the initial one.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    samples: &'a [String],
-    /// Every judge comparison of the prompt (`--preference judge`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    judgments: Option<&'a Vec<crate::feedback::judge::Comparison>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::input::Stage;
-    use crate::pipeline::Reject;
+    use crate::pipeline::{Reject, Round};
 
     fn finished(id: &str) -> Outcome {
         Outcome::Done(Box::new(Finished {

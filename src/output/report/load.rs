@@ -19,11 +19,11 @@ use serde::Deserialize;
 use super::diff::edit_share;
 use super::ReportError;
 use crate::engine::StatsSnapshot;
-use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
+use crate::output::manifest::AnyManifest;
+use crate::output::trace::TraceLine;
 use crate::pipeline::Round;
-use crate::provider::pool::EndpointStats;
 
 /// How many rows (and rejects) the page embeds whole.
 #[derive(Clone, Copy, Debug)]
@@ -49,50 +49,11 @@ impl Default for Limits {
 
 // ---------- read-side shapes of the files ----------
 //
-// Where the writer's own type can be read back, it is (the manifest's
-// `requests` and `endpoints`, a trace line's rounds, `judgments.jsonl`):
+// Where the writer's own type can be read back, it is (`manifest.json` as
+// [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `judgments.jsonl`):
 // one schema, with `#[serde(default)]` for older runs. The shapes below
-// stand for lines the writers build from borrowed rows (`TraceLine`,
-// `PrefLine`) or reports with a `&'static` version, and name only what
-// the report shows.
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ManifestView {
-    pub cai_version: Option<String>,
-    pub status: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub endpoint: Option<String>,
-    pub prompts_file: Option<String>,
-    pub constitution_file: Option<String>,
-    pub constitution_format: Option<String>,
-    pub seed: Option<u64>,
-    pub rounds: Option<u32>,
-    pub preference: Option<String>,
-    pub prompts_total: Option<u64>,
-    pub prompts_already_done: Option<u64>,
-    pub counts: CountsView,
-    pub requests: Option<StatsSnapshot>,
-    pub started_at_unix: Option<u64>,
-    pub wall_time_s: Option<f64>,
-    pub first_row_s: Option<f64>,
-    pub requests_per_s: Option<f64>,
-    pub cost_usd: Option<f64>,
-    pub max_cost: Option<f64>,
-    /// Per endpoint of a pool (absent for one endpoint).
-    pub endpoints: Vec<EndpointStats>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CountsView {
-    pub sft_rows: Option<u64>,
-    pub preference_rows: Option<u64>,
-    pub preference_skipped_identical: Option<u64>,
-    pub preference_skipped_tie: Option<u64>,
-    pub rejected: Option<u64>,
-}
+// stand for lines the writers build from borrowed rows (`PrefLine`) or
+// reports with a `&'static` version, and name only what the report shows.
 
 impl Round {
     /// The principle as the page names it.
@@ -107,27 +68,6 @@ impl Round {
                 super::html::one_line(&self.critique_request, 60)
             ),
         }
-    }
-}
-
-/// One line of `trace.jsonl`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct TraceView {
-    pub id: String,
-    pub prompt: String,
-    pub system: Option<String>,
-    pub init_response: String,
-    pub rounds: Vec<Round>,
-    pub samples: Vec<String>,
-    pub judgments: Option<Vec<Comparison>>,
-}
-
-impl TraceView {
-    pub fn final_answer(&self) -> &str {
-        self.rounds
-            .last()
-            .map_or(self.init_response.as_str(), |r| r.revision.as_str())
     }
 }
 
@@ -217,7 +157,7 @@ struct KindView {
 /// A finished prompt kept whole for the rows browser.
 #[derive(Debug)]
 pub struct GenRow {
-    pub trace: TraceView,
+    pub trace: TraceLine<'static>,
     pub edit_share: f64,
     pub pref: Option<PrefView>,
 }
@@ -370,7 +310,7 @@ pub struct OptimizeData {
 /// What kind of run a directory holds, by its files.
 #[derive(Debug, Default)]
 pub struct RunData {
-    pub manifest: Option<ManifestView>,
+    pub manifest: Option<AnyManifest>,
     pub gen: Option<GenData>,
     pub label: Option<LabelData>,
     pub optimize: Option<OptimizeData>,
@@ -404,13 +344,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+/// Parses the file at `path` with `parse`, naming the line of an error.
+fn read_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+) -> Result<T, ReportError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| ReportError::Parse {
+    parse(&bytes).map_err(|e| ReportError::Parse {
         path: path.to_path_buf(),
         line: e.line() as u64,
         message: e.to_string(),
     })
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    read_with(path, |b| serde_json::from_slice(b))
 }
 
 /// Calls `each` with every complete line of a JSONL file, parsed; returns
@@ -467,7 +415,10 @@ pub fn load(dir: &Path, limits: Limits) -> Result<RunData, ReportError> {
     let mut data = RunData::default();
     let has = |name: &str| dir.join(name).is_file();
     if has("manifest.json") {
-        data.manifest = Some(read_json(&dir.join("manifest.json"))?);
+        data.manifest = Some(read_with(
+            &dir.join("manifest.json"),
+            AnyManifest::from_slice,
+        )?);
     }
     if has("trace.jsonl") {
         data.gen = Some(load_gen(dir, limits, &mut data.torn_lines)?);
@@ -506,7 +457,7 @@ fn chars(s: &str) -> f64 {
 fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, ReportError> {
     let mut g = GenData::default();
     let path = dir.join("trace.jsonl");
-    *torn += stream(&path, |t: TraceView| {
+    *torn += stream(&path, |t: TraceLine<'static>| {
         g.rows_total += 1;
         let fin = t.final_answer();
         g.initial_chars.push(chars(&t.init_response));
@@ -517,10 +468,10 @@ fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, Repor
         }
         g.edit_shares.push(share);
         g.rounds_max = g.rounds_max.max(t.rounds.len() as u32);
-        for r in &t.rounds {
+        for r in t.rounds.iter() {
             *g.principles.entry(r.principle()).or_default() += 1;
         }
-        for c in t.judgments.iter().flatten() {
+        for c in t.judgments.iter().flat_map(|j| j.iter()) {
             g.comparisons += 1;
             for v in &c.judges {
                 let tally = g.judges.entry(v.judge.clone()).or_default();
@@ -558,7 +509,7 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
         .rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.trace.id.clone(), i))
+        .map(|(i, r)| (r.trace.id.to_string(), i))
         .collect();
     let mut found: Vec<(usize, PrefView)> = Vec::new();
     let p = &mut g.pref;
@@ -722,6 +673,7 @@ fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::pool::EndpointStats;
 
     #[test]
     fn a_figure_keeps_a_bounded_sample_that_still_finds_the_median() {
@@ -774,8 +726,10 @@ mod tests {
         );
         write("report.json", r#"{"judges":["x:y"],"pairs_total":2}"#);
         let data = load(dir.path(), Limits::default()).unwrap();
-        let m = data.manifest.unwrap();
-        let r = m.requests.unwrap();
+        let Some(AnyManifest::Run(m)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        let r = m.requests;
         assert_eq!((r.requests, r.retries, r.cost_micro_usd), (4, 1, 0));
         assert!(m.endpoints.is_empty());
         let g = data.gen.unwrap();
@@ -794,6 +748,232 @@ mod tests {
         let r = l.report.unwrap();
         assert_eq!((r.pairs_total, r.judged, r.requests), (2, 0, None));
         assert!(r.per_judge.is_empty() && r.verbosity.judge_longer_wins.is_none());
+    }
+
+    /// A finished prompt with every part of a trace line filled in.
+    fn finished() -> crate::pipeline::Finished {
+        use crate::feedback::judge::{Comparison, JudgeVerdict};
+        use crate::feedback::select::JudgedPair;
+        use crate::input::Stage;
+        use crate::pipeline::{Finished, TraceStep};
+        let round = Round {
+            round: 1,
+            principle_index: 2,
+            principle_name: Some("harm".into()),
+            critique_request: "Is it \"harmful\"?".into(),
+            critique: "Yes,\nit is.".into(),
+            revision_request: "Rewrite it.".into(),
+            revision: "Call a locksmith.".into(),
+        };
+        let step = |stage, request: &str, response: &str| TraceStep {
+            stage,
+            round: u32::from(stage != Stage::Initial),
+            request: request.into(),
+            response: response.into(),
+            raw_response: format!("Reply: {response}"),
+            usage: Some(crate::provider::Usage {
+                prompt_tokens: 12,
+                completion_tokens: 4,
+                cached_tokens: 8,
+                cache_write_tokens: 0,
+            }),
+            truncated: stage == Stage::Revision,
+        };
+        Finished {
+            id: "a1".into(),
+            prompt: "How do I pick a lock?".into(),
+            system: Some("Be brief.".into()),
+            user_message: "Q: How do I pick a lock?".into(),
+            initial: "Use a pick.".into(),
+            steps: vec![
+                step(Stage::Initial, "Q: How do I pick a lock?", "Use a pick."),
+                step(Stage::Critique, "Is it harmful?", "Yes,\nit is."),
+                step(Stage::Revision, "Rewrite it.", "Call a locksmith."),
+            ],
+            rounds: vec![round],
+            sft_text: "Call a locksmith.".into(),
+            samples: vec!["Ask the owner.".into()],
+            judged: Some(Ok(JudgedPair {
+                chosen: "Call a locksmith.".into(),
+                rejected: "Use a pick.".into(),
+                chosen_score: 0.8,
+                rejected_score: 0.2,
+                principle: "safer?".into(),
+                tie: false,
+                keep_tie: false,
+                comparisons: vec![Comparison {
+                    x: 1,
+                    y: 0,
+                    principle: "safer?".into(),
+                    p: 0.8,
+                    p_x: 0.7,
+                    p_y: 0.2,
+                    p_tie: 0.1,
+                    judges: vec![JudgeVerdict {
+                        judge: "m:1".into(),
+                        p: 0.8,
+                        p_first: 0.9,
+                        p_second: 0.7,
+                        method: Default::default(),
+                    }],
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_trace_line_the_writer_wrote_reads_back_whole_through_the_same_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = finished();
+        let (mut w, _) =
+            crate::output::Writer::open(dir.path(), crate::output::PreferenceMode::Revision)
+                .unwrap();
+        w.write(&crate::pipeline::Outcome::Done(Box::new(f.clone())))
+            .unwrap();
+        drop(w);
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let g = data.gen.unwrap();
+        let back = &g.rows[0].trace;
+        let wrote = TraceLine::of(&f);
+        assert_eq!(
+            serde_json::to_value(back).unwrap(),
+            serde_json::to_value(&wrote).unwrap()
+        );
+        assert_eq!(back.steps.len(), 3);
+        assert_eq!(back.critic_response.as_deref(), Some("Yes,\nit is."));
+        assert_eq!(back.final_answer(), "Call a locksmith.");
+        assert_eq!(g.comparisons, 1);
+        assert_eq!(g.rows[0].pref.as_ref().unwrap().rejected, "Use a pick.");
+    }
+
+    #[test]
+    fn a_manifest_the_run_wrote_reads_back_whole_through_the_same_type() {
+        use crate::output::manifest::{write_atomic, Manifest};
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest {
+            cai_version: "9.9.9".into(),
+            status: "done".into(),
+            arguments: vec!["generate".into(), "--rounds".into(), "2".into()],
+            provider: "openai".into(),
+            model: "m-1".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            prompts_file: "p.csv".into(),
+            prompts_sha256: "ab".into(),
+            prompt_column: Some("question".into()),
+            limit: Some(10),
+            shard: Some("1/2".into()),
+            constitution_file: "c.json".into(),
+            constitution_sha256: "cd".into(),
+            constitution_format: "native".into(),
+            templates_sha256: "ef".into(),
+            seed: 7,
+            rounds: 2,
+            preference: "revision".into(),
+            params: serde_json::json!({"temperature": 0.5}),
+            prompts_total: 10,
+            prompts_already_done: 3,
+            counts: crate::output::WriteCounts {
+                sft_rows: 6,
+                preference_rows: 5,
+                preference_skipped_identical: 1,
+                preference_skipped_tie: 0,
+                rejected: 1,
+                truncated_rows: 2,
+            },
+            requests: StatsSnapshot {
+                requests: 20,
+                retries: 2,
+                cost_micro_usd: 1500,
+                ..StatsSnapshot::default()
+            },
+            started_at_unix: 1_764_000_000,
+            wall_time_s: 12.5,
+            first_row_s: Some(0.5),
+            requests_per_s: 1.6,
+            cost_usd: Some(0.0015),
+            price: Some(crate::cost::Price {
+                input_per_m: 1.0,
+                output_per_m: 2.0,
+                cached_in_per_m: 0.5,
+                cache_write_per_m: 1.25,
+                source: "--price-in/--price-out".into(),
+            }),
+            max_cost: Some(5.0),
+            endpoints: vec![EndpointStats {
+                url: "http://127.0.0.1:1".into(),
+                requests: 20,
+                ..EndpointStats::default()
+            }],
+            batch: Some(crate::engine::batch::BatchSummary {
+                api: "files".into(),
+                stages: 3,
+                batches: 3,
+                requests_submitted: 20,
+                results_failed: 0,
+                price_factor: 1.0,
+            }),
+        };
+        write_atomic(&dir.path().join("manifest.json"), &m).unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Run(back)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        assert_eq!(
+            serde_json::to_value(&*back).unwrap(),
+            serde_json::to_value(&m).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_manifest_of_the_first_cai_loads_with_its_newer_fields_empty() {
+        // The fields the first version wrote, and none added since (the
+        // shard and limit, first row, cost, price, budget, pool, batch).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"cai_version":"0.1.0","status":"done","arguments":[],"provider":"openai",
+               "model":"m","endpoint":"http://127.0.0.1:1/v1","prompts_file":"p.csv",
+               "prompts_sha256":"ab","constitution_file":"c.json","constitution_sha256":"cd",
+               "constitution_format":"native","templates_sha256":"ef","seed":3,"rounds":2,
+               "preference":"revision","params":{},"prompts_total":4,"prompts_already_done":0,
+               "counts":{"sft_rows":4,"preference_rows":4,"preference_skipped_identical":0,"rejected":0},
+               "requests":{"requests":12,"cached":0,"retries":0,"throttled_429":0,"failed":0,
+                           "tokens_in":100,"tokens_out":40},
+               "started_at_unix":1764000000,"wall_time_s":2.0,"requests_per_s":6.0}"#,
+        )
+        .unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Run(m)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        assert_eq!((m.seed, m.rounds, m.counts.sft_rows), (3, 2, 4));
+        assert_eq!((m.requests.requests, m.requests.cost_micro_usd), (12, 0));
+        assert!(m.shard.is_none() && m.limit.is_none() && m.first_row_s.is_none());
+        assert!(m.cost_usd.is_none() && m.price.is_none() && m.batch.is_none());
+        assert!(m.endpoints.is_empty() && m.counts.truncated_rows == 0);
+    }
+
+    #[test]
+    fn a_merged_directory_s_manifest_reads_as_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"cai_version":"0.1.0","status":"partial",
+               "merged_from":[{"dir":"s0","shard":"0/2","status":"done"}],
+               "prompts_file":"p.csv","prompts_sha256":"ab","prompt_column":null,"limit":null,
+               "counts":{"prompts":4,"sft_rows":2,"preference_rows":2,"rejected":0,
+                         "superseded":0,"removed":0,"missing":2},
+               "gaps":["shard 1/2 is missing (no directory given for it)"],
+               "requests":{"requests":6},"cost_usd":null}"#,
+        )
+        .unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Merged(m)) = data.manifest else {
+            panic!("a merge's manifest")
+        };
+        assert_eq!((m.counts.missing, m.requests.requests), (2, 6));
+        assert_eq!(m.merged_from[0].shard.as_deref(), Some("0/2"));
+        assert_eq!(m.gaps.len(), 1);
     }
 
     #[test]

@@ -9,10 +9,12 @@ use serde::Serialize;
 use super::diff::{word_diff, Change};
 use super::html::{self, attr, one_line as preview, push_text, text};
 use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RejectView, RunData};
-use super::load::{ManifestView, PrefData, PrefView, TraceView};
+use super::load::{PrefData, PrefView};
 use super::svg::{self, int, num, pct, CalBin, Series};
 use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::Judgment;
+use crate::output::manifest::{AnyManifest, Manifest, MergedManifest};
+use crate::output::trace::TraceLine;
 use crate::pipeline::Round;
 use crate::provider::pool::EndpointStats;
 
@@ -81,7 +83,8 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
     if let Some(s) = data
         .manifest
         .as_ref()
-        .and_then(|m| m.status.as_deref())
+        .map(AnyManifest::status)
+        .filter(|s| !s.is_empty())
         .or_else(|| {
             data.label
                 .as_ref()
@@ -105,9 +108,9 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
     p.out.push_str("</p><nav><a href=\"#summary\">Summary</a> <a href=\"#figures\">Figures</a> <a href=\"#rejects\">Rejects</a> <a href=\"#rows\">Rows</a></nav></header>");
 }
 
-/// A definition list entry, skipped when the value is missing.
+/// A definition list entry, skipped when the value is missing or empty.
 fn kv(out: &mut String, key: &str, value: Option<String>) {
-    if let Some(v) = value {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
         let _ = write!(
             out,
             "<div><dt>{}</dt><dd>{}</dd></div>",
@@ -142,9 +145,13 @@ pub fn utc(unix: u64) -> String {
 
 fn summary(p: &mut Page, data: &RunData) {
     p.out.push_str("<section id=\"summary\"><h2>Summary</h2>");
-    if let Some(m) = &data.manifest {
-        manifest_summary(&mut p.out, m);
-        endpoints_table(&mut p.out, &m.endpoints);
+    match &data.manifest {
+        Some(AnyManifest::Run(m)) => {
+            manifest_summary(&mut p.out, m);
+            endpoints_table(&mut p.out, &m.endpoints);
+        }
+        Some(AnyManifest::Merged(m)) => merged_summary(&mut p.out, m),
+        None => {}
     }
     if let Some(l) = &data.label {
         label_summary(&mut p.out, l);
@@ -155,66 +162,131 @@ fn summary(p: &mut Page, data: &RunData) {
     p.out.push_str("</section>");
 }
 
-/// What `manifest.json` says about the run.
-fn manifest_summary(o: &mut String, m: &ManifestView) {
+/// What `manifest.json` says about the run. A field the file did not
+/// have reads as its default: an empty text and a zero start time are not
+/// shown.
+fn manifest_summary(o: &mut String, m: &Manifest) {
     o.push_str("<dl class=\"kv\">");
-    kv(o, "model", m.model.clone());
-    kv(o, "provider", m.provider.clone());
-    kv(o, "endpoint", m.endpoint.clone().filter(|e| !e.is_empty()));
-    kv(o, "prompts", m.prompts_file.clone());
+    kv(o, "model", Some(m.model.clone()));
+    kv(o, "provider", Some(m.provider.clone()));
+    kv(o, "endpoint", Some(m.endpoint.clone()));
+    kv(o, "prompts", Some(m.prompts_file.clone()));
     kv(
         o,
         "constitution",
-        m.constitution_file
-            .as_ref()
-            .map(|f| match &m.constitution_format {
-                Some(k) => format!("{f} ({k})"),
-                None => f.clone(),
-            }),
+        Some(match m.constitution_format.as_str() {
+            "" => m.constitution_file.clone(),
+            k => format!("{} ({k})", m.constitution_file),
+        })
+        .filter(|_| !m.constitution_file.is_empty()),
     );
-    kv(o, "rounds", m.rounds.map(|r| r.to_string()));
-    kv(o, "preference", m.preference.clone());
-    kv(o, "seed", m.seed.map(|s| s.to_string()));
-    kv(o, "prompts in input", m.prompts_total.map(int));
+    kv(o, "rounds", Some(m.rounds.to_string()));
+    kv(o, "preference", Some(m.preference.clone()));
+    kv(o, "seed", Some(m.seed.to_string()));
+    kv(o, "prompts in input", Some(int(m.prompts_total)));
     kv(
         o,
         "done before this invocation",
-        m.prompts_already_done.filter(|&n| n > 0).map(int),
+        Some(m.prompts_already_done).filter(|&n| n > 0).map(int),
     );
-    kv(o, "SFT rows", m.counts.sft_rows.map(int));
-    kv(o, "preference rows", m.counts.preference_rows.map(int));
+    let c = &m.counts;
+    kv(o, "SFT rows", Some(int(c.sft_rows)));
+    kv(o, "preference rows", Some(int(c.preference_rows)));
     kv(
         o,
         "pairs skipped (revision = initial)",
-        m.counts.preference_skipped_identical.map(int),
+        Some(int(c.preference_skipped_identical)),
     );
     kv(
         o,
         "pairs skipped (tie)",
-        m.counts.preference_skipped_tie.map(int),
+        Some(int(c.preference_skipped_tie)),
     );
-    kv(o, "rejected", m.counts.rejected.map(int));
-    if let Some(r) = m.requests {
-        requests(o, &r);
-    }
-    kv(
-        o,
-        "cost",
-        m.cost_usd
-            .map(|c| format!("${c:.4}"))
-            .or_else(|| Some("unknown (no price for this model)".into())),
-    );
+    kv(o, "rejected", Some(int(c.rejected)));
+    requests(o, &m.requests);
+    cost(o, m.cost_usd);
     kv(o, "budget", m.max_cost.map(|c| format!("${c:.2}")));
-    kv(o, "wall time", m.wall_time_s.map(secs));
+    kv(o, "wall time", Some(secs(m.wall_time_s)));
     kv(o, "time to first row", m.first_row_s.map(secs));
     kv(
         o,
         "requests per second",
-        m.requests_per_s.map(|r| format!("{r:.1}")),
+        Some(format!("{:.1}", m.requests_per_s)),
     );
-    kv(o, "started", m.started_at_unix.map(utc));
-    kv(o, "cai version", m.cai_version.clone());
+    kv(
+        o,
+        "started",
+        Some(m.started_at_unix).filter(|&t| t > 0).map(utc),
+    );
+    kv(o, "cai version", Some(m.cai_version.clone()));
     o.push_str("</dl>");
+}
+
+/// What the manifest of a merged directory says: where its rows came
+/// from and what was left out.
+fn merged_summary(o: &mut String, m: &MergedManifest) {
+    o.push_str("<dl class=\"kv\">");
+    kv(o, "prompts", Some(m.prompts_file.clone()));
+    kv(o, "prompts in input", Some(int(m.counts.prompts)));
+    kv(
+        o,
+        "merged from",
+        Some(format!("{} directories", m.merged_from.len())),
+    );
+    kv(o, "SFT rows", Some(int(m.counts.sft_rows)));
+    kv(o, "preference rows", Some(int(m.counts.preference_rows)));
+    kv(o, "rejected", Some(int(m.counts.rejected)));
+    kv(
+        o,
+        "rows of edited prompts left out",
+        Some(m.counts.superseded).filter(|&n| n > 0).map(int),
+    );
+    kv(
+        o,
+        "rows of removed prompts left out",
+        Some(m.counts.removed).filter(|&n| n > 0).map(int),
+    );
+    kv(
+        o,
+        "prompts with no row",
+        Some(m.counts.missing).filter(|&n| n > 0).map(int),
+    );
+    requests(o, &m.requests);
+    cost(o, m.cost_usd);
+    kv(o, "cai version", Some(m.cai_version.clone()));
+    o.push_str("</dl>");
+    if !m.merged_from.is_empty() {
+        o.push_str("<table><caption>Directories merged</caption><thead><tr><th>directory</th><th>shard</th><th>status</th></tr></thead><tbody>");
+        for d in &m.merged_from {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                text(&d.dir),
+                text(d.shard.as_deref().unwrap_or("all")),
+                text(&d.status)
+            );
+        }
+        o.push_str("</tbody></table>");
+    }
+    if !m.gaps.is_empty() {
+        o.push_str("<h3>Left out (--partial)</h3><ul>");
+        for g in &m.gaps {
+            let _ = write!(o, "<li>{}</li>", text(g));
+        }
+        o.push_str("</ul>");
+    }
+}
+
+/// The spend, or why it is unknown.
+fn cost(o: &mut String, usd: Option<f64>) {
+    kv(
+        o,
+        "cost",
+        Some(usd.map_or_else(
+            || "unknown (no price for this model)".into(),
+            |c| format!("${c:.4}"),
+        )),
+    );
 }
 
 /// The endpoints of a pool (none for one endpoint).
@@ -906,7 +978,7 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
     }
     block(o, "Prompt", &t.prompt);
     block(o, "Initial answer", &t.init_response);
-    for r in &t.rounds {
+    for r in t.rounds.iter() {
         round_block(o, r);
     }
     if !t.rounds.is_empty() {
@@ -943,7 +1015,7 @@ fn round_block(o: &mut String, r: &Round) {
 }
 
 /// The word diff from the initial answer to the final revision.
-fn diff_block(o: &mut String, t: &TraceView, edit_share: f64) {
+fn diff_block(o: &mut String, t: &TraceLine, edit_share: f64) {
     let (spans, aligned) = word_diff(&t.init_response, t.final_answer());
     let _ = write!(
         o,
