@@ -149,6 +149,20 @@ fn read_part(dir: &Path) -> Result<Part, MergeError> {
         "not the run directory of a cai generate that ran to its end (no manifest)",
         AnyManifest::from_slice,
     )?;
+    // Every field reads as empty when missing (older runs); these three a
+    // merge cannot do without, and every cai has written them.
+    for (field, value) in [
+        ("status", manifest.status()),
+        ("prompts_file", manifest.prompts_file()),
+        ("prompts_sha256", manifest.prompts_sha256()),
+    ] {
+        if value.is_empty() {
+            return Err(refused(format!(
+                "{}: manifest.json has no {field}: not the manifest of a cai generate run",
+                dir.display()
+            )));
+        }
+    }
     let shard = match manifest.shard() {
         None => None,
         Some(s) => Some(
@@ -666,5 +680,17 @@ mod tests {
         assert_eq!(m.cost_usd(), None);
         let sum = r.plus(&r);
         assert_eq!((sum.requests, sum.cached, sum.tokens_in), (6, 2, 20));
+    }
+
+    #[test]
+    fn a_manifest_without_the_prompts_hash_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"status":"done","prompts_file":"p.csv"}"#,
+        )
+        .unwrap();
+        let e = read_part(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("manifest.json has no prompts_sha256"), "{e}");
     }
 }

@@ -2,9 +2,9 @@
 //! streamed once into the figures' accumulators, and only a bounded sample
 //! of rows (the first ones, and rejects) is kept whole.
 //!
-//! The read-side structs below name only the fields the report shows and
-//! default the rest, so a report can be drawn for a run of an older or
-//! newer `cai`. A line that is not valid JSON is an error naming the file
+//! The manifest, trace lines and judgments are read through the writers'
+//! own types; every field defaults when missing and unknown fields are
+//! ignored, so a report can be drawn for a run of an older or newer `cai`. A line that is not valid JSON is an error naming the file
 //! and line, except a last line without its newline: that is a row still
 //! being written (or torn by a crash, which a resume cuts), and is skipped.
 

@@ -215,7 +215,7 @@ mod tests {
         let html = page(dir.path());
         for want in [
             "status <b>partial</b>",
-            "<dt>merged from</dt><dd>1 directories</dd>",
+            "<dt>directories merged</dt><dd>1</dd>",
             "<dt>SFT rows</dt><dd>2</dd>",
             "<dt>prompts with no row</dt><dd>2</dd>",
             "<td>run/s0</td><td>0/2</td><td>done</td>",

@@ -187,7 +187,7 @@ fn manifest_summary(o: &mut String, m: &Manifest) {
     kv(
         o,
         "done before this invocation",
-        Some(m.prompts_already_done).filter(|&n| n > 0).map(int),
+        if_any(m.prompts_already_done),
     );
     let c = &m.counts;
     kv(o, "SFT rows", Some(int(c.sft_rows)));
@@ -197,11 +197,8 @@ fn manifest_summary(o: &mut String, m: &Manifest) {
         "pairs skipped (revision = initial)",
         Some(int(c.preference_skipped_identical)),
     );
-    kv(
-        o,
-        "pairs skipped (tie)",
-        Some(int(c.preference_skipped_tie)),
-    );
+    // Written only when a tie was dropped (`--ties drop`).
+    kv(o, "pairs skipped (tie)", if_any(c.preference_skipped_tie));
     kv(o, "rejected", Some(int(c.rejected)));
     requests(o, &m.requests);
     cost(o, m.cost_usd);
@@ -216,7 +213,7 @@ fn manifest_summary(o: &mut String, m: &Manifest) {
     kv(
         o,
         "started",
-        Some(m.started_at_unix).filter(|&t| t > 0).map(utc),
+        (m.started_at_unix > 0).then(|| utc(m.started_at_unix)),
     );
     kv(o, "cai version", Some(m.cai_version.clone()));
     o.push_str("</dl>");
@@ -230,8 +227,8 @@ fn merged_summary(o: &mut String, m: &MergedManifest) {
     kv(o, "prompts in input", Some(int(m.counts.prompts)));
     kv(
         o,
-        "merged from",
-        Some(format!("{} directories", m.merged_from.len())),
+        "directories merged",
+        Some(int(m.merged_from.len() as u64)),
     );
     kv(o, "SFT rows", Some(int(m.counts.sft_rows)));
     kv(o, "preference rows", Some(int(m.counts.preference_rows)));
@@ -239,18 +236,14 @@ fn merged_summary(o: &mut String, m: &MergedManifest) {
     kv(
         o,
         "rows of edited prompts left out",
-        Some(m.counts.superseded).filter(|&n| n > 0).map(int),
+        if_any(m.counts.superseded),
     );
     kv(
         o,
         "rows of removed prompts left out",
-        Some(m.counts.removed).filter(|&n| n > 0).map(int),
+        if_any(m.counts.removed),
     );
-    kv(
-        o,
-        "prompts with no row",
-        Some(m.counts.missing).filter(|&n| n > 0).map(int),
-    );
+    kv(o, "prompts with no row", if_any(m.counts.missing));
     requests(o, &m.requests);
     cost(o, m.cost_usd);
     kv(o, "cai version", Some(m.cai_version.clone()));
@@ -275,6 +268,11 @@ fn merged_summary(o: &mut String, m: &MergedManifest) {
         }
         o.push_str("</ul>");
     }
+}
+
+/// A count worth a line only when something was counted.
+fn if_any(n: u64) -> Option<String> {
+    (n > 0).then(|| int(n))
 }
 
 /// The spend, or why it is unknown.
