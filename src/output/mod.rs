@@ -22,6 +22,7 @@ pub mod optimize;
 pub mod report;
 pub mod trace;
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -408,7 +409,7 @@ impl Writer {
                 self.files.jsonl(
                     PREF_JSONL,
                     &PrefLine {
-                        id: &f.id,
+                        id: Cow::Borrowed(&f.id),
                         prompt: prompt_msgs,
                         chosen: vec![Message::assistant(chosen.to_string())],
                         rejected: vec![Message::assistant(f.initial.clone())],
@@ -464,14 +465,14 @@ impl Writer {
                 self.files.jsonl(
                     PREF_JSONL,
                     &PrefLine {
-                        id: &f.id,
+                        id: Cow::Borrowed(&f.id),
                         prompt: prompt_msgs,
                         chosen: vec![Message::assistant(j.chosen.clone())],
                         rejected: vec![Message::assistant(j.rejected.clone())],
                         scores: Some(Scores {
                             chosen_score: j.chosen_score,
                             rejected_score: j.rejected_score,
-                            principle: &j.principle,
+                            principle: Cow::Borrowed(&j.principle),
                             tie: j.tie,
                         }),
                     },
@@ -554,24 +555,30 @@ struct SftLine<'a> {
     messages: Vec<Message>,
 }
 
-#[derive(Serialize)]
-struct PrefLine<'a> {
-    id: &'a str,
-    prompt: Vec<Message>,
-    chosen: Vec<Message>,
-    rejected: Vec<Message>,
+/// One line of `preference.jsonl` (TRL's explicit-prompt conversational
+/// form), written with the id borrowed and read back by the report; a
+/// field an older `cai` did not write reads as its default.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefLine<'a> {
+    pub id: Cow<'a, str>,
+    pub prompt: Vec<Message>,
+    pub chosen: Vec<Message>,
+    pub rejected: Vec<Message>,
+    /// Present on judged (or scored) pairs only; read back when all four
+    /// of its columns are there.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    scores: Option<Scores<'a>>,
+    pub scores: Option<Scores<'a>>,
 }
 
 /// Extra scalar columns of a judged preference line (datasets loads them
 /// as plain columns; TRL ignores them).
-#[derive(Serialize)]
-struct Scores<'a> {
-    chosen_score: f64,
-    rejected_score: f64,
-    principle: &'a str,
-    tie: bool,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Scores<'a> {
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+    pub principle: Cow<'a, str>,
+    pub tie: bool,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
 use crate::output::manifest::AnyManifest;
 use crate::output::trace::TraceLine;
+use crate::output::PrefLine;
 use crate::pipeline::Round;
 
 /// How many rows (and rejects) the page embeds whole.
@@ -50,10 +51,11 @@ impl Default for Limits {
 // ---------- read-side shapes of the files ----------
 //
 // Where the writer's own type can be read back, it is (`manifest.json` as
-// [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `judgments.jsonl`):
+// [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `preference.jsonl` as
+// [`PrefLine`], `judgments.jsonl`):
 // one schema, with `#[serde(default)]` for older runs. The shapes below
-// stand for lines the writers build from borrowed rows (`PrefLine`) or
-// reports with a `&'static` version, and name only what the report shows.
+// stand for reports with a `&'static` version and rejects written in two
+// shapes (generate's and label's), and name only what the report shows.
 
 impl Round {
     /// The principle as the page names it.
@@ -69,25 +71,6 @@ impl Round {
             ),
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct MessageView {
-    content: String,
-}
-
-/// One line of `preference.jsonl`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PrefLineView {
-    id: String,
-    chosen: Vec<MessageView>,
-    rejected: Vec<MessageView>,
-    chosen_score: Option<f64>,
-    rejected_score: Option<f64>,
-    principle: Option<String>,
-    tie: Option<bool>,
 }
 
 /// The preference pair of a sampled row.
@@ -513,7 +496,7 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
         .collect();
     let mut found: Vec<(usize, PrefView)> = Vec::new();
     let p = &mut g.pref;
-    let torn = stream(path, |l: PrefLineView| {
+    let torn = stream(path, |l: PrefLine<'static>| {
         p.rows += 1;
         let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
         let rejected = l
@@ -527,25 +510,22 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
             std::cmp::Ordering::Equal => p.same_length += 1,
             std::cmp::Ordering::Less => p.chosen_shorter += 1,
         }
-        if let Some(s) = l.chosen_score {
-            p.chosen_scores.push(s);
+        if let Some(s) = &l.scores {
+            p.chosen_scores.push(s.chosen_score);
+            p.rejected_scores.push(s.rejected_score);
+            p.ties += u64::from(s.tie);
         }
-        if let Some(s) = l.rejected_score {
-            p.rejected_scores.push(s);
-        }
-        if l.tie == Some(true) {
-            p.ties += 1;
-        }
-        if let Some(&i) = wanted.get(&l.id) {
+        if let Some(&i) = wanted.get(l.id.as_ref()) {
+            let scores = l.scores.as_ref();
             found.push((
                 i,
                 PrefView {
                     chosen,
                     rejected,
-                    chosen_score: l.chosen_score,
-                    rejected_score: l.rejected_score,
-                    principle: l.principle,
-                    tie: l.tie.unwrap_or(false),
+                    chosen_score: scores.map(|s| s.chosen_score),
+                    rejected_score: scores.map(|s| s.rejected_score),
+                    tie: scores.is_some_and(|s| s.tie),
+                    principle: l.scores.map(|s| s.principle.into_owned()),
                 },
             ));
         }
@@ -844,6 +824,33 @@ mod tests {
         assert_eq!(back.final_answer(), "Call a locksmith.");
         assert_eq!(g.comparisons, 1);
         assert_eq!(g.rows[0].pref.as_ref().unwrap().rejected, "Use a pick.");
+    }
+
+    #[test]
+    fn a_judged_preference_line_reads_back_with_its_scores_through_the_same_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = finished();
+        let (mut w, _) =
+            crate::output::Writer::open(dir.path(), crate::output::PreferenceMode::Judge).unwrap();
+        w.write(&crate::pipeline::Outcome::Done(Box::new(f)))
+            .unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(dir.path().join("preference.jsonl")).unwrap();
+        let line: PrefLine = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&line).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        );
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let g = data.gen.unwrap();
+        assert_eq!((g.pref.rows, g.pref.chosen_scores.seen()), (1, 1));
+        let pair = g.rows[0].pref.as_ref().unwrap();
+        assert_eq!(
+            (pair.chosen_score, pair.rejected_score),
+            (Some(0.8), Some(0.2))
+        );
+        assert_eq!(pair.principle.as_deref(), Some("safer?"));
+        assert_eq!(pair.chosen, "Call a locksmith.");
     }
 
     #[test]
