@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::ids::IdSet;
-use crate::pipeline::{Finished, Outcome};
+use crate::pipeline::{Finished, Outcome, Reject};
 use crate::provider::Message;
 use trace::TraceLine;
 
@@ -368,7 +368,7 @@ impl Writer {
         match outcome {
             Outcome::Done(f) => self.write_finished(f)?,
             Outcome::Rejected(r) => {
-                self.files.jsonl(REJECTS, r)?;
+                self.files.jsonl(REJECTS, &RejectLine::of(r))?;
                 self.counts.rejected += 1;
             }
         }
@@ -434,12 +434,12 @@ impl Writer {
             Some(Err(crate::feedback::select::Undecided { reason })) => {
                 self.files.jsonl(
                     REJECTS,
-                    &crate::pipeline::Reject {
-                        id: f.id.clone(),
-                        prompt: f.prompt.clone(),
-                        stage: crate::input::Stage::Judge,
-                        round: f.rounds.len() as u32,
-                        reason: reason.clone(),
+                    &RejectLine {
+                        id: Cow::Borrowed(&f.id),
+                        prompt: Cow::Borrowed(&f.prompt),
+                        stage: Cow::Borrowed(crate::input::Stage::Judge.as_str()),
+                        round: Some(f.rounds.len() as u32),
+                        reason: Cow::Borrowed(reason),
                     },
                 )?;
                 self.counts.rejected += 1;
@@ -571,6 +571,49 @@ pub struct PrefLine<'a> {
     pub scores: Option<Scores<'a>>,
 }
 
+/// One line of `rejects.jsonl`, of `generate` (a prompt, with the stage
+/// and round it failed in) and of `label` (a pair: stage `judge`, no
+/// round); read back by the report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RejectLine<'a> {
+    #[serde(deserialize_with = "id_string")]
+    pub id: Cow<'a, str>,
+    pub prompt: Cow<'a, str>,
+    pub stage: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    pub reason: Cow<'a, str>,
+}
+
+impl<'a> RejectLine<'a> {
+    /// The line of a prompt `generate` could not complete.
+    pub fn of(r: &'a Reject) -> Self {
+        RejectLine {
+            id: Cow::Borrowed(&r.id),
+            prompt: Cow::Borrowed(&r.prompt),
+            stage: Cow::Borrowed(r.stage.as_str()),
+            round: Some(r.round),
+            reason: Cow::Borrowed(&r.reason),
+        }
+    }
+}
+
+/// Ids are strings in cai's files; a number from a hand-made file is read
+/// as its text.
+fn id_string<'de, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'a, str>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(serde_json::Number),
+    }
+    Ok(Cow::Owned(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+    }))
+}
+
 /// Extra scalar columns of a judged preference line (datasets loads them
 /// as plain columns; TRL ignores them).
 #[derive(Debug, Serialize, Deserialize)]
@@ -651,6 +694,26 @@ mod tests {
         let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[1][1], "p, \"q\"\nr");
+    }
+
+    #[test]
+    fn a_reject_line_keeps_generate_s_shape_and_reads_label_s_and_hand_made_ones() {
+        let r = Reject {
+            id: "b".into(),
+            prompt: "x".into(),
+            stage: Stage::Critique,
+            round: 2,
+            reason: "empty critique".into(),
+        };
+        let line = serde_json::to_string(&RejectLine::of(&r)).unwrap();
+        assert_eq!(line, serde_json::to_string(&r).unwrap());
+        let back: RejectLine = serde_json::from_str(&line).unwrap();
+        assert_eq!((back.stage.as_ref(), back.round), ("critique", Some(2)));
+        // label's: no round; a hand-made file's number id.
+        let label: RejectLine =
+            serde_json::from_str(r#"{"id":7,"prompt":"p","stage":"judge","reason":"no verdict"}"#)
+                .unwrap();
+        assert_eq!((label.id.as_ref(), label.round), ("7", None));
     }
 
     #[test]

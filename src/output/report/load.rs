@@ -23,7 +23,7 @@ use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
 use crate::output::manifest::AnyManifest;
 use crate::output::trace::TraceLine;
-use crate::output::PrefLine;
+use crate::output::{PrefLine, RejectLine};
 use crate::pipeline::Round;
 
 /// How many rows (and rejects) the page embeds whole.
@@ -52,10 +52,10 @@ impl Default for Limits {
 //
 // Where the writer's own type can be read back, it is (`manifest.json` as
 // [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `preference.jsonl` as
-// [`PrefLine`], `judgments.jsonl`):
+// [`PrefLine`], `rejects.jsonl` as [`RejectLine`], `judgments.jsonl`):
 // one schema, with `#[serde(default)]` for older runs. The shapes below
-// stand for reports with a `&'static` version and rejects written in two
-// shapes (generate's and label's), and name only what the report shows.
+// stand for reports with a `&'static` version, and name only what the
+// report shows.
 
 impl Round {
     /// The principle as the page names it.
@@ -82,32 +82,6 @@ pub struct PrefView {
     pub rejected_score: Option<f64>,
     pub principle: Option<String>,
     pub tie: bool,
-}
-
-/// One line of `rejects.jsonl` (generate and label).
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct RejectView {
-    #[serde(deserialize_with = "id_string")]
-    pub id: String,
-    pub prompt: Option<String>,
-    pub stage: Option<String>,
-    pub round: Option<u32>,
-    pub reason: String,
-}
-
-/// Ids are strings in cai's files; accept a number from a hand-made file.
-fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        S(String),
-        N(serde_json::Number),
-    }
-    Ok(match Id::deserialize(d)? {
-        Id::S(s) => s,
-        Id::N(n) => n.to_string(),
-    })
 }
 
 /// `report.json` of `cai optimize`.
@@ -248,7 +222,7 @@ pub struct RejectData {
     pub groups: Vec<RejectGroup>,
     /// Rejects whose reason did not fit in [`Limits::reasons`].
     pub other: u64,
-    pub sample: Vec<RejectView>,
+    pub sample: Vec<RejectLine<'static>>,
 }
 
 #[derive(Debug)]
@@ -256,16 +230,15 @@ pub struct RejectGroup {
     pub stage: String,
     pub reason: String,
     pub count: u64,
-    pub examples: Vec<RejectView>,
+    pub examples: Vec<RejectLine<'static>>,
 }
 
 impl RejectData {
     /// The group index of a reject, if its reason has one.
-    pub fn group_of(&self, r: &RejectView) -> Option<usize> {
-        let stage = r.stage.as_deref().unwrap_or("");
+    pub fn group_of(&self, r: &RejectLine<'static>) -> Option<usize> {
         self.groups
             .iter()
-            .position(|g| g.stage == stage && g.reason == r.reason)
+            .position(|g| g.stage == r.stage && g.reason == r.reason)
     }
 }
 
@@ -615,9 +588,9 @@ fn load_optimize(dir: &Path, limits: Limits, torn: &mut u64) -> Result<OptimizeD
 fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData, ReportError> {
     let mut d = RejectData::default();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
-    *torn += stream(&dir.join("rejects.jsonl"), |r: RejectView| {
+    *torn += stream(&dir.join("rejects.jsonl"), |r: RejectLine<'static>| {
         d.total += 1;
-        let key = (r.stage.clone().unwrap_or_default(), r.reason.clone());
+        let key = (r.stage.to_string(), r.reason.to_string());
         let slot = match index.get(&key) {
             Some(&i) => Some(i),
             None if d.groups.len() < limits.reasons => {
@@ -1005,10 +978,12 @@ mod tests {
         let p = dir.path().join("x.jsonl");
         std::fs::write(&p, "{\"reason\":\"a\"}\n{\"reason\":\"b\"}\n{\"reas").unwrap();
         let mut seen = Vec::new();
-        let torn = stream(&p, |r: RejectView| seen.push(r.reason)).unwrap();
+        let torn = stream(&p, |r: RejectLine<'static>| seen.push(r.reason)).unwrap();
         assert_eq!((torn, seen.len()), (1, 2));
         std::fs::write(&p, "{\"reason\":\"a\"}\nnot json\n").unwrap();
-        let e = stream(&p, |_: RejectView| {}).unwrap_err().to_string();
+        let e = stream(&p, |_: RejectLine<'static>| {})
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.jsonl:2:"), "{e}");
     }
 }

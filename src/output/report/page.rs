@@ -8,13 +8,14 @@ use serde::Serialize;
 
 use super::diff::{word_diff, Change};
 use super::html::{self, attr, one_line as preview, push_text, text};
-use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RejectView, RunData};
+use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RunData};
 use super::load::{PrefData, PrefView};
 use super::svg::{self, int, num, pct, CalBin, Series};
 use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::Judgment;
 use crate::output::manifest::{AnyManifest, Manifest, MergedManifest};
 use crate::output::trace::TraceLine;
+use crate::output::RejectLine;
 use crate::pipeline::Round;
 use crate::provider::pool::EndpointStats;
 
@@ -810,9 +811,7 @@ fn rejects(p: &mut Page, data: &RunData) {
         );
         for e in &g.examples {
             let _ = write!(p.out, "<div class=\"ex\"><b>{}</b> ", text(&e.id));
-            if let Some(pr) = &e.prompt {
-                push_text(&mut p.out, &preview(pr, 160));
-            }
+            push_text(&mut p.out, &preview(&e.prompt, 160));
             p.out.push_str("</div>");
         }
         p.out.push_str("</td></tr>");
@@ -1145,12 +1144,12 @@ fn label_row<'a>(p: &mut Page<'a>, j: &'a Judgment) {
     o.push_str("</div></details></article>");
 }
 
-fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectView, group: Option<usize>) {
+fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectLine<'static>, group: Option<usize>) {
     p.facets.push(Facet {
         id: &r.id,
         p: Vec::new(),
         r: r.round.into_iter().collect(),
-        s: r.stage.as_deref().unwrap_or(""),
+        s: &r.stage,
         x: group,
     });
     let o = &mut p.out;
@@ -1158,13 +1157,13 @@ fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectView, group: Option<usize>) {
         o,
         "<article class=\"row rej\" data-row><details><summary><span class=\"rid\">{}</span> <span class=\"tag bad\">rejected at {}{}</span> <span class=\"pv\">{}</span></summary><div class=\"body\">",
         text(&r.id),
-        text(r.stage.as_deref().unwrap_or("?")),
+        text(if r.stage.is_empty() { "?" } else { &r.stage }),
         r.round.map(|n| format!(", round {n}")).unwrap_or_default(),
         text(&preview(&r.reason, 140))
     );
     block(o, "Reason", &r.reason);
-    if let Some(pr) = &r.prompt {
-        block(o, "Prompt", pr);
+    if !r.prompt.is_empty() {
+        block(o, "Prompt", &r.prompt);
     }
     o.push_str("</div></details></article>");
 }
