@@ -314,7 +314,7 @@ impl GenerateConfig {
     ) -> manifest::Manifest {
         let (inputs, p) = (&self.inputs, &self.provider);
         manifest::Manifest {
-            cai_version: env!("CARGO_PKG_VERSION"),
+            cai_version: env!("CARGO_PKG_VERSION").into(),
             status: "running".into(),
             arguments,
             provider: p.name().to_string(),

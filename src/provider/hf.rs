@@ -154,7 +154,7 @@ impl Provider for Hf {
             // `decoder_input_details`, nor its prefix-cache hits; the
             // prompt is estimated the usual way.
             .map(|completion_tokens| {
-                Usage::plain((inputs.len() as u64).div_ceil(4), completion_tokens)
+                Usage::plain(super::estimated_text_tokens(inputs), completion_tokens)
             });
         let mut text = generated.generated_text;
         // A server that ignores return_full_text echoes the prompt first.

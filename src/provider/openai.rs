@@ -99,11 +99,7 @@ impl OpenAi {
 
 impl OpenAi {
     fn completion(&self, resp: Response) -> Result<Completion, ProviderError> {
-        let mut choices = resp.choices.into_iter();
-        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
-            url: self.url.to_string(),
-            reason: "no choices in the reply".into(),
-        })?;
+        let (choice, choices) = super::first_choice(&self.url, resp.choices)?;
         let first_token_logprobs = choice
             .logprobs
             .and_then(|l| l.content)
