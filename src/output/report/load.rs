@@ -133,7 +133,12 @@ pub struct JudgeTally {
 }
 
 /// Values a figure draws from more rows than it needs to hold.
-const SAMPLE_CAP: usize = 100_000;
+///
+/// 20,000 values are plenty for a histogram and a median (a sampled
+/// median is off by about 0.35 % of the rows, one standard error), and
+/// keep each figure at 160 KB whatever the run's size: the report is
+/// drawn at the end of every run, on top of what the run still holds.
+const SAMPLE_CAP: usize = 20_000;
 
 /// The values of one figure, at most [`SAMPLE_CAP`] of them: past the cap
 /// a seeded reservoir sample (every row equally likely to be kept, the same
