@@ -692,11 +692,11 @@ impl Clone for KvRows {
 
 /// Positions of a sequence frozen for sharing: for each layer, the keys
 /// and values of `len` consecutive positions, never written again. Sessions
-/// that share a prefix (every prompt of a run shares the system message and
-/// few-shot block; a critique request extends the answer's conversation)
-/// hold these behind an `Arc` instead of each holding a copy: eight
-/// sequences of 2,000 tokens, 1,300 of them shared, took 370 MB of KV state
-/// as copies.
+/// that share a prefix (the prompts of a run share their stage's system
+/// message and few-shot block; a stage's request may extend the previous
+/// stage's conversation) hold these behind an `Arc` instead of each holding
+/// a copy: as copies, the README's first run held its stage prefix of about
+/// 1,480 tokens (34 MB of KV state) once per running sequence, 270 MB.
 pub(crate) struct Segment {
     k: Vec<KvRows>,
     v: Vec<KvRows>,
