@@ -13,7 +13,10 @@
 //! 1. throughput ratio: 10,000 prompts × 1 round (30,000 requests) at 200 ms
 //!    latency and capacity 256, `--concurrency 256`; ideal = capacity ÷ latency;
 //! 2. overhead: 10,000 prompts (30,000 requests) at latency 0: CPU seconds of
-//!    `cai` per request (the headline) and requests per second;
+//!    `cai` per request (the headline) and requests per second, then the
+//!    same prompts through `scripts/bench_peer.py`, a hand-written asyncio
+//!    client sending the same three chained requests per prompt, so the
+//!    figure has a peer measured on the same machine in the same minute;
 //! 3. time to the first finished row (from scenario 1), against 3 × latency;
 //! 4. `--rpm 600` against a server enforcing 600 rpm, for two minutes: share
 //!    of the limit achieved and share of 429s;
@@ -61,6 +64,38 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// What `scripts/bench_peer.py` prints.
+#[derive(serde::Deserialize)]
+struct Peer {
+    requests: f64,
+    cpu_s: f64,
+    wall_s: f64,
+    mean_body_bytes: f64,
+}
+
+/// Runs the hand-written asyncio peer on the same prompts and fake as
+/// scenario 2 (`$CAI_PYTHON`, else `python3`); `None` when no Python runs.
+fn run_peer(base: &str, prompts: &Path) -> Option<Peer> {
+    let python = std::env::var("CAI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(python)
+        .arg(format!("{root}/scripts/bench_peer.py"))
+        .arg("--url")
+        .arg(format!("{base}/v1"))
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--constitution")
+        .arg(format!("{root}/principles/harmless.json"))
+        .args(["--concurrency", "256"])
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 fn run_cai(base: &str, prompts: &Path, out: &Path, extra: &[&str]) -> Outcome {
@@ -206,6 +241,18 @@ fn main() {
             o.peak_rss_kb as f64 / 1024.0,
             o.code
         );
+        match run_peer(&fake.url(), &prompts2) {
+            Some(p) => println!(
+                "2. peer: the asyncio client of scripts/bench_peer.py on the same fake: {:.1} us CPU per request ({} requests, {:.2} CPU-s, {:.2} s wall, mean body {:.0} B) -- cai / peer = {:.2}",
+                1e6 * p.cpu_s / p.requests.max(1.0),
+                p.requests,
+                p.cpu_s,
+                p.wall_s,
+                p.mean_body_bytes,
+                (o.cpu_s / requests.max(1.0)) / (p.cpu_s / p.requests.max(1.0))
+            ),
+            None => println!("2. peer: not run (set CAI_PYTHON to a Python 3 to run scripts/bench_peer.py)"),
+        }
         rt.block_on(fake.shutdown());
     }
 

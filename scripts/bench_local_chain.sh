@@ -118,7 +118,7 @@ echo "after            $CAI_AFTER ($(git -C "$repo" rev-parse --short HEAD))"
 echo "runs in          $BENCH_DIR"
 echo
 
-readme=(--prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 8)
+readme=(--prompts prompts/harmless_sample.csv --constitution principles/harmless.json --limit 8 --on-length keep)
 stem=(--prompts prompts/stem_sample.csv --constitution principles/helpful_tutor.json
     --limit 4 --max-tokens 160 --seed 1)
 

@@ -30,7 +30,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::provider::registry::PriceRow;
 use crate::provider::registry::{Prices, ENTRIES};
@@ -62,7 +62,7 @@ pub fn lookup(model: &str) -> Option<&'static PriceRow> {
 }
 
 /// The price in force for a run, and where it came from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Price {
     pub input_per_m: f64,
     pub output_per_m: f64,

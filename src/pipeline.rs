@@ -73,8 +73,9 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// One request and its reply, as recorded in `trace.jsonl`.
-#[derive(Clone, Debug, Serialize)]
+/// One request and its reply, as recorded in `trace.jsonl` (and read
+/// back by the report).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceStep {
     pub stage: Stage,
     pub round: u32,
@@ -88,6 +89,22 @@ pub struct TraceStep {
     /// The reply was cut off by the token limit and kept (`--on-length keep`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+}
+
+impl TraceStep {
+    /// The step of `stage` that sent `request` and got `c`, whose text was
+    /// read as `response`.
+    fn new(stage: Stage, round: u32, request: String, response: String, c: Completion) -> Self {
+        TraceStep {
+            stage,
+            round,
+            request,
+            response,
+            truncated: c.finish == FinishReason::Length,
+            raw_response: c.text,
+            usage: c.usage,
+        }
+    }
 }
 
 /// One critique/revision round, as `trace.jsonl` records it (and the
@@ -386,15 +403,13 @@ impl Pipeline {
             .filter(|t| !t.is_empty())
             .take(self.samples.saturating_sub(1) as usize)
             .collect();
-        let mut steps = vec![TraceStep {
-            stage: Stage::Initial,
-            round: 0,
-            request: user.clone(),
-            response: initial.clone(),
-            raw_response: c.text,
-            usage: c.usage,
-            truncated: c.finish == FinishReason::Length,
-        }];
+        let mut steps = vec![TraceStep::new(
+            Stage::Initial,
+            0,
+            user.clone(),
+            initial.clone(),
+            c,
+        )];
         // An endpoint that ignores `n` gets one request per missing sample,
         // each with its own seed (distinct replies, distinct journal keys).
         let mut k = samples.len() as u64 + 1;
@@ -581,15 +596,13 @@ impl Reviser<'_> {
         sent.push((Stage::Critique, req.messages.len()));
         let c = call(Stage::Critique, req).await?;
         let critique = self.labelled(&c, Stage::Critique, "Critique", reject_cut)?;
-        let critique_step = TraceStep {
-            stage: Stage::Critique,
+        let critique_step = TraceStep::new(
+            Stage::Critique,
             round,
-            request: critique_request.clone(),
-            response: critique.clone(),
-            truncated: c.finish == FinishReason::Length,
-            raw_response: c.text,
-            usage: c.usage,
-        };
+            critique_request.clone(),
+            critique.clone(),
+            c,
+        );
         convo.push(Message::assistant(critique.clone()));
 
         let revision_request = render(
@@ -611,15 +624,13 @@ impl Reviser<'_> {
                 format!("the model declined to revise: {}", first_line(&revision)),
             ));
         }
-        let revision_step = TraceStep {
-            stage: Stage::Revision,
+        let revision_step = TraceStep::new(
+            Stage::Revision,
             round,
-            request: revision_request.clone(),
-            response: revision.clone(),
-            truncated: c.finish == FinishReason::Length,
-            raw_response: c.text,
-            usage: c.usage,
-        };
+            revision_request.clone(),
+            revision.clone(),
+            c,
+        );
         convo.push(Message::assistant(revision.clone()));
         Ok((
             Round {

@@ -254,21 +254,26 @@ impl Templates {
 
     /// Renders template `name` with `ctx`.
     pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String, TemplateError> {
-        let origin = self
-            .origins
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or_else(|| name.to_string(), |(_, o)| o.clone());
-        let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
-            origin: origin.clone(),
-            line: None,
-            message: describe(&e),
-        })?;
-        tmpl.render(ctx).map_err(|e| TemplateError {
-            origin,
+        // The origin is looked up only for an error: rendering runs for
+        // every request of a run.
+        let fail = |e: minijinja::Error| TemplateError {
+            origin: self.origin(name),
             line: e.line(),
             message: describe(&e),
-        })
+        };
+        let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
+            line: None,
+            ..fail(e)
+        })?;
+        tmpl.render(ctx).map_err(fail)
+    }
+
+    /// Where template `name` came from (a file and JSON path), for errors.
+    fn origin(&self, name: &str) -> String {
+        self.origins
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| name.to_string(), |(_, o)| o.clone())
     }
 }
 

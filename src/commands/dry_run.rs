@@ -35,6 +35,7 @@ use crate::error::RunError;
 use crate::feedback::judge::{Judge, VERDICT_MAX_TOKENS};
 use crate::input::{InputErrors, PromptReader};
 use crate::pipeline::initial_request;
+use crate::provider::{estimated_text_tokens, Message};
 
 /// `cai generate --dry-run`: checks what `generate` checks before sending
 /// (except that the API key is set), then prints requests per stage and
@@ -255,8 +256,8 @@ fn request_lengths(p: &GenerateConfig, reply_chars: usize) -> Result<(u64, u64),
                 minijinja::context! { prompt => "", answer => &reply, critique => &reply, principle => &principle, round => 1 },
             )
             .map_err(|e| RunError::Template(vec![e]))?;
-        crit += (c.len() as u64).div_ceil(4) + 4;
-        rev += (r.len() as u64).div_ceil(4) + 4;
+        crit += Message::user(c).estimated_tokens();
+        rev += Message::user(r).estimated_tokens();
         n += 1;
     }
     let n = n.max(1);
@@ -328,7 +329,7 @@ fn judging(
     Ok(Some(Judging {
         questions,
         k,
-        q_tokens: (q.len() as u64).div_ceil(4) + 4,
+        q_tokens: Message::user(q).estimated_tokens(),
         out_tokens: verdict_out * k,
         m,
     }))
@@ -415,7 +416,7 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
         }
         if let Some(j) = &judging {
             judge.requests += j.questions;
-            judge.tokens_in += j.questions * (j.q_tokens + (rec.text.len() as u64).div_ceil(4));
+            judge.tokens_in += j.questions * (j.q_tokens + estimated_text_tokens(&rec.text));
             judge.tokens_out += j.questions * j.out_tokens;
         }
     }

@@ -238,7 +238,7 @@ fn report_generate(s: &generate::RunSummary, json: bool) {
     }
     if s.counts.truncated_rows > 0 {
         eprintln!(
-            "cai: {} rows kept a reply cut off by --max-tokens (--on-length keep, the local model's default; marked \"truncated\": true in {}; --on-length retry|reject to leave them out)",
+            "cai: {} rows kept a reply cut off by --max-tokens (--on-length keep; marked \"truncated\": true in {}; --on-length retry|reject to leave them out)",
             s.counts.truncated_rows,
             s.out.join("trace.jsonl").display()
         );

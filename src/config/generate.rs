@@ -144,30 +144,27 @@ pub struct GenerateConfig {
     pub system_prompt: Option<String>,
     /// `--batch`, `--batch-export`, `--batch-import`: staged through a batch.
     pub batch: Option<crate::engine::batch::BatchMode>,
-    /// `--on-length`, or its default for the provider (see [`on_length`]).
+    /// `--on-length`, or its default (see [`on_length`]).
     pub on_length: OnLength,
     /// `--base-format`, `--examples`, `--num-examples`.
     pub inference: super::inference::Inference,
 }
 
-/// `--on-length`, else the provider's default: `keep` for the embedded
-/// local model, `retry` for every endpoint.
+/// `--on-length`, else `retry` for every provider.
 ///
-/// Why the local model keeps: it is the zero-set-up model of a first try
-/// (SmolLM2-135M), whose open-ended answers often run past any limit;
-/// doubling the limit costs minutes of CPU and mostly ends cut off again,
-/// so retry-then-reject turned the README's first run into "exit 1, rows
-/// rejected". Keeping is stated, not hidden: every kept step is marked in
-/// `trace.jsonl`, the manifest counts the rows, and the run ends with a
-/// note. Paid and served models keep the stricter rule, where a cut-off
-/// reply usually means the limit is wrong and a retry is worth its cost.
-pub fn on_length(arg: Option<OnLengthArg>, provider: &str) -> OnLength {
+/// The contract (DESIGN.md, "Pipeline") is that a reply cut off by the
+/// token limit is retried or rejected, never written as a row, so that is
+/// the default whatever the endpoint. `keep` is there for a run that knows
+/// its model rambles, such as the README's first command on the 135M
+/// embedded model, which asks for it on its command line: there the rows
+/// are marked `"truncated": true` in `trace.jsonl`, counted in the
+/// manifest, and the run ends with a note. (Until 2026-12 the embedded
+/// model kept by default.)
+pub fn on_length(arg: Option<OnLengthArg>) -> OnLength {
     match arg {
         Some(OnLengthArg::Keep) => OnLength::Keep,
-        Some(OnLengthArg::Retry) => OnLength::Retry,
         Some(OnLengthArg::Reject) => OnLength::Reject,
-        None if provider == "local" => OnLength::Keep,
-        None => OnLength::Retry,
+        Some(OnLengthArg::Retry) | None => OnLength::Retry,
     }
 }
 
@@ -246,7 +243,7 @@ impl GenerateConfig {
             (PreferenceArg::None, None) => PreferenceMode::None,
         };
         let preference_desc = preference_desc(args, selection, mode);
-        let on_length = on_length(args.on_length, provider.kind.name());
+        let on_length = on_length(args.on_length);
         Ok(GenerateConfig {
             on_length,
             inputs,
@@ -317,7 +314,7 @@ impl GenerateConfig {
     ) -> manifest::Manifest {
         let (inputs, p) = (&self.inputs, &self.provider);
         manifest::Manifest {
-            cai_version: env!("CARGO_PKG_VERSION"),
+            cai_version: env!("CARGO_PKG_VERSION").into(),
             status: "running".into(),
             arguments,
             provider: p.name().to_string(),
@@ -528,14 +525,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cut_off_replies_are_kept_by_default_only_with_the_local_model() {
-        assert_eq!(on_length(None, "local"), OnLength::Keep);
-        assert_eq!(on_length(None, "openai"), OnLength::Retry);
-        assert_eq!(on_length(None, "hf"), OnLength::Retry);
-        assert_eq!(
-            on_length(Some(OnLengthArg::Reject), "local"),
-            OnLength::Reject
-        );
-        assert_eq!(on_length(Some(OnLengthArg::Keep), "openai"), OnLength::Keep);
+    fn cut_off_replies_are_retried_by_default_with_every_provider() {
+        assert_eq!(on_length(None), OnLength::Retry);
+        assert_eq!(on_length(Some(OnLengthArg::Reject)), OnLength::Reject);
+        assert_eq!(on_length(Some(OnLengthArg::Keep)), OnLength::Keep);
     }
 }

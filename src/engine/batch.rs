@@ -259,7 +259,7 @@ struct State {
 }
 
 /// The batch part of the manifest.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BatchSummary {
     /// `openai` or `anthropic` (`--batch`), or `files` (export/import).
     pub api: String,

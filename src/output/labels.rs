@@ -13,28 +13,20 @@
 //! calibrated probabilities and `predicted` the likeliest of the three;
 //! `judgments.jsonl` keeps the judges' own values beside them.
 
+use std::borrow::Cow;
 use std::path::Path;
-
-use serde::Serialize;
 
 use crate::feedback::calibrate::Probs;
 use crate::feedback::metrics::Judgment;
 use crate::input::pairs::{PairRecord, Winner};
-use crate::output::{AppendFiles, OutputError};
+use crate::input::Stage;
+use crate::output::{AppendFiles, OutputError, RejectLine};
 
 /// Files of a label run, in commit-log order.
 pub const FILES: [&str; 3] = ["labels.csv", "judgments.jsonl", "rejects.jsonl"];
 const LABELS: usize = 0;
 const JUDGMENTS: usize = 1;
 const REJECTS: usize = 2;
-
-#[derive(Serialize)]
-struct Reject<'a> {
-    id: &'a str,
-    prompt: &'a str,
-    stage: &'static str,
-    reason: &'a str,
-}
 
 /// What became of one pair.
 pub enum Done {
@@ -111,11 +103,12 @@ impl LabelFiles {
             Done::Rejected(rec, why) => {
                 files.jsonl(
                     REJECTS,
-                    &Reject {
-                        id: &rec.id,
-                        prompt: &rec.prompt,
-                        stage: "judge",
-                        reason: &why,
+                    &RejectLine {
+                        id: Cow::Borrowed(&rec.id),
+                        prompt: Cow::Borrowed(&rec.prompt),
+                        stage: Cow::Borrowed(Stage::Judge.as_str()),
+                        round: None,
+                        reason: Cow::Borrowed(&why),
                     },
                 )?;
                 files.commit(Some(&rec.id))?;

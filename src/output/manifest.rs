@@ -4,21 +4,30 @@
 //! model, input hashes, seed, counts, requests, tokens, retries and wall
 //! time. It is rewritten atomically (temporary file, then rename) so a
 //! reader never sees half of one.
+//!
+//! A run directory holds one of two manifests: a run's ([`Manifest`]) or a
+//! merge's ([`MergedManifest`], which says where its rows came from instead
+//! of how they were made). Each is one type, written and read back (by
+//! `cai merge` and `cai report`) through the same serde derive; a field an
+//! older `cai` did not write reads as its default. [`AnyManifest`] reads
+//! whichever a directory has.
 
 use std::path::Path;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::merge::MergeCounts;
 use super::{io_err, OutputError, WriteCounts};
 use crate::engine::batch::Passes;
 use crate::engine::StatsSnapshot;
 
-/// Everything `manifest.json` records.
-#[derive(Clone, Debug, Serialize)]
+/// Everything the `manifest.json` of a run records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Manifest {
-    pub cai_version: &'static str,
+    pub cai_version: String,
     pub status: String,
     pub arguments: Vec<String>,
     pub provider: String,
@@ -96,6 +105,110 @@ impl Manifest {
         self.endpoints = endpoints;
         self.batch = batch;
         Ok(())
+    }
+}
+
+/// The `manifest.json` of a directory written by `cai merge`: what it was
+/// merged from and what it holds, with the request counters and cost
+/// summed over its directories.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MergedManifest {
+    pub cai_version: String,
+    /// `done`, or `partial` when `--partial` let gaps through.
+    pub status: String,
+    pub merged_from: Vec<MergedFrom>,
+    pub prompts_file: String,
+    pub prompts_sha256: String,
+    pub prompt_column: Option<String>,
+    pub limit: Option<u64>,
+    pub counts: MergeCounts,
+    /// `--partial`: what is not in the dataset.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<String>,
+    pub requests: StatsSnapshot,
+    pub cost_usd: Option<f64>,
+}
+
+/// One directory a merge read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MergedFrom {
+    pub dir: String,
+    pub shard: Option<String>,
+    /// Its manifest's status when it was merged.
+    pub status: String,
+}
+
+/// The manifest of a run directory, whichever kind it holds.
+#[derive(Clone, Debug)]
+pub enum AnyManifest {
+    Run(Box<Manifest>),
+    Merged(Box<MergedManifest>),
+}
+
+/// The same expression over either kind of manifest, for the fields both
+/// record under one name.
+macro_rules! either {
+    ($any:expr, $m:ident => $e:expr) => {
+        match $any {
+            AnyManifest::Run($m) => $e,
+            AnyManifest::Merged($m) => $e,
+        }
+    };
+}
+
+impl AnyManifest {
+    /// Parses a `manifest.json`: a merge's when it lists the directories
+    /// it was merged from (`merged_from`), else a run's.
+    pub fn from_slice(bytes: &[u8]) -> serde_json::Result<AnyManifest> {
+        /// Only the key that tells the kinds apart.
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(default)]
+            merged_from: Option<serde::de::IgnoredAny>,
+        }
+        let kind: Kind = serde_json::from_slice(bytes)?;
+        Ok(match kind.merged_from {
+            Some(_) => AnyManifest::Merged(serde_json::from_slice(bytes)?),
+            None => AnyManifest::Run(serde_json::from_slice(bytes)?),
+        })
+    }
+
+    pub fn status(&self) -> &str {
+        either!(self, m => &m.status)
+    }
+
+    pub fn prompts_file(&self) -> &str {
+        either!(self, m => &m.prompts_file)
+    }
+
+    pub fn prompts_sha256(&self) -> &str {
+        either!(self, m => &m.prompts_sha256)
+    }
+
+    pub fn prompt_column(&self) -> Option<&str> {
+        either!(self, m => m.prompt_column.as_deref())
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        either!(self, m => m.limit)
+    }
+
+    /// The shard (`K/N`) a run read; a merge covers its shards together.
+    pub fn shard(&self) -> Option<&str> {
+        match self {
+            AnyManifest::Run(m) => m.shard.as_deref(),
+            AnyManifest::Merged(_) => None,
+        }
+    }
+
+    pub fn requests(&self) -> StatsSnapshot {
+        either!(self, m => m.requests)
+    }
+
+    pub fn cost_usd(&self) -> Option<f64> {
+        either!(self, m => m.cost_usd)
     }
 }
 

@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::manifest::{AnyManifest, MergedFrom, MergedManifest};
 use super::{io_err, read_log, Commit, OutputError, FILES, STATE_DIR};
 use crate::engine::ids::IdSet;
 use crate::engine::rundir::Fingerprint;
@@ -76,7 +77,8 @@ pub struct MergeSpec {
 }
 
 /// Rows in the merged dataset, and rows left out.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct MergeCounts {
     /// Prompts in the prompts file.
     pub prompts: u64,
@@ -100,63 +102,12 @@ pub struct MergeReport {
     pub gaps: Vec<String>,
 }
 
-/// The parts of a run's `manifest.json` a merge reads.
-#[derive(Deserialize)]
-struct RunManifest {
-    status: String,
-    prompts_file: String,
-    prompts_sha256: String,
-    #[serde(default)]
-    shard: Option<String>,
-    #[serde(default)]
-    prompt_column: Option<String>,
-    #[serde(default)]
-    limit: Option<u64>,
-    #[serde(default)]
-    requests: StatsSnapshot,
-    #[serde(default)]
-    cost_usd: Option<f64>,
-}
-
 /// One input directory, read.
 struct Part {
     dir: PathBuf,
-    manifest: RunManifest,
+    manifest: AnyManifest,
     shard: Option<Shard>,
     log: Vec<Commit>,
-}
-
-/// The merged manifest.
-#[derive(Serialize)]
-struct MergedManifest<'a> {
-    cai_version: &'static str,
-    status: &'static str,
-    merged_from: Vec<MergedFrom<'a>>,
-    prompts_file: String,
-    prompts_sha256: &'a str,
-    prompt_column: Option<&'a str>,
-    limit: Option<u64>,
-    counts: MergeCounts,
-    /// `--partial`: what is not in the dataset.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    gaps: &'a [String],
-    /// Request counters summed over the directories.
-    requests: StatsSnapshot,
-    cost_usd: Option<f64>,
-}
-
-/// What tells an earlier merge's manifest from a run's.
-#[derive(Deserialize)]
-struct EarlierMerge {
-    #[serde(default)]
-    merged_from: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Serialize)]
-struct MergedFrom<'a> {
-    dir: String,
-    shard: Option<&'a str>,
-    status: &'a str,
 }
 
 fn refused(m: impl Into<String>) -> MergeError {
@@ -176,19 +127,43 @@ fn listed(items: &[String]) -> String {
     s
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, MergeError> {
+/// Parses the JSON file at `path` with `parse`; `what` says what its
+/// absence means.
+fn read_with<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+) -> Result<T, MergeError> {
     let bytes =
         std::fs::read(path).map_err(|e| refused(format!("{}: {e}: {what}", path.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| refused(format!("{}: not a cai file: {e}", path.display())))
+    parse(&bytes).map_err(|e| refused(format!("{}: not a cai file: {e}", path.display())))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, MergeError> {
+    read_with(path, what, |b| serde_json::from_slice(b))
 }
 
 fn read_part(dir: &Path) -> Result<Part, MergeError> {
-    let manifest: RunManifest = read_json(
+    let manifest = read_with(
         &dir.join("manifest.json"),
         "not the run directory of a cai generate that ran to its end (no manifest)",
+        AnyManifest::from_slice,
     )?;
-    let shard = match &manifest.shard {
+    // Every field reads as empty when missing (older runs); these three a
+    // merge cannot do without, and every cai has written them.
+    for (field, value) in [
+        ("status", manifest.status()),
+        ("prompts_file", manifest.prompts_file()),
+        ("prompts_sha256", manifest.prompts_sha256()),
+    ] {
+        if value.is_empty() {
+            return Err(refused(format!(
+                "{}: manifest.json has no {field}: not the manifest of a cai generate run",
+                dir.display()
+            )));
+        }
+    }
+    let shard = match manifest.shard() {
         None => None,
         Some(s) => Some(
             s.parse::<Shard>()
@@ -252,7 +227,7 @@ pub fn merge(spec: &MergeSpec) -> Result<MergeReport, MergeError> {
     let gaps = accept_gaps(problems, spec.partial)?;
     let keep: HashSet<(usize, usize)> = owner.into_values().collect();
     write_merged(spec, &parts, &keep, &mut counts)?;
-    let m = merged_manifest(&parts, &prompts_path, counts, &gaps);
+    let m = merged_manifest(&parts, &prompts_path, counts, gaps.clone());
     super::manifest::write_atomic(&spec.out.join("manifest.json"), &m)?;
     crate::engine::rundir::write_atomic(&spec.out.join(STATE_DIR).join("run.json"), &fingerprint)
         .map_err(OutputError::from)?;
@@ -299,18 +274,18 @@ fn check_one_run(parts: &[Part]) -> Result<Fingerprint, MergeError> {
             )));
         }
         let (a, b) = (&first.manifest, &p.manifest);
-        if a.prompts_sha256 != b.prompts_sha256 {
+        if a.prompts_sha256() != b.prompts_sha256() {
             return Err(refused(format!(
                 "{} ran on another prompts file than {} ({} sha256:{:.12} vs {} sha256:{:.12}); run every shard on the same file",
                 p.dir.display(),
                 first.dir.display(),
-                b.prompts_file,
-                b.prompts_sha256,
-                a.prompts_file,
-                a.prompts_sha256
+                b.prompts_file(),
+                b.prompts_sha256(),
+                a.prompts_file(),
+                a.prompts_sha256()
             )));
         }
-        if a.prompt_column != b.prompt_column || a.limit != b.limit {
+        if a.prompt_column() != b.prompt_column() || a.limit() != b.limit() {
             return Err(refused(format!(
                 "{} read the prompts with another --prompt-column or --limit than {}",
                 p.dir.display(),
@@ -376,12 +351,12 @@ impl Shards {
     fn problems(&self, parts: &[Part]) -> Vec<String> {
         let unfinished = parts
             .iter()
-            .filter(|p| !p.manifest.status.starts_with("done"))
+            .filter(|p| !p.manifest.status().starts_with("done"))
             .map(|p| {
                 format!(
                     "{} did not finish (status: {}); run its command again to complete it",
                     p.dir.display(),
-                    p.manifest.status
+                    p.manifest.status()
                 )
             });
         let missing = self
@@ -403,27 +378,27 @@ type Current = HashMap<String, (String, u64)>;
 
 /// The prompts file the shards ran on (`--prompts`, else the manifests'
 /// path), checked to be that file, and its prompts.
-fn current_input(spec: &MergeSpec, first: &RunManifest) -> Result<(PathBuf, Current), MergeError> {
+fn current_input(spec: &MergeSpec, first: &AnyManifest) -> Result<(PathBuf, Current), MergeError> {
     let prompts_path = spec
         .prompts
         .clone()
-        .unwrap_or_else(|| PathBuf::from(&first.prompts_file));
+        .unwrap_or_else(|| PathBuf::from(first.prompts_file()));
     let sha = super::manifest::file_sha256(&prompts_path).map_err(|e| {
         refused(format!(
             "cannot read the prompts file the shards ran on: {e}; pass --prompts FILE where it is now"
         ))
     })?;
-    if sha != first.prompts_sha256 {
+    if sha != first.prompts_sha256() {
         return Err(refused(format!(
             "{} has changed since the shards ran (sha256:{:.12} then, sha256:{sha:.12} now): run the shards again on it (only new and changed prompts are sent), or pass --prompts with the file they ran on",
             prompts_path.display(),
-            first.prompts_sha256
+            first.prompts_sha256()
         )));
     }
     let input = PromptSpec {
         path: prompts_path.clone(),
-        column: first.prompt_column.clone(),
-        limit: first.limit,
+        column: first.prompt_column().map(str::to_string),
+        limit: first.limit(),
         shard: None,
     };
     let current = current_prompts(&input)?;
@@ -518,35 +493,35 @@ fn accept_gaps(problems: Vec<String>, partial: bool) -> Result<Vec<String>, Merg
 
 /// The merged directory's manifest: where it came from, what it holds,
 /// and the request counters and cost summed over the directories.
-fn merged_manifest<'a>(
-    parts: &'a [Part],
+fn merged_manifest(
+    parts: &[Part],
     prompts_path: &Path,
     counts: MergeCounts,
-    gaps: &'a [String],
-) -> MergedManifest<'a> {
+    gaps: Vec<String>,
+) -> MergedManifest {
     let first = &parts[0].manifest;
     let requests = parts.iter().fold(StatsSnapshot::default(), |sum, p| {
-        sum.plus(&p.manifest.requests)
+        sum.plus(&p.manifest.requests())
     });
     let cost_usd = parts
         .iter()
-        .filter_map(|p| p.manifest.cost_usd)
+        .filter_map(|p| p.manifest.cost_usd())
         .reduce(|a, b| a + b);
     MergedManifest {
-        cai_version: env!("CARGO_PKG_VERSION"),
-        status: if gaps.is_empty() { "done" } else { "partial" },
+        cai_version: env!("CARGO_PKG_VERSION").into(),
+        status: if gaps.is_empty() { "done" } else { "partial" }.into(),
         merged_from: parts
             .iter()
             .map(|p| MergedFrom {
                 dir: p.dir.display().to_string(),
-                shard: p.manifest.shard.as_deref(),
-                status: &p.manifest.status,
+                shard: p.manifest.shard().map(str::to_string),
+                status: p.manifest.status().to_string(),
             })
             .collect(),
         prompts_file: prompts_path.display().to_string(),
-        prompts_sha256: &first.prompts_sha256,
-        prompt_column: first.prompt_column.as_deref(),
-        limit: first.limit,
+        prompts_sha256: first.prompts_sha256().to_string(),
+        prompt_column: first.prompt_column().map(str::to_string),
+        limit: first.limit(),
         counts,
         gaps,
         requests,
@@ -573,10 +548,10 @@ fn prepare_out(out: &Path) -> Result<(), MergeError> {
         }
         let entries = std::fs::read_dir(out).map_err(io_err(out))?.count();
         if entries > 0 {
-            let earlier: Option<EarlierMerge> = std::fs::read(out.join("manifest.json"))
+            let earlier = std::fs::read(out.join("manifest.json"))
                 .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if earlier.is_none_or(|m| m.merged_from.is_none()) {
+                .and_then(|b| AnyManifest::from_slice(&b).ok());
+            if !matches!(earlier, Some(AnyManifest::Merged(_))) {
                 return Err(refused(format!(
                     "--out {} is not empty and does not hold an earlier merge: give a new directory",
                     out.display()
@@ -698,10 +673,24 @@ mod tests {
         let old = r#"{"status":"done","prompts_file":"p.csv","prompts_sha256":"ab",
             "requests":{"requests":3,"cached":1,"retries":0,"throttled_429":0,"failed":0,
             "tokens_in":10,"tokens_out":5}}"#;
-        let m: RunManifest = serde_json::from_str(old).unwrap();
-        assert_eq!((m.requests.requests, m.requests.cost_micro_usd), (3, 0));
-        assert_eq!(m.cost_usd, None);
-        let sum = m.requests.plus(&m.requests);
+        let m = AnyManifest::from_slice(old.as_bytes()).unwrap();
+        assert!(matches!(m, AnyManifest::Run(_)));
+        let r = m.requests();
+        assert_eq!((r.requests, r.cost_micro_usd), (3, 0));
+        assert_eq!(m.cost_usd(), None);
+        let sum = r.plus(&r);
         assert_eq!((sum.requests, sum.cached, sum.tokens_in), (6, 2, 20));
+    }
+
+    #[test]
+    fn a_manifest_without_the_prompts_hash_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"status":"done","prompts_file":"p.csv"}"#,
+        )
+        .unwrap();
+        let e = read_part(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("manifest.json has no prompts_sha256"), "{e}");
     }
 }

@@ -20,7 +20,9 @@ pub mod manifest;
 pub mod merge;
 pub mod optimize;
 pub mod report;
+pub mod trace;
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -28,8 +30,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::ids::IdSet;
-use crate::pipeline::{Finished, Outcome, Round, TraceStep};
+use crate::pipeline::{Finished, Outcome, Reject};
 use crate::provider::Message;
+use trace::TraceLine;
 
 /// Output file names, in the order the commit log records their lengths.
 pub const FILES: [&str; 6] = [
@@ -287,8 +290,10 @@ impl AppendFiles {
     }
 }
 
-/// Counts of what a writer wrote in this invocation.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Counts of what a writer wrote in this invocation (read back from a
+/// manifest with a count an older run did not write as 0).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WriteCounts {
     pub sft_rows: u64,
     pub preference_rows: u64,
@@ -363,7 +368,7 @@ impl Writer {
         match outcome {
             Outcome::Done(f) => self.write_finished(f)?,
             Outcome::Rejected(r) => {
-                self.files.jsonl(REJECTS, r)?;
+                self.files.jsonl(REJECTS, &RejectLine::of(r))?;
                 self.counts.rejected += 1;
             }
         }
@@ -404,7 +409,7 @@ impl Writer {
                 self.files.jsonl(
                     PREF_JSONL,
                     &PrefLine {
-                        id: &f.id,
+                        id: Cow::Borrowed(&f.id),
                         prompt: prompt_msgs,
                         chosen: vec![Message::assistant(chosen.to_string())],
                         rejected: vec![Message::assistant(f.initial.clone())],
@@ -417,29 +422,7 @@ impl Writer {
             self.write_judged(f, prompt_msgs)?;
         }
 
-        let last = f.rounds.last();
-        self.files.jsonl(
-            TRACE,
-            &TraceLine {
-                id: &f.id,
-                prompt: &f.prompt,
-                system: f.system.as_deref(),
-                init_prompt: &f.user_message,
-                init_response: &f.initial,
-                critic_prompt: last.map(|r| r.critique_request.as_str()),
-                critic_response: last.map(|r| r.critique.as_str()),
-                revision_prompt: last.map(|r| r.revision_request.as_str()),
-                revision_response: last.map(|r| r.revision.as_str()),
-                rounds: &f.rounds,
-                steps: &f.steps,
-                samples: &f.samples,
-                judgments: f
-                    .judged
-                    .as_ref()
-                    .and_then(|j| j.as_ref().ok())
-                    .map(|j| &j.comparisons),
-            },
-        )
+        self.files.jsonl(TRACE, &TraceLine::of(f))
     }
 
     /// The preference row of a judged (or heuristically scored) prompt; a
@@ -451,12 +434,12 @@ impl Writer {
             Some(Err(crate::feedback::select::Undecided { reason })) => {
                 self.files.jsonl(
                     REJECTS,
-                    &crate::pipeline::Reject {
-                        id: f.id.clone(),
-                        prompt: f.prompt.clone(),
-                        stage: crate::input::Stage::Judge,
-                        round: f.rounds.len() as u32,
-                        reason: reason.clone(),
+                    &RejectLine {
+                        id: Cow::Borrowed(&f.id),
+                        prompt: Cow::Borrowed(&f.prompt),
+                        stage: Cow::Borrowed(crate::input::Stage::Judge.as_str()),
+                        round: Some(f.rounds.len() as u32),
+                        reason: Cow::Borrowed(reason),
                     },
                 )?;
                 self.counts.rejected += 1;
@@ -482,14 +465,14 @@ impl Writer {
                 self.files.jsonl(
                     PREF_JSONL,
                     &PrefLine {
-                        id: &f.id,
+                        id: Cow::Borrowed(&f.id),
                         prompt: prompt_msgs,
                         chosen: vec![Message::assistant(j.chosen.clone())],
                         rejected: vec![Message::assistant(j.rejected.clone())],
                         scores: Some(Scores {
                             chosen_score: j.chosen_score,
                             rejected_score: j.rejected_score,
-                            principle: &j.principle,
+                            principle: Cow::Borrowed(&j.principle),
                             tie: j.tie,
                         }),
                     },
@@ -572,52 +555,80 @@ struct SftLine<'a> {
     messages: Vec<Message>,
 }
 
-#[derive(Serialize)]
-struct PrefLine<'a> {
-    id: &'a str,
-    prompt: Vec<Message>,
-    chosen: Vec<Message>,
-    rejected: Vec<Message>,
+/// One line of `preference.jsonl` (TRL's explicit-prompt conversational
+/// form), written with the id borrowed and read back by the report; a
+/// field an older `cai` did not write reads as its default.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrefLine<'a> {
+    pub id: Cow<'a, str>,
+    pub prompt: Vec<Message>,
+    pub chosen: Vec<Message>,
+    pub rejected: Vec<Message>,
+    /// Present on judged (or scored) pairs only; read back when all four
+    /// of its columns are there.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    scores: Option<Scores<'a>>,
+    pub scores: Option<Scores<'a>>,
+}
+
+/// One line of `rejects.jsonl`, of `generate` (a prompt, with the stage
+/// and round it failed in) and of `label` (a pair: stage `judge`, no
+/// round); read back by the report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RejectLine<'a> {
+    #[serde(deserialize_with = "id_string")]
+    pub id: Cow<'a, str>,
+    pub prompt: Cow<'a, str>,
+    pub stage: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    pub reason: Cow<'a, str>,
+}
+
+impl<'a> RejectLine<'a> {
+    /// The line of a prompt `generate` could not complete.
+    pub fn of(r: &'a Reject) -> Self {
+        RejectLine {
+            id: Cow::Borrowed(&r.id),
+            prompt: Cow::Borrowed(&r.prompt),
+            stage: Cow::Borrowed(r.stage.as_str()),
+            round: Some(r.round),
+            reason: Cow::Borrowed(&r.reason),
+        }
+    }
+}
+
+/// Ids are strings in cai's files; a number from a hand-made file is read
+/// as its text.
+fn id_string<'de, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Cow<'a, str>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(serde_json::Number),
+    }
+    Ok(Cow::Owned(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+    }))
 }
 
 /// Extra scalar columns of a judged preference line (datasets loads them
 /// as plain columns; TRL ignores them).
-#[derive(Serialize)]
-struct Scores<'a> {
-    chosen_score: f64,
-    rejected_score: f64,
-    principle: &'a str,
-    tie: bool,
-}
-
-#[derive(Serialize)]
-struct TraceLine<'a> {
-    id: &'a str,
-    prompt: &'a str,
-    system: Option<&'a str>,
-    init_prompt: &'a str,
-    init_response: &'a str,
-    critic_prompt: Option<&'a str>,
-    critic_response: Option<&'a str>,
-    revision_prompt: Option<&'a str>,
-    revision_response: Option<&'a str>,
-    rounds: &'a [Round],
-    steps: &'a [TraceStep],
-    /// Further sampled answers (`--samples N`), after the initial one.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    samples: &'a [String],
-    /// Every judge comparison of the prompt (`--preference judge`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    judgments: Option<&'a Vec<crate::feedback::judge::Comparison>>,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Scores<'a> {
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+    pub principle: Cow<'a, str>,
+    pub tie: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::input::Stage;
-    use crate::pipeline::Reject;
+    use crate::pipeline::{Reject, Round};
 
     fn finished(id: &str) -> Outcome {
         Outcome::Done(Box::new(Finished {
@@ -683,6 +694,26 @@ mod tests {
         let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(&rows[1][1], "p, \"q\"\nr");
+    }
+
+    #[test]
+    fn a_reject_line_keeps_generate_s_shape_and_reads_label_s_and_hand_made_ones() {
+        let r = Reject {
+            id: "b".into(),
+            prompt: "x".into(),
+            stage: Stage::Critique,
+            round: 2,
+            reason: "empty critique".into(),
+        };
+        let line = serde_json::to_string(&RejectLine::of(&r)).unwrap();
+        assert_eq!(line, serde_json::to_string(&r).unwrap());
+        let back: RejectLine = serde_json::from_str(&line).unwrap();
+        assert_eq!((back.stage.as_ref(), back.round), ("critique", Some(2)));
+        // label's: no round; a hand-made file's number id.
+        let label: RejectLine =
+            serde_json::from_str(r#"{"id":7,"prompt":"p","stage":"judge","reason":"no verdict"}"#)
+                .unwrap();
+        assert_eq!((label.id.as_ref(), label.round), ("7", None));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchApi, BatchCodec};
-use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
+use super::endpoint::{endpoint_accessors, Endpoint, Target, MAX_MODEL_PAGES};
 use super::http::check_completion;
 #[cfg(doc)]
 use super::CacheHint;
@@ -47,7 +47,7 @@ pub struct Anthropic {
     /// API root without `/v1`, model, key.
     ep: Endpoint,
     /// `{root}/v1/messages`.
-    url: String,
+    url: Target,
     /// `--prompt-cache auto`: mark breakpoints where a request's hint asks.
     prompt_cache: bool,
 }
@@ -57,7 +57,7 @@ impl Anthropic {
     pub fn new(mut ep: Endpoint) -> Self {
         ep.base_url = api_root(&ep.base_url);
         Self {
-            url: format!("{}/v1/messages", ep.base_url),
+            url: Target::new(format!("{}/v1/messages", ep.base_url)),
             ep,
             prompt_cache: true,
         }
@@ -410,7 +410,7 @@ impl BatchCodec for Anthropic {
     fn batch_completion(&self, message: serde_json::Value) -> Result<Completion, ProviderError> {
         let resp: Response =
             serde_json::from_value(message).map_err(|e| ProviderError::Malformed {
-                url: self.url.clone(),
+                url: self.url.to_string(),
                 reason: e.to_string(),
             })?;
         Ok(completion(resp))
@@ -451,7 +451,7 @@ mod tests {
     #[test]
     fn system_goes_top_level_and_same_role_turns_merge() {
         let p = provider();
-        assert_eq!(p.url, "http://127.0.0.1:9/v1/messages");
+        assert_eq!(p.url.as_str(), "http://127.0.0.1:9/v1/messages");
         let req = ChatRequest {
             cache: Default::default(),
             messages: vec![

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::chat_template::ChatTemplate;
-use super::endpoint::{endpoint_accessors, Endpoint};
+use super::endpoint::{endpoint_accessors, Endpoint, Target};
 use super::http::check_completion;
 use super::openai::finish_reason;
 use super::{ChatRequest, Completion, Provider, ProviderError, Reply, TokenLogprob, Usage};
@@ -28,14 +28,14 @@ use super::{ChatRequest, Completion, Provider, ProviderError, Reply, TokenLogpro
 pub struct Completions {
     ep: Endpoint,
     /// `{base}/completions`.
-    url: String,
+    url: Target,
     template: ChatTemplate,
 }
 
 impl Completions {
     pub fn new(ep: Endpoint, template: ChatTemplate) -> Self {
         Self {
-            url: format!("{}/completions", ep.base_url),
+            url: Target::new(format!("{}/completions", ep.base_url)),
             ep,
             template,
         }
@@ -64,11 +64,7 @@ impl Completions {
     }
 
     fn completion(&self, resp: Response) -> Result<Completion, ProviderError> {
-        let mut choices = resp.choices.into_iter();
-        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
-            url: self.url.clone(),
-            reason: "no choices in the reply".into(),
-        })?;
+        let (choice, choices) = super::first_choice(&self.url, resp.choices)?;
         let first_token_logprobs = choice
             .logprobs
             .and_then(|l| l.top_logprobs)
@@ -205,7 +201,7 @@ mod tests {
         assert_eq!(body["stop"], serde_json::json!(["\n# Query:"]));
         assert_eq!(body["logprobs"], 5);
         assert!(body.get("messages").is_none() && body.get("seed").is_none());
-        assert_eq!(c.url, "http://127.0.0.1:9/v1/completions");
+        assert_eq!(c.url.as_str(), "http://127.0.0.1:9/v1/completions");
     }
 
     #[test]

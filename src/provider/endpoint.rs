@@ -8,6 +8,9 @@
 //! builds every request (completions, batches, model lists) with
 //! [`Endpoint::request`], so the key is attached in exactly one place.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use secrecy::SecretString;
 
 use super::http::{self, Bound, ReplyLimit};
@@ -36,6 +39,48 @@ pub struct Endpoint {
     pub key_var: Option<String>,
     pub auth: Auth,
     pub limit: ReplyLimit,
+    /// The largest request body sent so far, the next body's first capacity.
+    body_hint: Arc<AtomicUsize>,
+}
+
+/// A request URL and its parsed form, made once when a backend is built:
+/// given a `&str`, reqwest parses the URL again for every request.
+#[derive(Clone, Debug)]
+pub struct Target {
+    text: String,
+    /// `None` when the text does not parse; the request then fails the way
+    /// reqwest reports a bad URL.
+    parsed: Option<reqwest::Url>,
+}
+
+impl Target {
+    pub fn new(text: String) -> Self {
+        let parsed = reqwest::Url::parse(&text).ok();
+        Self { text, parsed }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::ops::Deref for Target {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 impl Endpoint {
@@ -58,6 +103,7 @@ impl Endpoint {
             key_var,
             auth: entry.auth,
             limit: ReplyLimit::default(),
+            body_hint: Arc::new(AtomicUsize::new(1024)),
         }
     }
 
@@ -73,9 +119,32 @@ impl Endpoint {
             .apply(self.client.request(method, url), self.key.as_ref())
     }
 
-    /// A JSON `POST` to `url`.
-    pub fn post(&self, url: &str, body: &impl serde::Serialize) -> reqwest::RequestBuilder {
-        self.request(reqwest::Method::POST, url).json(body)
+    /// A JSON `POST` to `url`, parsed once when the backend was built.
+    ///
+    /// The body is serialized here rather than by `RequestBuilder::json`
+    /// so its buffer starts at the size the previous body reached instead
+    /// of growing from 128 bytes through a chain of copies: at latency 0
+    /// those copies and the URL parse were a tenth of a request's CPU.
+    pub fn post(&self, url: &Target, body: &impl serde::Serialize) -> reqwest::RequestBuilder {
+        let builder = match &url.parsed {
+            Some(parsed) => self.client.request(reqwest::Method::POST, parsed.clone()),
+            None => self.client.request(reqwest::Method::POST, url.as_str()),
+        };
+        let builder = self.auth.apply(builder, self.key.as_ref());
+        let hint = self.body_hint.load(Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(hint);
+        match serde_json::to_writer(&mut buf, body) {
+            Ok(()) => {
+                if buf.len() > hint {
+                    self.body_hint.fetch_max(buf.len(), Ordering::Relaxed);
+                }
+                builder
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(buf)
+            }
+            // Keep reqwest's error path for a body that cannot be JSON.
+            Err(_) => builder.json(body),
+        }
     }
 
     /// Sends a POST built by [`Self::post`] for `req` and decodes its typed
@@ -170,3 +239,55 @@ macro_rules! endpoint_accessors {
     };
 }
 pub(crate) use endpoint_accessors;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::registry::ProviderKind;
+
+    fn endpoint() -> Endpoint {
+        let entry = ProviderKind::named("openai")
+            .expect("a registry row")
+            .entry();
+        Endpoint::new(
+            entry,
+            reqwest::Client::new(),
+            "http://127.0.0.1:9/v1/",
+            "m",
+            Some(SecretString::from("sk-test")),
+            None,
+        )
+    }
+
+    #[test]
+    fn post_sends_the_json_bytes_to_the_parsed_url_with_the_key() {
+        let ep = endpoint();
+        let url = Target::new(format!("{}/chat/completions", ep.base_url));
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x\"y"}]});
+        let req = ep.post(&url, &body).build().expect("a request");
+        assert_eq!(req.url().as_str(), "http://127.0.0.1:9/v1/chat/completions");
+        assert_eq!(req.method(), reqwest::Method::POST);
+        assert_eq!(req.headers()["content-type"], "application/json");
+        assert_eq!(req.headers()["authorization"], "Bearer sk-test");
+        let sent = req.body().and_then(|b| b.as_bytes()).expect("a byte body");
+        assert_eq!(sent, serde_json::to_vec(&body).unwrap().as_slice());
+    }
+
+    #[test]
+    fn the_next_body_starts_at_the_largest_size_sent() {
+        let ep = endpoint();
+        let url = Target::new("http://127.0.0.1:9/v1/x".into());
+        let big = serde_json::json!({ "text": "a".repeat(5000) });
+        ep.post(&url, &big).build().expect("a request");
+        assert!(ep.body_hint.load(Ordering::Relaxed) >= 5000);
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_fails_when_built_not_before() {
+        let ep = endpoint();
+        let url = Target::new("not a url".into());
+        assert_eq!(url.as_str(), "not a url");
+        assert!(ep.post(&url, &serde_json::json!({})).build().is_err());
+    }
+}

@@ -20,7 +20,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::endpoint::{endpoint_accessors, Endpoint, MAX_MODEL_PAGES};
+use super::endpoint::{endpoint_accessors, Endpoint, Target, MAX_MODEL_PAGES};
 use super::http::check_reply;
 use super::{ChatRequest, Completion, FinishReason, Provider, ProviderError, Reply, Role, Usage};
 
@@ -29,7 +29,7 @@ pub struct Gemini {
     /// API root without `/v1beta`, model (without `models/`), key.
     ep: Endpoint,
     /// `{root}/v1beta/models/{model}:generateContent`.
-    url: String,
+    url: Target,
 }
 
 impl Gemini {
@@ -41,7 +41,10 @@ impl Gemini {
             ep.model = m.to_string();
         }
         Self {
-            url: format!("{}/v1beta/models/{}:generateContent", ep.base_url, ep.model),
+            url: Target::new(format!(
+                "{}/v1beta/models/{}:generateContent",
+                ep.base_url, ep.model
+            )),
             ep,
         }
     }
@@ -261,7 +264,7 @@ impl Provider for Gemini {
                 .prompt_feedback
                 .and_then(|f| f.block_reason)
                 .ok_or_else(|| ProviderError::Malformed {
-                    url: self.url.clone(),
+                    url: self.url.to_string(),
                     reason: "no candidates and no promptFeedback.blockReason in the reply".into(),
                 })?;
             return Ok(Reply {
@@ -321,7 +324,7 @@ mod tests {
             None,
         ));
         assert_eq!(
-            p.url,
+            p.url.as_str(),
             "http://127.0.0.1:9/v1beta/models/gemini-x:generateContent"
         );
         let req = ChatRequest {

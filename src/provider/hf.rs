@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::chat_template::ChatTemplate;
-use super::endpoint::{endpoint_accessors, Endpoint};
+use super::endpoint::{endpoint_accessors, Endpoint, Target};
 use super::http::check_reply;
 use super::{ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
 
@@ -24,6 +24,8 @@ use super::{ChatRequest, Completion, Provider, ProviderError, Reply, Usage};
 pub struct Hf {
     /// The full `generate` URL (as `base_url`), model, key.
     ep: Endpoint,
+    /// `ep.base_url`, parsed once.
+    url: Target,
     template: ChatTemplate,
 }
 
@@ -41,7 +43,8 @@ impl Hf {
         } else {
             format!("{b}/generate")
         };
-        Self { ep, template }
+        let url = Target::new(ep.base_url.clone());
+        Self { ep, url, template }
     }
 
     /// The prompt string sent for a conversation.
@@ -129,7 +132,7 @@ impl Provider for Hf {
 
     async fn complete_text(&self, inputs: &str, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let body = body(inputs, req);
-        let url = &self.ep.base_url;
+        let url = &self.url;
         let http = self.ep.post(url, &body);
         let (resp, rate): (Response, _) = self.ep.send_json(http, url, req).await?;
         let generated = match resp {
@@ -151,7 +154,7 @@ impl Provider for Hf {
             // `decoder_input_details`, nor its prefix-cache hits; the
             // prompt is estimated the usual way.
             .map(|completion_tokens| {
-                Usage::plain((inputs.len() as u64).div_ceil(4), completion_tokens)
+                Usage::plain(super::estimated_text_tokens(inputs), completion_tokens)
             });
         let mut text = generated.generated_text;
         // A server that ignores return_full_text echoes the prompt first.

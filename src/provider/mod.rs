@@ -54,12 +54,32 @@ pub struct Message {
     pub content: String,
 }
 
+/// Rough token count of a text (or its JSON bytes): about four bytes a
+/// token. What `--tpm`, budgets, the dry run and Anthropic's breakpoint
+/// minimum count before a reply's real `usage` is known.
+pub fn estimated_text_tokens(text: impl AsRef<[u8]>) -> u64 {
+    (text.as_ref().len() as u64).div_ceil(4)
+}
+
+/// The first choice of an OpenAI-style reply, and the others (the `n > 1`
+/// samples); a reply without any is malformed.
+pub(crate) fn first_choice<C>(
+    url: &str,
+    choices: Vec<C>,
+) -> Result<(C, std::vec::IntoIter<C>), ProviderError> {
+    let mut rest = choices.into_iter();
+    let first = rest.next().ok_or_else(|| ProviderError::Malformed {
+        url: url.to_string(),
+        reason: "no choices in the reply".into(),
+    })?;
+    Ok((first, rest))
+}
+
 impl Message {
-    /// Rough token count: about four characters a token, plus a few tokens
-    /// of chat framing. What `--tpm`, budgets, the dry run and Anthropic's
-    /// breakpoint minimum count before a reply's real `usage` is known.
+    /// [`estimated_text_tokens`] of the content, plus a few tokens of chat
+    /// framing.
     pub fn estimated_tokens(&self) -> u64 {
-        (self.content.len() as u64).div_ceil(4) + 4
+        estimated_text_tokens(&self.content) + 4
     }
 
     pub fn system(content: impl Into<String>) -> Self {

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchApi, BatchCodec};
-use super::endpoint::{endpoint_accessors, Endpoint};
+use super::endpoint::{endpoint_accessors, Endpoint, Target};
 use super::http::check_completion;
 use super::prefix_json::{Messages, PrefixJson};
 use super::{
@@ -34,7 +34,7 @@ pub struct OpenAi {
     /// API root (for OpenAI, `https://api.openai.com/v1`), model, key.
     ep: Endpoint,
     /// `{base}/chat/completions`.
-    url: String,
+    url: Target,
     /// Send `prompt_cache_key` with requests that carry a cache hint: set
     /// where the provider table says the endpoint takes it (OpenAI's own);
     /// other servers may refuse an unknown field.
@@ -46,7 +46,7 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(ep: Endpoint) -> Self {
         Self {
-            url: format!("{}/chat/completions", ep.base_url),
+            url: Target::new(format!("{}/chat/completions", ep.base_url)),
             ep,
             prompt_cache_key: false,
             prefix_json: PrefixJson::default(),
@@ -99,11 +99,7 @@ impl OpenAi {
 
 impl OpenAi {
     fn completion(&self, resp: Response) -> Result<Completion, ProviderError> {
-        let mut choices = resp.choices.into_iter();
-        let choice = choices.next().ok_or_else(|| ProviderError::Malformed {
-            url: self.url.clone(),
-            reason: "no choices in the reply".into(),
-        })?;
+        let (choice, choices) = super::first_choice(&self.url, resp.choices)?;
         let first_token_logprobs = choice
             .logprobs
             .and_then(|l| l.content)
@@ -129,7 +125,7 @@ impl BatchCodec for OpenAi {
     fn batch_completion(&self, body: serde_json::Value) -> Result<Completion, ProviderError> {
         let resp: Response =
             serde_json::from_value(body).map_err(|e| ProviderError::Malformed {
-                url: self.url.clone(),
+                url: self.url.to_string(),
                 reason: e.to_string(),
             })?;
         self.completion(resp)
@@ -415,7 +411,7 @@ impl Provider for OpenAi {
         .await?;
         let reader = SseReader {
             resp,
-            url: self.url.clone(),
+            url: self.url.to_string(),
             buf: Vec::new(),
             pending: Default::default(),
             done: false,

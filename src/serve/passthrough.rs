@@ -45,8 +45,8 @@ pub async fn respond(
         return e.into_response();
     };
     let body = serde_json::to_vec(&p.body).unwrap_or_default();
-    // About four bytes a token, as the engine estimates typed requests.
-    let estimate = (body.len() as u64).div_ceil(4);
+    // Counted as the engine counts typed requests.
+    let estimate = crate::provider::estimated_text_tokens(&body);
     let engine = shared.engine();
     let key = p.route.key.clone();
     if p.stream {

@@ -15,7 +15,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::provider::{
-    ChatRequest, EventStream, Provider, ProviderError, Reply, StreamEvent, Usage,
+    estimated_text_tokens, ChatRequest, EventStream, Provider, ProviderError, Reply, StreamEvent,
+    Usage,
 };
 
 use super::api::ApiUsage;
@@ -121,11 +122,8 @@ impl Recorder {
         let verbose = self.verbose;
         self.update(i, |r| {
             r.latency_ms = ms(t.elapsed());
-            r.usage = Some(usage.unwrap_or(Usage {
-                prompt_tokens: prompt_estimate,
-                completion_tokens: (text.len() as u64).div_ceil(4),
-                ..Usage::default()
-            }));
+            r.usage =
+                Some(usage.unwrap_or(Usage::plain(prompt_estimate, estimated_text_tokens(text))));
             if let Some(e) = error {
                 r.error = Some(e.to_string());
                 if let ProviderError::Status { status, .. } = e {
@@ -235,7 +233,7 @@ fn current() -> Option<Arc<Recorder>> {
 fn estimated(req: &ChatRequest, text: &str) -> Usage {
     Usage::plain(
         crate::engine::estimate_tokens(req),
-        (text.len() as u64).div_ceil(4),
+        estimated_text_tokens(text),
     )
 }
 
@@ -305,10 +303,9 @@ impl Provider for Recording {
         let finish = move |text: &str, usage: Option<Usage>, error: Option<String>| {
             rec.update(i, |r| {
                 r.latency_ms = ms(t.elapsed());
-                r.usage = Some(usage.unwrap_or(Usage::plain(
-                    prompt_estimate,
-                    (text.len() as u64).div_ceil(4),
-                )));
+                r.usage = Some(
+                    usage.unwrap_or(Usage::plain(prompt_estimate, estimated_text_tokens(text))),
+                );
                 r.error = error;
                 if verbose {
                     r.reply = Some(text.to_string());

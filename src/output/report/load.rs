@@ -2,9 +2,9 @@
 //! streamed once into the figures' accumulators, and only a bounded sample
 //! of rows (the first ones, and rejects) is kept whole.
 //!
-//! The read-side structs below name only the fields the report shows and
-//! default the rest, so a report can be drawn for a run of an older or
-//! newer `cai`. A line that is not valid JSON is an error naming the file
+//! The manifest, trace lines and judgments are read through the writers'
+//! own types; every field defaults when missing and unknown fields are
+//! ignored, so a report can be drawn for a run of an older or newer `cai`. A line that is not valid JSON is an error naming the file
 //! and line, except a last line without its newline: that is a row still
 //! being written (or torn by a crash, which a resume cuts), and is skipped.
 
@@ -19,11 +19,12 @@ use serde::Deserialize;
 use super::diff::edit_share;
 use super::ReportError;
 use crate::engine::StatsSnapshot;
-use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
+use crate::output::manifest::AnyManifest;
+use crate::output::trace::TraceLine;
+use crate::output::{PrefLine, RejectLine};
 use crate::pipeline::Round;
-use crate::provider::pool::EndpointStats;
 
 /// How many rows (and rejects) the page embeds whole.
 #[derive(Clone, Copy, Debug)]
@@ -49,50 +50,12 @@ impl Default for Limits {
 
 // ---------- read-side shapes of the files ----------
 //
-// Where the writer's own type can be read back, it is (the manifest's
-// `requests` and `endpoints`, a trace line's rounds, `judgments.jsonl`):
+// Where the writer's own type can be read back, it is (`manifest.json` as
+// [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `preference.jsonl` as
+// [`PrefLine`], `rejects.jsonl` as [`RejectLine`], `judgments.jsonl`):
 // one schema, with `#[serde(default)]` for older runs. The shapes below
-// stand for lines the writers build from borrowed rows (`TraceLine`,
-// `PrefLine`) or reports with a `&'static` version, and name only what
-// the report shows.
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ManifestView {
-    pub cai_version: Option<String>,
-    pub status: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub endpoint: Option<String>,
-    pub prompts_file: Option<String>,
-    pub constitution_file: Option<String>,
-    pub constitution_format: Option<String>,
-    pub seed: Option<u64>,
-    pub rounds: Option<u32>,
-    pub preference: Option<String>,
-    pub prompts_total: Option<u64>,
-    pub prompts_already_done: Option<u64>,
-    pub counts: CountsView,
-    pub requests: Option<StatsSnapshot>,
-    pub started_at_unix: Option<u64>,
-    pub wall_time_s: Option<f64>,
-    pub first_row_s: Option<f64>,
-    pub requests_per_s: Option<f64>,
-    pub cost_usd: Option<f64>,
-    pub max_cost: Option<f64>,
-    /// Per endpoint of a pool (absent for one endpoint).
-    pub endpoints: Vec<EndpointStats>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct CountsView {
-    pub sft_rows: Option<u64>,
-    pub preference_rows: Option<u64>,
-    pub preference_skipped_identical: Option<u64>,
-    pub preference_skipped_tie: Option<u64>,
-    pub rejected: Option<u64>,
-}
+// stand for reports with a `&'static` version, and name only what the
+// report shows.
 
 impl Round {
     /// The principle as the page names it.
@@ -110,46 +73,6 @@ impl Round {
     }
 }
 
-/// One line of `trace.jsonl`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct TraceView {
-    pub id: String,
-    pub prompt: String,
-    pub system: Option<String>,
-    pub init_response: String,
-    pub rounds: Vec<Round>,
-    pub samples: Vec<String>,
-    pub judgments: Option<Vec<Comparison>>,
-}
-
-impl TraceView {
-    pub fn final_answer(&self) -> &str {
-        self.rounds
-            .last()
-            .map_or(self.init_response.as_str(), |r| r.revision.as_str())
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct MessageView {
-    content: String,
-}
-
-/// One line of `preference.jsonl`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct PrefLineView {
-    id: String,
-    chosen: Vec<MessageView>,
-    rejected: Vec<MessageView>,
-    chosen_score: Option<f64>,
-    rejected_score: Option<f64>,
-    principle: Option<String>,
-    tie: Option<bool>,
-}
-
 /// The preference pair of a sampled row.
 #[derive(Debug, Clone)]
 pub struct PrefView {
@@ -159,32 +82,6 @@ pub struct PrefView {
     pub rejected_score: Option<f64>,
     pub principle: Option<String>,
     pub tie: bool,
-}
-
-/// One line of `rejects.jsonl` (generate and label).
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(default)]
-pub struct RejectView {
-    #[serde(deserialize_with = "id_string")]
-    pub id: String,
-    pub prompt: Option<String>,
-    pub stage: Option<String>,
-    pub round: Option<u32>,
-    pub reason: String,
-}
-
-/// Ids are strings in cai's files; accept a number from a hand-made file.
-fn id_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        S(String),
-        N(serde_json::Number),
-    }
-    Ok(match Id::deserialize(d)? {
-        Id::S(s) => s,
-        Id::N(n) => n.to_string(),
-    })
 }
 
 /// `report.json` of `cai optimize`.
@@ -217,7 +114,7 @@ struct KindView {
 /// A finished prompt kept whole for the rows browser.
 #[derive(Debug)]
 pub struct GenRow {
-    pub trace: TraceView,
+    pub trace: TraceLine<'static>,
     pub edit_share: f64,
     pub pref: Option<PrefView>,
 }
@@ -325,7 +222,7 @@ pub struct RejectData {
     pub groups: Vec<RejectGroup>,
     /// Rejects whose reason did not fit in [`Limits::reasons`].
     pub other: u64,
-    pub sample: Vec<RejectView>,
+    pub sample: Vec<RejectLine<'static>>,
 }
 
 #[derive(Debug)]
@@ -333,16 +230,15 @@ pub struct RejectGroup {
     pub stage: String,
     pub reason: String,
     pub count: u64,
-    pub examples: Vec<RejectView>,
+    pub examples: Vec<RejectLine<'static>>,
 }
 
 impl RejectData {
     /// The group index of a reject, if its reason has one.
-    pub fn group_of(&self, r: &RejectView) -> Option<usize> {
-        let stage = r.stage.as_deref().unwrap_or("");
+    pub fn group_of(&self, r: &RejectLine<'static>) -> Option<usize> {
         self.groups
             .iter()
-            .position(|g| g.stage == stage && g.reason == r.reason)
+            .position(|g| g.stage == r.stage && g.reason == r.reason)
     }
 }
 
@@ -370,7 +266,7 @@ pub struct OptimizeData {
 /// What kind of run a directory holds, by its files.
 #[derive(Debug, Default)]
 pub struct RunData {
-    pub manifest: Option<ManifestView>,
+    pub manifest: Option<AnyManifest>,
     pub gen: Option<GenData>,
     pub label: Option<LabelData>,
     pub optimize: Option<OptimizeData>,
@@ -404,13 +300,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+/// Parses the file at `path` with `parse`, naming the line of an error.
+fn read_with<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+) -> Result<T, ReportError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| ReportError::Parse {
+    parse(&bytes).map_err(|e| ReportError::Parse {
         path: path.to_path_buf(),
         line: e.line() as u64,
         message: e.to_string(),
     })
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    read_with(path, |b| serde_json::from_slice(b))
 }
 
 /// Calls `each` with every complete line of a JSONL file, parsed; returns
@@ -467,7 +371,10 @@ pub fn load(dir: &Path, limits: Limits) -> Result<RunData, ReportError> {
     let mut data = RunData::default();
     let has = |name: &str| dir.join(name).is_file();
     if has("manifest.json") {
-        data.manifest = Some(read_json(&dir.join("manifest.json"))?);
+        data.manifest = Some(read_with(
+            &dir.join("manifest.json"),
+            AnyManifest::from_slice,
+        )?);
     }
     if has("trace.jsonl") {
         data.gen = Some(load_gen(dir, limits, &mut data.torn_lines)?);
@@ -506,7 +413,7 @@ fn chars(s: &str) -> f64 {
 fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, ReportError> {
     let mut g = GenData::default();
     let path = dir.join("trace.jsonl");
-    *torn += stream(&path, |t: TraceView| {
+    *torn += stream(&path, |t: TraceLine<'static>| {
         g.rows_total += 1;
         let fin = t.final_answer();
         g.initial_chars.push(chars(&t.init_response));
@@ -517,10 +424,10 @@ fn load_gen(dir: &Path, limits: Limits, torn: &mut u64) -> Result<GenData, Repor
         }
         g.edit_shares.push(share);
         g.rounds_max = g.rounds_max.max(t.rounds.len() as u32);
-        for r in &t.rounds {
+        for r in t.rounds.iter() {
             *g.principles.entry(r.principle()).or_default() += 1;
         }
-        for c in t.judgments.iter().flatten() {
+        for c in t.judgments.iter().flat_map(|j| j.iter()) {
             g.comparisons += 1;
             for v in &c.judges {
                 let tally = g.judges.entry(v.judge.clone()).or_default();
@@ -558,11 +465,11 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
         .rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.trace.id.clone(), i))
+        .map(|(i, r)| (r.trace.id.to_string(), i))
         .collect();
     let mut found: Vec<(usize, PrefView)> = Vec::new();
     let p = &mut g.pref;
-    let torn = stream(path, |l: PrefLineView| {
+    let torn = stream(path, |l: PrefLine<'static>| {
         p.rows += 1;
         let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
         let rejected = l
@@ -576,25 +483,22 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
             std::cmp::Ordering::Equal => p.same_length += 1,
             std::cmp::Ordering::Less => p.chosen_shorter += 1,
         }
-        if let Some(s) = l.chosen_score {
-            p.chosen_scores.push(s);
+        if let Some(s) = &l.scores {
+            p.chosen_scores.push(s.chosen_score);
+            p.rejected_scores.push(s.rejected_score);
+            p.ties += u64::from(s.tie);
         }
-        if let Some(s) = l.rejected_score {
-            p.rejected_scores.push(s);
-        }
-        if l.tie == Some(true) {
-            p.ties += 1;
-        }
-        if let Some(&i) = wanted.get(&l.id) {
+        if let Some(&i) = wanted.get(l.id.as_ref()) {
+            let scores = l.scores.as_ref();
             found.push((
                 i,
                 PrefView {
                     chosen,
                     rejected,
-                    chosen_score: l.chosen_score,
-                    rejected_score: l.rejected_score,
-                    principle: l.principle,
-                    tie: l.tie.unwrap_or(false),
+                    chosen_score: scores.map(|s| s.chosen_score),
+                    rejected_score: scores.map(|s| s.rejected_score),
+                    tie: scores.is_some_and(|s| s.tie),
+                    principle: l.scores.map(|s| s.principle.into_owned()),
                 },
             ));
         }
@@ -684,9 +588,9 @@ fn load_optimize(dir: &Path, limits: Limits, torn: &mut u64) -> Result<OptimizeD
 fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData, ReportError> {
     let mut d = RejectData::default();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
-    *torn += stream(&dir.join("rejects.jsonl"), |r: RejectView| {
+    *torn += stream(&dir.join("rejects.jsonl"), |r: RejectLine<'static>| {
         d.total += 1;
-        let key = (r.stage.clone().unwrap_or_default(), r.reason.clone());
+        let key = (r.stage.to_string(), r.reason.to_string());
         let slot = match index.get(&key) {
             Some(&i) => Some(i),
             None if d.groups.len() < limits.reasons => {
@@ -722,6 +626,7 @@ fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::pool::EndpointStats;
 
     #[test]
     fn a_figure_keeps_a_bounded_sample_that_still_finds_the_median() {
@@ -774,8 +679,10 @@ mod tests {
         );
         write("report.json", r#"{"judges":["x:y"],"pairs_total":2}"#);
         let data = load(dir.path(), Limits::default()).unwrap();
-        let m = data.manifest.unwrap();
-        let r = m.requests.unwrap();
+        let Some(AnyManifest::Run(m)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        let r = m.requests;
         assert_eq!((r.requests, r.retries, r.cost_micro_usd), (4, 1, 0));
         assert!(m.endpoints.is_empty());
         let g = data.gen.unwrap();
@@ -794,6 +701,259 @@ mod tests {
         let r = l.report.unwrap();
         assert_eq!((r.pairs_total, r.judged, r.requests), (2, 0, None));
         assert!(r.per_judge.is_empty() && r.verbosity.judge_longer_wins.is_none());
+    }
+
+    /// A finished prompt with every part of a trace line filled in.
+    fn finished() -> crate::pipeline::Finished {
+        use crate::feedback::judge::{Comparison, JudgeVerdict};
+        use crate::feedback::select::JudgedPair;
+        use crate::input::Stage;
+        use crate::pipeline::{Finished, TraceStep};
+        let round = Round {
+            round: 1,
+            principle_index: 2,
+            principle_name: Some("harm".into()),
+            critique_request: "Is it \"harmful\"?".into(),
+            critique: "Yes,\nit is.".into(),
+            revision_request: "Rewrite it.".into(),
+            revision: "Call a locksmith.".into(),
+        };
+        let step = |stage, request: &str, response: &str| TraceStep {
+            stage,
+            round: u32::from(stage != Stage::Initial),
+            request: request.into(),
+            response: response.into(),
+            raw_response: format!("Reply: {response}"),
+            usage: Some(crate::provider::Usage {
+                prompt_tokens: 12,
+                completion_tokens: 4,
+                cached_tokens: 8,
+                cache_write_tokens: 0,
+            }),
+            truncated: stage == Stage::Revision,
+        };
+        Finished {
+            id: "a1".into(),
+            prompt: "How do I pick a lock?".into(),
+            system: Some("Be brief.".into()),
+            user_message: "Q: How do I pick a lock?".into(),
+            initial: "Use a pick.".into(),
+            steps: vec![
+                step(Stage::Initial, "Q: How do I pick a lock?", "Use a pick."),
+                step(Stage::Critique, "Is it harmful?", "Yes,\nit is."),
+                step(Stage::Revision, "Rewrite it.", "Call a locksmith."),
+            ],
+            rounds: vec![round],
+            sft_text: "Call a locksmith.".into(),
+            samples: vec!["Ask the owner.".into()],
+            judged: Some(Ok(JudgedPair {
+                chosen: "Call a locksmith.".into(),
+                rejected: "Use a pick.".into(),
+                chosen_score: 0.8,
+                rejected_score: 0.2,
+                principle: "safer?".into(),
+                tie: false,
+                keep_tie: false,
+                comparisons: vec![Comparison {
+                    x: 1,
+                    y: 0,
+                    principle: "safer?".into(),
+                    p: 0.8,
+                    p_x: 0.7,
+                    p_y: 0.2,
+                    p_tie: 0.1,
+                    judges: vec![JudgeVerdict {
+                        judge: "m:1".into(),
+                        p: 0.8,
+                        p_first: 0.9,
+                        p_second: 0.7,
+                        method: Default::default(),
+                    }],
+                }],
+            })),
+        }
+    }
+
+    #[test]
+    fn a_trace_line_the_writer_wrote_reads_back_whole_through_the_same_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = finished();
+        let (mut w, _) =
+            crate::output::Writer::open(dir.path(), crate::output::PreferenceMode::Revision)
+                .unwrap();
+        w.write(&crate::pipeline::Outcome::Done(Box::new(f.clone())))
+            .unwrap();
+        drop(w);
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let g = data.gen.unwrap();
+        let back = &g.rows[0].trace;
+        let wrote = TraceLine::of(&f);
+        assert_eq!(
+            serde_json::to_value(back).unwrap(),
+            serde_json::to_value(&wrote).unwrap()
+        );
+        assert_eq!(back.steps.len(), 3);
+        assert_eq!(back.critic_response.as_deref(), Some("Yes,\nit is."));
+        assert_eq!(back.final_answer(), "Call a locksmith.");
+        assert_eq!(g.comparisons, 1);
+        assert_eq!(g.rows[0].pref.as_ref().unwrap().rejected, "Use a pick.");
+    }
+
+    #[test]
+    fn a_judged_preference_line_reads_back_with_its_scores_through_the_same_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = finished();
+        let (mut w, _) =
+            crate::output::Writer::open(dir.path(), crate::output::PreferenceMode::Judge).unwrap();
+        w.write(&crate::pipeline::Outcome::Done(Box::new(f)))
+            .unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(dir.path().join("preference.jsonl")).unwrap();
+        let line: PrefLine = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&line).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        );
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let g = data.gen.unwrap();
+        assert_eq!((g.pref.rows, g.pref.chosen_scores.seen()), (1, 1));
+        let pair = g.rows[0].pref.as_ref().unwrap();
+        assert_eq!(
+            (pair.chosen_score, pair.rejected_score),
+            (Some(0.8), Some(0.2))
+        );
+        assert_eq!(pair.principle.as_deref(), Some("safer?"));
+        assert_eq!(pair.chosen, "Call a locksmith.");
+    }
+
+    #[test]
+    fn a_manifest_the_run_wrote_reads_back_whole_through_the_same_type() {
+        use crate::output::manifest::{write_atomic, Manifest};
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest {
+            cai_version: "9.9.9".into(),
+            status: "done".into(),
+            arguments: vec!["generate".into(), "--rounds".into(), "2".into()],
+            provider: "openai".into(),
+            model: "m-1".into(),
+            endpoint: "http://127.0.0.1:1/v1".into(),
+            prompts_file: "p.csv".into(),
+            prompts_sha256: "ab".into(),
+            prompt_column: Some("question".into()),
+            limit: Some(10),
+            shard: Some("1/2".into()),
+            constitution_file: "c.json".into(),
+            constitution_sha256: "cd".into(),
+            constitution_format: "native".into(),
+            templates_sha256: "ef".into(),
+            seed: 7,
+            rounds: 2,
+            preference: "revision".into(),
+            params: serde_json::json!({"temperature": 0.5}),
+            prompts_total: 10,
+            prompts_already_done: 3,
+            counts: crate::output::WriteCounts {
+                sft_rows: 6,
+                preference_rows: 5,
+                preference_skipped_identical: 1,
+                preference_skipped_tie: 0,
+                rejected: 1,
+                truncated_rows: 2,
+            },
+            requests: StatsSnapshot {
+                requests: 20,
+                retries: 2,
+                cost_micro_usd: 1500,
+                ..StatsSnapshot::default()
+            },
+            started_at_unix: 1_764_000_000,
+            wall_time_s: 12.5,
+            first_row_s: Some(0.5),
+            requests_per_s: 1.6,
+            cost_usd: Some(0.0015),
+            price: Some(crate::cost::Price {
+                input_per_m: 1.0,
+                output_per_m: 2.0,
+                cached_in_per_m: 0.5,
+                cache_write_per_m: 1.25,
+                source: "--price-in/--price-out".into(),
+            }),
+            max_cost: Some(5.0),
+            endpoints: vec![EndpointStats {
+                url: "http://127.0.0.1:1".into(),
+                requests: 20,
+                ..EndpointStats::default()
+            }],
+            batch: Some(crate::engine::batch::BatchSummary {
+                api: "files".into(),
+                stages: 3,
+                batches: 3,
+                requests_submitted: 20,
+                results_failed: 0,
+                price_factor: 1.0,
+            }),
+        };
+        write_atomic(&dir.path().join("manifest.json"), &m).unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Run(back)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        assert_eq!(
+            serde_json::to_value(&*back).unwrap(),
+            serde_json::to_value(&m).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_manifest_of_the_first_cai_loads_with_its_newer_fields_empty() {
+        // The fields the first version wrote, and none added since (the
+        // shard and limit, first row, cost, price, budget, pool, batch).
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"cai_version":"0.1.0","status":"done","arguments":[],"provider":"openai",
+               "model":"m","endpoint":"http://127.0.0.1:1/v1","prompts_file":"p.csv",
+               "prompts_sha256":"ab","constitution_file":"c.json","constitution_sha256":"cd",
+               "constitution_format":"native","templates_sha256":"ef","seed":3,"rounds":2,
+               "preference":"revision","params":{},"prompts_total":4,"prompts_already_done":0,
+               "counts":{"sft_rows":4,"preference_rows":4,"preference_skipped_identical":0,"rejected":0},
+               "requests":{"requests":12,"cached":0,"retries":0,"throttled_429":0,"failed":0,
+                           "tokens_in":100,"tokens_out":40},
+               "started_at_unix":1764000000,"wall_time_s":2.0,"requests_per_s":6.0}"#,
+        )
+        .unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Run(m)) = data.manifest else {
+            panic!("a run's manifest")
+        };
+        assert_eq!((m.seed, m.rounds, m.counts.sft_rows), (3, 2, 4));
+        assert_eq!((m.requests.requests, m.requests.cost_micro_usd), (12, 0));
+        assert!(m.shard.is_none() && m.limit.is_none() && m.first_row_s.is_none());
+        assert!(m.cost_usd.is_none() && m.price.is_none() && m.batch.is_none());
+        assert!(m.endpoints.is_empty() && m.counts.truncated_rows == 0);
+    }
+
+    #[test]
+    fn a_merged_directory_s_manifest_reads_as_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"cai_version":"0.1.0","status":"partial",
+               "merged_from":[{"dir":"s0","shard":"0/2","status":"done"}],
+               "prompts_file":"p.csv","prompts_sha256":"ab","prompt_column":null,"limit":null,
+               "counts":{"prompts":4,"sft_rows":2,"preference_rows":2,"rejected":0,
+                         "superseded":0,"removed":0,"missing":2},
+               "gaps":["shard 1/2 is missing (no directory given for it)"],
+               "requests":{"requests":6},"cost_usd":null}"#,
+        )
+        .unwrap();
+        let data = load(dir.path(), Limits::default()).unwrap();
+        let Some(AnyManifest::Merged(m)) = data.manifest else {
+            panic!("a merge's manifest")
+        };
+        assert_eq!((m.counts.missing, m.requests.requests), (2, 6));
+        assert_eq!(m.merged_from[0].shard.as_deref(), Some("0/2"));
+        assert_eq!(m.gaps.len(), 1);
     }
 
     #[test]
@@ -818,10 +978,12 @@ mod tests {
         let p = dir.path().join("x.jsonl");
         std::fs::write(&p, "{\"reason\":\"a\"}\n{\"reason\":\"b\"}\n{\"reas").unwrap();
         let mut seen = Vec::new();
-        let torn = stream(&p, |r: RejectView| seen.push(r.reason)).unwrap();
+        let torn = stream(&p, |r: RejectLine<'static>| seen.push(r.reason)).unwrap();
         assert_eq!((torn, seen.len()), (1, 2));
         std::fs::write(&p, "{\"reason\":\"a\"}\nnot json\n").unwrap();
-        let e = stream(&p, |_: RejectView| {}).unwrap_err().to_string();
+        let e = stream(&p, |_: RejectLine<'static>| {})
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("x.jsonl:2:"), "{e}");
     }
 }

@@ -200,6 +200,35 @@ mod tests {
     }
 
     #[test]
+    fn merged_directory_shows_where_its_rows_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "manifest.json",
+            r#"{"cai_version":"0.1.0","status":"partial",
+               "merged_from":[{"dir":"run/s0","shard":"0/2","status":"done"}],
+               "prompts_file":"p.csv","prompts_sha256":"ab",
+               "counts":{"prompts":4,"sft_rows":2,"preference_rows":1,"rejected":0,"missing":2},
+               "gaps":["shard 1/2 is missing (no directory given for it)"],
+               "requests":{"requests":6,"retries":1},"cost_usd":0.5}"#,
+        );
+        let html = page(dir.path());
+        for want in [
+            "status <b>partial</b>",
+            "<dt>directories merged</dt><dd>1</dd>",
+            "<dt>SFT rows</dt><dd>2</dd>",
+            "<dt>prompts with no row</dt><dd>2</dd>",
+            "<td>run/s0</td><td>0/2</td><td>done</td>",
+            "shard 1/2 is missing",
+            "<dt>cost</dt><dd>$0.5000</dd>",
+        ] {
+            assert!(html.contains(want), "missing {want}");
+        }
+        // A merge records no model or seed of its own: none is made up.
+        assert!(!html.contains("<dt>model</dt>") && !html.contains("<dt>seed</dt>"));
+    }
+
+    #[test]
     fn optimize_run_shows_reward_per_depth() {
         let dir = tempfile::tempdir().unwrap();
         write(

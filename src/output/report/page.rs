@@ -8,11 +8,14 @@ use serde::Serialize;
 
 use super::diff::{word_diff, Change};
 use super::html::{self, attr, one_line as preview, push_text, text};
-use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RejectView, RunData};
-use super::load::{ManifestView, PrefData, PrefView, TraceView};
+use super::load::{winner_name, GenData, GenRow, LabelData, OptimizeData, RunData};
+use super::load::{PrefData, PrefView};
 use super::svg::{self, int, num, pct, CalBin, Series};
 use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::Judgment;
+use crate::output::manifest::{AnyManifest, Manifest, MergedManifest};
+use crate::output::trace::TraceLine;
+use crate::output::RejectLine;
 use crate::pipeline::Round;
 use crate::provider::pool::EndpointStats;
 
@@ -81,7 +84,8 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
     if let Some(s) = data
         .manifest
         .as_ref()
-        .and_then(|m| m.status.as_deref())
+        .map(AnyManifest::status)
+        .filter(|s| !s.is_empty())
         .or_else(|| {
             data.label
                 .as_ref()
@@ -105,9 +109,9 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
     p.out.push_str("</p><nav><a href=\"#summary\">Summary</a> <a href=\"#figures\">Figures</a> <a href=\"#rejects\">Rejects</a> <a href=\"#rows\">Rows</a></nav></header>");
 }
 
-/// A definition list entry, skipped when the value is missing.
+/// A definition list entry, skipped when the value is missing or empty.
 fn kv(out: &mut String, key: &str, value: Option<String>) {
-    if let Some(v) = value {
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
         let _ = write!(
             out,
             "<div><dt>{}</dt><dd>{}</dd></div>",
@@ -142,9 +146,13 @@ pub fn utc(unix: u64) -> String {
 
 fn summary(p: &mut Page, data: &RunData) {
     p.out.push_str("<section id=\"summary\"><h2>Summary</h2>");
-    if let Some(m) = &data.manifest {
-        manifest_summary(&mut p.out, m);
-        endpoints_table(&mut p.out, &m.endpoints);
+    match &data.manifest {
+        Some(AnyManifest::Run(m)) => {
+            manifest_summary(&mut p.out, m);
+            endpoints_table(&mut p.out, &m.endpoints);
+        }
+        Some(AnyManifest::Merged(m)) => merged_summary(&mut p.out, m),
+        None => {}
     }
     if let Some(l) = &data.label {
         label_summary(&mut p.out, l);
@@ -155,66 +163,129 @@ fn summary(p: &mut Page, data: &RunData) {
     p.out.push_str("</section>");
 }
 
-/// What `manifest.json` says about the run.
-fn manifest_summary(o: &mut String, m: &ManifestView) {
+/// What `manifest.json` says about the run. A field the file did not
+/// have reads as its default: an empty text and a zero start time are not
+/// shown.
+fn manifest_summary(o: &mut String, m: &Manifest) {
     o.push_str("<dl class=\"kv\">");
-    kv(o, "model", m.model.clone());
-    kv(o, "provider", m.provider.clone());
-    kv(o, "endpoint", m.endpoint.clone().filter(|e| !e.is_empty()));
-    kv(o, "prompts", m.prompts_file.clone());
+    kv(o, "model", Some(m.model.clone()));
+    kv(o, "provider", Some(m.provider.clone()));
+    kv(o, "endpoint", Some(m.endpoint.clone()));
+    kv(o, "prompts", Some(m.prompts_file.clone()));
     kv(
         o,
         "constitution",
-        m.constitution_file
-            .as_ref()
-            .map(|f| match &m.constitution_format {
-                Some(k) => format!("{f} ({k})"),
-                None => f.clone(),
-            }),
+        Some(match m.constitution_format.as_str() {
+            "" => m.constitution_file.clone(),
+            k => format!("{} ({k})", m.constitution_file),
+        })
+        .filter(|_| !m.constitution_file.is_empty()),
     );
-    kv(o, "rounds", m.rounds.map(|r| r.to_string()));
-    kv(o, "preference", m.preference.clone());
-    kv(o, "seed", m.seed.map(|s| s.to_string()));
-    kv(o, "prompts in input", m.prompts_total.map(int));
+    kv(o, "rounds", Some(m.rounds.to_string()));
+    kv(o, "preference", Some(m.preference.clone()));
+    kv(o, "seed", Some(m.seed.to_string()));
+    kv(o, "prompts in input", Some(int(m.prompts_total)));
     kv(
         o,
         "done before this invocation",
-        m.prompts_already_done.filter(|&n| n > 0).map(int),
+        if_any(m.prompts_already_done),
     );
-    kv(o, "SFT rows", m.counts.sft_rows.map(int));
-    kv(o, "preference rows", m.counts.preference_rows.map(int));
+    let c = &m.counts;
+    kv(o, "SFT rows", Some(int(c.sft_rows)));
+    kv(o, "preference rows", Some(int(c.preference_rows)));
     kv(
         o,
         "pairs skipped (revision = initial)",
-        m.counts.preference_skipped_identical.map(int),
+        Some(int(c.preference_skipped_identical)),
     );
-    kv(
-        o,
-        "pairs skipped (tie)",
-        m.counts.preference_skipped_tie.map(int),
-    );
-    kv(o, "rejected", m.counts.rejected.map(int));
-    if let Some(r) = m.requests {
-        requests(o, &r);
-    }
-    kv(
-        o,
-        "cost",
-        m.cost_usd
-            .map(|c| format!("${c:.4}"))
-            .or_else(|| Some("unknown (no price for this model)".into())),
-    );
+    // Written only when a tie was dropped (`--ties drop`).
+    kv(o, "pairs skipped (tie)", if_any(c.preference_skipped_tie));
+    kv(o, "rejected", Some(int(c.rejected)));
+    requests(o, &m.requests);
+    cost(o, m.cost_usd);
     kv(o, "budget", m.max_cost.map(|c| format!("${c:.2}")));
-    kv(o, "wall time", m.wall_time_s.map(secs));
+    kv(o, "wall time", Some(secs(m.wall_time_s)));
     kv(o, "time to first row", m.first_row_s.map(secs));
     kv(
         o,
         "requests per second",
-        m.requests_per_s.map(|r| format!("{r:.1}")),
+        Some(format!("{:.1}", m.requests_per_s)),
     );
-    kv(o, "started", m.started_at_unix.map(utc));
-    kv(o, "cai version", m.cai_version.clone());
+    kv(
+        o,
+        "started",
+        (m.started_at_unix > 0).then(|| utc(m.started_at_unix)),
+    );
+    kv(o, "cai version", Some(m.cai_version.clone()));
     o.push_str("</dl>");
+}
+
+/// What the manifest of a merged directory says: where its rows came
+/// from and what was left out.
+fn merged_summary(o: &mut String, m: &MergedManifest) {
+    o.push_str("<dl class=\"kv\">");
+    kv(o, "prompts", Some(m.prompts_file.clone()));
+    kv(o, "prompts in input", Some(int(m.counts.prompts)));
+    kv(
+        o,
+        "directories merged",
+        Some(int(m.merged_from.len() as u64)),
+    );
+    kv(o, "SFT rows", Some(int(m.counts.sft_rows)));
+    kv(o, "preference rows", Some(int(m.counts.preference_rows)));
+    kv(o, "rejected", Some(int(m.counts.rejected)));
+    kv(
+        o,
+        "rows of edited prompts left out",
+        if_any(m.counts.superseded),
+    );
+    kv(
+        o,
+        "rows of removed prompts left out",
+        if_any(m.counts.removed),
+    );
+    kv(o, "prompts with no row", if_any(m.counts.missing));
+    requests(o, &m.requests);
+    cost(o, m.cost_usd);
+    kv(o, "cai version", Some(m.cai_version.clone()));
+    o.push_str("</dl>");
+    if !m.merged_from.is_empty() {
+        o.push_str("<table><caption>Directories merged</caption><thead><tr><th>directory</th><th>shard</th><th>status</th></tr></thead><tbody>");
+        for d in &m.merged_from {
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                text(&d.dir),
+                text(d.shard.as_deref().unwrap_or("all")),
+                text(&d.status)
+            );
+        }
+        o.push_str("</tbody></table>");
+    }
+    if !m.gaps.is_empty() {
+        o.push_str("<h3>Left out (--partial)</h3><ul>");
+        for g in &m.gaps {
+            let _ = write!(o, "<li>{}</li>", text(g));
+        }
+        o.push_str("</ul>");
+    }
+}
+
+/// A count worth a line only when something was counted.
+fn if_any(n: u64) -> Option<String> {
+    (n > 0).then(|| int(n))
+}
+
+/// The spend, or why it is unknown.
+fn cost(o: &mut String, usd: Option<f64>) {
+    kv(
+        o,
+        "cost",
+        Some(usd.map_or_else(
+            || "unknown (no price for this model)".into(),
+            |c| format!("${c:.4}"),
+        )),
+    );
 }
 
 /// The endpoints of a pool (none for one endpoint).
@@ -740,9 +811,7 @@ fn rejects(p: &mut Page, data: &RunData) {
         );
         for e in &g.examples {
             let _ = write!(p.out, "<div class=\"ex\"><b>{}</b> ", text(&e.id));
-            if let Some(pr) = &e.prompt {
-                push_text(&mut p.out, &preview(pr, 160));
-            }
+            push_text(&mut p.out, &preview(&e.prompt, 160));
             p.out.push_str("</div>");
         }
         p.out.push_str("</td></tr>");
@@ -906,7 +975,7 @@ fn gen_row<'a>(p: &mut Page<'a>, row: &'a GenRow) {
     }
     block(o, "Prompt", &t.prompt);
     block(o, "Initial answer", &t.init_response);
-    for r in &t.rounds {
+    for r in t.rounds.iter() {
         round_block(o, r);
     }
     if !t.rounds.is_empty() {
@@ -943,7 +1012,7 @@ fn round_block(o: &mut String, r: &Round) {
 }
 
 /// The word diff from the initial answer to the final revision.
-fn diff_block(o: &mut String, t: &TraceView, edit_share: f64) {
+fn diff_block(o: &mut String, t: &TraceLine, edit_share: f64) {
     let (spans, aligned) = word_diff(&t.init_response, t.final_answer());
     let _ = write!(
         o,
@@ -1075,12 +1144,12 @@ fn label_row<'a>(p: &mut Page<'a>, j: &'a Judgment) {
     o.push_str("</div></details></article>");
 }
 
-fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectView, group: Option<usize>) {
+fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectLine<'static>, group: Option<usize>) {
     p.facets.push(Facet {
         id: &r.id,
         p: Vec::new(),
         r: r.round.into_iter().collect(),
-        s: r.stage.as_deref().unwrap_or(""),
+        s: &r.stage,
         x: group,
     });
     let o = &mut p.out;
@@ -1088,13 +1157,13 @@ fn reject_row<'a>(p: &mut Page<'a>, r: &'a RejectView, group: Option<usize>) {
         o,
         "<article class=\"row rej\" data-row><details><summary><span class=\"rid\">{}</span> <span class=\"tag bad\">rejected at {}{}</span> <span class=\"pv\">{}</span></summary><div class=\"body\">",
         text(&r.id),
-        text(r.stage.as_deref().unwrap_or("?")),
+        text(if r.stage.is_empty() { "?" } else { &r.stage }),
         r.round.map(|n| format!(", round {n}")).unwrap_or_default(),
         text(&preview(&r.reason, 140))
     );
     block(o, "Reason", &r.reason);
-    if let Some(pr) = &r.prompt {
-        block(o, "Prompt", pr);
+    if !r.prompt.is_empty() {
+        block(o, "Prompt", &r.prompt);
     }
     o.push_str("</div></details></article>");
 }

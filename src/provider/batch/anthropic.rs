@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{decode, send, BatchApi, BatchCodec, ItemResult, Limits, Poll};
+use super::{
+    decode, read_input, result_lines, BatchApi, BatchCodec, Http, ItemResult, Limits, Poll,
+};
 use crate::provider::endpoint::Endpoint;
 use crate::provider::{ChatRequest, ProviderError};
 
@@ -19,42 +21,28 @@ pub const LIMITS: Limits = Limits {
 
 /// The Message Batches endpoints of an Anthropic service.
 pub struct AnthropicBatch {
-    /// The API root (without `/v1`) and key.
-    ep: Endpoint,
-    /// The `anthropic-version` header the backend speaks.
-    version: &'static str,
+    /// The API root (without `/v1`) and key, and the `anthropic-version`
+    /// header the backend speaks.
+    http: Http,
     api: Arc<dyn BatchCodec>,
 }
 
 impl AnthropicBatch {
     pub fn new(ep: Endpoint, version: &'static str, api: Arc<dyn BatchCodec>) -> Self {
-        Self { ep, version, api }
-    }
-
-    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.ep
-            .request(method, url)
-            .header("anthropic-version", self.version)
-    }
-
-    /// The body of a `GET` of `url`.
-    async fn get(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
-        send(
-            self.request(reqwest::Method::GET, url),
-            url,
-            self.ep.key.as_ref(),
-        )
-        .await
+        let header = Some(("anthropic-version", version));
+        Self {
+            http: Http { ep, header },
+            api,
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/v1/messages/batches{path}", self.ep.base_url)
+        format!("{}/v1/messages/batches{path}", self.http.ep.base_url)
     }
 
     async fn batch(&self, id: &str) -> Result<Batch, ProviderError> {
         let url = self.url(&format!("/{id}"));
-        let bytes = self.get(&url).await?;
-        decode(&url, &bytes)
+        decode(&url, &self.http.get(&url).await?)
     }
 }
 
@@ -116,17 +104,12 @@ impl BatchApi for AnthropicBatch {
         .to_string())
     }
 
-    fn parse_body(
-        &self,
-        body: serde_json::Value,
-    ) -> Result<crate::provider::Completion, ProviderError> {
-        self.api.batch_completion(body)
+    fn codec(&self) -> &dyn BatchCodec {
+        &*self.api
     }
 
     async fn submit(&self, path: &Path, count: usize) -> Result<String, ProviderError> {
-        let content = std::fs::read_to_string(path).map_err(|e| {
-            ProviderError::Fatal(format!("cannot read batch input {}: {e}", path.display()))
-        })?;
+        let content = read_input(path)?;
         // The lines are already `{custom_id, params}` objects: join them
         // into the `requests` array without parsing them again.
         let mut body = String::with_capacity(content.len() + count + 16);
@@ -139,15 +122,12 @@ impl BatchApi for AnthropicBatch {
         }
         body.push_str("]}");
         let url = self.url("");
-        let bytes = send(
-            self.request(reqwest::Method::POST, &url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
-        let b: Batch = decode(&url, &bytes)?;
+        let req = self
+            .http
+            .request(reqwest::Method::POST, &url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let b: Batch = self.http.json(req, &url).await?;
         Ok(b.id)
     }
 
@@ -174,18 +154,9 @@ impl BatchApi for AnthropicBatch {
                 reason: "the batch ended without a results_url".into(),
             });
         };
-        let bytes = self.get(&url).await?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let l: ResultLine =
-                serde_json::from_str(line).map_err(|e| ProviderError::Malformed {
-                    url: url.clone(),
-                    reason: format!("line {}: {e}", i + 1),
-                })?;
+        let bytes = self.http.get(&url).await?;
+        result_lines(&url, &bytes, |line| {
+            let l: ResultLine = serde_json::from_str(line)?;
             let r = match (l.result.kind.as_str(), l.result.message) {
                 ("succeeded", Some(m)) => match self.api.batch_completion(m) {
                     Ok(c) => ItemResult::Done(c),
@@ -200,8 +171,7 @@ impl BatchApi for AnthropicBatch {
                 )),
                 (kind, _) => ItemResult::Failed(kind.to_string()),
             };
-            out.push((l.custom_id, r));
-        }
-        Ok(out)
+            Ok((l.custom_id, r))
+        })
     }
 }

@@ -28,6 +28,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
+use super::endpoint::Endpoint;
 use super::{ChatRequest, Completion, ProviderError};
 
 /// What a batch API needs of the backend whose requests it carries: the
@@ -76,8 +77,13 @@ pub trait BatchApi: Send + Sync {
     fn limits(&self) -> Limits;
     /// One input line (JSON, no newline) asking for `req` under `custom_id`.
     fn line(&self, custom_id: &str, req: &ChatRequest) -> Result<String, ProviderError>;
-    /// Reads one successful result body (a chat completion, a Message).
-    fn parse_body(&self, body: serde_json::Value) -> Result<Completion, ProviderError>;
+    /// The backend whose requests the batches carry.
+    fn codec(&self) -> &dyn BatchCodec;
+    /// Reads one successful result body (a chat completion, a Message) as
+    /// the backend reads its replies.
+    fn parse_body(&self, body: serde_json::Value) -> Result<Completion, ProviderError> {
+        self.codec().batch_completion(body)
+    }
     /// Submits the lines of `path` (`count` of them, within [`Self::limits`])
     /// as one batch; returns its id.
     async fn submit(&self, path: &Path, count: usize) -> Result<String, ProviderError>;
@@ -173,6 +179,75 @@ pub(crate) fn multipart(
     body.extend_from_slice(content);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     (boundary, body)
+}
+
+/// The HTTP side of a batch protocol: the service's root and key, and a
+/// header every call carries (Anthropic's API version).
+pub(crate) struct Http {
+    pub ep: Endpoint,
+    pub header: Option<(&'static str, &'static str)>,
+}
+
+impl Http {
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.ep.request(method, url);
+        match self.header {
+            Some((name, value)) => req.header(name, value),
+            None => req,
+        }
+    }
+
+    /// Sends `req` (to `url`) and reads the whole body.
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Vec<u8>, ProviderError> {
+        send(req, url, self.ep.key.as_ref()).await
+    }
+
+    /// Sends `req` (to `url`) and decodes its JSON reply.
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ProviderError> {
+        decode(url, &self.send(req, url).await?)
+    }
+
+    /// The body of a `GET` of `url`.
+    pub async fn get(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
+        self.send(self.request(reqwest::Method::GET, url), url)
+            .await
+    }
+}
+
+/// The lines of a batch input file, as the engine staged them.
+pub(crate) fn read_input(path: &Path) -> Result<String, ProviderError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ProviderError::Fatal(format!("cannot read batch input {}: {e}", path.display()))
+    })
+}
+
+/// Reads every non-blank line of a results file fetched from `url` with
+/// `parse`; a line it cannot read fails the whole file, naming the line.
+pub(crate) fn result_lines(
+    url: &str,
+    bytes: &[u8],
+    parse: impl Fn(&str) -> Result<(String, ItemResult), serde_json::Error>,
+) -> Result<Vec<(String, ItemResult)>, ProviderError> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse(line).map_err(|e| ProviderError::Malformed {
+            url: url.to_string(),
+            reason: format!("line {}: {e}", i + 1),
+        })?);
+    }
+    Ok(out)
 }
 
 /// Sends one request of the batch protocol and reads the whole body, mapping

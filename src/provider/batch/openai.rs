@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{decode, send, BatchApi, BatchCodec, ItemResult, Limits, Poll};
+use super::{
+    decode, read_input, result_lines, BatchApi, BatchCodec, Http, ItemResult, Limits, Poll,
+};
 use crate::provider::endpoint::Endpoint;
 use crate::provider::{ChatRequest, ProviderError};
 
@@ -24,52 +26,33 @@ pub const ENDPOINT: &str = "/v1/chat/completions";
 pub struct OpenAiBatch {
     /// The service's API root and key (the batch endpoints sit beside
     /// `chat/completions`).
-    ep: Endpoint,
+    http: Http,
     api: Arc<dyn BatchCodec>,
 }
 
 impl OpenAiBatch {
     pub fn new(ep: Endpoint, api: Arc<dyn BatchCodec>) -> Self {
-        Self { ep, api }
-    }
-
-    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.ep.request(method, url)
-    }
-
-    /// The body of a `GET` of `url`.
-    async fn get(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
-        send(
-            self.request(reqwest::Method::GET, url),
-            url,
-            self.ep.key.as_ref(),
-        )
-        .await
+        Self {
+            http: Http { ep, header: None },
+            api,
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.ep.base_url)
+        format!("{}/{path}", self.http.ep.base_url)
+    }
+
+    async fn batch(&self, id: &str) -> Result<Batch, ProviderError> {
+        let url = self.url(&format!("batches/{id}"));
+        decode(&url, &self.http.get(&url).await?)
     }
 
     async fn file_lines(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
         let url = self.url(&format!("files/{id}/content"));
-        let bytes = self.get(&url).await?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let item =
-                super::openai_result_line(line, |b| self.api.batch_completion(b)).map_err(|e| {
-                    ProviderError::Malformed {
-                        url: url.clone(),
-                        reason: format!("line {}: {e}", i + 1),
-                    }
-                })?;
-            out.push(item);
-        }
-        Ok(out)
+        let bytes = self.http.get(&url).await?;
+        result_lines(&url, &bytes, |line| {
+            super::openai_result_line(line, |b| self.api.batch_completion(b))
+        })
     }
 }
 
@@ -120,54 +103,41 @@ impl BatchApi for OpenAiBatch {
         .to_string())
     }
 
-    fn parse_body(
-        &self,
-        body: serde_json::Value,
-    ) -> Result<crate::provider::Completion, ProviderError> {
-        self.api.batch_completion(body)
+    fn codec(&self) -> &dyn BatchCodec {
+        &*self.api
     }
 
     async fn submit(&self, path: &Path, _count: usize) -> Result<String, ProviderError> {
-        let content = std::fs::read(path).map_err(|e| {
-            ProviderError::Fatal(format!("cannot read batch input {}: {e}", path.display()))
-        })?;
+        let content = read_input(path)?.into_bytes();
         let name = path
             .file_name()
             .map_or("batch.jsonl".into(), |n| n.to_string_lossy().into_owned());
         let (boundary, body) = super::multipart(&[("purpose", "batch")], "file", &name, &content);
         let url = self.url("files");
-        let bytes = send(
-            self.request(reqwest::Method::POST, &url)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(body),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
-        let file: FileObject = decode(&url, &bytes)?;
+        let req = self
+            .http
+            .request(reqwest::Method::POST, &url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
+        let file: FileObject = self.http.json(req, &url).await?;
         let url = self.url("batches");
-        let bytes = send(
-            self.request(reqwest::Method::POST, &url)
-                .json(&serde_json::json!({
-                    "input_file_id": file.id,
-                    "endpoint": ENDPOINT,
-                    "completion_window": "24h",
-                })),
-            &url,
-            self.ep.key.as_ref(),
-        )
-        .await?;
-        let batch: Batch = decode(&url, &bytes)?;
+        let req = self
+            .http
+            .request(reqwest::Method::POST, &url)
+            .json(&serde_json::json!({
+                "input_file_id": file.id,
+                "endpoint": ENDPOINT,
+                "completion_window": "24h",
+            }));
+        let batch: Batch = self.http.json(req, &url).await?;
         Ok(batch.id)
     }
 
     async fn poll(&self, id: &str) -> Result<Poll, ProviderError> {
-        let url = self.url(&format!("batches/{id}"));
-        let bytes = self.get(&url).await?;
-        let b: Batch = decode(&url, &bytes)?;
+        let b = self.batch(id).await?;
         Ok(match b.status.as_str() {
             "completed" | "expired" | "failed" | "cancelled" => Poll::Ended { status: b.status },
             _ => {
@@ -181,9 +151,7 @@ impl BatchApi for OpenAiBatch {
     }
 
     async fn results(&self, id: &str) -> Result<Vec<(String, ItemResult)>, ProviderError> {
-        let url = self.url(&format!("batches/{id}"));
-        let bytes = self.get(&url).await?;
-        let b: Batch = decode(&url, &bytes)?;
+        let b = self.batch(id).await?;
         debug_assert_eq!(b.id, id);
         let mut out = Vec::new();
         for file in [b.output_file_id, b.error_file_id].into_iter().flatten() {
