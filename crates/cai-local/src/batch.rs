@@ -184,7 +184,7 @@ pub fn run(
                 }
                 Err(job) => job,
             };
-            if let Some(r) = admit(&inner, job, &mut cache, &running, &stats) {
+            if let Some(r) = admit(&inner, job, &mut cache, &mut running, &stats) {
                 running.push(r);
             }
         }
@@ -312,7 +312,7 @@ fn admit(
     inner: &Inner,
     job: Job,
     cache: &mut PrefixCache,
-    running: &[Running],
+    running: &mut [Running],
     stats: &Stats,
 ) -> Option<Running> {
     let admitted = Instant::now();
@@ -336,13 +336,22 @@ fn admit(
     // At least the last prompt token is run, for the first logits.
     let max_reuse = job.ids.len() - 1;
     let from_running = running
-        .iter()
-        .map(|r| (r, common_prefix(r.sess.tokens(), &job.ids).min(max_reuse)))
+        .iter_mut()
+        .map(|r| {
+            let m = common_prefix(r.sess.tokens(), &job.ids).min(max_reuse);
+            (r, m)
+        })
         .max_by_key(|(_, n)| *n);
     let cached = cache.longest(&job.ids, max_reuse);
     let sess = match (cached, from_running) {
         (Some((s, n)), Some((_, m))) if n >= m => s.prefix(n),
-        (_, Some((r, m))) if m > 0 => r.sess.prefix(m),
+        (_, Some((r, m))) if m > 0 => {
+            // Share the running sequence's positions rather than copy them
+            // (the prompts of a run share a long system and few-shot block).
+            let cap = r.sess.cap;
+            r.sess.freeze(cap);
+            r.sess.prefix(m)
+        }
         (Some((s, n)), _) => s.prefix(n),
         _ => inner.model.session(),
     };

@@ -8,12 +8,18 @@
 //! keys and values of a position depend only on the tokens up to it, so a
 //! sequence continued from the cache computes exactly what it would have
 //! computed from scratch.
+//!
+//! An entry's positions are frozen into shared segments when it comes in
+//! (see [`Session::freeze`]), so the sequences continued from it, and the
+//! longer entries they leave behind, share those positions instead of each
+//! holding a copy; the bound counts each segment once.
+
+use std::collections::HashSet;
 
 use crate::model::Session;
 
 struct Entry {
     sess: Session,
-    bytes: usize,
     last_used: u64,
 }
 
@@ -77,13 +83,28 @@ impl PrefixCache {
         Some((&self.entries[i].sess, n))
     }
 
+    /// Bytes the entries hold in memory: their own positions, and each
+    /// shared segment they refer to once.
+    fn held(&self) -> usize {
+        let mut seen = HashSet::new();
+        let mut bytes = 0;
+        for e in &self.entries {
+            bytes += e.sess.own_bytes();
+            for (seg, size) in e.sess.segments() {
+                if seen.insert(seg) {
+                    bytes += size;
+                }
+            }
+        }
+        bytes
+    }
+
     /// Keeps `sess` for later requests. Entries it extends are dropped (it
     /// holds all they hold); if an entry already extends it, that entry is
     /// only marked as used. Least recently used entries go until it fits; a
     /// session larger than the whole cache is not kept.
     pub fn insert(&mut self, mut sess: Session) {
-        let bytes = sess.bytes();
-        if sess.is_empty() || bytes > self.limit {
+        if sess.is_empty() || sess.bytes() > self.limit {
             return;
         }
         self.clock += 1;
@@ -97,16 +118,18 @@ impl PrefixCache {
             e.last_used = clock;
             return;
         }
-        let mut freed = 0;
-        self.entries.retain(|e| {
-            let subsumed = tokens.starts_with(e.sess.tokens());
-            if subsumed {
-                freed += e.bytes;
-            }
-            !subsumed
+        self.entries
+            .retain(|e| !tokens.starts_with(e.sess.tokens()));
+        // A finished sequence holds room to grow; the cache holds only the
+        // positions, most of them in segments later sequences can share.
+        sess.freeze(0);
+        sess.shrink_to_fit();
+        self.entries.push(Entry {
+            sess,
+            last_used: clock,
         });
-        self.bytes -= freed;
-        while self.bytes + bytes > self.limit {
+        self.bytes = self.held();
+        while self.bytes > self.limit {
             let Some(oldest) = self
                 .entries
                 .iter()
@@ -116,18 +139,9 @@ impl PrefixCache {
             else {
                 break;
             };
-            let e = self.entries.swap_remove(oldest);
-            self.bytes -= e.bytes;
+            self.entries.swap_remove(oldest);
+            self.bytes = self.held();
         }
-        // A finished sequence's buffers grew by doubling; the cache counts
-        // (and should hold) only the bytes in use.
-        sess.shrink_to_fit();
-        self.bytes += bytes;
-        self.entries.push(Entry {
-            sess,
-            bytes,
-            last_used: clock,
-        });
     }
 }
 
@@ -141,6 +155,7 @@ mod tests {
         let fill = |t: &u32| vec![*t as u16; width];
         let rows: Vec<u16> = tokens.iter().flat_map(fill).collect();
         Session {
+            shared: Vec::new(),
             k: vec![KvRows::from_slice(&rows, 0)],
             v: vec![KvRows::from_slice(&rows, 0)],
             tokens: tokens.to_vec(),
@@ -174,6 +189,30 @@ mod tests {
         c.insert(sess(&[1, 2, 3], 4));
         assert_eq!(c.len(), 1);
         assert_eq!(c.bytes(), sess(&[1, 2, 3, 4], 4).bytes());
+    }
+
+    #[test]
+    fn entries_sharing_frozen_positions_count_them_once() {
+        let per = sess(&[0], 4).bytes();
+        let mut c = PrefixCache::new(1 << 20);
+        let a: Vec<u32> = (0..300).collect();
+        c.insert(sess(&a, 4));
+        assert_eq!(c.bytes(), 300 * per);
+        // A request sharing 280 of those positions, then 30 of its own:
+        // the first 256 stay in the segment frozen when `a` came in.
+        let b: Vec<u32> = (0..280).chain(1000..1030).collect();
+        let (s, n) = c.longest(&b, b.len() - 1).unwrap();
+        assert_eq!(n, 280);
+        let mut grown = s.prefix(n);
+        for l in grown.k.iter_mut().chain(grown.v.iter_mut()) {
+            l.push(30 * 4, 0).fill(7);
+        }
+        grown.tokens.extend(1000..1030);
+        assert_eq!(grown.bytes(), 310 * per);
+        c.insert(grown);
+        assert_eq!(c.len(), 2);
+        // One segment of 256 positions, 44 of `a`'s own and 54 of `b`'s.
+        assert_eq!(c.bytes(), (256 + 44 + 54) * per);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -689,11 +690,38 @@ impl Clone for KvRows {
     }
 }
 
+/// Positions of a sequence frozen for sharing: for each layer, the keys
+/// and values of `len` consecutive positions, never written again. Sessions
+/// that share a prefix (the prompts of a run share their stage's system
+/// message and few-shot block; a stage's request may extend the previous
+/// stage's conversation) hold these behind an `Arc` instead of each holding
+/// a copy: as copies, the README's first run held its stage prefix of about
+/// 1,480 tokens (34 MB of KV state) once per running sequence, 270 MB.
+pub(crate) struct Segment {
+    k: Vec<KvRows>,
+    v: Vec<KvRows>,
+    len: usize,
+}
+
+impl Segment {
+    fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
+    }
+}
+
 /// One sequence's KV cache: for each layer, the keys and values of every
 /// position so far, row after row, as IEEE half-precision bits (like
 /// llama.cpp's default cache type), and the tokens they were computed from.
+///
+/// The first positions may be shared: `shared` holds frozen [`Segment`]s
+/// (each with the number of its positions this session uses), one after
+/// the other from position 0, and `k`/`v` hold the positions after them,
+/// which only this session writes. Every shared run is a multiple of
+/// [`ATT_PART`] positions long, so no attention part straddles two runs and
+/// a sequence computes the same bits however its state is split.
 #[derive(Clone, Default)]
 pub struct Session {
+    pub(crate) shared: Vec<(Arc<Segment>, usize)>,
     pub(crate) k: Vec<KvRows>,
     pub(crate) v: Vec<KvRows>,
     pub(crate) tokens: Vec<u32>,
@@ -716,9 +744,65 @@ impl Session {
         &self.tokens
     }
 
-    /// Bytes of key/value data held.
+    /// Positions held in shared segments (the rest are this session's own).
+    fn shared_len(&self) -> usize {
+        self.shared.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Bytes of key/value data of all positions, shared ones included.
     pub fn bytes(&self) -> usize {
+        let shared: usize = self
+            .shared
+            .iter()
+            .map(|(seg, used)| seg.bytes() / seg.len * used)
+            .sum();
+        shared + self.own_bytes()
+    }
+
+    /// Bytes of the positions only this session holds.
+    pub fn own_bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|l| l.len() * 2).sum()
+    }
+
+    /// The shared segments this session refers to, each with its whole
+    /// size in bytes (what it holds in memory, whatever part is used).
+    pub fn segments(&self) -> impl Iterator<Item = (*const Segment, usize)> + '_ {
+        self.shared.iter().map(|(s, _)| (Arc::as_ptr(s), s.bytes()))
+    }
+
+    /// Values of one key (or value) row of a layer.
+    fn row_len(&self) -> usize {
+        let own = self.len() - self.shared_len();
+        match self.shared.first() {
+            Some((seg, _)) => seg.k[0].len() / seg.len.max(1),
+            None => self.k.first().map_or(0, |l| l.len() / own.max(1)),
+        }
+    }
+
+    /// Freezes this session's own positions, up to a multiple of
+    /// [`ATT_PART`], into a shared segment, so that sessions continued from
+    /// it (see [`Session::prefix`]) share them instead of copying them. The
+    /// few positions left over stay its own, with room for `cap` values per
+    /// layer (0 for a finished sequence). Each layer is moved on its own, so
+    /// at most one layer is held twice at any time.
+    pub fn freeze(&mut self, cap: usize) {
+        let shared = self.shared_len();
+        let own = self.len() - shared;
+        let keep = own / ATT_PART * ATT_PART;
+        if keep == 0 {
+            return;
+        }
+        let row = self.row_len();
+        let split = |l: &mut KvRows| {
+            let rows = l.as_slice();
+            let frozen = KvRows::from_slice(&rows[..keep * row], 0);
+            *l = KvRows::from_slice(&rows[keep * row..], cap);
+            frozen
+        };
+        let k = self.k.iter_mut().map(split).collect();
+        let v = self.v.iter_mut().map(split).collect();
+        self.shared
+            .push((Arc::new(Segment { k, v, len: keep }), keep));
     }
 
     /// Gives back the room reserved for growth (a finished sequence kept
@@ -733,21 +817,78 @@ impl Session {
     }
 
     /// A new session holding the first `n` positions of this one, with
-    /// room to grow to the full context.
+    /// room to grow to the full context. It shares this session's shared
+    /// segments as far as a multiple of [`ATT_PART`] below `n` reaches, and
+    /// copies the positions after that.
     pub fn prefix(&self, n: usize) -> Session {
         let n = n.min(self.len());
-        let per = |l: &KvRows| {
-            let row = l.len() / self.len().max(1);
-            KvRows::from_slice(&l.as_slice()[..n * row], self.cap)
-        };
+        let aligned = n / ATT_PART * ATT_PART;
+        let mut shared = Vec::new();
+        let mut at = 0;
+        for (seg, used) in &self.shared {
+            let take = (*used).min(aligned.saturating_sub(at));
+            if take == 0 {
+                break;
+            }
+            shared.push((Arc::clone(seg), take));
+            at += take;
+        }
+        let row = self.row_len();
+        let layers = self.k.len();
+        let mut k: Vec<KvRows> = (0..layers).map(|_| KvRows::default()).collect();
+        let mut v: Vec<KvRows> = (0..layers).map(|_| KvRows::default()).collect();
+        // Positions `at..n` from whichever runs hold them.
+        let mut start = 0;
+        let runs = self
+            .shared
+            .iter()
+            .map(|(seg, used)| (&seg.k, &seg.v, *used))
+            .chain(std::iter::once((
+                &self.k,
+                &self.v,
+                self.len() - self.shared_len(),
+            )));
+        for (rk, rv, used) in runs {
+            let (lo, hi) = (at.max(start), n.min(start + used));
+            if lo < hi {
+                for (dst, src) in k.iter_mut().zip(rk).chain(v.iter_mut().zip(rv)) {
+                    let rows = &src.as_slice()[(lo - start) * row..(hi - start) * row];
+                    dst.push(rows.len(), self.cap).copy_from_slice(rows);
+                }
+            }
+            start += used;
+        }
         Session {
-            k: self.k.iter().map(per).collect(),
-            v: self.v.iter().map(per).collect(),
+            shared,
+            k,
+            v,
             tokens: self.tokens[..n].to_vec(),
             cap: self.cap,
         }
     }
+
+    /// Layer `li`'s keys and values as runs of consecutive positions: the
+    /// first position of each, and its rows.
+    fn runs(&self, li: usize) -> Vec<KvRun<'_>> {
+        let mut at = 0;
+        let mut runs = Vec::with_capacity(self.shared.len() + 1);
+        for (seg, used) in &self.shared {
+            let row = seg.k[li].len() / seg.len.max(1);
+            runs.push((
+                at,
+                &seg.k[li].as_slice()[..used * row],
+                &seg.v[li].as_slice()[..used * row],
+            ));
+            at += used;
+        }
+        runs.push((at, self.k[li].as_slice(), self.v[li].as_slice()));
+        runs
+    }
 }
+
+/// Consecutive positions of one layer of a session: the first position,
+/// and its keys and values (see [`Session::runs`]).
+type KvRun<'a> = (usize, &'a [u16], &'a [u16]);
 
 /// One sequence's part of a batched step.
 pub struct Seq<'a> {
@@ -980,6 +1121,7 @@ impl Transformer {
     /// A fresh, empty sequence.
     pub fn session(&self) -> Session {
         Session {
+            shared: Vec::new(),
             k: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
             v: (0..self.cfg.layers).map(|_| KvRows::default()).collect(),
             tokens: Vec::new(),
@@ -1142,10 +1284,7 @@ impl Transformer {
                 );
                 r += n;
             }
-            let caches: Vec<(&[u16], &[u16])> = seqs
-                .iter()
-                .map(|q| (q.sess.k[li].as_slice(), q.sess.v[li].as_slice()))
-                .collect();
+            let caches: Vec<Vec<KvRun<'_>>> = seqs.iter().map(|q| q.sess.runs(li)).collect();
             let window = if layer.sliding {
                 cfg.window
             } else {
@@ -1337,6 +1476,12 @@ fn rope(x: &mut [f32], m: usize, cfg: &Config, half: usize, cos: &[f32], sin: &[
 /// sequence's output does not depend on what it was batched with.
 const ATT_PART: usize = 256;
 
+/// Where the attention part starting at position `j0` ends (exclusive,
+/// before the row's own limit): the next multiple of [`ATT_PART`].
+fn part_end(j0: usize) -> usize {
+    (j0 / ATT_PART + 1) * ATT_PART
+}
+
 /// Causal grouped-query attention of each row over its own sequence's
 /// cache, up to and including its position and at most `window` positions
 /// back (its own included). The work is cut into one item per row,
@@ -1347,7 +1492,7 @@ fn attention(
     cfg: &Config,
     ctx: &Ctx<'_>,
     q: &[f32],
-    caches: &[(&[u16], &[u16])],
+    caches: &[Vec<KvRun<'_>>],
     rows: &[(usize, usize)],
     window: usize,
     out: &mut Vec<f32>,
@@ -1365,23 +1510,33 @@ fn attention(
         let lo = n.saturating_sub(window);
         work += n - lo;
         for g in 0..cfg.kv_heads {
-            for j0 in (lo..n).step_by(ATT_PART) {
+            // Parts end at multiples of ATT_PART (where shared runs of the
+            // cache end too); only a sliding window's first part is shorter.
+            let mut j0 = lo;
+            while j0 < n {
                 items.push((t, g, j0));
+                j0 = part_end(j0);
             }
         }
     }
     parts.resize(items.len() * width, 0.0);
     let one = |&(t, g, j0): &(usize, usize, usize), o: &mut [f32], scores: &mut Vec<f32>| {
         let (seq, pos) = rows[t];
-        let j1 = (pos + 1).min(j0 + ATT_PART);
+        let j1 = (pos + 1).min(part_end(j0));
         scores.resize(group * ATT_PART, 0.0);
         let qs = &q[t * q_dim + g * group * hd..t * q_dim + (g + 1) * group * hd];
+        // The run holding the part: runs start at multiples of ATT_PART.
+        let &(start, k, v) = caches[seq]
+            .iter()
+            .rev()
+            .find(|r| r.0 <= j0)
+            .expect("the first run starts at position 0");
         kernels::attend(
             ctx.isa,
             qs,
-            caches[seq],
+            (k, v),
             (kv_dim, g * hd, hd),
-            (j0, j1),
+            (j0 - start, j1 - start),
             (cfg.attn_scale, cfg.attn_softcap),
             scores,
             o,
@@ -1435,6 +1590,62 @@ fn attention(
 mod tests {
     use super::*;
     use half::f16;
+
+    /// A sequence continued from positions another session froze and
+    /// shares computes the same bits as one that computed every position
+    /// itself: on a global-attention model and on one whose sliding window
+    /// (4 positions) starts inside a shared run.
+    #[test]
+    fn positions_shared_through_frozen_segments_give_the_same_logits() {
+        for name in ["llama3", "gemma2"] {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.gguf"));
+            let gguf = GgufFile::open(&path).expect("fixture");
+            let mut model = Transformer::load(gguf, Isa::from_env().expect("ISA")).expect("load");
+            // The fixtures' context (256) is shorter than two shared parts;
+            // random weights do not mind longer positions.
+            model.cfg.context = 4096;
+            let vocab = model.cfg.vocab as u32;
+            let n = 2 * ATT_PART + 90;
+            let ids: Vec<u32> = (0..n as u32 + 40).map(|i| (i * 7919 + 3) % vocab).collect();
+            let mut s = Scratch::default();
+            let mut whole = model.session();
+            let want = model
+                .forward(&ids, &mut whole, &mut s)
+                .expect("whole")
+                .to_vec();
+
+            let mut first = model.session();
+            model.forward(&ids[..n], &mut first, &mut s).expect("first");
+            first.freeze(first.cap);
+            assert_eq!((first.shared_len(), first.len()), (2 * ATT_PART, n));
+            // Two positions past the shared run: the first rows' windows
+            // reach back into it.
+            let at = 2 * ATT_PART + 2;
+            let mut second = first.prefix(at);
+            assert_eq!(second.shared.len(), 1);
+            assert!(Arc::ptr_eq(&second.shared[0].0, &first.shared[0].0));
+            assert_eq!(second.own_bytes(), 2 * model.cfg.kv_bytes_per_token());
+            let got = model
+                .forward(&ids[at..], &mut second, &mut s)
+                .expect("second");
+            let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(got),
+                bits(&want),
+                "{name}: continued from shared positions"
+            );
+            // The frozen session itself goes on as before too.
+            let got = model
+                .forward(&ids[n..], &mut first, &mut s)
+                .expect("first again");
+            assert_eq!(bits(got), bits(&want), "{name}: continued after freezing");
+            // Sharing less than one part copies everything.
+            let short = first.prefix(ATT_PART - 1);
+            assert!(short.shared.is_empty());
+            assert_eq!(short.bytes(), whole.prefix(ATT_PART - 1).bytes());
+        }
+    }
 
     /// A row attending to more than [`ATT_PART`] positions is computed in
     /// parts and merged; the result is one softmax over all positions,
@@ -1491,7 +1702,7 @@ mod tests {
                 &cfg,
                 &ctx,
                 &q,
-                &[(k, v)],
+                &[vec![(0, k, v)]],
                 &rows,
                 usize::MAX,
                 &mut out,
