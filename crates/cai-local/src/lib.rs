@@ -19,10 +19,12 @@
 //! The matrix and attention kernels pick the fastest path the CPU has
 //! ([`Isa::detect`]); [`ISA_ENV`] or [`LoadOptions::isa`] force one path, so
 //! the paths of other CPUs can be tested on any machine. This crate holds
-//! all the `unsafe` code of `cai`: the memory map and the vector kernels.
+//! all the `unsafe` code of `cai`: the memory map, the vector kernels and
+//! one allocator setting ([`host`]).
 
 mod batch;
 mod cache;
+pub mod host;
 mod kernels;
 mod model;
 mod sampling;
