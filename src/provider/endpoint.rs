@@ -25,6 +25,10 @@ pub const MODEL_LIST_MAX_BYTES: u64 = 32 << 20;
 /// cannot loop us.
 pub const MAX_MODEL_PAGES: usize = 50;
 
+/// The largest first capacity of a request body's buffer (bodies beyond it
+/// grow as they are written).
+const MAX_BODY_HINT: usize = 64 << 10;
+
 /// One service as a backend addresses it.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -132,7 +136,9 @@ impl Endpoint {
         };
         let builder = self.auth.apply(builder, self.key.as_ref());
         let hint = self.body_hint.load(Ordering::Relaxed);
-        let mut buf = Vec::with_capacity(hint);
+        // Capped: one huge body must not make every later buffer huge
+        // (256 requests in flight would each hold that much).
+        let mut buf = Vec::with_capacity(hint.min(MAX_BODY_HINT));
         match serde_json::to_writer(&mut buf, body) {
             Ok(()) => {
                 if buf.len() > hint {
