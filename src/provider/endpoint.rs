@@ -118,7 +118,11 @@ impl Endpoint {
     }
 
     /// A request to `url` with the key attached the service's way.
-    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: impl reqwest::IntoUrl,
+    ) -> reqwest::RequestBuilder {
         self.auth
             .apply(self.client.request(method, url), self.key.as_ref())
     }
@@ -131,10 +135,9 @@ impl Endpoint {
     /// those copies and the URL parse were a tenth of a request's CPU.
     pub fn post(&self, url: &Target, body: &impl serde::Serialize) -> reqwest::RequestBuilder {
         let builder = match &url.parsed {
-            Some(parsed) => self.client.request(reqwest::Method::POST, parsed.clone()),
-            None => self.client.request(reqwest::Method::POST, url.as_str()),
+            Some(parsed) => self.request(reqwest::Method::POST, parsed.clone()),
+            None => self.request(reqwest::Method::POST, url.as_str()),
         };
-        let builder = self.auth.apply(builder, self.key.as_ref());
         let hint = self.body_hint.load(Ordering::Relaxed);
         // Capped: one huge body must not make every later buffer huge
         // (256 requests in flight would each hold that much).
