@@ -289,9 +289,8 @@ fn request(
     sent: &Sent,
 ) -> ChatRequest {
     let mut m = Vec::with_capacity(1 + c.few_shots.len() + convo.len());
-    m.extend(c.prefix(stage));
+    m.extend_from_slice(c.prefix(stage));
     let shared = m.len();
-    let scope = format!("{}:{}", stage.as_str(), c.prefix_digest(stage));
     m.extend(convo.iter().cloned());
     let previous = sent
         .iter()
@@ -306,7 +305,7 @@ fn request(
             shared,
             previous,
             extended: false,
-            scope: Some(scope),
+            scope: Some(c.prefix_scope(stage).clone()),
         },
     }
 }

@@ -366,7 +366,7 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
     let cacheable = |t: u64| if caching && t >= min { t } else { 0 };
     let prefix = |stage| {
         cacheable(estimate_message_tokens(
-            &c.prefix(stage).collect::<Vec<_>>(),
+            c.prefix(stage),
         ))
     };
     use crate::input::Stage as S;

@@ -483,7 +483,7 @@ impl BatchRun {
 
     /// Waits for every submitted batch that is not collected yet and
     /// stores its results. `note` reports progress.
-    pub async fn collect(&mut self, note: &dyn Fn(&str)) -> Result<(), RunError> {
+    pub async fn collect(&mut self, note: &(dyn Fn(&str) + Sync)) -> Result<(), RunError> {
         let BatchMode::Submit { poll } = self.mode else {
             return Ok(());
         };
@@ -524,7 +524,7 @@ impl BatchRun {
         &self,
         rec: &BatchRecord,
         every: Duration,
-        note: &dyn Fn(&str),
+        note: &(dyn Fn(&str) + Sync),
     ) -> Result<String, RunError> {
         let mut last = None;
         loop {

@@ -177,7 +177,7 @@ mod tests {
             vec![Message::system("S"), Message::user("capital of France")],
             1,
         );
-        let texts: Vec<&str> = got.iter().map(|m| m.content.as_str()).collect();
+        let texts: Vec<&str> = got.iter().map(|m| &*m.content).collect();
         assert_eq!(
             texts,
             ["S", "capital of Spain", "answer 1", "capital of France"]

@@ -23,6 +23,7 @@
 //! it).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,23 +83,33 @@ pub struct Constitution {
     /// Each stage's prefix digest, worked out on first use
     /// ([`Constitution::prefix_digest`]).
     #[serde(skip)]
-    prefix_digests: PrefixDigests,
+    prefixes: Prefixes,
 }
 
-/// The per-stage digests of a constitution's shared prefix (system message
-/// and few-shots), computed once: every request of a run names its stage's
-/// prefix, and hashing kilobytes of few-shots per request was a tenth of
-/// the engine's CPU per request. Not part of the constitution's value.
+/// Each stage's shared prefix (system message and few-shots) with its
+/// digest, built at first use: every request of a run starts with its
+/// stage's prefix and names it for the prompt cache, and copying or hashing
+/// kilobytes of few-shots per request was a tenth of the engine's CPU per
+/// request. Set the constitution's fields before its first request (the
+/// configuration does). Not part of the constitution's value.
 #[derive(Clone, Debug, Default)]
-struct PrefixDigests(std::sync::OnceLock<[String; 4]>);
+struct Prefixes(std::sync::OnceLock<[StagePrefix; 4]>);
 
-impl PartialEq for PrefixDigests {
+/// One stage's [`Prefixes`] entry.
+#[derive(Clone, Debug)]
+struct StagePrefix {
+    messages: Vec<Message>,
+    /// `stage:digest`, the prompt-cache scope of the stage's requests.
+    scope: Arc<str>,
+}
+
+impl PartialEq for Prefixes {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for PrefixDigests {}
+impl Eq for Prefixes {}
 
 /// Leading labels of the paper's completion-style requests.
 const REQUEST_LABELS: &[&str] = &[
@@ -216,18 +227,19 @@ impl Constitution {
 
     /// The messages every request of `stage` starts with, whatever the
     /// prompt: its system message (if any), then the few-shots.
-    pub fn prefix(&self, stage: Stage) -> impl Iterator<Item = Message> + '_ {
-        self.system_for(stage)
-            .map(Message::system)
-            .into_iter()
-            .chain(self.few_shots.iter().cloned())
+    pub fn prefix(&self, stage: Stage) -> &[Message] {
+        &self.stage_prefix(stage).messages
     }
 
-    /// A short digest of [`prefix`](Self::prefix): it changes with the
-    /// stage's system message and the few-shots, so a prompt-cache key
+    /// `stage:digest` of [`prefix`](Self::prefix): the digest changes with
+    /// the stage's system message and the few-shots, so a prompt-cache key
     /// built on it keeps only requests with the same prefix together.
-    pub fn prefix_digest(&self, stage: Stage) -> &str {
-        let all = self.prefix_digests.0.get_or_init(|| {
+    pub fn prefix_scope(&self, stage: Stage) -> &Arc<str> {
+        &self.stage_prefix(stage).scope
+    }
+
+    fn stage_prefix(&self, stage: Stage) -> &StagePrefix {
+        let all = self.prefixes.0.get_or_init(|| {
             [
                 Stage::Initial,
                 Stage::Critique,
@@ -235,14 +247,24 @@ impl Constitution {
                 Stage::Judge,
             ]
             .map(|s| {
+                let messages: Vec<Message> = self
+                    .system_for(s)
+                    .map(Message::system)
+                    .into_iter()
+                    .chain(self.few_shots.iter().cloned())
+                    .collect();
                 let mut h = Sha256::new();
-                for m in self.prefix(s) {
+                for m in &messages {
                     h.update(m.role.as_str().as_bytes());
                     h.update([0]);
                     h.update((m.content.len() as u64).to_le_bytes());
                     h.update(m.content.as_bytes());
                 }
-                crate::digest::hex(&h.finalize()[..8])
+                let scope = format!("{}:{}", s.as_str(), crate::digest::hex(&h.finalize()[..8]));
+                StagePrefix {
+                    messages,
+                    scope: scope.into(),
+                }
             })
         });
         &all[stage as usize]
@@ -378,7 +400,7 @@ impl Walker<'_> {
                 .map(|(role, key)| {
                     self.string(o, &p, key).map(|content| Message {
                         role: *role,
-                        content,
+                        content: content.into(),
                     })
                 })
                 .collect();
@@ -441,7 +463,7 @@ impl Walker<'_> {
             comparison_principles,
             comparison_few_shots,
             normalised: Vec::new(),
-            prefix_digests: PrefixDigests::default(),
+            prefixes: Prefixes::default(),
         })
     }
 
@@ -499,7 +521,10 @@ impl Walker<'_> {
                     }
                     continue;
                 }
-                few_shots.push(Message { role, content });
+                few_shots.push(Message {
+                    role,
+                    content: content.into(),
+                });
             }
         }
         Some(Constitution {
@@ -512,7 +537,7 @@ impl Walker<'_> {
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
             normalised: Vec::new(),
-            prefix_digests: PrefixDigests::default(),
+            prefixes: Prefixes::default(),
         })
     }
 
@@ -606,7 +631,7 @@ impl Walker<'_> {
             comparison_principles: Vec::new(),
             comparison_few_shots: Vec::new(),
             normalised: notes,
-            prefix_digests: PrefixDigests::default(),
+            prefixes: Prefixes::default(),
         })
     }
 }
@@ -645,7 +670,7 @@ mod tests {
                 Role::Assistant
             ]
         );
-        assert_eq!(c.few_shots[5].content, "r");
+        assert_eq!(&*c.few_shots[5].content, "r");
         assert_eq!(c.comparison_few_shots[0].selected_answer, "(A)");
     }
 

@@ -23,6 +23,7 @@ pub mod pool;
 pub mod prefix_json;
 pub mod registry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,10 +49,14 @@ impl Role {
 }
 
 /// One chat message.
+///
+/// The text is shared (`Arc<str>`): the system message, the few-shots and
+/// the conversation so far go into every request of a prompt, and a run
+/// sends millions, so building a request copies pointers, not text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
-    pub content: String,
+    pub content: Arc<str>,
 }
 
 /// Rough token count of a text (or its JSON bytes): about four bytes a
@@ -79,22 +84,22 @@ impl Message {
     /// [`estimated_text_tokens`] of the content, plus a few tokens of chat
     /// framing.
     pub fn estimated_tokens(&self) -> u64 {
-        estimated_text_tokens(&self.content) + 4
+        estimated_text_tokens(self.content.as_bytes()) + 4
     }
 
-    pub fn system(content: impl Into<String>) -> Self {
+    pub fn system(content: impl Into<Arc<str>>) -> Self {
         Self {
             role: Role::System,
             content: content.into(),
         }
     }
-    pub fn user(content: impl Into<String>) -> Self {
+    pub fn user(content: impl Into<Arc<str>>) -> Self {
         Self {
             role: Role::User,
             content: content.into(),
         }
     }
-    pub fn assistant(content: impl Into<String>) -> Self {
+    pub fn assistant(content: impl Into<Arc<str>>) -> Self {
         Self {
             role: Role::Assistant,
             content: content.into(),
@@ -172,7 +177,7 @@ pub struct CacheHint {
     pub extended: bool,
     /// `stage:digest-of-the-shared-prefix`, for a cache key that keeps
     /// requests of one stage together; `None` asks for no cache.
-    pub scope: Option<String>,
+    pub scope: Option<Arc<str>>,
 }
 
 impl CacheHint {

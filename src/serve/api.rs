@@ -223,7 +223,10 @@ impl InMessage {
                 out
             }
         };
-        Ok(Message { role, content })
+        Ok(Message {
+            role,
+            content: content.into(),
+        })
     }
 }
 

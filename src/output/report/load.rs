@@ -476,11 +476,11 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
     let p = &mut g.pref;
     let torn = stream(path, |l: PrefLine<'static>| {
         p.rows += 1;
-        let chosen = l.chosen.into_iter().map(|m| m.content).collect::<String>();
+        let chosen = l.chosen.iter().map(|m| &*m.content).collect::<String>();
         let rejected = l
             .rejected
-            .into_iter()
-            .map(|m| m.content)
+            .iter()
+            .map(|m| &*m.content)
             .collect::<String>();
         let (lc, lr) = (chosen.chars().count(), rejected.chars().count());
         match lc.cmp(&lr) {

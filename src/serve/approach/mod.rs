@@ -526,7 +526,7 @@ pub fn last_user(messages: &[Message]) -> &str {
         .iter()
         .rev()
         .find(|m| m.role == Role::User)
-        .map_or("", |m| m.content.as_str())
+        .map_or("", |m| &*m.content)
 }
 
 /// The conversation as plain text, for prompts that quote it.

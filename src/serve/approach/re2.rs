@@ -15,7 +15,7 @@ pub async fn run(
 ) -> Result<Answer, ApiError> {
     let mut convo = messages.to_vec();
     if let Some(m) = convo.iter_mut().rev().find(|m| m.role == Role::User) {
-        m.content = reread(&m.content);
+        m.content = reread(&m.content).into();
     }
     if let Some(p) = prev {
         convo.push(Message::assistant(p.text));
