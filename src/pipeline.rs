@@ -545,6 +545,47 @@ impl Reviser<'_> {
         Ok(text)
     }
 
+    /// One request of a round (`stage` is critique or revision): renders
+    /// the stage's template as the next user turn, sends the conversation
+    /// so far (`extended`: a later request of the prompt extends this one),
+    /// and adds the reply without its label to the conversation. Returns
+    /// the user turn, the reply and the trace step.
+    async fn exchange(
+        &self,
+        turn: &Turn<'_>,
+        stage: Stage,
+        ctx: minijinja::Value,
+        extended: bool,
+        convo: &mut Vec<Message>,
+        sent: &mut Sent,
+    ) -> Result<(String, String, TraceStep), RoundFail> {
+        let (template, label) = match stage {
+            Stage::Revision => ("revision.jinja", "Revision"),
+            _ => ("critique.jinja", "Critique"),
+        };
+        let request_text = self
+            .templates
+            .render(template, ctx)
+            .map_err(|e| RoundFail::Reject(stage, format!("template failed: {e}")))?;
+        convo.push(Message::user(request_text.as_str()));
+        let mut req = request(self.constitution, stage, convo, self.params, sent);
+        req.cache.extended = extended;
+        sent.push((stage, req.messages.len()));
+        let c = self
+            .engine
+            .complete(stage.as_str(), turn.id, &req)
+            .await
+            .map_err(|e| match e {
+                ItemError::Reject(why) => RoundFail::Reject(stage, why),
+                ItemError::Stop(msg) => RoundFail::Stop(msg),
+                ItemError::Aborted(r) => RoundFail::Aborted(r),
+            })?;
+        let reply = self.labelled(&c, stage, label, turn.reject_cut)?;
+        convo.push(Message::assistant(reply.as_str()));
+        let step = TraceStep::new(stage, turn.round, request_text.clone(), reply.clone(), c);
+        Ok((request_text, reply, step))
+    }
+
     /// [`Reviser::round`] knowing the requests sent before it for the same
     /// prompt (`sent`, to which this round's two are added) and whether
     /// another round follows, so each request's [`CacheHint`] says what it
@@ -563,74 +604,47 @@ impl Reviser<'_> {
         more: bool,
         reject_cut: bool,
     ) -> Result<(Round, [TraceStep; 2]), RoundFail> {
-        let call = |stage: Stage, req: ChatRequest| async move {
-            self.engine
-                .complete(stage.as_str(), id, &req)
-                .await
-                .map_err(|e| match e {
-                    ItemError::Reject(why) => RoundFail::Reject(stage, why),
-                    ItemError::Stop(msg) => RoundFail::Stop(msg),
-                    ItemError::Aborted(r) => RoundFail::Aborted(r),
-                })
-        };
-        let render = |stage: Stage, name: &str, ctx: minijinja::Value| {
-            self.templates
-                .render(name, ctx)
-                .map_err(|e| RoundFail::Reject(stage, format!("template failed: {e}")))
-        };
         let index = pick_principle(self.seed, id, round, self.constitution.principles.len());
         let principle = &self.constitution.principles[index];
         let pctx = PrincipleCtx::from(principle);
-
-        let critique_request = render(
-            Stage::Critique,
-            "critique.jinja",
-            minijinja::context! { prompt, answer, principle => &pctx, round },
-        )?;
-        convo.push(Message::user(critique_request.clone()));
-        let mut req = request(self.constitution, Stage::Critique, convo, self.params, sent);
-        // The revision (same system message) or the next round's critique
-        // starts with all of it.
-        req.cache.extended = more || extends(self.constitution, Stage::Critique, Stage::Revision);
-        sent.push((Stage::Critique, req.messages.len()));
-        let c = call(Stage::Critique, req).await?;
-        let critique = self.labelled(&c, Stage::Critique, "Critique", reject_cut)?;
-        let critique_step = TraceStep::new(
-            Stage::Critique,
+        let turn = Turn {
+            id,
             round,
-            critique_request.clone(),
-            critique.clone(),
-            c,
-        );
-        convo.push(Message::assistant(critique.clone()));
+            reject_cut,
+        };
 
-        let revision_request = render(
-            Stage::Revision,
-            "revision.jinja",
-            minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
-        )?;
-        convo.push(Message::user(revision_request.clone()));
-        let mut req = request(self.constitution, Stage::Revision, convo, self.params, sent);
+        // The revision (same system message) or the next round's critique
+        // starts with all of the critique request.
+        let critique_extended =
+            more || extends(self.constitution, Stage::Critique, Stage::Revision);
+        let (critique_request, critique, critique_step) = self
+            .exchange(
+                &turn,
+                Stage::Critique,
+                minijinja::context! { prompt, answer, principle => &pctx, round },
+                critique_extended,
+                convo,
+                sent,
+            )
+            .await?;
         // The next round's critique and revision both grow this
         // conversation; the revision at least shares its system message.
-        req.cache.extended = more;
-        sent.push((Stage::Revision, req.messages.len()));
-        let c = call(Stage::Revision, req).await?;
-        let revision = self.labelled(&c, Stage::Revision, "Revision", reject_cut)?;
+        let (revision_request, revision, revision_step) = self
+            .exchange(
+                &turn,
+                Stage::Revision,
+                minijinja::context! { prompt, answer, critique => &critique, principle => &pctx, round },
+                more,
+                convo,
+                sent,
+            )
+            .await?;
         if is_refusal_to_revise(&revision) {
             return Err(RoundFail::Reject(
                 Stage::Revision,
                 format!("the model declined to revise: {}", first_line(&revision)),
             ));
         }
-        let revision_step = TraceStep::new(
-            Stage::Revision,
-            round,
-            revision_request.clone(),
-            revision.clone(),
-            c,
-        );
-        convo.push(Message::assistant(revision.clone()));
         Ok((
             Round {
                 round,
@@ -644,6 +658,14 @@ impl Reviser<'_> {
             [critique_step, revision_step],
         ))
     }
+}
+
+/// What every request of one round shares: the prompt's id, the round's
+/// number and whether a reply cut off by the token limit rejects the prompt.
+struct Turn<'a> {
+    id: &'a str,
+    round: u32,
+    reject_cut: bool,
 }
 
 /// The reject reason of a reply cut off under `--on-length reject`.

@@ -364,11 +364,7 @@ pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
     };
     let c = &cfg.inputs.constitution;
     let cacheable = |t: u64| if caching && t >= min { t } else { 0 };
-    let prefix = |stage| {
-        cacheable(estimate_message_tokens(
-            c.prefix(stage),
-        ))
-    };
+    let prefix = |stage| cacheable(estimate_message_tokens(c.prefix(stage)));
     use crate::input::Stage as S;
     let (p_init, p_crit, p_rev) = (prefix(S::Initial), prefix(S::Critique), prefix(S::Revision));
     let (mut cache_read, mut cache_write) = (0u64, 0u64);

@@ -224,6 +224,23 @@ struct Recorded {
     keys: HashMap<String, Vec<String>>,
 }
 
+/// Calls `each` with every whole line of `reader` (its newline included),
+/// until the first torn one (no newline: a write that did not finish) or
+/// until `each` returns `false`.
+fn whole_lines(
+    mut reader: impl BufRead,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') || !each(&line)? {
+            return Ok(());
+        }
+    }
+}
+
 impl Journal {
     /// Opens (creating) the journal, repairing a torn last line, and loads
     /// the entries of prompts not in `done`.
@@ -234,33 +251,24 @@ impl Journal {
         // is whole, the half-written copy is not needed.
         let _ = std::fs::remove_file(tmp_path(path));
         if path.exists() {
-            let good_len = {
-                let mut reader = BufReader::new(File::open(path)?);
-                let mut good_len = 0u64;
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let n = reader.read_until(b'\n', &mut line)?;
-                    if n == 0 || line.last() != Some(&b'\n') {
-                        break;
-                    }
-                    match serde_json::from_slice::<Entry>(&line) {
-                        Ok(e) => {
-                            if !done.contains(e.id.as_ref()) {
-                                if !live.contains(e.id.as_ref()) {
-                                    live.insert(e.id.into_owned());
-                                }
-                                cached.insert(e.k.into_owned(), e.c);
+            let mut good_len = 0u64;
+            whole_lines(BufReader::new(File::open(path)?), |line| {
+                match serde_json::from_slice::<Entry>(line) {
+                    Ok(e) => {
+                        if !done.contains(e.id.as_ref()) {
+                            if !live.contains(e.id.as_ref()) {
+                                live.insert(e.id.into_owned());
                             }
+                            cached.insert(e.k.into_owned(), e.c);
                         }
-                        // A complete but unreadable line can only come from
-                        // outside interference; stop trusting the rest.
-                        Err(_) => break,
                     }
-                    good_len += n as u64;
+                    // A complete but unreadable line can only come from
+                    // outside interference; stop trusting the rest.
+                    Err(_) => return Ok(false),
                 }
-                good_len
-            };
+                good_len += line.len() as u64;
+                Ok(true)
+            })?;
             let f = OpenOptions::new().write(true).open(path)?;
             if f.metadata()?.len() != good_len {
                 f.set_len(good_len)?;
@@ -404,25 +412,20 @@ impl Journal {
         let mut kept = 0u64;
         {
             let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            let mut reader = BufReader::new(File::open(&self.path)?);
+            let reader = BufReader::new(File::open(&self.path)?);
             let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = reader.read_until(b'\n', &mut line)?;
-                if n == 0 || line.last() != Some(&b'\n') {
-                    break;
-                }
-                let keep = match serde_json::from_slice::<IdOnly>(&line) {
+            whole_lines(reader, |line| {
+                let keep = match serde_json::from_slice::<IdOnly>(line) {
                     Ok(e) => live.contains(e.id.as_ref()),
                     // Not ours to judge: keep it, as open() would read it.
                     Err(_) => true,
                 };
                 if keep {
-                    out.write_all(&line)?;
-                    kept += n as u64;
+                    out.write_all(line)?;
+                    kept += line.len() as u64;
                 }
-            }
+                Ok(true)
+            })?;
             out.flush()?;
             out.get_ref().sync_all()?;
         }

@@ -118,16 +118,7 @@ fn line(
         "{done}/{total} rows ({rejected} rejected) · {} · eta {eta} · in flight {} · requests {} (+{} cached) · retries {} · 429s {} · tokens {} in / {} out",
         speed(done, secs), s.in_flight, s.requests, s.cached, s.retries, s.throttled_429, s.tokens_in, s.tokens_out
     );
-    if let Some(c) = cache_text(&s) {
-        text.push_str(" · ");
-        text.push_str(&c);
-    }
-    if s.cost_micro_usd > 0 {
-        text.push_str(&format!(
-            " · cost ${:.4}",
-            crate::cost::from_micros(s.cost_micro_usd)
-        ));
-    }
+    push_cache_and_cost(&mut text, &s, "cost ");
     let mut json = serde_json::json!({
         "event": "progress",
         "rows": done,
@@ -145,14 +136,24 @@ fn line(
     (text, json)
 }
 
-/// `prompt cache N read / M written`, when the provider reported any.
-fn cache_text(s: &super::StatsSnapshot) -> Option<String> {
-    (s.tokens_cached > 0 || s.tokens_cache_write > 0).then(|| {
-        format!(
-            "prompt cache {} read / {} written",
+/// Appends ` · prompt cache N read / M written` when the provider reported
+/// any cache use, and ` · {cost_label}$X` when the run has a cost.
+fn push_cache_and_cost(text: &mut String, s: &super::StatsSnapshot, cost_label: &str) {
+    use std::fmt::Write;
+    if s.tokens_cached > 0 || s.tokens_cache_write > 0 {
+        let _ = write!(
+            text,
+            " · prompt cache {} read / {} written",
             s.tokens_cached, s.tokens_cache_write
-        )
-    })
+        );
+    }
+    if s.cost_micro_usd > 0 {
+        let _ = write!(
+            text,
+            " · {cost_label}${:.4}",
+            crate::cost::from_micros(s.cost_micro_usd)
+        );
+    }
 }
 
 /// The bar's message: requests in flight, retries, rejects, tokens, cost
@@ -168,16 +169,7 @@ fn bar_message(stats: &Stats, rows: &Rows, endpoints: &[EndpointStats]) -> Strin
         s.tokens_in,
         s.tokens_out
     );
-    if let Some(c) = cache_text(&s) {
-        msg.push_str(" · ");
-        msg.push_str(&c);
-    }
-    if s.cost_micro_usd > 0 {
-        msg.push_str(&format!(
-            " · ${:.4}",
-            crate::cost::from_micros(s.cost_micro_usd)
-        ));
-    }
+    push_cache_and_cost(&mut msg, &s, "");
     if let Some(t) = endpoints_text(endpoints) {
         msg.push_str(" · ");
         msg.push_str(&t);

@@ -194,7 +194,12 @@ async fn prompts_arriving_together_compute_their_shared_prefix_once() {
     ];
     let reqs: Vec<ChatRequest> = questions
         .iter()
-        .map(|q| greedy(vec![Message::system(system.as_str()), Message::user(*q)], 12))
+        .map(|q| {
+            greedy(
+                vec![Message::system(system.as_str()), Message::user(*q)],
+                12,
+            )
+        })
         .collect();
     let ids = |r: &ChatRequest| {
         four.engine()

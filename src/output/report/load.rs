@@ -477,11 +477,7 @@ fn load_pref(path: &Path, g: &mut GenData) -> Result<u64, ReportError> {
     let torn = stream(path, |l: PrefLine<'static>| {
         p.rows += 1;
         let chosen = l.chosen.iter().map(|m| &*m.content).collect::<String>();
-        let rejected = l
-            .rejected
-            .iter()
-            .map(|m| &*m.content)
-            .collect::<String>();
+        let rejected = l.rejected.iter().map(|m| &*m.content).collect::<String>();
         let (lc, lr) = (chosen.chars().count(), rejected.chars().count());
         match lc.cmp(&lr) {
             std::cmp::Ordering::Greater => p.chosen_longer += 1,

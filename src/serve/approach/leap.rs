@@ -119,10 +119,7 @@ mod tests {
         ];
         let ex = examples(&m);
         assert_eq!(ex.len(), 2);
-        assert_eq!(
-            (&*ex[1].0.content, &*ex[1].1.content),
-            ("q2", "a2")
-        );
+        assert_eq!((&*ex[1].0.content, &*ex[1].1.content), ("q2", "a2"));
         assert!(examples(&m[..2]).is_empty());
     }
 }
