@@ -22,7 +22,7 @@ use crate::error::RunError;
 use crate::feedback::drpo::examples::{self as example_search, ExampleOptions};
 use crate::feedback::drpo::{self, Critic, Evaluation, Finished, RunState, Search, SearchOptions};
 use crate::feedback::examples::Retriever;
-use crate::output::optimize::{self as files, DepthReward, Events, PathNode, Report};
+use crate::output::optimize::{self as files, DepthReward, Events, OptimizeKind, PathNode, Report};
 use crate::output::OutputError;
 use crate::provider::plain::BaseFormat;
 
@@ -306,7 +306,7 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let best = state.best().clone();
     let steps = state.steps.len().saturating_sub(1);
     let report = Report {
-        kind: "optimize",
+        kind: OptimizeKind,
         status,
         base: cfg.base.label.clone(),
         evaluator: cfg.evaluator.label.clone(),

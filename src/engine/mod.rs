@@ -34,7 +34,8 @@ pub use limit::Limiter;
 use retry::{Backoff, Verdict};
 
 use crate::provider::{
-    ChatRequest, Completion, FinishReason, Message, Provider, ProviderError, Reply,
+    estimated_text_tokens, ChatRequest, Completion, FinishReason, Message, Provider, ProviderError,
+    Reply,
 };
 
 /// Why a run stopped early; every one leaves it resumable.
@@ -272,7 +273,7 @@ pub fn estimate_message_tokens<'a>(messages: impl IntoIterator<Item = &'a Messag
 fn usage_or_estimate(c: &Completion, est_in: u64) -> (u64, u64) {
     match c.usage {
         Some(u) => (u.prompt_tokens, u.completion_tokens),
-        None => (est_in, (c.text.len() as u64).div_ceil(4)),
+        None => (est_in, estimated_text_tokens(&c.text)),
     }
 }
 

@@ -407,6 +407,20 @@ async fn each_proposal_is_scored_on_the_next_query_in_the_requests_the_dry_run_c
     assert_eq!(keys_in(&best), 2, "{best}");
     assert_eq!(r["best_reward"], 4.0);
     assert_eq!(r["best_path_reward"], 3.5);
+
+    // `cai report` reads the report.json the search wrote through its type.
+    cai().arg("report").arg(&out).assert().code(0);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for want in [
+        "optimize run",
+        "status <b>done</b>",
+        "<dt>depths</dt><dd>3</dd>",
+        "<dt>best reward</dt><dd>4</dd>",
+        "<dt>requests</dt><dd>26</dd>",
+        "Reward per search depth",
+    ] {
+        assert!(html.contains(want), "missing {want}");
+    }
 }
 
 /// Alpha scores 4 then its children 2; Beta scores 2 then its children

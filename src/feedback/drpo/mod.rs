@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::engine::journal::request_key;
@@ -173,8 +173,10 @@ impl Unusable {
 }
 
 /// Sampling parameters per role (paper defaults in `cli.rs`); the seed is
-/// set per ask from `--seed`.
-#[derive(Clone, Debug, Serialize)]
+/// set per ask from `--seed`. Read back from `report.json` by the report;
+/// a role an older run did not write reads as [`GenParams::default`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Sampling {
     pub base: GenParams,
     pub evaluator: GenParams,

@@ -2,9 +2,10 @@
 //! streamed once into the figures' accumulators, and only a bounded sample
 //! of rows (the first ones, and rejects) is kept whole.
 //!
-//! The manifest, trace lines and judgments are read through the writers'
-//! own types; every field defaults when missing and unknown fields are
-//! ignored, so a report can be drawn for a run of an older or newer `cai`. A line that is not valid JSON is an error naming the file
+//! The manifest, trace lines, judgments and `report.json` are read through
+//! the writers' own types; every field defaults when missing and unknown
+//! fields are ignored, so a report can be drawn for a run of an older or
+//! newer `cai`. A line that is not valid JSON is an error naming the file
 //! and line, except a last line without its newline: that is a row still
 //! being written (or torn by a crash, which a resume cuts), and is skipped.
 
@@ -18,10 +19,10 @@ use serde::Deserialize;
 
 use super::diff::edit_share;
 use super::ReportError;
-use crate::engine::StatsSnapshot;
 use crate::feedback::metrics::{Judgment, Report};
 use crate::input::pairs::Winner;
 use crate::output::manifest::AnyManifest;
+use crate::output::optimize::{OptimizeKind, Report as OptimizeReport};
 use crate::output::trace::TraceLine;
 use crate::output::{PrefLine, RejectLine};
 use crate::pipeline::Round;
@@ -50,12 +51,13 @@ impl Default for Limits {
 
 // ---------- read-side shapes of the files ----------
 //
-// Where the writer's own type can be read back, it is (`manifest.json` as
+// Every file is read through its writer's own type (`manifest.json` as
 // [`AnyManifest`], `trace.jsonl` as [`TraceLine`], `preference.jsonl` as
-// [`PrefLine`], `rejects.jsonl` as [`RejectLine`], `judgments.jsonl`):
-// one schema, with `#[serde(default)]` for older runs. The shapes below
-// stand for reports with a `&'static` version, and name only what the
-// report shows.
+// [`PrefLine`], `rejects.jsonl` as [`RejectLine`], `judgments.jsonl` as
+// [`Judgment`], `report.json` as label's [`Report`] or as
+// [`OptimizeReport`]): one schema, with `#[serde(default)]` for older
+// runs. Only [`KindView`] below is the report's own: the one key that
+// tells which `report.json` a directory has.
 
 impl Round {
     /// The principle as the page names it.
@@ -84,25 +86,8 @@ pub struct PrefView {
     pub tie: bool,
 }
 
-/// `report.json` of `cai optimize`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct OptimizeReportView {
-    pub status: Option<String>,
-    pub reward_per_depth: Vec<DepthPoint>,
-    pub best_reward: Option<f64>,
-    pub wall_time_s: Option<f64>,
-    pub requests: Option<StatsSnapshot>,
-}
-
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
-#[serde(default)]
-pub struct DepthPoint {
-    pub depth: f64,
-    pub best: Option<f64>,
-    pub mean: Option<f64>,
-}
-
+/// The `kind` of a `report.json`: `"optimize"` for `cai optimize`'s
+/// (read as [`OptimizeReport`]); `cai label`'s has none.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct KindView {
@@ -263,7 +248,8 @@ pub struct LabelData {
 /// Everything about an `optimize` run.
 #[derive(Debug, Default)]
 pub struct OptimizeData {
-    pub report: OptimizeReportView,
+    /// Default when the directory has no optimize `report.json` (yet).
+    pub report: OptimizeReport,
     pub search_lines: u64,
     pub search_sample: Vec<String>,
 }
@@ -392,8 +378,14 @@ pub fn load(dir: &Path, limits: Limits) -> Result<RunData, ReportError> {
     if has("judgments.jsonl") || has("labels.csv") {
         data.label = Some(load_label(dir, limits, &mut data.torn_lines)?);
     }
-    if report_kind.as_deref() == Some("optimize") || has("search.jsonl") {
-        data.optimize = Some(load_optimize(dir, limits, &mut data.torn_lines)?);
+    let optimize_report = report_kind.as_deref() == Some(OptimizeKind::NAME);
+    if optimize_report || has("search.jsonl") {
+        data.optimize = Some(load_optimize(
+            dir,
+            optimize_report,
+            limits,
+            &mut data.torn_lines,
+        )?);
     }
     if has("rejects.jsonl") {
         data.rejects = load_rejects(dir, limits, &mut data.torn_lines)?;
@@ -568,9 +560,15 @@ fn load_label(dir: &Path, limits: Limits, torn: &mut u64) -> Result<LabelData, R
     Ok(l)
 }
 
-fn load_optimize(dir: &Path, limits: Limits, torn: &mut u64) -> Result<OptimizeData, ReportError> {
+/// `search.jsonl`, and `report.json` when it is an optimize one (`report`).
+fn load_optimize(
+    dir: &Path,
+    report: bool,
+    limits: Limits,
+    torn: &mut u64,
+) -> Result<OptimizeData, ReportError> {
     let mut o = OptimizeData::default();
-    if dir.join("report.json").is_file() {
+    if report {
         o.report = read_json(&dir.join("report.json"))?;
     }
     let path = dir.join("search.jsonl");
@@ -627,6 +625,7 @@ fn load_rejects(dir: &Path, limits: Limits, torn: &mut u64) -> Result<RejectData
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::StatsSnapshot;
     use crate::provider::pool::EndpointStats;
 
     #[test]

@@ -250,6 +250,47 @@ mod tests {
         let fig = &fig[..fig.find("</svg>").unwrap()];
         assert_eq!(fig.matches("<circle").count(), 6);
         assert!(!html.contains("label run"));
+        // Counters the file does not have are not shown as zeros.
+        assert!(!html.contains("<dt>requests</dt>") && !html.contains("<dt>wall time</dt>"));
+    }
+
+    #[test]
+    fn optimize_report_written_by_the_command_is_drawn_without_its_nan_depth() {
+        use crate::output::optimize::{write_json, DepthReward, Report};
+        let dir = tempfile::tempdir().unwrap();
+        let depth = |depth, best, mean| DepthReward {
+            depth,
+            best,
+            mean,
+            nodes: 1,
+        };
+        let report = Report {
+            status: "done".into(),
+            best_reward: Some(0.9),
+            reward_per_depth: vec![
+                depth(0, 0.4, 0.3),
+                depth(1, f64::NAN, f64::NAN),
+                depth(2, 0.6, f64::NAN),
+            ],
+            requests: crate::engine::StatsSnapshot {
+                requests: 1234,
+                ..Default::default()
+            },
+            wall_time_s: 2.5,
+            ..Report::default()
+        };
+        write_json(&dir.path().join("report.json"), &report).unwrap();
+        let html = page(dir.path());
+        assert!(html.contains("optimize run"));
+        assert!(html.contains("status <b>done</b>"));
+        assert!(html.contains("<dt>depths</dt><dd>3</dd>"));
+        assert!(html.contains("<dt>best reward</dt><dd>0.9</dd>"));
+        assert!(html.contains("<dt>requests</dt><dd>1,234</dd>"));
+        assert!(html.contains("<dt>wall time</dt><dd>2.50s</dd>"));
+        let fig = html.split("Reward per search depth").nth(1).unwrap();
+        let fig = &fig[..fig.find("</svg>").unwrap()];
+        // best at depths 0 and 2, mean at depth 0: the nulls are not points.
+        assert_eq!(fig.matches("<circle").count(), 3, "{fig}");
     }
 
     #[test]

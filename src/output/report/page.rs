@@ -14,6 +14,7 @@ use super::svg::{self, int, num, pct, CalBin, Series};
 use crate::feedback::judge::Comparison;
 use crate::feedback::metrics::Judgment;
 use crate::output::manifest::{AnyManifest, Manifest, MergedManifest};
+use crate::output::optimize::DepthReward;
 use crate::output::trace::TraceLine;
 use crate::output::RejectLine;
 use crate::pipeline::Round;
@@ -92,10 +93,12 @@ fn header(p: &mut Page, data: &RunData, title: &str) {
                 .and_then(|l| l.report.as_ref().map(|r| r.status.as_str()))
                 .filter(|s| !s.is_empty())
         })
-        .or(data
-            .optimize
-            .as_ref()
-            .and_then(|o| o.report.status.as_deref()))
+        .or_else(|| {
+            data.optimize
+                .as_ref()
+                .map(|o| o.report.status.as_str())
+                .filter(|s| !s.is_empty())
+        })
     {
         let _ = write!(p.out, " · status <b>{}</b>", text(s));
     }
@@ -316,15 +319,21 @@ fn optimize_summary(o: &mut String, opt: &OptimizeData) {
     let best = r.best_reward.or_else(|| {
         r.reward_per_depth
             .iter()
-            .filter_map(|d| d.best)
+            .map(|d| d.best)
+            .filter(|b| b.is_finite())
             .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
     });
     kv(o, "best reward", best.map(num));
     kv(o, "search.jsonl lines", Some(int(opt.search_lines)));
-    if let Some(req) = r.requests {
-        requests(o, &req);
+    // All zero: a report.json without counters (older, or not written yet).
+    if r.requests != crate::engine::StatsSnapshot::default() {
+        requests(o, &r.requests);
     }
-    kv(o, "wall time", r.wall_time_s.map(secs));
+    kv(
+        o,
+        "wall time",
+        Some(r.wall_time_s).filter(|&t| t > 0.0).map(secs),
+    );
     o.push_str("</dl>");
 }
 
@@ -768,8 +777,15 @@ fn optimize_figures(out: &mut String, o: &OptimizeData) {
     if d.is_empty() {
         return;
     }
-    let best: Vec<(f64, f64)> = d.iter().filter_map(|p| Some((p.depth, p.best?))).collect();
-    let mean: Vec<(f64, f64)> = d.iter().filter_map(|p| Some((p.depth, p.mean?))).collect();
+    // NaN (written as `null`): no reward at that depth, no point drawn.
+    let points = |y: fn(&DepthReward) -> f64| -> Vec<(f64, f64)> {
+        d.iter()
+            .map(|p| (p.depth as f64, y(p)))
+            .filter(|(_, y)| y.is_finite())
+            .collect()
+    };
+    let best = points(|p| p.best);
+    let mean = points(|p| p.mean);
     let mut series = Vec::new();
     if !best.is_empty() {
         series.push(("best", best));
