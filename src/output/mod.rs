@@ -245,8 +245,12 @@ impl AppendFiles {
     pub fn csv(&mut self, file: usize, fields: &[&str]) -> Result<(), OutputError> {
         self.buf.clear();
         {
+            // A small staging buffer: the writer's default (8 KiB, zeroed)
+            // cost an allocation and a memset per row; it writes through to
+            // `buf` when full, so any row size is fine.
             let mut w = csv::WriterBuilder::new()
                 .has_headers(false)
+                .buffer_capacity(256)
                 .from_writer(&mut self.buf);
             w.write_record(fields)
                 .and_then(|_| w.flush().map_err(csv::Error::from))
