@@ -195,7 +195,7 @@ impl GenerateConfig {
             None => None,
         };
         if let Some(s) = &system_prompt {
-            inputs.constitution.system_message = Some(s.clone());
+            inputs.constitution.set_system_message(s.clone());
         }
         let seed = args.sampling.seed.unwrap_or(DEFAULT_SEED);
         let judge = super::judge::options(&args.judge, seed, args.sampling.max_tokens)?;

@@ -225,6 +225,13 @@ impl Constitution {
         specific.or(self.system_message.as_deref())
     }
 
+    /// Replaces the system message of every stage's requests (`--system-prompt`),
+    /// forgetting the prefixes built from the old one.
+    pub fn set_system_message(&mut self, text: String) {
+        self.system_message = Some(text);
+        self.prefixes = Prefixes::default();
+    }
+
     /// The messages every request of `stage` starts with, whatever the
     /// prompt: its system message (if any), then the few-shots.
     pub fn prefix(&self, stage: Stage) -> &[Message] {
@@ -643,6 +650,21 @@ mod tests {
     fn parse(s: &str) -> Result<Constitution, Vec<String>> {
         Constitution::parse(Path::new("c.json"), s)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn a_new_system_message_replaces_the_built_prefixes() {
+        let mut c = parse(
+            r#"{"system_message_user_prompt": "Be good.",
+                "critique_revision_principles": [{"critique": "C1", "revision": "R1"}]}"#,
+        )
+        .unwrap();
+        let before = c.prefix_scope(Stage::Initial).clone();
+        assert_eq!(&*c.prefix(Stage::Initial)[0].content, "Be good.");
+        c.set_system_message("Be brief.".into());
+        assert_eq!(&*c.prefix(Stage::Initial)[0].content, "Be brief.");
+        assert_ne!(c.prefix_scope(Stage::Initial), &before);
+        assert!(c.prefix_scope(Stage::Initial).starts_with("initial:"));
     }
 
     #[test]
