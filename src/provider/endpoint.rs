@@ -45,6 +45,8 @@ pub struct Endpoint {
     pub limit: ReplyLimit,
     /// The largest request body sent so far, the next body's first capacity.
     body_hint: Arc<AtomicUsize>,
+    /// The key's header, made once ([`Auth::header`]).
+    auth_header: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
 }
 
 /// A request URL and its parsed form, made once when a backend is built:
@@ -103,11 +105,12 @@ impl Endpoint {
             client,
             base_url: base_url.trim_end_matches('/').to_string(),
             model: model.into(),
-            key,
             key_var,
             auth: entry.auth,
             limit: ReplyLimit::default(),
             body_hint: Arc::new(AtomicUsize::new(1024)),
+            auth_header: entry.auth.header(key.as_ref()),
+            key,
         }
     }
 
@@ -123,8 +126,11 @@ impl Endpoint {
         method: reqwest::Method,
         url: impl reqwest::IntoUrl,
     ) -> reqwest::RequestBuilder {
-        self.auth
-            .apply(self.client.request(method, url), self.key.as_ref())
+        let req = self.client.request(method, url);
+        match &self.auth_header {
+            Some((name, value)) => req.header(name.clone(), value.clone()),
+            None => self.auth.apply(req, self.key.as_ref()),
+        }
     }
 
     /// A JSON `POST` to `url`, parsed once when the backend was built.
@@ -281,6 +287,46 @@ mod tests {
         assert_eq!(req.headers()["authorization"], "Bearer sk-test");
         let sent = req.body().and_then(|b| b.as_bytes()).expect("a byte body");
         assert_eq!(sent, serde_json::to_vec(&body).unwrap().as_slice());
+    }
+
+    #[test]
+    fn the_key_header_is_made_once_sensitive_and_a_bad_key_still_fails() {
+        let ep = endpoint();
+        let req = ep
+            .request(reqwest::Method::GET, "http://127.0.0.1:9/v1/models")
+            .build()
+            .expect("a request");
+        assert!(req.headers()["authorization"].is_sensitive());
+        assert!(!format!("{:?}", req.headers()).contains("sk-test"));
+
+        let anthropic = ProviderKind::named("anthropic").expect("a row").entry();
+        let key = |k: &str| Some(SecretString::from(k.to_string()));
+        let ep = Endpoint::new(
+            anthropic,
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            "m",
+            key("sk-a"),
+            None,
+        );
+        let req = ep
+            .request(reqwest::Method::GET, "http://127.0.0.1:9/v1/models")
+            .build()
+            .expect("a request");
+        assert_eq!(req.headers()["x-api-key"], "sk-a");
+        // A key no header can hold is not dropped: the request fails.
+        let ep = Endpoint::new(
+            anthropic,
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            "m",
+            key("sk\nx"),
+            None,
+        );
+        assert!(ep
+            .request(reqwest::Method::GET, "http://127.0.0.1:9/v1/models")
+            .build()
+            .is_err());
     }
 
     #[test]

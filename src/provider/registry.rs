@@ -74,6 +74,45 @@ impl Auth {
         req: reqwest::RequestBuilder,
         key: Option<&secrecy::SecretString>,
     ) -> reqwest::RequestBuilder {
+        match self.header(key) {
+            Some((name, value)) => req.header(name, value),
+            None => self.apply_unchecked(req, key),
+        }
+    }
+
+    /// The header that carries `key`, marked sensitive (never shown by
+    /// `Debug`), made once per endpoint rather than per request; `None`
+    /// with no key, or a key no header can hold (sending then fails with
+    /// reqwest's own error, as before).
+    pub fn header(
+        self,
+        key: Option<&secrecy::SecretString>,
+    ) -> Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+        use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
+        use secrecy::ExposeSecret;
+        let k = key?.expose_secret();
+        let (name, mut value) = match self {
+            Auth::None => return None,
+            Auth::Bearer => (
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {k}")).ok()?,
+            ),
+            Auth::Header(name) => (
+                HeaderName::from_static(name),
+                HeaderValue::from_str(k).ok()?,
+            ),
+        };
+        value.set_sensitive(true);
+        Some((name, value))
+    }
+
+    /// reqwest's own way of adding the key: for a key [`Self::header`]
+    /// could not hold, so the request fails as reqwest reports it.
+    fn apply_unchecked(
+        self,
+        req: reqwest::RequestBuilder,
+        key: Option<&secrecy::SecretString>,
+    ) -> reqwest::RequestBuilder {
         use secrecy::ExposeSecret;
         match (self, key) {
             (Auth::Bearer, Some(k)) => req.bearer_auth(k.expose_secret()),
