@@ -195,7 +195,6 @@ fn print_error(e: &RunError, json: bool) {
     }
 }
 
-/// The async runtime of a command that sends requests.
 /// Runs a command's future as a task on the runtime's worker threads, not
 /// on the main thread that `block_on` parks: the run loop is woken by every
 /// finished request, and waking a task on a worker that is already running
@@ -215,6 +214,7 @@ where
     }
 }
 
+/// The async runtime of a command that sends requests.
 fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
