@@ -73,8 +73,9 @@ pub enum UpstreamConfig {
 pub struct ForwardConfig {
     /// `openai` or the preset's name.
     pub name: &'static str,
-    /// API roots (several: taken in turn).
-    pub bases: Vec<String>,
+    /// API roots with their weights (`URL#weight=W`, default 1); several
+    /// are one pool, balanced as [`crate::provider::pool`] describes.
+    pub bases: Vec<(String, f64)>,
     pub key: Option<SecretString>,
     pub key_var: Option<String>,
     pub timeout: Duration,
@@ -275,14 +276,7 @@ fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, ConfigError> {
     }
     let mut bases = Vec::with_capacity(e.base_urls.len().max(1));
     for spec in &e.base_urls {
-        // A pool's `#weight=W` matters to the typed pool, not to taking
-        // the roots in turn.
-        let url = spec
-            .split_once('#')
-            .map_or(spec.as_str(), |(u, _)| u)
-            .trim();
-        crate::provider::build::check_url(url)?;
-        bases.push(url.to_string());
+        bases.push(crate::provider::build::pool_member(spec)?);
     }
     if bases.is_empty() {
         let Some(url) = preset.base_url else {
@@ -292,7 +286,7 @@ fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, ConfigError> {
             );
             return Err(ConfigError::flag("--base-url", why));
         };
-        bases.push(url.to_string());
+        bases.push((url.to_string(), 1.0));
     }
     // A hosted service needs the server's key, unless clients bring theirs.
     let hosted = e.base_urls.is_empty() && preset.is_hosted() && !args.forward_client_key;

@@ -13,11 +13,19 @@
 //!   model, the client's other fields, the client's key, and only the
 //!   sampling parameters the client sent or the approach chose.
 //!
+//! Several API roots (`--base-url` given more than once, each with an
+//! optional `#weight=W`) are one pool: every call, forwarded or typed,
+//! goes to the root a [`Balancer`] picks, by the rules of
+//! [`crate::provider::pool`] — least expected wait by weight and smoothed
+//! latency, a root ejected after repeated failures (connection errors,
+//! timeouts, 5xx, 429, malformed replies) and probed back, and a call that
+//! failed that way tried once more on another healthy root before its
+//! error reaches the client. A 400, 401 or 404 comes back as it was.
+//!
 //! The request being served is found through a task-local, the way
 //! [`super::record`] finds its recorder: a request's calls run as futures
 //! of its own task, so every call of it sees its [`Route`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,6 +35,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::Sent;
 use crate::provider::http::{check_reply, read_limited, Bound, ReplyLimit};
+use crate::provider::pool::{Balancer, EndpointStats};
 use crate::provider::{
     ChatRequest, Completion, GenParams, Provider, ProviderError, Reply, TokenLogprob, Usage,
 };
@@ -74,12 +83,13 @@ fn current() -> Option<Arc<Route>> {
     ROUTE.try_with(Arc::clone).ok()
 }
 
-/// An OpenAI-compatible API root (or several, taken in turn).
+/// An OpenAI-compatible API root (or a weighted pool of several).
 pub struct Forward {
     client: reqwest::Client,
     /// API roots without a trailing slash.
     bases: Vec<String>,
-    next: AtomicUsize,
+    /// Which root a call goes to, and each root's health.
+    balancer: Balancer,
     /// `--model`: the model of a client that names none.
     default_model: String,
     /// The server's own key (`--api-key-env`), unless clients bring theirs.
@@ -90,22 +100,24 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// A forwarder to `bases`: API roots with their pool weights.
     pub fn new(
         client: reqwest::Client,
-        bases: Vec<String>,
+        bases: Vec<(String, f64)>,
         default_model: String,
         key: Option<SecretString>,
         key_var: Option<String>,
         limit: ReplyLimit,
         name: &'static str,
     ) -> Self {
+        let balancer = Balancer::new(bases.iter().map(|(_, w)| *w));
         Self {
             client,
             bases: bases
                 .into_iter()
-                .map(|b| b.trim_end_matches('/').to_string())
+                .map(|(b, _)| b.trim_end_matches('/').to_string())
                 .collect(),
-            next: AtomicUsize::new(0),
+            balancer,
             default_model,
             key,
             key_var,
@@ -114,10 +126,9 @@ impl Forward {
         }
     }
 
-    /// The API root for the next call: each in turn.
-    fn base(&self) -> &str {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len().max(1);
-        self.bases.get(i).map_or("", String::as_str)
+    /// `{root}{path}` for member `i` of the pool.
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.bases.get(i).map_or("", String::as_str))
     }
 
     /// The key a call sends: the client's when forwarded, else the server's.
@@ -137,7 +148,8 @@ impl Forward {
         })
     }
 
-    /// Posts `body` to `{base}/chat/completions`; the reply's JSON, read
+    /// Posts `body` to `{base}/chat/completions` of the root the pool
+    /// picks (and of another when that one fails); the reply's JSON, read
     /// under `bound`. `key` is the client's when it is forwarded.
     pub async fn post(
         &self,
@@ -145,7 +157,19 @@ impl Forward {
         key: Option<&SecretString>,
         bound: &Bound,
     ) -> Result<Sent<Value>, ProviderError> {
-        let url = format!("{}/chat/completions", self.base());
+        self.balancer
+            .run(|i| self.post_to(self.url(i, "/chat/completions"), body, key, bound))
+            .await
+    }
+
+    /// [`Forward::post`] to one root's `url`.
+    async fn post_to(
+        &self,
+        url: String,
+        body: &[u8],
+        key: Option<&SecretString>,
+        bound: &Bound,
+    ) -> Result<Sent<Value>, ProviderError> {
         let secret = key.or(self.key.as_ref());
         let resp = self.send(&url, body, secret).await?;
         let rate = crate::provider::rate_hints(resp.headers());
@@ -166,20 +190,28 @@ impl Forward {
     }
 
     /// Opens a streamed reply to `body` (which asks for `stream: true`):
-    /// the response once the upstream has answered 2xx.
+    /// the response once a root of the pool has answered 2xx (the pool's
+    /// health sees the time to that answer, not the stream's).
     pub async fn open(
         &self,
         body: &[u8],
         key: Option<&SecretString>,
     ) -> Result<Sent<reqwest::Response>, ProviderError> {
-        let url = format!("{}/chat/completions", self.base());
-        let resp = self.send(&url, body, key.or(self.key.as_ref())).await?;
-        let rate = crate::provider::rate_hints(resp.headers());
-        Ok(Sent {
-            value: resp,
-            usage: None,
-            rate,
-        })
+        let secret = key.or(self.key.as_ref());
+        self.balancer
+            .run(|i| {
+                let url = self.url(i, "/chat/completions");
+                async move {
+                    let resp = self.send(&url, body, secret).await?;
+                    let rate = crate::provider::rate_hints(resp.headers());
+                    Ok(Sent {
+                        value: resp,
+                        usage: None,
+                        rate,
+                    })
+                }
+            })
+            .await
     }
 
     /// One POST; a non-2xx answer is a [`ProviderError::Status`] with the
@@ -201,24 +233,34 @@ impl Forward {
         crate::provider::send_ok(http, url, key, crate::provider::http::ERROR_BODY_BYTES).await
     }
 
-    /// The upstream's own model list (`GET {base}/models`), or `None` when
-    /// it has none or it cannot be read. Kept to this one call so it can
-    /// become the provider table's model listing.
+    /// The upstream's own model list (`GET {base}/models` of a root the
+    /// pool picks), or `None` when it has none or it cannot be read. Kept
+    /// to this one call so it can become the provider table's model
+    /// listing.
     pub async fn list_models(&self, key: Option<&SecretString>) -> Option<Vec<Value>> {
-        let url = format!("{}/models", self.base());
-        let mut http = self.client.get(&url);
-        if let Some(k) = key.or(self.key.as_ref()) {
-            http = http.bearer_auth(k.expose_secret());
-        }
-        let resp = http.send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let bytes = read_limited(resp, &url, &Bound::new(8 << 20, "for a model list"))
+        let secret = key.or(self.key.as_ref());
+        self.balancer
+            .run(|i| {
+                let url = self.url(i, "/models");
+                async move {
+                    let mut http = self.client.get(&url);
+                    if let Some(k) = secret {
+                        http = http.bearer_auth(k.expose_secret());
+                    }
+                    let limit = crate::provider::http::ERROR_BODY_BYTES;
+                    let resp = crate::provider::send_ok(http, &url, secret, limit).await?;
+                    let bound = Bound::new(8 << 20, "for a model list");
+                    let bytes = read_limited(resp, &url, &bound).await?;
+                    serde_json::from_slice::<ModelList>(&bytes)
+                        .map(|list| list.data)
+                        .map_err(|e| ProviderError::Malformed {
+                            url: url.clone(),
+                            reason: e.to_string(),
+                        })
+                }
+            })
             .await
-            .ok()?;
-        let list: ModelList = serde_json::from_slice(&bytes).ok()?;
-        Some(list.data)
+            .ok()
     }
 
     /// The body of one typed call: the route's model and extras, the
@@ -354,6 +396,16 @@ impl Provider for Forward {
         self.key_var.as_deref()
     }
 
+    /// Per-root counters, for a pool of several roots.
+    fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        if self.bases.len() < 2 {
+            return Vec::new();
+        }
+        (0..self.bases.len())
+            .map(|i| self.balancer.stats(i, &self.bases[i]))
+            .collect()
+    }
+
     async fn complete(&self, req: &ChatRequest) -> Result<Reply, ProviderError> {
         let route = current();
         let body = serde_json::to_vec(&self.body(req, route.as_deref())).unwrap_or_default();
@@ -405,7 +457,7 @@ mod tests {
     fn forward() -> Forward {
         Forward::new(
             reqwest::Client::new(),
-            vec!["http://127.0.0.1:1/v1/".into()],
+            vec![("http://127.0.0.1:1/v1/".into(), 1.0)],
             "m".into(),
             None,
             None,

@@ -28,5 +28,6 @@ mod serve;
 mod serve_approaches;
 mod serve_dropin;
 mod serve_for_optimize;
+mod serve_pool;
 mod serve_support;
 mod shards;
