@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::chat_template::ChatTemplate;
 use super::endpoint::{endpoint_accessors, Endpoint, Target};
 use super::http::check_completion;
-use super::openai::finish_reason;
+use super::openai::{finish_reason, Sampling};
 use super::{ChatRequest, Completion, Provider, ProviderError, Reply, TokenLogprob, Usage};
 
 /// A text-completion endpoint and the chat template conversations are
@@ -53,12 +53,7 @@ impl Completions {
         Body {
             model: &self.ep.model,
             prompt,
-            max_tokens: p.max_tokens,
-            temperature: p.temperature,
-            top_p: p.top_p,
-            seed: p.seed,
-            stop: &p.stop,
-            n: p.n.filter(|&n| n > 1),
+            sampling: Sampling::of(p),
             logprobs: p.top_logprobs,
         }
     }
@@ -95,15 +90,8 @@ impl Completions {
 struct Body<'a> {
     model: &'a str,
     prompt: &'a str,
-    max_tokens: u32,
-    temperature: f32,
-    top_p: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    n: Option<u32>,
+    #[serde(flatten)]
+    sampling: Sampling<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<u8>,
 }

@@ -24,7 +24,7 @@ use super::endpoint::{endpoint_accessors, Endpoint, Target};
 use super::http::check_completion;
 use super::prefix_json::{Messages, PrefixJson};
 use super::{
-    ChatRequest, Completion, EventStream, FinishReason, Provider, ProviderError, Reply,
+    ChatRequest, Completion, EventStream, FinishReason, GenParams, Provider, ProviderError, Reply,
     StreamEvent, TokenLogprob, Usage,
 };
 
@@ -82,12 +82,7 @@ impl OpenAi {
         Body {
             model: &self.ep.model,
             messages: self.prefix_json.messages(req),
-            max_tokens: p.max_tokens,
-            temperature: p.temperature,
-            top_p: p.top_p,
-            seed: p.seed,
-            stop: &p.stop,
-            n: p.n.filter(|&n| n > 1),
+            sampling: Sampling::of(p),
             logprobs: p.top_logprobs.map(|_| true),
             top_logprobs: p.top_logprobs,
             stream: false,
@@ -136,15 +131,8 @@ impl BatchCodec for OpenAi {
 struct Body<'a> {
     model: &'a str,
     messages: Messages<'a>,
-    max_tokens: u32,
-    temperature: f32,
-    top_p: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    n: Option<u32>,
+    #[serde(flatten)]
+    sampling: Sampling<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,6 +145,35 @@ struct Body<'a> {
     /// fields before it are the same bytes with or without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_cache_key: Option<String>,
+}
+
+/// The sampling fields OpenAI's chat and completions APIs share, sent in
+/// this order by both bodies (flattened in place).
+#[derive(Serialize)]
+pub(crate) struct Sampling<'a> {
+    max_tokens: u32,
+    temperature: f32,
+    top_p: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    /// Only above 1: one completion is every server's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+}
+
+impl<'a> Sampling<'a> {
+    pub(crate) fn of(p: &'a GenParams) -> Self {
+        Sampling {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            seed: p.seed,
+            stop: &p.stop,
+            n: p.n.filter(|&n| n > 1),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -395,7 +412,7 @@ impl Provider for OpenAi {
 
     async fn stream(&self, req: &ChatRequest) -> Result<EventStream, ProviderError> {
         let mut body = self.body(req);
-        body.n = None;
+        body.sampling.n = None;
         body.logprobs = None;
         body.top_logprobs = None;
         body.stream = true;

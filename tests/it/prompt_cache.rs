@@ -583,3 +583,40 @@ async fn dry_run_prices_caching_and_batch_and_a_run_confirms_the_cache_reads() {
         "dry run ~{estimated_reads} cached tokens, the run read {read}\n{text}"
     );
 }
+
+/// The OpenAI chat body's fields go out in one fixed order (a server's
+/// prefix cache hashes bytes): model, messages, the sampling fields, then
+/// the optional ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_body_fields_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = prompts_csv(dir.path(), 1);
+    let f = fake().await;
+    let out = dir.path().join("out");
+    let (code, err) = run(
+        fake_generate_model(&f.url(), "gpt-4o-mini", &prompts, &out).args([
+            "--seed",
+            "3",
+            "--concurrency",
+            "1",
+        ]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let sent = bodies(&f);
+    assert!(!sent.is_empty());
+    for (text, v) in &sent {
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "model",
+                "messages",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "seed"
+            ],
+            "{text}"
+        );
+    }
+}
