@@ -87,6 +87,11 @@ pub struct Templates {
     env: Environment<'static>,
     origins: Vec<(String, String)>,
     digest: String,
+    /// Templates whose whole source is one `{{ a.b }}` (the shipped
+    /// initial, critique and revision templates), with that path: they
+    /// render for every request of a run, and looking the value up skips
+    /// starting minijinja's machine for it ([`Templates::render`]).
+    lookups: Vec<(String, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -112,6 +117,7 @@ impl Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         let mut origins = Vec::new();
+        let mut lookups = Vec::new();
         let mut errors = Vec::new();
         let mut hasher = Sha256::new();
         if let Some(dir) = dir {
@@ -161,6 +167,9 @@ impl Templates {
             hasher.update(name.as_bytes());
             hasher.update((source.len() as u64).to_le_bytes());
             hasher.update(source.as_bytes());
+            if let Some(path) = lookup_path(name, &source) {
+                lookups.push((name.to_string(), path));
+            }
             if let Err(e) = env.add_template_owned(name.to_string(), source) {
                 errors.push(TemplateError {
                     origin: origin.clone(),
@@ -175,6 +184,7 @@ impl Templates {
             env,
             origins,
             digest,
+            lookups,
         };
         if errors.is_empty() {
             errors.extend(this.trial_render());
@@ -261,6 +271,28 @@ impl Templates {
             line: e.line(),
             message: describe(&e),
         };
+        if let Some((_, path)) = self.lookups.iter().find(|(n, _)| n == name) {
+            // The same text minijinja would print for a string; anything
+            // else (an undefined name, a number) goes the full way below,
+            // errors included.
+            let ctx = Value::from_serialize(&ctx);
+            let found = path
+                .iter()
+                .try_fold(ctx.clone(), |v, key| v.get_attr(key).ok());
+            if let Some(text) = found.as_ref().and_then(Value::as_str) {
+                return Ok(text.to_string());
+            }
+            return self.render_full(name, ctx, fail);
+        }
+        self.render_full(name, ctx, fail)
+    }
+
+    fn render_full<S: Serialize>(
+        &self,
+        name: &str,
+        ctx: S,
+        fail: impl Fn(minijinja::Error) -> TemplateError,
+    ) -> Result<String, TemplateError> {
         let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
             line: None,
             ..fail(e)
@@ -277,6 +309,32 @@ impl Templates {
     }
 }
 
+/// The dotted path of a template whose whole source is `{{ a.b }}` (one
+/// trailing newline allowed: minijinja drops it), when its name gets no
+/// auto-escaping; `None` for anything else.
+fn lookup_path(name: &str, source: &str) -> Option<Vec<String>> {
+    if minijinja::default_auto_escape_callback(name) != minijinja::AutoEscape::None {
+        return None;
+    }
+    let inner = source
+        .strip_suffix('\n')
+        .unwrap_or(source)
+        .strip_prefix("{{")?
+        .strip_suffix("}}")?
+        .trim_matches(' ');
+    let ident = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    inner
+        .split('.')
+        .all(ident)
+        .then(|| inner.split('.').map(str::to_string).collect())
+}
+
 /// minijinja's error text without the location it also reports separately.
 fn describe(e: &minijinja::Error) -> String {
     match e.detail() {
@@ -288,6 +346,40 @@ fn describe(e: &minijinja::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_template_renders_what_minijinja_renders() {
+        assert_eq!(
+            lookup_path("critique.jinja", "{{ principle.critique }}\n"),
+            Some(vec!["principle".to_string(), "critique".to_string()])
+        );
+        for (name, source) in [
+            ("a.jinja", "{{ x | upper }}"),
+            ("a.jinja", "{{ x }} and more"),
+            ("a.jinja", "{{- x }}"),
+            ("a.jinja", "{{ x }}\n\n"),
+            ("a.html", "{{ x }}"),
+        ] {
+            assert_eq!(lookup_path(name, source), None, "{source:?} in {name}");
+        }
+        let t = Templates::load(None).unwrap();
+        let principle = minijinja::context! { critique => "Is it <kind> & {{ true }}?\nSay so.", revision => "R", name => "n" };
+        let ctx = minijinja::context! { prompt => "p\n", answer => "a", principle => principle.clone(), round => 1 };
+        for name in ["initial.jinja", "critique.jinja", "revision.jinja"] {
+            assert!(
+                t.lookups.iter().any(|(n, _)| n == name),
+                "{name} is a lookup"
+            );
+            let full = t.render_full(name, ctx.clone(), |e| panic!("{e}")).unwrap();
+            assert_eq!(t.render(name, ctx.clone()).unwrap(), full, "{name}");
+        }
+        // Anything but a string goes the full way: a number prints as
+        // minijinja prints it, an undefined name is the strict error.
+        let ctx = minijinja::context! { prompt => 7 };
+        assert_eq!(t.render("initial.jinja", ctx).unwrap(), "7");
+        let err = t.render("initial.jinja", minijinja::context! { other => 1 });
+        assert!(err.is_err());
+    }
 
     #[test]
     fn user_text_is_never_template_source() {
