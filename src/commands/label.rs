@@ -165,20 +165,110 @@ pub struct LabelSummary {
     pub stats: StatsSnapshot,
 }
 
-/// `cai label`.
+/// `--calibrate` refuses, before anything is sent, a pairs file with too
+/// few human labels for its folds.
+fn check_calibration_pairs(cfg: &LabelConfig, pairs: &[PairRecord]) -> Result<(), RunError> {
+    let Some(folds) = cfg.calibrate else {
+        return Ok(());
+    };
+    let labelled = pairs.iter().filter(|p| p.human.is_some()).count();
+    if labelled < calibrate::min_pairs(folds) {
+        return Err(RunError::Usage(format!(
+            "{}: --calibrate needs at least {} pairs with human labels (winner_model_a, winner_model_b, winner_tie) for {folds} folds; found {labelled}",
+            cfg.pairs.display(),
+            calibrate::min_pairs(folds)
+        )));
+    }
+    Ok(())
+}
+
+/// A note on stderr in the run's display mode.
+fn say(display: crate::engine::progress::Display, m: &str) {
+    match display {
+        crate::engine::progress::Display::Quiet => {}
+        crate::engine::progress::Display::Json => {
+            eprintln!("{}", serde_json::json!({ "event": "note", "message": m }))
+        }
+        _ => eprintln!("cai: {m}"),
+    }
+}
+
+/// `--calibrate`: fits the calibration on the judgments and writes
+/// `calibration.json` — only on a complete run, since a calibration of
+/// part of the labels would be replaced by the resume anyway. Returns what
+/// the file says (a float can read back one ulp off), so `--calibration`
+/// on the same pairs later gives exactly these probabilities.
+fn fit_calibration(
+    folds: Option<u32>,
+    seed: u64,
+    out: &std::path::Path,
+    judgments: &[Judgment],
+    complete: bool,
+    report: &mut Report,
+    display: crate::engine::progress::Display,
+) -> Result<Option<Calibration>, RunError> {
+    let (Some(folds), true) = (folds, complete) else {
+        return Ok(None);
+    };
+    let c = calibrate::calibrate(judgments, folds, seed)
+        .map_err(|e| RunError::Usage(format!("{e} (the labels are written; see rejects.jsonl)")))?;
+    let path = out.join("calibration.json");
+    manifest::write_atomic(&path, &c)?;
+    report.calibration = c.held_out.clone();
+    say(
+        display,
+        &format!("calibration written to {}", path.display()),
+    );
+    Ok(Some(calibrate::load(&path)?))
+}
+
+/// `--format arena`: the submission file, one row per pair id in input
+/// order, each pair's (calibrated) probabilities, `prior` for a pair that
+/// was rejected.
+fn write_arena_submission(
+    out: &std::path::Path,
+    ids: &[String],
+    judgments: &[Judgment],
+    fitted: Option<&Calibration>,
+    prior: Probs,
+    report: &mut Report,
+    display: crate::engine::progress::Display,
+) -> Result<(), RunError> {
+    let by_id: std::collections::HashMap<&str, Probs> = judgments
+        .iter()
+        .map(|j| {
+            let p = j
+                .calibrated
+                .or_else(|| fitted.and_then(|c| c.predict_judgment(j)))
+                .unwrap_or([j.p_a, j.p_b, j.p_tie]);
+            (j.id.as_str(), p)
+        })
+        .collect();
+    let filled = labels::write_submission(out, ids, |id| by_id.get(id).copied(), prior)?;
+    report.submission_prior_rows = Some(filled);
+    let mut m = format!(
+        "arena submission written to {} ({} rows",
+        out.join(labels::SUBMISSION).display(),
+        ids.len()
+    );
+    if filled > 0 {
+        m.push_str(&format!(
+            "; {filled} rejected pairs have the prior {:.3}/{:.3}/{:.3}",
+            prior[0], prior[1], prior[2]
+        ));
+    }
+    m.push(')');
+    say(display, &m);
+    Ok(())
+}
+
+/// `cai label`: reads the pairs, opens the run directory and the judges,
+/// runs the engine over the pairs, then writes the report (with the
+/// calibration and arena submission when asked).
 pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, RunError> {
     let started = Instant::now();
     let pairs = read_pairs(&cfg.pairs, cfg.limit)?;
-    if let Some(folds) = cfg.calibrate {
-        let labelled = pairs.iter().filter(|p| p.human.is_some()).count();
-        if labelled < calibrate::min_pairs(folds) {
-            return Err(RunError::Usage(format!(
-                "{}: --calibrate needs at least {} pairs with human labels (winner_model_a, winner_model_b, winner_tie) for {folds} folds; found {labelled}",
-                cfg.pairs.display(),
-                calibrate::min_pairs(folds)
-            )));
-        }
-    }
+    check_calibration_pairs(&cfg, &pairs)?;
     let ids: Vec<String> = if cfg.arena {
         pairs.iter().map(|p| p.id.clone()).collect()
     } else {
@@ -260,61 +350,30 @@ pub async fn label(cfg: LabelConfig, argv: Vec<String>) -> Result<LabelSummary, 
     report.judges = judge.endpoints.iter().map(|e| e.label.clone()).collect();
     report.requests = Some(snapshot);
     let complete = end.fatal.is_none() && end.aborted.is_none();
-    let say = |m: &str| match cfg.run.display {
-        crate::engine::progress::Display::Quiet => {}
-        crate::engine::progress::Display::Json => {
-            eprintln!("{}", serde_json::json!({ "event": "note", "message": m }))
-        }
-        _ => eprintln!("cai: {m}"),
-    };
-    // Fitted only on a complete run: a calibration of part of the labels
-    // would be replaced by the resume anyway.
-    let fitted = match (cfg.calibrate, complete) {
-        (Some(folds), true) => {
-            let c = calibrate::calibrate(&judgments, folds, cfg.seed).map_err(|e| {
-                RunError::Usage(format!("{e} (the labels are written; see rejects.jsonl)"))
-            })?;
-            let path = out.join("calibration.json");
-            manifest::write_atomic(&path, &c)?;
-            report.calibration = c.held_out.clone();
-            say(&format!("calibration written to {}", path.display()));
-            // What is used below is what the file says (a float can read
-            // back one ulp off), so `--calibration` on the same pairs later
-            // gives exactly these probabilities.
-            Some(calibrate::load(&path)?)
-        }
-        _ => None,
-    };
+    let display = cfg.run.display;
+    let fitted = fit_calibration(
+        cfg.calibrate,
+        cfg.seed,
+        &out,
+        &judgments,
+        complete,
+        &mut report,
+        display,
+    )?;
     if cfg.arena && complete {
-        let by_id: std::collections::HashMap<&str, Probs> = judgments
-            .iter()
-            .map(|j| {
-                let p = j
-                    .calibrated
-                    .or_else(|| fitted.as_ref().and_then(|c| c.predict_judgment(j)))
-                    .unwrap_or([j.p_a, j.p_b, j.p_tie]);
-                (j.id.as_str(), p)
-            })
-            .collect();
         let prior = calibration
             .as_deref()
             .or(fitted.as_ref())
             .map_or([1.0 / 3.0; 3], |c| c.prior);
-        let filled = labels::write_submission(&out, &ids, |id| by_id.get(id).copied(), prior)?;
-        report.submission_prior_rows = Some(filled);
-        let mut m = format!(
-            "arena submission written to {} ({} rows",
-            out.join(labels::SUBMISSION).display(),
-            ids.len()
-        );
-        if filled > 0 {
-            m.push_str(&format!(
-                "; {filled} rejected pairs have the prior {:.3}/{:.3}/{:.3}",
-                prior[0], prior[1], prior[2]
-            ));
-        }
-        m.push(')');
-        say(&m);
+        write_arena_submission(
+            &out,
+            &ids,
+            &judgments,
+            fitted.as_ref(),
+            prior,
+            &mut report,
+            display,
+        )?;
     }
     report.wall_time_s = started.elapsed().as_secs_f64();
     manifest::write_atomic(&out.join("report.json"), &report)?;
