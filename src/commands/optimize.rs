@@ -240,6 +240,74 @@ fn finished_options(opts: &SearchOptions, examples: &ExampleOptions) -> serde_js
     serde_json::json!({"search": opts, "examples": examples})
 }
 
+/// `report.json` of a search: its options, the reward per depth and the
+/// best path; the caller adds how the run ended (status, requests, time).
+fn search_report(
+    cfg: &OptimizeConfig,
+    opts: &SearchOptions,
+    initial_prompt: &str,
+    optimizer: &Role,
+    state: &Search,
+    order: &[usize],
+) -> Report {
+    let best = state.best();
+    let steps = state.steps.len().saturating_sub(1);
+    Report {
+        kind: OptimizeKind,
+        base: cfg.base.label.clone(),
+        evaluator: cfg.evaluator.label.clone(),
+        optimizer: optimizer.label.clone(),
+        queries: cfg.queries.len(),
+        beam: opts.beam,
+        actions: opts.actions,
+        depth: opts.depth,
+        max_depth_increase: opts.max_depth_increase,
+        extended: state.extended,
+        steps,
+        seed: cfg.seed,
+        training_order: order
+            .iter()
+            .take(steps + 1)
+            .map(|&i| cfg.queries[i].id.clone())
+            .collect(),
+        examples: cfg.examples.len(),
+        sampling: cfg.sampling.clone(),
+        initial_prompt: initial_prompt.to_string(),
+        best_prompt: best.prompt.clone(),
+        best_reward: best.reward,
+        best_path_reward: best.path_reward,
+        reward_per_depth: state
+            .reward_per_depth()
+            .into_iter()
+            .map(|(depth, best, mean, nodes)| DepthReward {
+                depth,
+                best,
+                mean,
+                nodes,
+            })
+            .collect(),
+        best_path: state
+            .best_path()
+            .into_iter()
+            .map(|n| PathNode {
+                depth: n.depth,
+                node: n.id,
+                query_id: cfg.queries[n.query].id.clone(),
+                reward: n.reward,
+                path_reward: n.path_reward,
+                kept: n.kept,
+                prompt: n.prompt.clone(),
+            })
+            .collect(),
+        nodes: state.nodes.len(),
+        dropped: state.dropped,
+        ..Report::default()
+    }
+}
+
+/// `cai optimize`: reuses a finished search's answer when the options
+/// match; else optimises the example bank (with `--examples`), runs the
+/// prompt search, and writes the report, the best prompt and the bank.
 async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let Task::Search {
@@ -306,58 +374,11 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let best = state.best().clone();
     let steps = state.steps.len().saturating_sub(1);
     let report = Report {
-        kind: OptimizeKind,
         status,
-        base: cfg.base.label.clone(),
-        evaluator: cfg.evaluator.label.clone(),
-        optimizer: optimizer.label.clone(),
-        queries: cfg.queries.len(),
-        beam: opts.beam,
-        actions: opts.actions,
-        depth: opts.depth,
-        max_depth_increase: opts.max_depth_increase,
-        extended: state.extended,
-        steps,
-        seed: cfg.seed,
-        training_order: order
-            .iter()
-            .take(steps + 1)
-            .map(|&i| cfg.queries[i].id.clone())
-            .collect(),
-        examples: cfg.examples.len(),
-        sampling: cfg.sampling.clone(),
-        initial_prompt: initial_prompt.clone(),
-        best_prompt: best.prompt.clone(),
-        best_reward: best.reward,
-        best_path_reward: best.path_reward,
-        reward_per_depth: state
-            .reward_per_depth()
-            .into_iter()
-            .map(|(depth, best, mean, nodes)| DepthReward {
-                depth,
-                best,
-                mean,
-                nodes,
-            })
-            .collect(),
-        best_path: state
-            .best_path()
-            .into_iter()
-            .map(|n| PathNode {
-                depth: n.depth,
-                node: n.id,
-                query_id: cfg.queries[n.query].id.clone(),
-                reward: n.reward,
-                path_reward: n.path_reward,
-                kept: n.kept,
-                prompt: n.prompt.clone(),
-            })
-            .collect(),
-        nodes: state.nodes.len(),
-        dropped: state.dropped,
         dropped_requests: critic.state.dropped_count(),
         requests: stats.snapshot(),
         wall_time_s: started.elapsed().as_secs_f64(),
+        ..search_report(&cfg, opts, initial_prompt, optimizer, &state, &order)
     };
     files::write_json(&cfg.out.join("report.json"), &report)?;
     if let Err(e) = result {
