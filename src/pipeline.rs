@@ -354,6 +354,10 @@ impl Pipeline {
     }
 
     /// Runs every stage of one prompt.
+    ///
+    /// Long because it is the stages in order (initial answer, samples, rounds,
+    /// judging, SFT text), each a few lines, with the early exits between them;
+    /// the work of each is in its own method.
     pub async fn run(&self, rec: PromptRecord) -> Result<Outcome, ItemError> {
         let PromptRecord {
             id, text: prompt, ..

@@ -119,6 +119,8 @@ impl Estimate {
     }
 
     /// The report printed to stdout.
+    ///
+    /// Long because it is the printed report, section after section.
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut o = String::new();
@@ -336,6 +338,9 @@ fn judging(
 }
 
 /// Estimates a run of `cfg` over its prompts.
+///
+/// Long because it mirrors the run stage by stage (initial, rounds, judge,
+/// samples) with each stage's request and cache counts next to each other.
 pub fn estimate(cfg: &GenerateConfig) -> Result<Estimate, RunError> {
     let max_tokens = cfg.params.max_tokens;
     let reply = ((f64::from(max_tokens) * REPLY_FRACTION).round() as u64).max(1);

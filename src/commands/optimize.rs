@@ -417,6 +417,9 @@ async fn search(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     Ok(outcome)
 }
 
+/// `cai optimize eval`: every prompt on every query, scored, then the
+/// figures. Long because the per-prompt loop and the summary share the
+/// engines and counters opened at its start.
 async fn eval(cfg: OptimizeConfig) -> Result<Outcome, RunError> {
     let Task::Eval { prompts } = &cfg.task else {
         return Err(RunError::Internal("not an eval".into()));

@@ -185,6 +185,9 @@ pub fn read_system_prompt(path: &std::path::Path) -> Result<String, ConfigError>
 
 impl GenerateConfig {
     /// Checks `args`; `dry` builds the provider without requiring its key.
+    ///
+    /// Long because it is a sequence of independent flag checks, each with its
+    /// own error, before anything is built.
     pub fn from_args(args: &GenerateArgs, dry: bool) -> Result<GenerateConfig, RunError> {
         let run = RunSettings::from_args(&args.run)?;
         let selection = selection(args)?;

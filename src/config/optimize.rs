@@ -196,6 +196,8 @@ fn role(
 }
 
 impl OptimizeConfig {
+    /// The checks `optimize` and `optimize eval` share. Long because it is a
+    /// sequence of independent flag checks, each with its own error.
     fn common(c: &OptimizeCommonArgs, dry: bool) -> Result<OptimizeConfig, RunError> {
         let run = RunSettings::from_args(&c.run)?;
         let base_params = role_params(&BASE_FLAGS, c.base_temperature, 1.0, c.base_max_tokens)?;

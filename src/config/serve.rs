@@ -239,6 +239,8 @@ fn system_prompt(path: Option<&Path>) -> Result<Option<String>, ConfigError> {
 }
 
 /// Forwarding for OpenAI-compatible endpoints, typed calls for the rest.
+///
+/// Long because each endpoint flag is checked in turn with its own error.
 fn upstream(args: &ServeArgs) -> Result<UpstreamConfig, ConfigError> {
     let e = &args.endpoint;
     let (kind, _) = crate::config::select_provider(e);

@@ -523,6 +523,9 @@ fn rewrite_endpoint_flag(argv: &mut [String], file: &FileConfig) -> Option<Strin
     None
 }
 
+/// Applies `cai.toml` and the environment under the command line. Long
+/// because it walks each setting in precedence order, recording where each
+/// value came from for `cai config show`.
 fn apply(mut argv: Vec<String>, mut report: Report) -> Result<(Vec<String>, Report), ConfigError> {
     let flag_endpoint = rewrite_endpoint_flag(&mut argv, &report.file);
     let cmd = Cli::command();

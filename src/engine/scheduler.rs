@@ -141,6 +141,9 @@ impl<E: std::fmt::Display> RunEnd<E> {
 }
 
 /// Runs `job` over `items`, writing each finished item to `sink`.
+///
+/// Long because it is the one run loop every command shares: reading,
+/// concurrency, stop signals and writing in one `select!`.
 pub async fn run<J, S, I>(job: Arc<J>, items: I, sink: &mut S, cfg: Loop) -> RunEnd<S::Error>
 where
     J: Job,

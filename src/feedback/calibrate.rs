@@ -703,6 +703,9 @@ pub fn load(path: &Path) -> Result<Calibration, InputErrors> {
 }
 
 /// Parses calibration JSON; `path` is for error messages.
+///
+/// Long because it checks every field of the file with its JSON path and
+/// collects every problem before returning.
 pub fn parse(path: &Path, text: &str) -> Result<Calibration, InputErrors> {
     let value = crate::input::parse_json(path, text)?;
     let mut r = Walker::new(path);

@@ -158,6 +158,9 @@ fn side(p: f64) -> i8 {
 
 impl Report {
     /// The metrics of the module docs over `judgments`.
+    ///
+    /// Long because it is one pass over the judgments that counts every metric
+    /// side by side; splitting it would pass the same tallies between helpers.
     pub fn compute(judgments: &[Judgment], opts: &JudgeOptions) -> Report {
         let mut r = Report {
             judged: judgments.len() as u64,

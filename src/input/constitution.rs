@@ -369,6 +369,9 @@ impl Walker<'_> {
         out
     }
 
+    /// The native constitution format. Long because it checks every key of the
+    /// format with its JSON path and collects every problem (the walker reports
+    /// them all at once).
     fn native(&mut self, obj: &Map<String, Value>) -> Option<Constitution> {
         for key in obj.keys() {
             if !NATIVE_KEYS.contains(&key.as_str()) && !METADATA_KEYS.contains(&key.as_str()) {

@@ -88,6 +88,10 @@ fn flag(v: &Value) -> Option<bool> {
 /// Reads the pairs file into records (rows are small next to the requests
 /// they cost; the file is read once up front so every problem is reported
 /// before anything is sent).
+///
+/// Long because it is the whole file format in one place: both layouts (CSV,
+/// JSONL), every column and every row checked, and every problem collected
+/// with its line before one error is returned.
 pub fn read_pairs(path: &Path, limit: Option<u64>) -> Result<Vec<PairRecord>, InputErrors> {
     let err = |at: Location, m: String| InputError::new(path, at, m);
     let jsonl = matches!(

@@ -693,6 +693,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
+/// `POST /v1/chat/completions`: the in-flight permit, the body, the client's
+/// key, parsing and routing, then the approach, streamed or not. Long because
+/// each early exit is a different OpenAI-shaped error the client must get.
 async fn chat(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let id = req
         .extensions()

@@ -29,6 +29,9 @@ use crate::provider::{ProviderError, Usage};
 /// A stream event longer than this is relayed but not read for usage.
 const MAX_EVENT: usize = 1 << 20;
 
+/// A request no approach touches: forwarded as sent to the upstream, its
+/// reply (or stream) relayed, usage counted. Long because the streamed and
+/// the whole-reply paths share the accounting and the recorder.
 pub async fn respond(
     shared: Arc<Shared>,
     p: Prepared,

@@ -76,6 +76,10 @@ impl Chunks {
     }
 }
 
+/// A streamed reply: starts the approach (or the pass-through upstream calls)
+/// on their own task and relays its events as `chat.completion.chunk`s.
+/// Long because the two producers and the one relay share the channel, the
+/// recorder and the in-flight permit, which live exactly as long as this call.
 pub async fn respond(
     shared: Arc<Shared>,
     mut p: Prepared,
