@@ -219,7 +219,8 @@ async fn read_body(
 
 /// Reads and checks a request: the body stays JSON (what `none` forwards),
 /// the fields the proxy reads are checked, and the approach, the model and
-/// the parameters of typed calls are settled.
+/// the parameters of typed calls are settled. Long because each field is
+/// checked in turn with the OpenAI-shaped error a client expects for it.
 fn prepare(
     shared: &Shared,
     id: String,
