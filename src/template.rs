@@ -264,6 +264,10 @@ impl Templates {
 
     /// Renders template `name` with `ctx`.
     pub fn render<S: Serialize>(&self, name: &str, ctx: S) -> Result<String, TemplateError> {
+        let ctx = Value::from_serialize(&ctx);
+        if let Some(text) = self.looked_up(name, &ctx) {
+            return Ok(text);
+        }
         // The origin is looked up only for an error: rendering runs for
         // every request of a run.
         let fail = |e: minijinja::Error| TemplateError {
@@ -271,33 +275,23 @@ impl Templates {
             line: e.line(),
             message: describe(&e),
         };
-        if let Some((_, path)) = self.lookups.iter().find(|(n, _)| n == name) {
-            // The same text minijinja would print for a string; anything
-            // else (an undefined name, a number) goes the full way below,
-            // errors included.
-            let ctx = Value::from_serialize(&ctx);
-            let found = path
-                .iter()
-                .try_fold(ctx.clone(), |v, key| v.get_attr(key).ok());
-            if let Some(text) = found.as_ref().and_then(Value::as_str) {
-                return Ok(text.to_string());
-            }
-            return self.render_full(name, ctx, fail);
-        }
-        self.render_full(name, ctx, fail)
-    }
-
-    fn render_full<S: Serialize>(
-        &self,
-        name: &str,
-        ctx: S,
-        fail: impl Fn(minijinja::Error) -> TemplateError,
-    ) -> Result<String, TemplateError> {
         let tmpl = self.env.get_template(name).map_err(|e| TemplateError {
             line: None,
             ..fail(e)
         })?;
         tmpl.render(ctx).map_err(fail)
+    }
+
+    /// The text of a lookup template (see [`Templates::lookups`]) when its
+    /// path names a string, the same text minijinja would print; `None`
+    /// for any other template or value (an undefined name, a number),
+    /// which then renders the full way, errors included.
+    fn looked_up(&self, name: &str, ctx: &Value) -> Option<String> {
+        let (_, path) = self.lookups.iter().find(|(n, _)| n == name)?;
+        let found = path
+            .iter()
+            .try_fold(ctx.clone(), |v, key| v.get_attr(key).ok())?;
+        found.as_str().map(str::to_string)
     }
 
     /// Where template `name` came from (a file and JSON path), for errors.
@@ -370,7 +364,12 @@ mod tests {
                 t.lookups.iter().any(|(n, _)| n == name),
                 "{name} is a lookup"
             );
-            let full = t.render_full(name, ctx.clone(), |e| panic!("{e}")).unwrap();
+            let full = t
+                .env
+                .get_template(name)
+                .unwrap()
+                .render(ctx.clone())
+                .unwrap();
             assert_eq!(t.render(name, ctx.clone()).unwrap(), full, "{name}");
         }
         // Anything but a string goes the full way: a number prints as

@@ -80,8 +80,8 @@ pub struct Constitution {
     /// `harmful0.prompt[0]: removed `CritiqueRequest:`, `Critique:``.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub normalised: Vec<String>,
-    /// Each stage's prefix digest, worked out on first use
-    /// ([`Constitution::prefix_digest`]).
+    /// Each stage's prefix and cache scope, built on first use
+    /// ([`Constitution::prefix`], [`Constitution::prefix_scope`]).
     #[serde(skip)]
     prefixes: Prefixes,
 }

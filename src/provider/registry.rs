@@ -68,18 +68,6 @@ pub enum Auth {
 }
 
 impl Auth {
-    /// Adds the key (when there is one) to a request.
-    pub fn apply(
-        self,
-        req: reqwest::RequestBuilder,
-        key: Option<&secrecy::SecretString>,
-    ) -> reqwest::RequestBuilder {
-        match self.header(key) {
-            Some((name, value)) => req.header(name, value),
-            None => self.apply_unchecked(req, key),
-        }
-    }
-
     /// The header that carries `key`, marked sensitive (never shown by
     /// `Debug`), made once per endpoint rather than per request; `None`
     /// with no key, or a key no header can hold (sending then fails with
@@ -106,9 +94,10 @@ impl Auth {
         Some((name, value))
     }
 
-    /// reqwest's own way of adding the key: for a key [`Self::header`]
-    /// could not hold, so the request fails as reqwest reports it.
-    fn apply_unchecked(
+    /// Adds the key (when there is one) reqwest's own way: for a key
+    /// [`Self::header`] could not hold, so the request fails as reqwest
+    /// reports it.
+    pub fn apply(
         self,
         req: reqwest::RequestBuilder,
         key: Option<&secrecy::SecretString>,
